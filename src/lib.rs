@@ -1,0 +1,22 @@
+//! RecurrentGemma (Griffin) for the browser.
+//!
+//! - [`config`]: the model shape, parsed from a Hugging Face `config.json`, with 2B/9B presets.
+//! - [`model`]: the CPU float32 reference forward pass, written to be read beside
+//!   `shared/spec/griffin.md`: prefill over a sequence and a single step on a fixed-size [`model::State`].
+//! - [`weights`]: the web weight format (sharded safetensors + `manifest.json`, int8 or f32),
+//!   its incremental parser, and the converter from Hugging Face checkpoints.
+//! - [`chat`]: the real Gemma tokenizer, the chat template, streaming detokenizer and sampler.
+//!
+//! What it does not do (yet): run on the GPU. The WGSL engine is built on top of this crate.
+
+pub mod chat;
+pub mod config;
+pub mod error;
+pub mod model;
+pub mod weights;
+
+pub use error::{Error, Result};
+
+// Weights and state are reinterpreted from little-endian bytes in place.
+#[cfg(target_endian = "big")]
+compile_error!("rgweb assumes a little-endian target");

@@ -1,0 +1,206 @@
+//! Weights: the one table of tensor names and shapes, the web format the browser streams, its
+//! incremental parser, and (native only) the converter from Hugging Face checkpoints.
+//!
+//! Tensor names are Hugging Face's. The web layout differs from HF in two places, both so that
+//! every matrix row is one output channel: the RG-LRU gates `[H, bw_in, bw_out]` are stored as
+//! `[H·bw_out, bw_in]` (each block transposed) and the conv taps `[lru, 1, K]` as `[lru, K]`.
+
+pub mod format;
+pub mod host;
+pub mod quant;
+pub mod safetensors;
+pub mod stream;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod convert;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod load;
+
+use std::collections::HashMap;
+
+use crate::config::{BlockType, Config};
+use crate::model::layers::{Matrix, MatrixValues};
+use crate::{Error, Result};
+
+/// How a tensor of the web layout comes out of a Hugging Face checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HfLayout {
+    /// Same shape and order.
+    Same,
+    /// HF `[H, bw, bw]` input-major blocks; ours is each block transposed, `[H·bw, bw]`.
+    TransposedBlocks { blocks: usize },
+    /// HF `[lru, 1, K]`; ours drops the middle axis, `[lru, K]`.
+    ConvTaps,
+    /// HF `[H, bw]` per-block gate biases; ours is the same values flat, `[H·bw]`.
+    BlockBias { blocks: usize },
+}
+
+/// One tensor of the model in the web layout.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorSpec {
+    pub name: String,
+    /// The web layout's shape; `[rows = out, cols = in]` for matrices.
+    pub shape: Vec<usize>,
+    /// Matrices are quantized per output row; vectors (norms, biases, conv taps, a_param) stay f32.
+    pub is_matrix: bool,
+    pub hf_layout: HfLayout,
+}
+
+impl TensorSpec {
+    pub fn hf_shape(&self) -> Vec<usize> {
+        match self.hf_layout {
+            HfLayout::Same => self.shape.clone(),
+            HfLayout::TransposedBlocks { blocks } => vec![blocks, self.shape[1], self.shape[1]],
+            HfLayout::ConvTaps => vec![self.shape[0], 1, self.shape[1]],
+            HfLayout::BlockBias { blocks } => vec![blocks, self.shape[0] / blocks],
+        }
+    }
+
+    pub fn elements(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// Every tensor of a model with `config`, in a fixed order (the order of the web format).
+pub fn tensor_specs(config: &Config) -> Vec<TensorSpec> {
+    let (d, f, lru, hd) = (config.hidden_size, config.mlp_width(), config.lru_width(), config.head_dim());
+    let heads = config.num_attention_heads;
+    let mut specs = Vec::new();
+    let mut push = |name: String, shape: Vec<usize>, is_matrix: bool, hf_layout: HfLayout| {
+        specs.push(TensorSpec { name, shape, is_matrix, hf_layout })
+    };
+    let linear = |push: &mut dyn FnMut(String, Vec<usize>, bool, HfLayout), name: String, out, inp, bias| {
+        push(format!("{name}.weight"), vec![out, inp], true, HfLayout::Same);
+        if bias {
+            push(format!("{name}.bias"), vec![out], false, HfLayout::Same);
+        }
+    };
+    push("model.embed_tokens.weight".into(), vec![config.vocab_size, d], true, HfLayout::Same);
+    push("model.final_norm.weight".into(), vec![d], false, HfLayout::Same);
+    for layer in 0..config.num_hidden_layers {
+        let p = format!("model.layers.{layer}");
+        push(format!("{p}.temporal_pre_norm.weight"), vec![d], false, HfLayout::Same);
+        push(format!("{p}.channel_pre_norm.weight"), vec![d], false, HfLayout::Same);
+        match config.block_type(layer) {
+            BlockType::Recurrent => {
+                let t = format!("{p}.temporal_block");
+                linear(&mut push, format!("{t}.linear_x"), lru, d, true);
+                linear(&mut push, format!("{t}.linear_y"), lru, d, true);
+                linear(&mut push, format!("{t}.linear_out"), d, lru, true);
+                push(format!("{t}.conv_1d.weight"), vec![lru, config.conv1d_width], false, HfLayout::ConvTaps);
+                push(format!("{t}.conv_1d.bias"), vec![lru], false, HfLayout::Same);
+                push(format!("{t}.rg_lru.recurrent_param"), vec![lru], false, HfLayout::Same);
+                for gate in ["input_gate", "recurrent_gate"] {
+                    let blocks = HfLayout::TransposedBlocks { blocks: heads };
+                    push(format!("{t}.rg_lru.{gate}_weight"), vec![lru, config.lru_block_width()], true, blocks);
+                    let bias = HfLayout::BlockBias { blocks: heads };
+                    push(format!("{t}.rg_lru.{gate}_bias"), vec![lru], false, bias);
+                }
+            }
+            BlockType::Attention => {
+                let t = format!("{p}.temporal_block");
+                linear(&mut push, format!("{t}.q_proj"), heads * hd, d, false);
+                linear(&mut push, format!("{t}.k_proj"), hd, d, false);
+                linear(&mut push, format!("{t}.v_proj"), hd, d, false);
+                linear(&mut push, format!("{t}.o_proj"), d, heads * hd, true);
+            }
+        }
+        let m = format!("{p}.mlp_block");
+        linear(&mut push, format!("{m}.gate_proj"), f, d, true);
+        linear(&mut push, format!("{m}.up_proj"), f, d, true);
+        linear(&mut push, format!("{m}.down_proj"), d, f, true);
+    }
+    specs
+}
+
+/// A tensor held in host memory, in the web layout.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: HostData,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum HostData {
+    F32(Vec<f32>),
+    /// Row-major int8 values with one f32 scale per row.
+    Int8 { q: Vec<i8>, scales: Vec<f32> },
+}
+
+/// Named tensors on their way into a model; taking one checks its shape.
+#[derive(Default)]
+pub struct TensorMap {
+    tensors: HashMap<String, HostTensor>,
+}
+
+impl TensorMap {
+    pub fn insert(&mut self, name: String, tensor: HostTensor) {
+        self.tensors.insert(name, tensor);
+    }
+
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+        let tensor = self.tensors.remove(name).ok_or_else(|| Error::Weights(format!("missing tensor {name}")))?;
+        if tensor.shape != shape {
+            return Err(Error::Weights(format!(
+                "tensor {name} has shape {:?}, expected {:?}",
+                tensor.shape, shape
+            )));
+        }
+        Ok(tensor)
+    }
+
+    pub fn take_matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<Matrix> {
+        let values = match self.take(name, &[rows, cols])?.data {
+            HostData::F32(w) => MatrixValues::F32(w),
+            HostData::Int8 { q, scales } => MatrixValues::Int8 { q, scales },
+        };
+        Ok(Matrix { rows, cols, values })
+    }
+
+    pub fn take_f32(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        match self.take(name, shape)?.data {
+            HostData::F32(v) => Ok(v),
+            HostData::Int8 { .. } => Err(Error::Weights(format!("tensor {name} is int8, expected f32"))),
+        }
+    }
+
+    pub fn take_vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>> {
+        self.take_f32(name, &[len])
+    }
+
+    /// Every tensor must have been taken.
+    pub fn finish(&mut self) -> Result<()> {
+        let mut unused: Vec<_> = self.tensors.keys().cloned().collect();
+        unused.sort();
+        match unused.first() {
+            Some(name) => Err(Error::Weights(format!("unexpected tensor {name} ({} unused)", unused.len()))),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Preset;
+
+    #[test]
+    fn tensor_table_matches_the_published_parameter_counts() {
+        for (preset, count, params) in [
+            (Preset::RecurrentGemma2b, 484, 2_682_862_080usize),
+            (Preset::RecurrentGemma9b, 704, 8_579_977_216),
+        ] {
+            let specs = tensor_specs(&Config::preset(preset));
+            assert_eq!(specs.len(), count);
+            assert_eq!(specs.iter().map(TensorSpec::elements).sum::<usize>(), params);
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Incremental shard parser, shared by the native loader (file reads) and the browser (fetch
+//! stream chunks): bytes go in as they arrive, in order; each piece's bytes are handed to a
+//! [`PieceSink`] at once, so nothing larger than one chunk is ever buffered. The shard's header
+//! is checked against the manifest, and its length and sha256 when the stream ends.
+
+use sha2::{Digest, Sha256};
+
+use super::format::{Manifest, Piece};
+use super::safetensors;
+use crate::{Error, Result};
+
+/// Where piece bytes go: a host buffer, a GPU buffer, ...
+pub trait PieceSink {
+    /// `bytes` belong to `piece` starting `offset` bytes into it; calls for one piece come in order.
+    fn piece_bytes(&mut self, piece: &Piece, offset: u64, bytes: &[u8]) -> Result<()>;
+}
+
+pub struct ShardParser<'m> {
+    manifest: &'m Manifest,
+    shard: usize,
+    /// This shard's pieces, by offset.
+    pieces: Vec<&'m Piece>,
+    position: u64,
+    header: Vec<u8>,
+    header_end: Option<u64>,
+    hasher: Sha256,
+}
+
+impl<'m> ShardParser<'m> {
+    pub fn new(manifest: &'m Manifest, shard: usize) -> Self {
+        let mut pieces: Vec<&Piece> = manifest.shard_pieces(shard).collect();
+        pieces.sort_by_key(|p| p.offset);
+        ShardParser { manifest, shard, pieces, position: 0, header: Vec::new(), header_end: None, hasher: Sha256::new() }
+    }
+
+    fn file(&self) -> &str {
+        &self.manifest.shards[self.shard].file
+    }
+
+    /// Feeds the next bytes of the shard.
+    pub fn push(&mut self, chunk: &[u8], sink: &mut dyn PieceSink) -> Result<()> {
+        let expected = self.manifest.shards[self.shard].bytes;
+        let end = self.position + chunk.len() as u64;
+        if end > expected {
+            return Err(Error::Weights(format!("{}: longer than the {expected} bytes the manifest says", self.file())));
+        }
+        self.hasher.update(chunk);
+        let mut rest = chunk;
+        if self.header_end.is_none() {
+            rest = self.take_header(rest)?;
+        }
+        let start = end - rest.len() as u64;
+        for piece in &self.pieces {
+            let (lo, hi) = (piece.offset.max(start), (piece.offset + piece.bytes).min(end));
+            if lo < hi {
+                sink.piece_bytes(piece, lo - piece.offset, &rest[(lo - start) as usize..(hi - start) as usize])?;
+            }
+        }
+        self.position = end;
+        Ok(())
+    }
+
+    /// Collects header bytes; once complete, checks them and returns the data bytes after them.
+    fn take_header<'c>(&mut self, mut chunk: &'c [u8]) -> Result<&'c [u8]> {
+        loop {
+            let target = if self.header.len() < 8 {
+                8
+            } else {
+                let prefix = self.header[..8].try_into().expect("8 bytes");
+                8 + safetensors::json_len(prefix).map_err(|e| Error::Weights(format!("{}: {e}", self.file())))? as usize
+            };
+            let take = (target - self.header.len()).min(chunk.len());
+            self.header.extend_from_slice(&chunk[..take]);
+            chunk = &chunk[take..];
+            if self.header.len() < target {
+                return Ok(chunk);
+            }
+            if target > 8 {
+                self.check_header()?;
+                self.header_end = Some(target as u64);
+                return Ok(chunk);
+            }
+        }
+    }
+
+    fn check_header(&self) -> Result<()> {
+        let header = safetensors::parse_header(&self.header[8..])
+            .map_err(|e| Error::Weights(format!("{}: {e}", self.file())))?;
+        let matches = header.entries.len() == self.pieces.len()
+            && header.entries.iter().zip(&self.pieces).all(|(e, p)| {
+                e.name == p.name && e.dtype == p.dtype && e.shape == p.shape && e.start == p.offset
+            });
+        if !matches {
+            return Err(Error::Weights(format!("{}: its header does not match the manifest", self.file())));
+        }
+        Ok(())
+    }
+
+    /// Ends the stream: the shard must be complete and its sha256 must match.
+    pub fn finish(self) -> Result<()> {
+        let info = &self.manifest.shards[self.shard];
+        if self.position != info.bytes {
+            return Err(Error::Weights(format!(
+                "{}: truncated, got {} of {} bytes",
+                info.file, self.position, info.bytes
+            )));
+        }
+        let digest = hex(&self.hasher.finalize());
+        if digest != info.sha256 {
+            return Err(Error::Weights(format!(
+                "{}: sha256 mismatch (expected {}, got {digest})",
+                info.file, info.sha256
+            )));
+        }
+        Ok(())
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
