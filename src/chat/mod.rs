@@ -1,0 +1,13 @@
+//! Everything between the user's text and the model's token ids: the real Gemma tokenizer, the chat
+//! template with the incremental pieces a multi-turn session feeds, the streaming detokenizer and
+//! the sampler. All of it builds for `wasm32-unknown-unknown` as well as natively.
+
+pub mod sampler;
+pub mod template;
+pub mod tokenizer;
+
+pub use sampler::{Sampler, SamplingParams};
+pub use template::{
+    first_user_turn, format_conversation, is_stop_token, next_user_turn, Role, Turn,
+};
+pub use tokenizer::{GemmaTokenizer, TextStream, BOS, END_OF_TURN, EOS, PAD, START_OF_TURN};

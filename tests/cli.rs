@@ -1,0 +1,239 @@
+//! The `rg` binary end to end: random checkpoint → convert → logits / generate, and a clear
+//! one-line error (never a panic) for every kind of bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use rgweb::weights::safetensors::{json_len, parse_header, write_header, Dtype};
+
+/// Documented bound for int8 per-channel quantization on the tiny random model: the largest
+/// logit difference from the f32 model, relative to the largest |logit| (see README).
+const INT8_MAX_RELATIVE_LOGIT_ERROR: f32 = 0.05;
+
+fn rg(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rg")).args(args).output().expect("rg runs")
+}
+
+fn ok(args: &[&str]) -> Output {
+    let out = rg(args);
+    assert!(out.status.success(), "rg {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// Runs rg, expecting a failure whose single stderr line mentions `message`.
+fn fails_with(args: &[&str], message: &str) {
+    let out = rg(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "rg {args:?} should fail");
+    assert!(!stderr.contains("panicked"), "rg {args:?} panicked: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.starts_with("error: ") && stderr.contains(message), "rg {args:?}: {stderr} lacks '{message}'");
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// The tiny random checkpoint and its two conversions, made once for all tests.
+struct Tiny {
+    _dir: tempfile::TempDir,
+    hf: PathBuf,
+    f32: PathBuf,
+    int8: PathBuf,
+}
+
+fn tiny() -> &'static Tiny {
+    static TINY: OnceLock<Tiny> = OnceLock::new();
+    TINY.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let (hf, f32, int8) = (dir.path().join("hf"), dir.path().join("f32"), dir.path().join("int8"));
+        ok(&["random", "--preset", "tiny", "--seed", "7", s(&hf)]);
+        ok(&["convert", s(&hf), s(&f32), "--quant", "f32"]);
+        ok(&["convert", s(&hf), s(&int8), "--quant", "int8"]);
+        Tiny { _dir: dir, hf, f32, int8 }
+    })
+}
+
+fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
+    let len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + len]).unwrap();
+    assert!(header.contains("'descr': '<f4'") && (10 + len) % 64 == 0, "{header}");
+    let shape_text = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
+    let shape = shape_text.split(',').filter(|t| !t.trim().is_empty()).map(|t| t.trim().parse().unwrap()).collect();
+    let data = bytes[10 + len..].chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    (shape, data)
+}
+
+fn logits(model: &Path, tokens: &str) -> (Vec<usize>, Vec<f32>) {
+    let out = tempfile::NamedTempFile::new().unwrap();
+    ok(&["logits", s(model), "--tokens", tokens, "--out", s(out.path())]);
+    read_npy(out.path())
+}
+
+/// 40 tokens: 2.5 attention windows of the tiny preset.
+const TOKENS: &str = "2,9,77,1000,255999,3,5,8,13,21,34,55,89,144,233,377,610,987,1597,2584,4181,6765,10946,17711,28657,46368,75025,121393,196418,7,1,0,42,4242,424,24,2424,240,4,2";
+
+#[test]
+fn f32_conversion_is_exact() {
+    let (shape, original) = logits(&tiny().hf, TOKENS);
+    assert_eq!(shape, [40, 256_000]);
+    assert!(original.iter().all(|v| v.is_finite()));
+    let (_, converted) = logits(&tiny().f32, TOKENS);
+    assert_eq!(original, converted, "f32 web format must reproduce the checkpoint bit for bit");
+}
+
+#[test]
+fn int8_conversion_stays_within_its_bound() {
+    let (_, reference) = logits(&tiny().f32, TOKENS);
+    let (_, quantized) = logits(&tiny().int8, TOKENS);
+    let peak = reference.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let worst = reference.iter().zip(&quantized).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    eprintln!("int8 vs f32: max |Δlogit| = {worst}, max |logit| = {peak}, relative {}", worst / peak);
+    assert!(worst / peak <= INT8_MAX_RELATIVE_LOGIT_ERROR, "int8 error {worst} vs peak {peak}");
+    assert!(worst > 0.0, "int8 must actually quantize");
+    let size = |dir: &Path| std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum::<u64>();
+    assert!(size(&tiny().int8) * 3 < size(&tiny().f32), "int8 is about a quarter of f32");
+}
+
+#[test]
+fn generate_streams_text_deterministically() {
+    let tokenizer = Path::new(env!("CARGO_MANIFEST_DIR")).join("vendor/gemma-tokenizer/tokenizer.json");
+    assert!(tokenizer.exists(), "run scripts/fetch-tokenizer.sh first ({})", tokenizer.display());
+    let args =
+        ["generate", s(&tiny().int8), "--prompt", "Hello", "--max-tokens", "12", "--tokenizer", s(&tokenizer), "--print-ids"];
+    let first = ok(&args);
+    let second = ok(&args);
+    assert_eq!(first.stdout, second.stdout);
+    let ids_line = String::from_utf8(first.stderr).unwrap();
+    let ids: Vec<u32> = ids_line.trim().strip_prefix("ids: ").unwrap().split(',').map(|t| t.parse().unwrap()).collect();
+    assert_eq!(ids.len(), 12, "random weights rarely emit <eos> within 12 tokens: {ids:?}");
+    let sampled = ok(&[&args[..], &["--temperature", "1.0", "--top-p", "0.9", "--seed", "3"]].concat());
+    assert!(!sampled.stdout.is_empty());
+}
+
+#[test]
+fn bad_command_lines_fail_clearly() {
+    let tiny = tiny();
+    fails_with(&["logits", s(&tiny.f32), "--tokens", "2,256000", "--out", "/tmp/x.npy"], "out of range");
+    fails_with(&["logits", s(&tiny.f32), "--tokens", "2", "--backend", "gpu", "--out", "/tmp/x.npy"], "--backend gpu");
+    fails_with(&["logits", "/nonexistent/model", "--tokens", "2", "--out", "/tmp/x.npy"], "neither manifest.json");
+    fails_with(&["convert", "/nonexistent/hf", "/tmp/rg-out"], "No such file");
+    fails_with(&["generate", s(&tiny.f32), "--prompt", "hi", "--tokenizer", "/nonexistent.json"], "nonexistent.json");
+}
+
+/// A copy of a web-format folder with one shard's bytes changed by `edit`.
+fn damaged_copy(edit: impl Fn(&mut Vec<u8>)) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&tiny().int8).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    let shard = dir.path().join("model-00000.safetensors");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    edit(&mut bytes);
+    std::fs::write(&shard, bytes).unwrap();
+    dir
+}
+
+#[test]
+fn damaged_web_shards_are_detected() {
+    let truncated = damaged_copy(|b| b.truncate(b.len() - 100));
+    fails_with(&["logits", s(truncated.path()), "--tokens", "2", "--out", "/tmp/x.npy"], "truncated, got");
+    let flipped = damaged_copy(|b| {
+        let last = b.len() - 1;
+        b[last] ^= 0x55;
+    });
+    fails_with(&["logits", s(flipped.path()), "--tokens", "2", "--out", "/tmp/x.npy"], "sha256 mismatch");
+    let longer = damaged_copy(|b| b.push(0));
+    fails_with(&["logits", s(longer.path()), "--tokens", "2", "--out", "/tmp/x.npy"], "longer than");
+    let renamed = damaged_copy(|b| {
+        let at = b.windows(5).position(|w| w == b"model").unwrap();
+        b[at] = b'M';
+    });
+    fails_with(&["logits", s(renamed.path()), "--tokens", "2", "--out", "/tmp/x.npy"], "does not match the manifest");
+    let manifest = damaged_copy(|_| {});
+    std::fs::write(manifest.path().join("manifest.json"), "{\"format\": 1").unwrap();
+    fails_with(&["logits", s(manifest.path()), "--tokens", "2", "--out", "/tmp/x.npy"], "manifest.json");
+}
+
+type TensorEdit = dyn Fn(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>);
+
+/// A copy of a small official-golden HF checkpoint whose tensors were changed by `edit`.
+fn edited_checkpoint(edit: &TensorEdit) -> tempfile::TempDir {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/window_long");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(source.join("config.json"), dir.path().join("config.json")).unwrap();
+    let bytes = std::fs::read(source.join("model.safetensors")).unwrap();
+    let len = json_len(bytes[..8].try_into().unwrap()).unwrap() as usize;
+    let header = parse_header(&bytes[8..8 + len]).unwrap();
+    let mut tensors: Vec<_> = header
+        .entries
+        .iter()
+        .map(|e| (e.name.clone(), e.dtype, e.shape.clone(), bytes[e.start as usize..e.end as usize].to_vec()))
+        .collect();
+    edit(&mut tensors);
+    let layout: Vec<_> = tensors.iter().map(|(n, d, s, _)| (n.clone(), *d, s.clone())).collect();
+    let mut out = write_header(&layout, &Default::default());
+    for (_, _, _, data) in &tensors {
+        out.extend(data);
+    }
+    std::fs::write(dir.path().join("model.safetensors"), out).unwrap();
+    dir
+}
+
+fn convert_fails_with(checkpoint: &tempfile::TempDir, message: &str) {
+    let out = tempfile::tempdir().unwrap();
+    fails_with(&["convert", s(checkpoint.path()), s(out.path())], message);
+}
+
+#[test]
+fn malformed_checkpoints_are_rejected() {
+    const NORM: &str = "model.final_norm.weight";
+    convert_fails_with(&edited_checkpoint(&|t| t.retain(|(n, ..)| n != NORM)), "missing tensor model.final_norm.weight");
+    convert_fails_with(
+        &edited_checkpoint(&|t| {
+            let entry = t.iter_mut().find(|(n, ..)| n == NORM).unwrap();
+            entry.2 = vec![entry.2[0] / 2, 2];
+        }),
+        "has shape [32, 2], expected [64]",
+    );
+    convert_fails_with(
+        &edited_checkpoint(&|t| t.iter_mut().find(|(n, ..)| n == NORM).unwrap().1 = Dtype::I32),
+        "has dtype I32",
+    );
+    convert_fails_with(
+        &edited_checkpoint(&|t| t.push(("model.extra.weight".into(), Dtype::F32, vec![1], vec![0; 4]))),
+        "unexpected tensor model.extra.weight",
+    );
+    convert_fails_with(
+        &edited_checkpoint(&|t| {
+            let entry = t.iter_mut().find(|(n, ..)| n == NORM).unwrap();
+            entry.3[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+        }),
+        "non-finite",
+    );
+
+    let truncated = edited_checkpoint(&|_| {});
+    let file = truncated.path().join("model.safetensors");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() - 1]).unwrap();
+    convert_fails_with(&truncated, "truncated");
+    std::fs::write(&file, &bytes[..20]).unwrap();
+    convert_fails_with(&truncated, "truncated inside its header");
+
+    let bad_json = edited_checkpoint(&|_| {});
+    let file = bad_json.path().join("model.safetensors");
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[8] = b'[';
+    std::fs::write(&file, bytes).unwrap();
+    convert_fails_with(&bad_json, "bad JSON");
+
+    let wrong_model = edited_checkpoint(&|_| {});
+    let config = wrong_model.path().join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap().replace("recurrent_gemma", "gemma2");
+    std::fs::write(&config, text).unwrap();
+    convert_fails_with(&wrong_model, "expected 'recurrent_gemma'");
+}
