@@ -237,3 +237,88 @@ fn malformed_checkpoints_are_rejected() {
     std::fs::write(&config, text).unwrap();
     convert_fails_with(&wrong_model, "expected 'recurrent_gemma'");
 }
+
+#[test]
+fn sharded_checkpoints_convert_like_single_files() {
+    let single = edited_checkpoint(&|_| {});
+    let sharded = edited_checkpoint(&|_| {});
+    let bytes = std::fs::read(sharded.path().join("model.safetensors")).unwrap();
+    let len = json_len(bytes[..8].try_into().unwrap()).unwrap() as usize;
+    let header = parse_header(&bytes[8..8 + len]).unwrap();
+    let (first, second) = header.entries.split_at(header.entries.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    for (file, entries) in [("model-00001-of-00002.safetensors", first), ("model-00002-of-00002.safetensors", second)] {
+        let layout: Vec<_> = entries.iter().map(|e| (e.name.clone(), e.dtype, e.shape.clone())).collect();
+        let mut out = write_header(&layout, &Default::default());
+        for e in entries {
+            out.extend(&bytes[e.start as usize..e.end as usize]);
+            weight_map.insert(e.name.clone(), file.into());
+        }
+        std::fs::write(sharded.path().join(file), out).unwrap();
+    }
+    std::fs::remove_file(sharded.path().join("model.safetensors")).unwrap();
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    std::fs::write(sharded.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+
+    let tokens = "2,5,7,9,11,13,17,19,23,29,31,37";
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    ok(&["convert", s(single.path()), s(a.path()), "--quant", "f32"]);
+    ok(&["convert", s(sharded.path()), s(b.path()), "--quant", "f32"]);
+    assert_eq!(logits(a.path(), tokens), logits(b.path(), tokens));
+}
+
+#[test]
+fn bf16_checkpoints_convert() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hf, web) = (dir.path().join("hf"), dir.path().join("web"));
+    // Same seed as the f32 tiny checkpoint: the bf16 one holds the same weights, rounded.
+    ok(&["random", "--preset", "tiny", "--seed", "7", "--dtype", "bf16", s(&hf)]);
+    ok(&["convert", s(&hf), s(&web), "--quant", "f32"]);
+    let (_, rounded) = logits(&web, TOKENS);
+    let (_, exact) = logits(&tiny().f32, TOKENS);
+    let peak = exact.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let worst = exact.iter().zip(&rounded).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(worst > 0.0 && worst / peak < 0.05, "bf16 weights: max |Δ| {worst} of {peak}");
+}
+
+/// Records each piece's bytes, checking they arrive in order.
+#[derive(Default, PartialEq, Debug)]
+struct Recorder(std::collections::BTreeMap<String, Vec<u8>>);
+
+impl rgweb::weights::stream::PieceSink for Recorder {
+    fn piece_bytes(&mut self, piece: &rgweb::weights::format::Piece, offset: u64, bytes: &[u8]) -> rgweb::Result<()> {
+        let buffer = self.0.entry(piece.name.clone()).or_default();
+        assert_eq!(buffer.len() as u64, offset, "{} bytes out of order", piece.name);
+        buffer.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+#[test]
+fn shard_parser_gives_the_same_pieces_for_any_chunking() {
+    use rgweb::weights::load::read_manifest;
+    use rgweb::weights::stream::ShardParser;
+    let dir = &tiny().int8;
+    let manifest = read_manifest(dir).unwrap();
+    let last = manifest.shards.len() - 1;
+    let mut results = Vec::new();
+    for shard in [0, last] {
+        let bytes = std::fs::read(dir.join(&manifest.shards[shard].file)).unwrap();
+        for chunk in [1usize, 7, 8, 4096, 1 << 20, bytes.len()] {
+            let mut recorder = Recorder::default();
+            let mut parser = ShardParser::new(&manifest, shard);
+            // Byte-by-byte through the header only; the data would take too long in a debug build.
+            let split = if chunk == 1 { 4096 } else { bytes.len() };
+            for piece in bytes[..split].chunks(chunk).chain(bytes[split..].chunks(1 << 16)) {
+                parser.push(piece, &mut recorder).unwrap();
+            }
+            parser.finish().unwrap();
+            let expected: u64 = manifest.shard_pieces(shard).map(|p| p.bytes).sum();
+            assert_eq!(recorder.0.values().map(|b| b.len() as u64).sum::<u64>(), expected);
+            results.push((shard, recorder));
+        }
+    }
+    for pair in results.windows(2).filter(|w| w[0].0 == w[1].0) {
+        assert_eq!(pair[0].1, pair[1].1, "chunking changed shard {}", pair[0].0);
+    }
+}

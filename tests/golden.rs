@@ -53,6 +53,7 @@ fn assert_close(actual: &[f32], expected: &[f32], vocab: usize, what: &str) {
         .enumerate()
         .map(|(i, (a, e))| ((a - e).abs(), i))
         .fold((0.0f32, 0), |best, (d, i)| if d > best.0 || d.is_nan() { (d, i) } else { best });
+    eprintln!("{what}: max |Δ| = {worst:.2e}");
     assert!(
         worst <= TOLERANCE,
         "{what}: max |Δ| = {worst} at position {} token logit {}",

@@ -65,9 +65,12 @@ struct Candidate {
     weight: f32,
 }
 
-/// How many tokens the nucleus search sorts first; it doubles that until the sorted prefix holds
-/// `top_p` of the probability. Chat nuclei are usually smaller, so one round is the common case.
-const NUCLEUS_FIRST_GUESS: usize = 64;
+/// The nucleus search sorts candidates into bins by how far below the best token they are, in
+/// units of the softmax's exponent ((max logit - logit) / temperature, in nats): 16 bins per nat,
+/// so weights within a bin differ by less than 7%, and everything 64 nats or more below the best
+/// (weight under 1.7e-28) shares the last bin.
+const NUCLEUS_BINS_PER_NAT: f32 = 16.0;
+const NUCLEUS_BINS: usize = 64 * 16 + 1;
 
 impl Sampler {
     pub fn new(params: SamplingParams) -> Result<Self> {
@@ -118,6 +121,9 @@ impl Sampler {
         if top_k > 0 && top_k < candidates.len() {
             candidates.select_nth_unstable_by(top_k - 1, higher_logit_first);
             candidates.truncate(top_k);
+            // The draw walks the candidates in order: make that order canonical rather than
+            // whatever arrangement the selection algorithm leaves, so a seed always replays.
+            candidates.sort_unstable_by(higher_logit_first);
         }
 
         // Softmax numerator with the maximum subtracted: the best token weighs exactly 1, so the
@@ -128,7 +134,11 @@ impl Sampler {
         }
 
         if self.params.top_p < 1.0 {
-            keep_nucleus(candidates, self.params.top_p);
+            keep_nucleus(candidates, self.params.top_p, |c| {
+                let nats_below_best = (best_logit - c.logit) / temperature;
+                // `as` saturates: an infinite distance lands in the last bin too.
+                ((nats_below_best * NUCLEUS_BINS_PER_NAT) as usize).min(NUCLEUS_BINS - 1)
+            });
         }
 
         // Renormalise over what is left and invert its cumulative distribution at one uniform draw.
@@ -176,31 +186,40 @@ fn heavier_first(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
 }
 
 /// Keeps the smallest set of most likely candidates whose weight reaches `top_p` of the total (at
-/// least one), sorted heaviest first. Rather than sorting all 256,000 candidates, it sorts a
-/// growing prefix of the heaviest ones until that prefix holds enough weight.
-fn keep_nucleus(candidates: &mut Vec<Candidate>, top_p: f32) {
-    let total: f32 = candidates.iter().map(|c| c.weight).sum();
-    let target = top_p * total;
-    let mut prefix_len = NUCLEUS_FIRST_GUESS.min(candidates.len());
-    loop {
-        if prefix_len < candidates.len() {
-            candidates.select_nth_unstable_by(prefix_len, heavier_first);
+/// least one). Sorting all 256,000 candidates would cost O(V log V); instead one pass sums the
+/// weight per bin (`bin_of`, heaviest bin first), which finds the bin where the running total
+/// crosses `top_p`. Every candidate in a heavier bin is kept; only the crossing bin is sorted, and
+/// its heaviest members kept until the target is reached.
+fn keep_nucleus(candidates: &mut Vec<Candidate>, top_p: f32, bin_of: impl Fn(&Candidate) -> usize) {
+    let mut bin_weights = [0.0f32; NUCLEUS_BINS];
+    for candidate in candidates.iter() {
+        bin_weights[bin_of(candidate)] += candidate.weight;
+    }
+    let target = top_p * bin_weights.iter().sum::<f32>();
+
+    let mut heavier_bins_weight = 0.0;
+    // If rounding keeps the running total below `target`, every bin is in the nucleus.
+    let mut crossing_bin = NUCLEUS_BINS - 1;
+    for (bin, &weight) in bin_weights.iter().enumerate() {
+        if heavier_bins_weight + weight >= target {
+            crossing_bin = bin;
+            break;
         }
-        candidates[..prefix_len].sort_unstable_by(heavier_first);
-        let mut cumulative = 0.0;
-        for (index, candidate) in candidates[..prefix_len].iter().enumerate() {
-            cumulative += candidate.weight;
-            if cumulative >= target {
-                candidates.truncate(index + 1);
-                return;
-            }
+        heavier_bins_weight += weight;
+    }
+
+    candidates.retain(|c| bin_of(c) <= crossing_bin);
+    let mut crossing: Vec<Candidate> = candidates
+        .extract_if(.., |c| bin_of(c) == crossing_bin)
+        .collect();
+    crossing.sort_unstable_by(heavier_first);
+    let mut cumulative: f32 = candidates.iter().map(|c| c.weight).sum();
+    for candidate in crossing {
+        candidates.push(candidate);
+        cumulative += candidate.weight;
+        if cumulative >= target {
+            break;
         }
-        if prefix_len == candidates.len() {
-            // Summed in another order the weights fell a rounding error short of `target`:
-            // everything is in the nucleus.
-            return;
-        }
-        prefix_len = (prefix_len * 2).min(candidates.len());
     }
 }
 
@@ -368,9 +387,9 @@ mod tests {
     }
 
     #[test]
-    fn top_p_over_a_large_flat_vocabulary_needs_several_rounds() {
-        // 1,000 equally likely tokens: the nucleus for 0.5 is 500 of them (the lowest ids, as ties
-        // go to them), more than the first guess of 64.
+    fn top_p_over_many_equal_tokens_keeps_the_lowest_ids() {
+        // 1,000 equally likely tokens, all in one bin: the nucleus for 0.5 is 500 of them, the
+        // lowest ids, as ties go to them.
         let logits = vec![0.0; 1_000];
         let samples = draws(&mut sampler(1.0, 0, 0.5, 3), &logits, 5_000);
         assert!(samples.iter().all(|&id| id < 500));
@@ -378,6 +397,65 @@ mod tests {
             samples.iter().any(|&id| id >= 400),
             "the whole nucleus is sampled"
         );
+    }
+
+    #[test]
+    fn nucleus_matches_sorting_everything() {
+        for (seed, temperature, top_p) in [
+            (1, 1.0, 0.9),
+            (2, 0.5, 0.5),
+            (3, 2.0, 0.95),
+            (4, 0.05, 0.99),
+            (5, 1.0, 0.01),
+        ] {
+            let case = format!("seed {seed}, T {temperature}, top_p {top_p}");
+            let logits = random_logits(256_000, seed);
+            let best = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut nucleus: Vec<Candidate> = logits
+                .iter()
+                .zip(0u32..)
+                .map(|(&logit, id)| Candidate {
+                    id,
+                    logit,
+                    weight: ((logit - best) / temperature).exp(),
+                })
+                .collect();
+            let mut by_rank = nucleus.clone();
+            by_rank.sort_by(heavier_first);
+
+            keep_nucleus(&mut nucleus, top_p, |c| {
+                (((best - c.logit) / temperature * NUCLEUS_BINS_PER_NAT) as usize)
+                    .min(NUCLEUS_BINS - 1)
+            });
+
+            // The kept tokens are exactly the most likely ones...
+            let mut kept: Vec<u32> = nucleus.iter().map(|c| c.id).collect();
+            kept.sort_unstable();
+            let mut top: Vec<u32> = by_rank[..kept.len()].iter().map(|c| c.id).collect();
+            top.sort_unstable();
+            assert!(
+                kept == top,
+                "{case}: not the {} most likely tokens",
+                kept.len()
+            );
+
+            // ...and as few as reach `top_p`: in exact arithmetic the set without its lightest token
+            // falls short. Both sides are f32 sums of up to 256,000 terms, hence the tolerance.
+            let mass = |tokens: &[Candidate]| tokens.iter().map(|c| c.weight as f64).sum::<f64>();
+            let total = mass(&by_rank);
+            let target = top_p as f64 * total;
+            let tolerance = 1e-4 * total;
+            let kept_mass = mass(&by_rank[..kept.len()]);
+            let without_lightest = mass(&by_rank[..kept.len() - 1]);
+            assert!(
+                kept_mass >= target - tolerance,
+                "{case}: {kept_mass} < {target}"
+            );
+            assert!(
+                without_lightest < target + tolerance,
+                "{case}: {without_lightest} >= {target}"
+            );
+        }
     }
 
     #[test]
