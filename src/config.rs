@@ -136,8 +136,7 @@ impl Config {
     }
 
     pub fn from_json(text: &str) -> Result<Self> {
-        let config: Config =
-            serde_json::from_str(text).map_err(|e| Error::Config(format!("config.json: {e}")))?;
+        let config: Config = serde_json::from_str(text).map_err(|e| Error::Config(format!("config.json: {e}")))?;
         config.validate()?;
         Ok(config)
     }
@@ -170,16 +169,16 @@ impl Config {
                 self.num_key_value_heads
             ));
         }
-        if self.intermediate_size % 2 != 0 {
+        if !self.intermediate_size.is_multiple_of(2) {
             return fail("intermediate_size must be even (it is twice the MLP width)".into());
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return fail("hidden_size must be divisible by num_attention_heads".into());
         }
-        if self.lru_width() % self.num_attention_heads != 0 {
+        if !self.lru_width().is_multiple_of(self.num_attention_heads) {
             return fail("lru_width must be divisible by num_attention_heads".into());
         }
-        if self.rotary_dims() % 2 != 0 || self.rotary_dims() > self.head_dim() {
+        if !self.rotary_dims().is_multiple_of(2) || self.rotary_dims() > self.head_dim() {
             return fail(format!(
                 "partial_rotary_factor {} does not give an even number of rotated dims",
                 self.partial_rotary_factor
@@ -247,8 +246,7 @@ mod tests {
         assert_eq!(c.mlp_width(), 7680);
         assert_eq!(c.rotary_dims(), 128);
         assert_eq!(c.num_layers_of(BlockType::Attention), 8);
-        let attention: Vec<usize> =
-            (0..26).filter(|&l| c.block_type(l) == BlockType::Attention).collect();
+        let attention: Vec<usize> = (0..26).filter(|&l| c.block_type(l) == BlockType::Attention).collect();
         assert_eq!(attention, [2, 5, 8, 11, 14, 17, 20, 23]);
         let nine = Config::preset(Preset::RecurrentGemma9b);
         assert_eq!(nine.embedding_scale(), 64.0);

@@ -10,8 +10,8 @@ use std::sync::OnceLock;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rgweb::chat::{
-    first_user_turn, format_conversation, is_stop_token, next_user_turn, GemmaTokenizer,
-    TextStream, Turn, BOS, END_OF_TURN, EOS, PAD, START_OF_TURN,
+    first_user_turn, format_conversation, is_stop_token, next_user_turn, GemmaTokenizer, TextStream, Turn, BOS,
+    END_OF_TURN, EOS, PAD, START_OF_TURN,
 };
 use rgweb::Error;
 
@@ -31,9 +31,7 @@ fn tokenizer() -> &'static GemmaTokenizer {
 /// The byte-fallback piece for `byte`. Gemma has one for every byte but tab, which is an ordinary
 /// piece (`"\t"`, id 226).
 fn byte_id(byte: u8) -> u32 {
-    tokenizer()
-        .token_to_id(&format!("<0x{byte:02X}>"))
-        .unwrap_or_else(|| panic!("no byte piece for {byte:#04x}"))
+    tokenizer().token_to_id(&format!("<0x{byte:02X}>")).unwrap_or_else(|| panic!("no byte piece for {byte:#04x}"))
 }
 
 /// `text` spelled entirely with byte-fallback pieces, as a model may sample it.
@@ -44,10 +42,7 @@ fn byte_ids(text: &str) -> Vec<u32> {
 /// Everything a stream prints for `ids`, push by push, then the final flush.
 fn stream_chunks(ids: &[u32]) -> Vec<String> {
     let mut stream = TextStream::new();
-    let mut chunks: Vec<String> = ids
-        .iter()
-        .filter_map(|&id| stream.push(tokenizer(), id).unwrap())
-        .collect();
+    let mut chunks: Vec<String> = ids.iter().filter_map(|&id| stream.push(tokenizer(), id).unwrap()).collect();
     chunks.extend(stream.finish());
     chunks
 }
@@ -70,10 +65,7 @@ fn vocabulary_and_special_ids() {
     ] {
         assert_eq!(tok.token_to_id(piece), Some(id), "{piece}");
     }
-    assert_eq!(
-        (PAD, EOS, BOS, START_OF_TURN, END_OF_TURN),
-        (0, 1, 2, 106, 107)
-    );
+    assert_eq!((PAD, EOS, BOS, START_OF_TURN, END_OF_TURN), (0, 1, 2, 106, 107));
 }
 
 #[test]
@@ -81,32 +73,19 @@ fn known_encodings() {
     let tok = tokenizer();
     let cases: [(&str, &[u32]); 6] = [
         ("Hello world", &[4521, 2134]),
-        (
-            "naïve café — 東京 🤖 €5",
-            &[
-                556, 236370, 524, 18688, 2062, 48553, 235248, 243349, 8296, 235308,
-            ],
-        ),
+        ("naïve café — 東京 🤖 €5", &[556, 236370, 524, 18688, 2062, 48553, 235248, 243349, 8296, 235308]),
         // No dummy-prefix space is added; spaces, newlines and tabs are kept.
-        (
-            " leading  spaces\n\ttabs",
-            &[8133, 139, 46633, 108, 226, 31973],
-        ),
+        (" leading  spaces\n\ttabs", &[8133, 139, 46633, 108, 226, 31973]),
         ("€", &[235872]),
         // 𝔘 and two runes are not in the vocabulary: byte fallback.
         (
             "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 ⚗️ 🧬🦀",
             &[
-                457, 374, 365, 369, 249520, 248518, 251393, 249018, 251394, 247863, 235248, 250767,
-                235969, 235248, 248121, 243131,
+                457, 374, 365, 369, 249520, 248518, 251393, 249018, 251394, 247863, 235248, 250767, 235969, 235248,
+                248121, 243131,
             ],
         ),
-        (
-            "ᚠᛇᚻ᛫ᛒᛦᚦ",
-            &[
-                252704, 442, 372, 352, 255151, 251887, 254932, 442, 372, 383, 254375,
-            ],
-        ),
+        ("ᚠᛇᚻ᛫ᛒᛦᚦ", &[252704, 442, 372, 352, 255151, 251887, 254932, 442, 372, 383, 254375]),
     ];
     for (text, expected) in cases {
         assert_eq!(tok.encode(text, false).unwrap(), expected, "{text:?}");
@@ -126,18 +105,12 @@ fn bos_is_added_once_and_only_when_asked() {
 #[test]
 fn template_markup_becomes_single_special_tokens() {
     let tok = tokenizer();
-    assert_eq!(
-        tok.encode("<start_of_turn>", false).unwrap(),
-        [START_OF_TURN]
-    );
+    assert_eq!(tok.encode("<start_of_turn>", false).unwrap(), [START_OF_TURN]);
     assert_eq!(tok.encode("<end_of_turn>", false).unwrap(), [END_OF_TURN]);
     let prompt = format_conversation(&[Turn::user("Hi there")], true).unwrap();
     let expected = [BOS, 106, 1645, 108, 2151, 1104, 107, 108, 106, 2516, 108];
     assert_eq!(tok.encode(&prompt, true).unwrap(), expected);
-    assert_eq!(
-        tok.encode(&first_user_turn("Hi there"), true).unwrap(),
-        expected
-    );
+    assert_eq!(tok.encode(&first_user_turn("Hi there"), true).unwrap(), expected);
 }
 
 /// The conversation `apply_chat_template` renders and tokenizes in the reference implementation.
@@ -148,9 +121,9 @@ fn reference_conversation() -> (Vec<Turn>, Vec<u32>) {
         Turn::user("And of Japan? Answer in 日本語 🗾"),
     ];
     let ids = vec![
-        2, 106, 1645, 108, 1841, 603, 573, 6037, 576, 6081, 235336, 107, 108, 106, 2516, 108, 651,
-        6037, 576, 6081, 603, 5231, 29437, 168428, 107, 108, 106, 1645, 108, 2079, 576, 5928,
-        235336, 10358, 575, 26867, 236333, 235248, 251429, 107, 108, 106, 2516, 108,
+        2, 106, 1645, 108, 1841, 603, 573, 6037, 576, 6081, 235336, 107, 108, 106, 2516, 108, 651, 6037, 576, 6081,
+        603, 5231, 29437, 168428, 107, 108, 106, 1645, 108, 2079, 576, 5928, 235336, 10358, 575, 26867, 236333, 235248,
+        251429, 107, 108, 106, 2516, 108,
     ];
     (turns, ids)
 }
@@ -175,29 +148,14 @@ fn incremental_turns_tokenize_like_the_whole_conversation() {
     let (turns, expected_ids) = reference_conversation();
     // What a session feeds: BOS + first turn, the sampled reply (its <end_of_turn> not fed back),
     // then the next turn, which closes the reply.
-    let mut ids = tok
-        .encode(&first_user_turn(&turns[0].content), true)
-        .unwrap();
+    let mut ids = tok.encode(&first_user_turn(&turns[0].content), true).unwrap();
     ids.extend(tok.encode(&turns[1].content, false).unwrap());
-    ids.extend(
-        tok.encode(&next_user_turn(&turns[2].content), false)
-            .unwrap(),
-    );
+    ids.extend(tok.encode(&next_user_turn(&turns[2].content), false).unwrap());
     assert_eq!(ids, expected_ids);
 
     // Longer, with replies that start and end on awkward characters.
-    let messages = [
-        "Hi!",
-        "Translate 'good night' to German.",
-        "Now in 日本語, with an emoji.",
-        "  thanks \n",
-    ];
-    let replies = [
-        "Hello! How can I help?",
-        "\"Gute Nacht\"",
-        "おやすみなさい 🌙",
-        "You're welcome — 😊",
-    ];
+    let messages = ["Hi!", "Translate 'good night' to German.", "Now in 日本語, with an emoji.", "  thanks \n"];
+    let replies = ["Hello! How can I help?", "\"Gute Nacht\"", "おやすみなさい 🌙", "You're welcome — 😊"];
     let mut session = tok.encode(&first_user_turn(messages[0]), true).unwrap();
     let mut conversation = Vec::new();
     for (index, (&message, &reply)) in messages.iter().zip(&replies).enumerate() {
@@ -211,10 +169,19 @@ fn incremental_turns_tokenize_like_the_whole_conversation() {
     // The prompt for a fifth turn.
     session.extend(tok.encode(&next_user_turn("Bye."), false).unwrap());
     conversation.push(Turn::user("Bye."));
-    let full = tok
-        .encode(&format_conversation(&conversation, true).unwrap(), true)
-        .unwrap();
+    let full = tok.encode(&format_conversation(&conversation, true).unwrap(), true).unwrap();
     assert_eq!(session, full);
+}
+
+/// What makes the incremental form safe at `model\n` + reply: the reply's first piece can never
+/// absorb the newline before it.
+#[test]
+fn no_piece_joins_a_newline_to_other_text() {
+    let tok = tokenizer();
+    for id in 0..tok.vocab_size() as u32 {
+        let text = tok.decode(&[id]).unwrap();
+        assert!(!text.contains('\n') || text.chars().all(|c| c == '\n'), "piece {id} is {text:?}");
+    }
 }
 
 #[test]
@@ -224,10 +191,7 @@ fn template_rejects_turns_out_of_order() {
         vec![Turn::user("a"), Turn::user("b")],
         vec![Turn::user("a"), Turn::model("b"), Turn::model("c")],
     ] {
-        assert!(
-            matches!(format_conversation(&turns, true), Err(Error::Input(_))),
-            "{turns:?}"
-        );
+        assert!(matches!(format_conversation(&turns, true), Err(Error::Input(_))), "{turns:?}");
     }
     assert_eq!(format_conversation(&[], false).unwrap(), "");
     assert_eq!(
@@ -238,14 +202,8 @@ fn template_rejects_turns_out_of_order() {
 
 #[test]
 fn incremental_pieces_are_the_documented_strings() {
-    assert_eq!(
-        first_user_turn(" hi\n"),
-        "<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n"
-    );
-    assert_eq!(
-        next_user_turn("hi"),
-        "<end_of_turn>\n<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n"
-    );
+    assert_eq!(first_user_turn(" hi\n"), "<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n");
+    assert_eq!(next_user_turn("hi"), "<end_of_turn>\n<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n");
 }
 
 #[test]
@@ -271,12 +229,7 @@ fn stream_equals_full_decode_on_encoded_text() {
     ] {
         let ids = tok.encode(text, false).unwrap();
         let chunks = stream_chunks(&ids);
-        assert!(
-            chunks
-                .iter()
-                .all(|chunk| !chunk.contains(char::REPLACEMENT_CHARACTER)),
-            "{chunks:?}"
-        );
+        assert!(chunks.iter().all(|chunk| !chunk.contains(char::REPLACEMENT_CHARACTER)), "{chunks:?}");
         assert_eq!(chunks.concat(), tok.decode(&ids).unwrap());
         assert_eq!(chunks.concat(), text);
     }
@@ -307,10 +260,7 @@ fn stream_holds_byte_pieces_until_the_character_is_complete() {
 fn stream_equals_full_decode_on_random_pieces() {
     // Random ordinary pieces (special ones included) mixed with characters spelled in bytes.
     let tok = tokenizer();
-    let byte_pieces: Vec<u32> = (0..=255)
-        .filter(|&byte| byte != b'\t')
-        .map(byte_id)
-        .collect();
+    let byte_pieces: Vec<u32> = (0..=255).filter(|&byte| byte != b'\t').map(byte_id).collect();
     assert_eq!(byte_pieces.len(), 255);
     let mut rng = ChaCha8Rng::seed_from_u64(17);
     for _ in 0..50 {
@@ -367,24 +317,14 @@ fn stream_shows_special_tokens_like_decode() {
 #[test]
 fn ids_outside_the_vocabulary_are_errors() {
     let tok = tokenizer();
-    assert!(matches!(
-        tok.decode(&[4521, 256_000]),
-        Err(Error::Tokenizer(_))
-    ));
-    assert!(matches!(
-        TextStream::new().push(tok, u32::MAX),
-        Err(Error::Tokenizer(_))
-    ));
+    assert!(matches!(tok.decode(&[4521, 256_000]), Err(Error::Tokenizer(_))));
+    assert!(matches!(TextStream::new().push(tok, u32::MAX), Err(Error::Tokenizer(_))));
 }
 
 #[test]
 fn loading_rejects_what_is_not_the_gemma_tokenizer() {
-    assert!(matches!(
-        GemmaTokenizer::from_bytes(b"not json"),
-        Err(Error::Tokenizer(_))
-    ));
-    let other =
-        br#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,
+    assert!(matches!(GemmaTokenizer::from_bytes(b"not json"), Err(Error::Tokenizer(_))));
+    let other = br#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,
         "pre_tokenizer":null,"post_processor":null,"decoder":null,
         "model":{"type":"BPE","vocab":{"<pad>":0,"<eos>":1,"<bos>":2},"merges":[]}}"#;
     match GemmaTokenizer::from_bytes(other) {
@@ -393,8 +333,5 @@ fn loading_rejects_what_is_not_the_gemma_tokenizer() {
         Ok(_) => panic!("a three-piece vocabulary was accepted"),
     }
     let missing = std::env::temp_dir().join("rgweb-no-such-tokenizer.json");
-    assert!(matches!(
-        GemmaTokenizer::from_file(&missing),
-        Err(Error::Io { .. })
-    ));
+    assert!(matches!(GemmaTokenizer::from_file(&missing), Err(Error::Io { .. })));
 }

@@ -60,7 +60,7 @@ fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
     assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
     let len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
     let header = std::str::from_utf8(&bytes[10..10 + len]).unwrap();
-    assert!(header.contains("'descr': '<f4'") && (10 + len) % 64 == 0, "{header}");
+    assert!(header.contains("'descr': '<f4'") && (10 + len).is_multiple_of(64), "{header}");
     let shape_text = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
     let shape = shape_text.split(',').filter(|t| !t.trim().is_empty()).map(|t| t.trim().parse().unwrap()).collect();
     let data = bytes[10 + len..].chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
@@ -102,8 +102,17 @@ fn int8_conversion_stays_within_its_bound() {
 fn generate_streams_text_deterministically() {
     let tokenizer = Path::new(env!("CARGO_MANIFEST_DIR")).join("vendor/gemma-tokenizer/tokenizer.json");
     assert!(tokenizer.exists(), "run scripts/fetch-tokenizer.sh first ({})", tokenizer.display());
-    let args =
-        ["generate", s(&tiny().int8), "--prompt", "Hello", "--max-tokens", "12", "--tokenizer", s(&tokenizer), "--print-ids"];
+    let args = [
+        "generate",
+        s(&tiny().int8),
+        "--prompt",
+        "Hello",
+        "--max-tokens",
+        "12",
+        "--tokenizer",
+        s(&tokenizer),
+        "--print-ids",
+    ];
     let first = ok(&args);
     let second = ok(&args);
     assert_eq!(first.stdout, second.stdout);
@@ -192,7 +201,10 @@ fn convert_fails_with(checkpoint: &tempfile::TempDir, message: &str) {
 #[test]
 fn malformed_checkpoints_are_rejected() {
     const NORM: &str = "model.final_norm.weight";
-    convert_fails_with(&edited_checkpoint(&|t| t.retain(|(n, ..)| n != NORM)), "missing tensor model.final_norm.weight");
+    convert_fails_with(
+        &edited_checkpoint(&|t| t.retain(|(n, ..)| n != NORM)),
+        "missing tensor model.final_norm.weight",
+    );
     convert_fails_with(
         &edited_checkpoint(&|t| {
             let entry = t.iter_mut().find(|(n, ..)| n == NORM).unwrap();

@@ -22,28 +22,17 @@ pub struct SamplingParams {
 impl Default for SamplingParams {
     /// Greedy decoding: deterministic, and what the model's reference outputs use.
     fn default() -> Self {
-        Self {
-            temperature: 0.0,
-            top_k: 0,
-            top_p: 1.0,
-            seed: 0,
-        }
+        Self { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }
     }
 }
 
 impl SamplingParams {
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return Err(Error::Input(format!(
-                "temperature must be a finite number >= 0, got {}",
-                self.temperature
-            )));
+            return Err(Error::Input(format!("temperature must be a finite number >= 0, got {}", self.temperature)));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(Error::Input(format!(
-                "top_p must be in (0, 1], got {}",
-                self.top_p
-            )));
+            return Err(Error::Input(format!("top_p must be in (0, 1], got {}", self.top_p)));
         }
         Ok(())
     }
@@ -75,11 +64,7 @@ const NUCLEUS_BINS: usize = 64 * 16 + 1;
 impl Sampler {
     pub fn new(params: SamplingParams) -> Result<Self> {
         params.validate()?;
-        Ok(Self {
-            params,
-            rng: ChaCha8Rng::seed_from_u64(params.seed),
-            candidates: Vec::new(),
-        })
+        Ok(Self { params, rng: ChaCha8Rng::seed_from_u64(params.seed), candidates: Vec::new() })
     }
 
     pub fn params(&self) -> &SamplingParams {
@@ -93,12 +78,8 @@ impl Sampler {
     /// Logits that are all NaN or -inf (or none at all) are an error rather than a made-up token:
     /// they mean the model's output is broken, and the caller should say so.
     pub fn sample(&mut self, logits: &[f32]) -> Result<u32> {
-        let (best_id, best_logit) = argmax(logits).ok_or_else(|| {
-            Error::Input(format!(
-                "cannot sample: all {} logits are NaN or -inf",
-                logits.len()
-            ))
-        })?;
+        let (best_id, best_logit) = argmax(logits)
+            .ok_or_else(|| Error::Input(format!("cannot sample: all {} logits are NaN or -inf", logits.len())))?;
         if self.params.temperature == 0.0 || best_logit == f32::INFINITY {
             return Ok(best_id);
         }
@@ -106,15 +87,11 @@ impl Sampler {
         let candidates = &mut self.candidates;
         candidates.clear();
         candidates.extend(
-            logits
-                .iter()
-                .zip(0u32..)
-                .filter(|(logit, _)| is_usable(**logit))
-                .map(|(&logit, id)| Candidate {
-                    id,
-                    logit,
-                    weight: 0.0,
-                }),
+            logits.iter().zip(0u32..).filter(|(logit, _)| is_usable(**logit)).map(|(&logit, id)| Candidate {
+                id,
+                logit,
+                weight: 0.0,
+            }),
         );
 
         let top_k = self.params.top_k;
@@ -152,11 +129,7 @@ impl Sampler {
             }
         }
         // Rounding can leave `target` at or above the summed weights: take the last token with any.
-        Ok(candidates
-            .iter()
-            .rev()
-            .find(|c| c.weight > 0.0)
-            .map_or(best_id, |c| c.id))
+        Ok(candidates.iter().rev().find(|c| c.weight > 0.0).map_or(best_id, |c| c.id))
     }
 }
 
@@ -209,9 +182,7 @@ fn keep_nucleus(candidates: &mut Vec<Candidate>, top_p: f32, bin_of: impl Fn(&Ca
     }
 
     candidates.retain(|c| bin_of(c) <= crossing_bin);
-    let mut crossing: Vec<Candidate> = candidates
-        .extract_if(.., |c| bin_of(c) == crossing_bin)
-        .collect();
+    let mut crossing: Vec<Candidate> = candidates.extract_if(.., |c| bin_of(c) == crossing_bin).collect();
     crossing.sort_unstable_by(heavier_first);
     let mut cumulative: f32 = candidates.iter().map(|c| c.weight).sum();
     for candidate in crossing {
@@ -228,19 +199,11 @@ mod tests {
     use super::*;
 
     fn sampler(temperature: f32, top_k: usize, top_p: f32, seed: u64) -> Sampler {
-        Sampler::new(SamplingParams {
-            temperature,
-            top_k,
-            top_p,
-            seed,
-        })
-        .unwrap()
+        Sampler::new(SamplingParams { temperature, top_k, top_p, seed }).unwrap()
     }
 
     fn draws(sampler: &mut Sampler, logits: &[f32], count: usize) -> Vec<u32> {
-        (0..count)
-            .map(|_| sampler.sample(logits).unwrap())
-            .collect()
+        (0..count).map(|_| sampler.sample(logits).unwrap()).collect()
     }
 
     /// Reproducible pseudo-random logits, spread like a language model's (a few standard
@@ -262,10 +225,7 @@ mod tests {
         for &id in ids {
             counts[id as usize] += 1;
         }
-        counts
-            .iter()
-            .map(|&c| c as f64 / ids.len() as f64)
-            .collect()
+        counts.iter().map(|&c| c as f64 / ids.len() as f64).collect()
     }
 
     #[test]
@@ -274,12 +234,7 @@ mod tests {
         assert_eq!(greedy.sample(&[0.1, 2.0, -1.0, 2.0]).unwrap(), 1);
         assert_eq!(greedy.sample(&[-3.0]).unwrap(), 0);
         let logits = random_logits(256_000, 7);
-        let expected = logits
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0)))
-            .unwrap()
-            .0;
+        let expected = logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0))).unwrap().0;
         assert_eq!(greedy.sample(&logits).unwrap(), expected as u32);
     }
 
@@ -287,15 +242,9 @@ mod tests {
     fn top_k_of_one_is_greedy_at_any_temperature() {
         for (round, temperature) in [0.01, 0.7, 1.0, 3.0, 1000.0].into_iter().enumerate() {
             let logits = random_logits(5_000, round as u64);
-            let greedy = Sampler::new(SamplingParams::default())
-                .unwrap()
-                .sample(&logits)
-                .unwrap();
+            let greedy = Sampler::new(SamplingParams::default()).unwrap().sample(&logits).unwrap();
             let mut top1 = sampler(temperature, 1, 1.0, 42);
-            assert!(
-                draws(&mut top1, &logits, 20).iter().all(|&id| id == greedy),
-                "temperature {temperature}"
-            );
+            assert!(draws(&mut top1, &logits, 20).iter().all(|&id| id == greedy), "temperature {temperature}");
         }
         // Ties keep the lowest id, as greedy does.
         assert_eq!(sampler(1.0, 1, 1.0, 3).sample(&[5.0, 9.0, 9.0]).unwrap(), 1);
@@ -320,10 +269,7 @@ mod tests {
     #[test]
     fn tiny_top_p_is_greedy() {
         let logits = random_logits(50_000, 9);
-        let greedy = Sampler::new(SamplingParams::default())
-            .unwrap()
-            .sample(&logits)
-            .unwrap();
+        let greedy = Sampler::new(SamplingParams::default()).unwrap().sample(&logits).unwrap();
         for seed in 0..20 {
             assert_eq!(sampler(1.0, 0, 1e-6, seed).sample(&logits).unwrap(), greedy);
         }
@@ -337,10 +283,7 @@ mod tests {
         // Expected ≈ [0.090, 0.245, 0.665]; one standard error is at most 0.0034 here, so 0.02 is
         // a wide margin for this fixed seed, not a flaky threshold.
         for (observed, expected) in observed.iter().zip(softmax(&logits)) {
-            assert!(
-                (observed - expected).abs() < 0.02,
-                "{observed} vs {expected}"
-            );
+            assert!((observed - expected).abs() < 0.02, "{observed} vs {expected}");
         }
     }
 
@@ -350,10 +293,7 @@ mod tests {
         let samples = draws(&mut sampler(2.0, 0, 1.0, 5), &logits, 20_000);
         let observed = frequencies(&samples, 3);
         for (observed, expected) in observed.iter().zip(softmax(&[0.0, 0.5, 1.0])) {
-            assert!(
-                (observed - expected).abs() < 0.02,
-                "{observed} vs {expected}"
-            );
+            assert!((observed - expected).abs() < 0.02, "{observed} vs {expected}");
         }
     }
 
@@ -364,10 +304,7 @@ mod tests {
         let observed = frequencies(&samples, 3);
         assert_eq!(observed[1], 0.0);
         let expected = softmax(&[2.0, 1.0]);
-        assert!(
-            (observed[0] - expected[0]).abs() < 0.02 && (observed[2] - expected[1]).abs() < 0.02,
-            "{observed:?}"
-        );
+        assert!((observed[0] - expected[0]).abs() < 0.02 && (observed[2] - expected[1]).abs() < 0.02, "{observed:?}");
     }
 
     #[test]
@@ -393,39 +330,27 @@ mod tests {
         let logits = vec![0.0; 1_000];
         let samples = draws(&mut sampler(1.0, 0, 0.5, 3), &logits, 5_000);
         assert!(samples.iter().all(|&id| id < 500));
-        assert!(
-            samples.iter().any(|&id| id >= 400),
-            "the whole nucleus is sampled"
-        );
+        assert!(samples.iter().any(|&id| id >= 400), "the whole nucleus is sampled");
     }
 
     #[test]
     fn nucleus_matches_sorting_everything() {
-        for (seed, temperature, top_p) in [
-            (1, 1.0, 0.9),
-            (2, 0.5, 0.5),
-            (3, 2.0, 0.95),
-            (4, 0.05, 0.99),
-            (5, 1.0, 0.01),
-        ] {
+        for (seed, temperature, top_p) in
+            [(1, 1.0, 0.9), (2, 0.5, 0.5), (3, 2.0, 0.95), (4, 0.05, 0.99), (5, 1.0, 0.01)]
+        {
             let case = format!("seed {seed}, T {temperature}, top_p {top_p}");
             let logits = random_logits(256_000, seed);
             let best = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut nucleus: Vec<Candidate> = logits
                 .iter()
                 .zip(0u32..)
-                .map(|(&logit, id)| Candidate {
-                    id,
-                    logit,
-                    weight: ((logit - best) / temperature).exp(),
-                })
+                .map(|(&logit, id)| Candidate { id, logit, weight: ((logit - best) / temperature).exp() })
                 .collect();
             let mut by_rank = nucleus.clone();
             by_rank.sort_by(heavier_first);
 
             keep_nucleus(&mut nucleus, top_p, |c| {
-                (((best - c.logit) / temperature * NUCLEUS_BINS_PER_NAT) as usize)
-                    .min(NUCLEUS_BINS - 1)
+                (((best - c.logit) / temperature * NUCLEUS_BINS_PER_NAT) as usize).min(NUCLEUS_BINS - 1)
             });
 
             // The kept tokens are exactly the most likely ones...
@@ -433,11 +358,7 @@ mod tests {
             kept.sort_unstable();
             let mut top: Vec<u32> = by_rank[..kept.len()].iter().map(|c| c.id).collect();
             top.sort_unstable();
-            assert!(
-                kept == top,
-                "{case}: not the {} most likely tokens",
-                kept.len()
-            );
+            assert!(kept == top, "{case}: not the {} most likely tokens", kept.len());
 
             // ...and as few as reach `top_p`: in exact arithmetic the set without its lightest token
             // falls short. Both sides are f32 sums of up to 256,000 terms, hence the tolerance.
@@ -447,27 +368,15 @@ mod tests {
             let tolerance = 1e-4 * total;
             let kept_mass = mass(&by_rank[..kept.len()]);
             let without_lightest = mass(&by_rank[..kept.len() - 1]);
-            assert!(
-                kept_mass >= target - tolerance,
-                "{case}: {kept_mass} < {target}"
-            );
-            assert!(
-                without_lightest < target + tolerance,
-                "{case}: {without_lightest} >= {target}"
-            );
+            assert!(kept_mass >= target - tolerance, "{case}: {kept_mass} < {target}");
+            assert!(without_lightest < target + tolerance, "{case}: {without_lightest} >= {target}");
         }
     }
 
     #[test]
     fn nan_and_negative_infinity_are_never_chosen() {
         let logits = [f32::NAN, 1.0, f32::NAN, 3.0, f32::NEG_INFINITY, 2.0];
-        assert_eq!(
-            Sampler::new(SamplingParams::default())
-                .unwrap()
-                .sample(&logits)
-                .unwrap(),
-            3
-        );
+        assert_eq!(Sampler::new(SamplingParams::default()).unwrap().sample(&logits).unwrap(), 3);
         let samples = draws(&mut sampler(5.0, 0, 1.0, 1), &logits, 2_000);
         assert!(samples.iter().all(|id| [1, 3, 5].contains(id)));
         let samples = draws(&mut sampler(5.0, 4, 0.99, 1), &logits, 2_000);
@@ -483,16 +392,8 @@ mod tests {
     #[test]
     fn unusable_logits_are_an_error_not_a_panic() {
         for logits in [vec![], vec![f32::NAN; 4], vec![f32::NEG_INFINITY, f32::NAN]] {
-            assert!(matches!(
-                Sampler::new(SamplingParams::default())
-                    .unwrap()
-                    .sample(&logits),
-                Err(Error::Input(_))
-            ));
-            assert!(matches!(
-                sampler(1.0, 3, 0.9, 0).sample(&logits),
-                Err(Error::Input(_))
-            ));
+            assert!(matches!(Sampler::new(SamplingParams::default()).unwrap().sample(&logits), Err(Error::Input(_))));
+            assert!(matches!(sampler(1.0, 3, 0.9, 0).sample(&logits), Err(Error::Input(_))));
         }
     }
 
@@ -500,38 +401,16 @@ mod tests {
     fn invalid_params_are_rejected() {
         let base = SamplingParams::default();
         for params in [
-            SamplingParams {
-                temperature: -0.5,
-                ..base
-            },
-            SamplingParams {
-                temperature: f32::NAN,
-                ..base
-            },
-            SamplingParams {
-                temperature: f32::INFINITY,
-                ..base
-            },
+            SamplingParams { temperature: -0.5, ..base },
+            SamplingParams { temperature: f32::NAN, ..base },
+            SamplingParams { temperature: f32::INFINITY, ..base },
             SamplingParams { top_p: 0.0, ..base },
             SamplingParams { top_p: 1.5, ..base },
-            SamplingParams {
-                top_p: f32::NAN,
-                ..base
-            },
+            SamplingParams { top_p: f32::NAN, ..base },
         ] {
-            assert!(
-                matches!(params.validate(), Err(Error::Input(_))),
-                "{params:?}"
-            );
+            assert!(matches!(params.validate(), Err(Error::Input(_))), "{params:?}");
             assert!(Sampler::new(params).is_err());
         }
-        assert!(SamplingParams {
-            temperature: 0.8,
-            top_k: 40,
-            top_p: 0.95,
-            seed: 1
-        }
-        .validate()
-        .is_ok());
+        assert!(SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, seed: 1 }.validate().is_ok());
     }
 }

@@ -16,9 +16,10 @@
 //! reply's own `<end_of_turn>` is sampled (it stops generation) but not fed back, so
 //! [`next_user_turn`] starts by closing it. Tokenized, the pieces give exactly the ids of
 //! `[BOS] + format_conversation(.., true)` for the same messages and replies (tested with the real
-//! tokenizer): every boundary sits next to a special token, which BPE never merges across.
-//! One difference is by design: the template trims every message, but a session's state holds the
-//! reply exactly as sampled, so the two agree when a reply has no surrounding whitespace.
+//! tokenizer). Each boundary sits next to a special token, which BPE never merges across, or after
+//! `model\n`, and no Gemma piece joins a newline to other text. One difference is by design: the
+//! template trims every message, but a session's state holds the reply exactly as sampled, so the
+//! two agree when a reply has no surrounding whitespace.
 
 use super::tokenizer::{END_OF_TURN, EOS};
 use crate::error::{Error, Result};
@@ -47,17 +48,11 @@ pub struct Turn {
 
 impl Turn {
     pub fn user(content: impl Into<String>) -> Self {
-        Self {
-            role: Role::User,
-            content: content.into(),
-        }
+        Self { role: Role::User, content: content.into() }
     }
 
     pub fn model(content: impl Into<String>) -> Self {
-        Self {
-            role: Role::Model,
-            content: content.into(),
-        }
+        Self { role: Role::Model, content: content.into() }
     }
 }
 
@@ -67,11 +62,7 @@ impl Turn {
 pub fn format_conversation(turns: &[Turn], add_generation_prompt: bool) -> Result<String> {
     let mut text = String::new();
     for (index, turn) in turns.iter().enumerate() {
-        let expected = if index % 2 == 0 {
-            Role::User
-        } else {
-            Role::Model
-        };
+        let expected = if index % 2 == 0 { Role::User } else { Role::Model };
         if turn.role != expected {
             return Err(Error::Input(format!(
                 "chat turns must alternate user/model starting with user; turn {index} is {} where {} was expected",

@@ -41,7 +41,7 @@ impl GemmaTokenizer {
     /// the bytes from a fetch, not a path.
     pub fn from_bytes(json: &[u8]) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_bytes(json)
-            .map_err(|e| Error::Tokenizer(format!("tokenizer.json: {e}")))?;
+            .map_err(|e| Error::Tokenizer(format!("invalid tokenizer.json: {e}")))?;
         for (piece, expected_id) in EXPECTED_SPECIAL_TOKENS {
             let found = inner.token_to_id(piece);
             if found != Some(expected_id) {
@@ -69,10 +69,7 @@ impl GemmaTokenizer {
     /// (such as `<start_of_turn>`) become their single special ids: that is how the chat template
     /// is tokenized, and it means user text containing them is read as markup, as in Hugging Face.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
-        let encoding = self
-            .inner
-            .encode_fast(text, false)
-            .map_err(|e| Error::Tokenizer(format!("encode: {e}")))?;
+        let encoding = self.inner.encode_fast(text, false).map_err(|e| Error::Tokenizer(format!("encode: {e}")))?;
         let mut ids = Vec::with_capacity(encoding.len() + usize::from(add_bos));
         if add_bos {
             ids.push(BOS);
@@ -85,13 +82,9 @@ impl GemmaTokenizer {
     /// model produced is hidden. Ids outside the vocabulary are an error, not silently dropped.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         if let Some(&unknown) = ids.iter().find(|&&id| self.inner.id_to_token(id).is_none()) {
-            return Err(Error::Tokenizer(format!(
-                "decode: id {unknown} is not in the vocabulary"
-            )));
+            return Err(Error::Tokenizer(format!("decode: id {unknown} is not in the vocabulary")));
         }
-        self.inner
-            .decode(ids, false)
-            .map_err(|e| Error::Tokenizer(format!("decode: {e}")))
+        self.inner.decode(ids, false).map_err(|e| Error::Tokenizer(format!("decode: {e}")))
     }
 
     /// Number of pieces, special ones included (256,000 for Gemma): the model's logit count.

@@ -27,7 +27,13 @@ pub struct LocalAttentionBlock {
 impl LocalAttentionBlock {
     /// Attention for inputs at positions `start..start + xs.len()`; reads keys/values of earlier
     /// positions from the rings and stores this chunk's last W into them.
-    pub fn forward(&self, xs: &[Vec<f32>], start: usize, key_ring: &mut [f32], value_ring: &mut [f32]) -> Vec<Vec<f32>> {
+    pub fn forward(
+        &self,
+        xs: &[Vec<f32>],
+        start: usize,
+        key_ring: &mut [f32],
+        value_ring: &mut [f32],
+    ) -> Vec<Vec<f32>> {
         let hd = self.head_dim;
         let mut queries = Vec::with_capacity(xs.len());
         let mut keys = Vec::with_capacity(xs.len());

@@ -34,9 +34,7 @@ impl Matrix {
         let range = row * self.cols..(row + 1) * self.cols;
         match &self.values {
             MatrixValues::F32(w) => w[range].to_vec(),
-            MatrixValues::Int8 { q, scales } => {
-                q[range].iter().map(|&q| q as f32 * scales[row]).collect()
-            }
+            MatrixValues::Int8 { q, scales } => q[range].iter().map(|&q| q as f32 * scales[row]).collect(),
         }
     }
 
@@ -173,11 +171,8 @@ mod tests {
     fn block_diagonal_is_input_major_per_block() {
         // Two blocks of width 2; block 1 maps x[2..4] with W[1] = [[1, 2], [3, 4]] (input-major),
         // so out[2] = x2·1 + x3·3 and out[3] = x2·2 + x3·4. Rows hold W transposed.
-        let weight = Matrix {
-            rows: 4,
-            cols: 2,
-            values: MatrixValues::F32(vec![1.0, 0.0, 0.0, 1.0, 1.0, 3.0, 2.0, 4.0]),
-        };
+        let weight =
+            Matrix { rows: 4, cols: 2, values: MatrixValues::F32(vec![1.0, 0.0, 0.0, 1.0, 1.0, 3.0, 2.0, 4.0]) };
         let gates = BlockDiagonal { weight, bias: vec![0.0, 0.0, 0.5, 0.0] };
         assert_eq!(gates.forward(&[5.0, 6.0, 1.0, 10.0]), vec![5.0, 6.0, 31.5, 42.0]);
     }

@@ -102,7 +102,9 @@ impl Model {
 
     fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
         match tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
-            Some(t) => Err(Error::Input(format!("token id {t} is out of range: vocab size is {}", self.config.vocab_size))),
+            Some(t) => {
+                Err(Error::Input(format!("token id {t} is out of range: vocab size is {}", self.config.vocab_size)))
+            }
             None => Ok(()),
         }
     }

@@ -139,8 +139,8 @@ fn safetensors_files(dir: &Path) -> Result<Vec<String>> {
     let index_path = dir.join("model.safetensors.index.json");
     if index_path.exists() {
         let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
-        let index: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| Error::Weights(format!("{}: {e}", index_path.display())))?;
+        let index: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::Weights(format!("{}: {e}", index_path.display())))?;
         let map = index["weight_map"]
             .as_object()
             .ok_or_else(|| Error::Weights(format!("{}: no weight_map", index_path.display())))?;
@@ -151,10 +151,7 @@ fn safetensors_files(dir: &Path) -> Result<Vec<String>> {
     } else if dir.join("model.safetensors").exists() {
         Ok(vec!["model.safetensors".into()])
     } else {
-        Err(Error::Weights(format!(
-            "{}: no model.safetensors or model.safetensors.index.json",
-            dir.display()
-        )))
+        Err(Error::Weights(format!("{}: no model.safetensors or model.safetensors.index.json", dir.display())))
     }
 }
 
@@ -214,13 +211,16 @@ pub fn convert(hf_dir: &Path, out_dir: &Path, quantization: Quantization) -> Res
     for shard in 0..manifest.shards.len() {
         let path = out_dir.join(&manifest.shards[shard].file);
         let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
-        let mut writer = ShardWriter { out: BufWriter::with_capacity(1 << 20, file), hasher: Sha256::new(), written: 0 };
+        let mut writer =
+            ShardWriter { out: BufWriter::with_capacity(1 << 20, file), hasher: Sha256::new(), written: 0 };
         let pieces: Vec<Piece> = manifest.shard_pieces(shard).cloned().collect();
         writer.write(&shard_header(&pieces), &path)?;
         for piece in &pieces {
             let spec = &specs[&piece.tensor];
             match piece.role {
-                Role::Values => write_values(&mut checkpoint, spec, piece, quantization, &mut scales, &mut writer, &path)?,
+                Role::Values => {
+                    write_values(&mut checkpoint, spec, piece, quantization, &mut scales, &mut writer, &path)?
+                }
                 Role::Scales => {
                     let all = &scales[&piece.tensor];
                     let rows = &all[piece.row_start..piece.row_start + piece.rows()];
@@ -231,7 +231,10 @@ pub fn convert(hf_dir: &Path, out_dir: &Path, quantization: Quantization) -> Res
         writer.out.flush().map_err(|e| Error::io(&path, e))?;
         let info = &mut manifest.shards[shard];
         if writer.written != info.bytes {
-            return Err(Error::Weights(format!("{}: wrote {} bytes, planned {}", info.file, writer.written, info.bytes)));
+            return Err(Error::Weights(format!(
+                "{}: wrote {} bytes, planned {}",
+                info.file, writer.written, info.bytes
+            )));
         }
         info.sha256 = hex(&writer.hasher.finalize());
     }

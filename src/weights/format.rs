@@ -142,8 +142,7 @@ pub fn pieces_of(spec: &TensorSpec, quantization: Quantization) -> Vec<Piece> {
 impl Manifest {
     /// Lays out every piece of a model into shards (sizes and offsets final, checksums empty).
     pub fn plan(config: &Config, quantization: Quantization) -> Self {
-        let pieces: Vec<Piece> =
-            tensor_specs(config).iter().flat_map(|spec| pieces_of(spec, quantization)).collect();
+        let pieces: Vec<Piece> = tensor_specs(config).iter().flat_map(|spec| pieces_of(spec, quantization)).collect();
         let mut groups: Vec<Vec<Piece>> = vec![Vec::new()];
         let mut group_bytes = 0;
         for piece in pieces {
@@ -170,7 +169,11 @@ impl Manifest {
                 offset += piece.bytes;
                 manifest.pieces.push(piece);
             }
-            manifest.shards.push(ShardInfo { file: format!("model-{index:05}.safetensors"), bytes: offset, sha256: String::new() });
+            manifest.shards.push(ShardInfo {
+                file: format!("model-{index:05}.safetensors"),
+                bytes: offset,
+                sha256: String::new(),
+            });
         }
         manifest
     }
@@ -196,10 +199,7 @@ impl Manifest {
     pub fn check(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::Weights(format!("{MANIFEST_FILE}: {msg}")));
         if self.format != FORMAT_NAME || self.version != FORMAT_VERSION {
-            return bad(format!(
-                "format {} v{} is not {FORMAT_NAME} v{FORMAT_VERSION}",
-                self.format, self.version
-            ));
+            return bad(format!("format {} v{} is not {FORMAT_NAME} v{FORMAT_VERSION}", self.format, self.version));
         }
         self.config.validate()?;
         let mut by_name: BTreeMap<&str, &Piece> = BTreeMap::new();
@@ -214,7 +214,8 @@ impl Manifest {
                 return bad(format!("piece {} appears twice", piece.name));
             }
         }
-        let expected = tensor_specs(&self.config).iter().flat_map(|s| pieces_of(s, self.quantization)).collect::<Vec<_>>();
+        let expected =
+            tensor_specs(&self.config).iter().flat_map(|s| pieces_of(s, self.quantization)).collect::<Vec<_>>();
         for want in &expected {
             let Some(have) = by_name.remove(want.name.as_str()) else {
                 return bad(format!("missing piece {}", want.name));

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use super::format::{Manifest, Quantization, Role};
 use super::stream::PieceSink;
 use super::{tensor_specs, HostData, HostTensor, TensorMap};
-use crate::Result;
 use crate::weights::format::Piece;
+use crate::Result;
 
 pub struct HostSink {
     tensors: HashMap<String, HostTensor>,

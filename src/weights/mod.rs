@@ -126,7 +126,10 @@ pub struct HostTensor {
 pub enum HostData {
     F32(Vec<f32>),
     /// Row-major int8 values with one f32 scale per row.
-    Int8 { q: Vec<i8>, scales: Vec<f32> },
+    Int8 {
+        q: Vec<i8>,
+        scales: Vec<f32>,
+    },
 }
 
 /// Named tensors on their way into a model; taking one checks its shape.
@@ -151,10 +154,7 @@ impl TensorMap {
     fn take(&mut self, name: &str, shape: &[usize]) -> Result<HostTensor> {
         let tensor = self.tensors.remove(name).ok_or_else(|| Error::Weights(format!("missing tensor {name}")))?;
         if tensor.shape != shape {
-            return Err(Error::Weights(format!(
-                "tensor {name} has shape {:?}, expected {:?}",
-                tensor.shape, shape
-            )));
+            return Err(Error::Weights(format!("tensor {name} has shape {:?}, expected {:?}", tensor.shape, shape)));
         }
         Ok(tensor)
     }
@@ -196,10 +196,9 @@ mod tests {
 
     #[test]
     fn tensor_table_matches_the_published_parameter_counts() {
-        for (preset, count, params) in [
-            (Preset::RecurrentGemma2b, 484, 2_682_862_080usize),
-            (Preset::RecurrentGemma9b, 704, 8_579_977_216),
-        ] {
+        for (preset, count, params) in
+            [(Preset::RecurrentGemma2b, 484, 2_682_862_080usize), (Preset::RecurrentGemma9b, 704, 8_579_977_216)]
+        {
             let specs = tensor_specs(&Config::preset(preset));
             assert_eq!(specs.len(), count);
             assert_eq!(specs.iter().map(TensorSpec::elements).sum::<usize>(), params);

@@ -1,6 +1,6 @@
-//! Random-weight checkpoints with real shapes, written in the Hugging Face layout (`config.json`
-//! + `model.safetensors`), for tests, demos and benchmarks. Tensors are generated and written row
-//! batch by row batch, so even the 9B needs only a few MiB of memory.
+//! Random-weight checkpoints with real shapes, written in the Hugging Face layout
+//! (`config.json` and `model.safetensors`), for tests, demos and benchmarks. Tensors are generated
+//! and written one batch of rows at a time, so even the 9B needs only a few MiB of memory.
 
 use std::collections::BTreeMap;
 use std::fs::File;

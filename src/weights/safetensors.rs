@@ -130,7 +130,7 @@ pub fn write_header(tensors: &[(String, Dtype, Vec<usize>)], metadata: &BTreeMap
         offset += bytes;
     }
     let mut json = serde_json::to_vec(&map).expect("header serializes");
-    while (8 + json.len()) % 8 != 0 {
+    while !(8 + json.len()).is_multiple_of(8) {
         json.push(b' ');
     }
     let mut out = (json.len() as u64).to_le_bytes().to_vec();
@@ -144,10 +144,7 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_is_aligned() {
-        let tensors = vec![
-            ("b".to_string(), Dtype::I8, vec![3, 5]),
-            ("a".to_string(), Dtype::F32, vec![2]),
-        ];
+        let tensors = vec![("b".to_string(), Dtype::I8, vec![3, 5]), ("a".to_string(), Dtype::F32, vec![2])];
         let bytes = write_header(&tensors, &BTreeMap::from([("format".into(), "pt".into())]));
         assert_eq!(bytes.len() % 8, 0);
         let len = json_len(bytes[..8].try_into().unwrap()).unwrap();

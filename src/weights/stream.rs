@@ -30,7 +30,15 @@ impl<'m> ShardParser<'m> {
     pub fn new(manifest: &'m Manifest, shard: usize) -> Self {
         let mut pieces: Vec<&Piece> = manifest.shard_pieces(shard).collect();
         pieces.sort_by_key(|p| p.offset);
-        ShardParser { manifest, shard, pieces, position: 0, header: Vec::new(), header_end: None, hasher: Sha256::new() }
+        ShardParser {
+            manifest,
+            shard,
+            pieces,
+            position: 0,
+            header: Vec::new(),
+            header_end: None,
+            hasher: Sha256::new(),
+        }
     }
 
     fn file(&self) -> &str {
@@ -87,9 +95,11 @@ impl<'m> ShardParser<'m> {
         let header = safetensors::parse_header(&self.header[8..])
             .map_err(|e| Error::Weights(format!("{}: {e}", self.file())))?;
         let matches = header.entries.len() == self.pieces.len()
-            && header.entries.iter().zip(&self.pieces).all(|(e, p)| {
-                e.name == p.name && e.dtype == p.dtype && e.shape == p.shape && e.start == p.offset
-            });
+            && header
+                .entries
+                .iter()
+                .zip(&self.pieces)
+                .all(|(e, p)| e.name == p.name && e.dtype == p.dtype && e.shape == p.shape && e.start == p.offset);
         if !matches {
             return Err(Error::Weights(format!("{}: its header does not match the manifest", self.file())));
         }
