@@ -21,6 +21,8 @@ pub enum Error {
     Tokenizer(String),
     #[error("input: {0}")]
     Input(String),
+    #[error("gpu: {0}")]
+    Gpu(String),
 }
 
 impl Error {

@@ -7,11 +7,12 @@
 //!   its incremental parser, and the converter from Hugging Face checkpoints.
 //! - [`chat`]: the real Gemma tokenizer, the chat template, streaming detokenizer and sampler.
 //!
-//! What it does not do (yet): run on the GPU. The WGSL engine is built on top of this crate.
+//! - [`gpu`]: the WebGPU engine (WGSL kernels in `shaders/`), checked against [`model`].
 
 pub mod chat;
 pub mod config;
 pub mod error;
+pub mod gpu;
 pub mod model;
 pub mod weights;
 

@@ -1,0 +1,86 @@
+// Partial RoPE on the chunk's queries (in place) and keys, then keys and values into the ring:
+//
+//   θ_i = p · inv_freq[i], p = position + t, i < n = rotary_dims / 2 (halves layout):
+//   r[i] = x[i]·cos θ_i − x[i+n]·sin θ_i,   r[i+n] = x[i+n]·cos θ_i + x[i]·sin θ_i
+//   ring_k[p mod slots] = RoPE(k[t]),       ring_v[p mod slots] = v[t]
+//
+// Workgroup (t, h): h < heads rotates query head h; h = heads handles the key and value.
+// The angle is reduced to [−π, π] with a two-part 2π before sin/cos, whose GPU implementations
+// are only accurate on that range.
+
+struct Params {
+    heads: u32,
+    head_dim: u32,
+    rotary_half: u32,
+    slots: u32,
+}
+
+struct Chunk {
+    n_tokens: u32,
+    head_first: u32,
+    head_count: u32,
+    _pad: u32,
+}
+
+struct Step {
+    position: u32,
+    generated: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<uniform> chunk: Chunk;
+@group(0) @binding(2) var<storage, read> step: Step;
+@group(0) @binding(3) var<storage, read> inv_freq: array<f32>;        // [rotary_half]
+@group(0) @binding(4) var<storage, read_write> q: array<f32>;         // [tokens, heads, head_dim]
+@group(0) @binding(5) var<storage, read> k: array<f32>;               // [tokens, head_dim]
+@group(0) @binding(6) var<storage, read> v: array<f32>;               // [tokens, head_dim]
+@group(0) @binding(7) var<storage, read_write> ring_k: array<f32>;    // [slots, head_dim]
+@group(0) @binding(8) var<storage, read_write> ring_v: array<f32>;    // [slots, head_dim]
+
+const TWO_PI_HI: f32 = 6.28125;
+const TWO_PI_LO: f32 = 0.0019353071795864769;
+
+fn reduced(angle: f32) -> f32 {
+    let turns = round(angle / (TWO_PI_HI + TWO_PI_LO));
+    return (angle - turns * TWO_PI_HI) - turns * TWO_PI_LO;
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: vec3<u32>) {
+    let t = group.x;
+    let head = group.y;
+    if t >= chunk.n_tokens {
+        return;
+    }
+    let position = step.position + t;
+    let hd = params.head_dim;
+    if head < params.heads {
+        let base = (t * params.heads + head) * hd;
+        for (var i = li; i < params.rotary_half; i += 64u) {
+            let angle = reduced(f32(position) * inv_freq[i]);
+            let c = cos(angle);
+            let s = sin(angle);
+            let a = q[base + i];
+            let b = q[base + i + params.rotary_half];
+            q[base + i] = a * c - b * s;
+            q[base + i + params.rotary_half] = b * c + a * s;
+        }
+        return;
+    }
+    let slot = (position % params.slots) * hd;
+    let base = t * hd;
+    for (var i = li; i < hd; i += 64u) {
+        ring_v[slot + i] = v[base + i];
+        if i >= 2u * params.rotary_half {
+            ring_k[slot + i] = k[base + i];
+        } else if i < params.rotary_half {
+            let angle = reduced(f32(position) * inv_freq[i]);
+            let c = cos(angle);
+            let s = sin(angle);
+            let a = k[base + i];
+            let b = k[base + i + params.rotary_half];
+            ring_k[slot + i] = a * c - b * s;
+            ring_k[slot + i + params.rotary_half] = b * c + a * s;
+        }
+    }
+}

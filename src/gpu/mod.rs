@@ -1,0 +1,111 @@
+//! The WebGPU engine: the same Rust + WGSL runs natively through wgpu (Vulkan, Metal, DX12) and in
+//! the browser through WebGPU.
+//!
+//! - [`GpuContext`]: the device and queue, the buffer allocator that counts every byte, readback.
+//! - [`kernels`]: one pipeline per file in `shaders/`, and the small typed parameter blocks.
+//! - [`engine`]: the model on the GPU: weights streamed into buffers, the fixed-size state, and the
+//!   per-chunk command list that mirrors [`crate::model::Model::forward`] block by block.
+
+pub mod engine;
+pub mod kernels;
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use crate::{Error, Result};
+
+/// A device and queue plus a running count of the bytes of every buffer created through it.
+#[derive(Clone)]
+pub struct GpuContext {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub adapter_info: wgpu::AdapterInfo,
+    allocated: Rc<Cell<u64>>,
+}
+
+impl GpuContext {
+    /// Requests the default adapter, asking for its own limits (not WebGPU's defaults), so that
+    /// larger buffers are used where the hardware allows.
+    pub async fn new() -> Result<Self> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::Gpu(format!("no GPU adapter: {e}")))?;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("recurrentgemma"),
+                required_features: wgpu::Features::empty(),
+                required_limits: adapter.limits(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::Gpu(format!("requesting the device: {e}")))?;
+        Ok(Self::from_device(device, queue, adapter.get_info()))
+    }
+
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, adapter_info: wgpu::AdapterInfo) -> Self {
+        GpuContext { device, queue, adapter_info, allocated: Rc::new(Cell::new(0)) }
+    }
+
+    /// Bytes of all buffers created through this context so far.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.allocated.get()
+    }
+
+    /// A storage buffer of at least `size` bytes (rounded up to 4), zero-initialized.
+    pub fn storage(&self, label: &str, size: u64) -> wgpu::Buffer {
+        self.buffer(
+            label,
+            size,
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+        )
+    }
+
+    pub fn uniform(&self, label: &str, contents: &[u8]) -> wgpu::Buffer {
+        let buffer =
+            self.buffer(label, contents.len() as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST);
+        self.queue.write_buffer(&buffer, 0, contents);
+        buffer
+    }
+
+    pub fn buffer(&self, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+        let size = size.max(4).next_multiple_of(4);
+        self.allocated.set(self.allocated.get() + size);
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// Copies `size` bytes at `offset` of `source` back to the host through `staging` (a
+    /// MAP_READ buffer at least `size` long), waiting for the GPU.
+    pub async fn read(&self, source: &wgpu::Buffer, offset: u64, size: u64, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
+        let size = size.next_multiple_of(4);
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(source, offset, staging, 0, size);
+        self.queue.submit([encoder.finish()]);
+        let (sender, receiver) = futures_channel::oneshot::channel();
+        staging.map_async(wgpu::MapMode::Read, ..size, move |result| {
+            let _ = sender.send(result);
+        });
+        // Natively the callback runs inside poll; on the web the browser runs it and poll is a no-op.
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        receiver
+            .await
+            .map_err(|_| Error::Gpu("readback was cancelled".into()))?
+            .map_err(|e| Error::Gpu(format!("reading back: {e}")))?;
+        let bytes = staging.get_mapped_range(..size).map_err(|e| Error::Gpu(format!("reading back: {e}")))?.to_vec();
+        staging.unmap();
+        Ok(bytes)
+    }
+}
