@@ -8,8 +8,9 @@
 // q is row-major [rows, cols] int8, four per u32 (little-endian). block(r) = r / block_rows selects
 // the input slice for the block-diagonal RG-LRU gates; an ordinary matrix has block_rows = rows.
 // Rows index a piece of a larger tensor through scale_offset (the piece's first row) and y_offset.
-// A workgroup computes 8 rows (32 lanes each) for up to 8 tokens, so weights are read once per
-// 8 tokens during prefill and decode reads each weight exactly once.
+// A workgroup of 256 threads computes 256 / lanes rows (`lanes` threads per row, a power of two
+// up to 32 chosen from the row length) for up to 8 tokens, so weights are read once per 8 tokens
+// during prefill and decode reads each weight exactly once.
 
 struct Params {
     rows: u32,
@@ -24,7 +25,7 @@ struct Params {
     // 0: the chunk's tokens; 1: only the tokens whose logits are wanted (chunk.head_*).
     token_source: u32,
     cap: f32,
-    _pad: u32,
+    lanes: u32,
 }
 
 struct Chunk {
@@ -43,11 +44,11 @@ struct Chunk {
 @group(0) @binding(6) var<storage, read> aux: array<f32>;       // [tokens, y_stride] (epilogue 2)
 @group(0) @binding(7) var<storage, read_write> y: array<f32>;   // [tokens, y_stride]
 
-const ROWS_PER_GROUP: u32 = 8u;
-const LANES: u32 = 32u;
 const TOKEN_TILE: u32 = 8u;
 
-var<workgroup> partial: array<f32, 256>;
+// Per-lane partial sums, [TOKEN_TILE, 256]: one barrier, then one thread per (row, token) adds
+// its row's lanes (fewer barriers than a tree, which matters on CPU Vulkan drivers).
+var<workgroup> partial: array<f32, 2048>;
 
 fn gelu_tanh(z: f32) -> f32 {
     let inner = 0.7978846 * (z + 0.044715 * z * z * z);
@@ -77,16 +78,18 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
         return;
     }
     let tile_tokens = min(TOKEN_TILE, count - tile_start);
-    let local_row = li / LANES;
-    let lane = li % LANES;
-    let row = group.x * ROWS_PER_GROUP + local_row;
+    let lanes = params.lanes;
+    let rows_per_group = 256u / lanes;
+    let local_row = li / lanes;
+    let lane = li % lanes;
+    let row = group.x * rows_per_group + local_row;
     let row_ok = row < params.rows;
 
     var acc: array<f32, 8>;
     if row_ok {
         let words = params.cols / 4u;
         let x_base = (row / params.block_rows) * params.cols;
-        for (var w = lane; w < words; w += LANES) {
+        for (var w = lane; w < words; w += lanes) {
             let weights = unpack_int8(q[row * words + w]);
             for (var t = 0u; t < tile_tokens; t++) {
                 let at = (first + tile_start + t) * params.x_stride + x_base + 4u * w;
@@ -96,28 +99,32 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
     }
 
     for (var t = 0u; t < tile_tokens; t++) {
-        partial[li] = acc[t];
-        workgroupBarrier();
-        for (var stride = LANES / 2u; stride > 0u; stride /= 2u) {
-            if lane < stride {
-                partial[li] += partial[li + stride];
-            }
-            workgroupBarrier();
+        partial[t * 256u + li] = acc[t];
+    }
+    workgroupBarrier();
+    for (var pair = li; pair < rows_per_group * tile_tokens; pair += 256u) {
+        let t = pair / rows_per_group;
+        let pair_row = pair % rows_per_group;
+        let out_row = group.x * rows_per_group + pair_row;
+        if out_row >= params.rows {
+            continue;
         }
-        if lane == 0u && row_ok {
-            let tensor_row = params.scale_offset + row;
-            var value = partial[li] * scales[tensor_row];
-            if params.has_bias == 1u {
-                value += bias[tensor_row];
-            }
-            let out = (tile_start + t) * params.y_stride + params.y_offset + row;
-            switch params.epilogue {
-                case 1u: { y[out] += value; }
-                case 2u: { y[out] = gelu_tanh(value) * aux[out]; }
-                case 3u: { y[out] = params.cap * tanh(clamp(value / params.cap, -10.0, 10.0)); }
-                default: { y[out] = value; }
-            }
+        var sum = 0.0;
+        let first_lane = t * 256u + pair_row * lanes;
+        for (var lane_index = 0u; lane_index < lanes; lane_index++) {
+            sum += partial[first_lane + lane_index];
         }
-        workgroupBarrier();
+        let tensor_row = params.scale_offset + out_row;
+        var value = sum * scales[tensor_row];
+        if params.has_bias == 1u {
+            value += bias[tensor_row];
+        }
+        let out = (tile_start + t) * params.y_stride + params.y_offset + out_row;
+        switch params.epilogue {
+            case 1u: { y[out] += value; }
+            case 2u: { y[out] = gelu_tanh(value) * aux[out]; }
+            case 3u: { y[out] = params.cap * tanh(clamp(value / params.cap, -10.0, 10.0)); }
+            default: { y[out] = value; }
+        }
     }
 }

@@ -5,11 +5,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use rgweb::chat::{first_user_turn, is_stop_token, GemmaTokenizer, Sampler, SamplingParams, TextStream, BOS};
 use rgweb::config::{Config, Preset};
+use rgweb::gpu::engine::{load_engine, Engine};
+use rgweb::gpu::GpuContext;
 use rgweb::model::{Model, State};
 use rgweb::weights::convert::convert;
 use rgweb::weights::format::Quantization;
@@ -24,8 +26,10 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Backend {
+    /// The GPU when a hardware adapter exists, else the CPU.
+    Auto,
     Cpu,
     Gpu,
 }
@@ -67,6 +71,18 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Measure prefill and decode speed on the GPU engine.
+    Bench {
+        model_dir: PathBuf,
+        #[arg(long, default_value_t = 2048)]
+        prompt_tokens: usize,
+        /// Comma-separated generation lengths, each measured from a fresh prefill.
+        #[arg(long, value_delimiter = ',', default_value = "128,1024,8192")]
+        gen_tokens: Vec<usize>,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Generate text from a prompt, streamed to stdout.
     Generate {
         model_dir: PathBuf,
@@ -90,7 +106,7 @@ enum Command {
         /// tokenizer.json to use instead of the one in MODEL_DIR.
         #[arg(long)]
         tokenizer: Option<PathBuf>,
-        #[arg(long, value_enum, default_value = "cpu")]
+        #[arg(long, value_enum, default_value = "auto")]
         backend: Backend,
         /// Also print the generated token ids to stderr, one line.
         #[arg(long)]
@@ -130,10 +146,17 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Logits { model_dir, tokens, backend, out } => {
-            require_cpu(backend)?;
-            let model = load_model(&model_dir)?;
-            let logits = model.forward(&tokens, &mut State::new(&model.config))?;
-            write_npy(&out, &logits, [tokens.len(), model.config.vocab_size])?;
+            let (logits, vocab) = match open_backend(&model_dir, backend)? {
+                Runner::Cpu(model) => {
+                    (model.forward(&tokens, &mut State::new(&model.config))?, model.config.vocab_size)
+                }
+                Runner::Gpu(mut engine) => (pollster::block_on(engine.logits(&tokens))?, engine.config.vocab_size),
+            };
+            write_npy(&out, &logits, [tokens.len(), vocab])?;
+        }
+        Command::Bench { model_dir, prompt_tokens, gen_tokens, json } => {
+            let engine = load_engine(gpu_context()?, &model_dir)?;
+            bench(engine, prompt_tokens, &gen_tokens, json)?;
         }
         Command::Generate {
             model_dir,
@@ -148,15 +171,15 @@ fn run(cli: Cli) -> Result<()> {
             backend,
             print_ids,
         } => {
-            require_cpu(backend)?;
             let tokenizer_path = tokenizer.unwrap_or_else(|| model_dir.join("tokenizer.json"));
             let tokenizer = GemmaTokenizer::from_file(&tokenizer_path)?;
-            let model = load_model(&model_dir)?;
-            let sampler = Sampler::new(SamplingParams { temperature, top_k, top_p, seed })?;
+            let params = SamplingParams { temperature, top_k, top_p, seed };
+            params.validate()?;
+            let runner = open_backend(&model_dir, backend)?;
             let text = if chat { first_user_turn(&prompt) } else { prompt };
             let mut prompt_ids = vec![BOS];
             prompt_ids.extend(tokenizer.encode(&text, false)?);
-            let ids = generate(&model, &tokenizer, sampler, &prompt_ids, max_tokens, chat)?;
+            let ids = generate(runner, &tokenizer, params, &prompt_ids, max_tokens, chat)?;
             if print_ids {
                 let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
                 eprintln!("ids: {}", ids.join(","));
@@ -166,48 +189,147 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-fn require_cpu(backend: Backend) -> Result<()> {
-    match backend {
-        Backend::Cpu => Ok(()),
-        Backend::Gpu => bail!("--backend gpu is not available yet: the WebGPU engine is not built; use --backend cpu"),
+enum Runner {
+    Cpu(Model),
+    Gpu(Engine),
+}
+
+fn gpu_context() -> Result<GpuContext> {
+    Ok(pollster::block_on(GpuContext::new())?)
+}
+
+/// Loads the model for the chosen backend; `auto` takes a hardware GPU when there is one.
+fn open_backend(model_dir: &Path, backend: Backend) -> Result<Runner> {
+    let context = match backend {
+        Backend::Cpu => None,
+        Backend::Gpu => Some(gpu_context()?),
+        Backend::Auto => gpu_context().ok().filter(|c| c.adapter_info.device_type != wgpu::DeviceType::Cpu),
+    };
+    Ok(match context {
+        Some(context) => Runner::Gpu(load_engine(context, model_dir)?),
+        None => Runner::Cpu(load_model(model_dir)?),
+    })
+}
+
+/// One token at a time from either backend: the CPU samples on the host, the GPU on the device.
+struct Decoder {
+    runner: Runner,
+    state: Option<State>,
+    sampler: Sampler,
+}
+
+impl Decoder {
+    fn prefill(&mut self, prompt: &[u32]) -> Result<u32> {
+        Ok(match &mut self.runner {
+            Runner::Cpu(model) => {
+                let state = self.state.insert(State::new(&model.config));
+                let logits = model.forward(prompt, state)?;
+                self.sampler.sample(&logits[logits.len() - model.config.vocab_size..])?
+            }
+            Runner::Gpu(engine) => pollster::block_on(engine.prefill(prompt))?,
+        })
+    }
+
+    /// Feeds `token` (the last one sampled) and samples the next.
+    fn step(&mut self, token: u32) -> Result<u32> {
+        Ok(match &mut self.runner {
+            Runner::Cpu(model) => {
+                let state = self.state.as_mut().expect("prefill first");
+                self.sampler.sample(&model.step(token, state)?)?
+            }
+            Runner::Gpu(engine) => pollster::block_on(engine.step())?,
+        })
     }
 }
 
 /// Prefills the prompt, then samples up to `max_tokens`, streaming text to stdout. Returns the
 /// generated ids. Stops at <eos>, and at <end_of_turn> in chat mode.
 fn generate(
-    model: &Model,
+    mut runner: Runner,
     tokenizer: &GemmaTokenizer,
-    mut sampler: Sampler,
+    params: SamplingParams,
     prompt: &[u32],
     max_tokens: usize,
     chat: bool,
 ) -> Result<Vec<u32>> {
-    let vocab = model.config.vocab_size;
-    let mut state = State::new(&model.config);
-    let logits = model.forward(prompt, &mut state)?;
-    let mut next = sampler.sample(&logits[logits.len() - vocab..])?;
+    let eos = match &mut runner {
+        Runner::Cpu(model) => model.config.eos_token_id,
+        Runner::Gpu(engine) => {
+            engine.set_sampling(&params)?;
+            engine.config.eos_token_id
+        }
+    };
+    let mut decoder = Decoder { runner, state: None, sampler: Sampler::new(params)? };
+    let mut next = decoder.prefill(prompt)?;
     let mut generated = Vec::new();
     let mut stream = TextStream::new();
     let mut stdout = std::io::stdout().lock();
-    while generated.len() < max_tokens {
-        if next == model.config.eos_token_id || (chat && is_stop_token(next)) {
-            break;
-        }
+    while generated.len() < max_tokens && next != eos && !(chat && is_stop_token(next)) {
         generated.push(next);
         if let Some(text) = stream.push(tokenizer, next)? {
             stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()).context("writing to stdout")?;
         }
-        if generated.len() == max_tokens {
-            break;
+        if generated.len() < max_tokens {
+            next = decoder.step(next)?;
         }
-        next = sampler.sample(&model.step(next, &mut state)?)?;
     }
     if let Some(text) = stream.finish() {
         stdout.write_all(text.as_bytes()).context("writing to stdout")?;
     }
     writeln!(stdout).context("writing to stdout")?;
     Ok(generated)
+}
+
+/// Prefill and decode throughput; each generation length starts from a fresh prefill.
+fn bench(mut engine: Engine, prompt_tokens: usize, gen_tokens: &[usize], json: bool) -> Result<()> {
+    let vocab = engine.config.vocab_size as u32;
+    let prompt: Vec<u32> =
+        std::iter::once(BOS).chain((1..prompt_tokens as u32).map(|i| (i * 7919 + 13) % vocab)).collect();
+    // Warm-up: pipelines, first-use allocations and clocks.
+    pollster::block_on(engine.prefill(&prompt[..prompt.len().min(32)]))?;
+    pollster::block_on(engine.decode(8))?;
+
+    engine.reset();
+    let start = std::time::Instant::now();
+    pollster::block_on(engine.prefill(&prompt))?;
+    let prefill_tps = prompt.len() as f64 / start.elapsed().as_secs_f64();
+
+    let mut decode = Vec::new();
+    for &n in gen_tokens {
+        engine.reset();
+        pollster::block_on(engine.prefill(&prompt))?;
+        let start = std::time::Instant::now();
+        pollster::block_on(engine.decode(n))?;
+        decode.push((n, n as f64 / start.elapsed().as_secs_f64()));
+    }
+    let weight_bytes = engine.weight_bytes();
+    let info = &engine.context().adapter_info;
+    let report = serde_json::json!({
+        "adapter": format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type),
+        "prompt_tokens": prompt.len(),
+        "prefill_tokens_per_s": prefill_tps,
+        "decode": decode.iter().map(|(n, tps)| serde_json::json!({
+            "gen_tokens": n,
+            "tokens_per_s": tps,
+            "effective_gb_per_s": weight_bytes as f64 * tps / 1e9,
+        })).collect::<Vec<_>>(),
+        "weight_bytes": weight_bytes,
+        "state_bytes": engine.state_bytes(),
+        "gpu_memory_bytes": engine.memory_bytes(),
+    });
+    if json {
+        println!("{report}");
+    } else {
+        println!("adapter            {}", report["adapter"].as_str().unwrap_or_default());
+        println!("prefill            {prefill_tps:.1} tok/s ({} tokens)", prompt.len());
+        for (n, tps) in &decode {
+            println!("decode {n:>6} tok   {tps:.1} tok/s, {:.1} GB/s of weights", weight_bytes as f64 * tps / 1e9);
+        }
+        println!("weights            {weight_bytes} B");
+        println!("state              {} B", engine.state_bytes());
+        println!("GPU memory         {} B", engine.memory_bytes());
+    }
+    Ok(())
 }
 
 /// NumPy .npy v1.0, little-endian float32, C order.

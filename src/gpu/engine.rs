@@ -432,14 +432,14 @@ impl Engine {
                 has_bias: bias.is_some() as u32,
                 token_source: head as u32,
                 cap: self.config.logits_soft_cap,
-                _pad: 0,
+                lanes: matmul_lanes(cols),
             };
             let params = self.ctx.uniform("matmul params", bytes(&params));
             let bias = bias.map(|b| self.piece(b)).unwrap_or(&self.unused);
             let aux = aux.unwrap_or(&self.unused);
             let buffers =
                 [&params, &self.chunk_info, self.piece(&piece.name), self.scales_piece(tensor), bias, x, aux, y];
-            let groups = (piece.rows() as u32).div_ceil(MATMUL_ROWS_PER_GROUP);
+            let groups = (piece.rows() as u32).div_ceil(MATMUL_THREADS / matmul_lanes(cols));
             out.push(Dispatch {
                 kernel: Kernel::MatmulInt8,
                 bind_group: self.kernels.bind(&self.ctx.device, Kernel::MatmulInt8, &buffers),

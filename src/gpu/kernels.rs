@@ -9,8 +9,14 @@ use bytemuck::{Pod, Zeroable};
 pub const CHUNK: usize = 16;
 /// Tokens per workgroup in `matmul_int8.wgsl` (`TOKEN_TILE`).
 pub const TOKEN_TILE: u32 = 8;
-/// Rows per workgroup in `matmul_int8.wgsl` (`ROWS_PER_GROUP`).
-pub const MATMUL_ROWS_PER_GROUP: u32 = 8;
+/// Threads per workgroup in `matmul_int8.wgsl`.
+pub const MATMUL_THREADS: u32 = 256;
+
+/// Threads that share one matrix row in `matmul_int8.wgsl`: enough to keep each busy with about
+/// 16 packed words, at most 32. Short rows get one thread each, which CPU drivers need.
+pub fn matmul_lanes(cols: usize) -> u32 {
+    ((cols / 4 / 16).max(1) as u32).next_power_of_two().min(32)
+}
 /// Size of the ring of sampled ids in `sample.wgsl` (`GENERATED_RING`).
 pub const GENERATED_RING: u32 = 1024;
 
@@ -139,7 +145,7 @@ pub struct MatmulParams {
     pub has_bias: u32,
     pub token_source: u32,
     pub cap: f32,
-    pub _pad: u32,
+    pub lanes: u32,
 }
 
 #[repr(C)]
