@@ -1,59 +1,17 @@
 //! The `rg` binary end to end: random checkpoint → convert → logits / generate, and a clear
 //! one-line error (never a panic) for every kind of bad input.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+mod common;
+
+use std::path::Path;
+
+use common::{fails_with, ok, s, tiny};
 
 use rgweb::weights::safetensors::{json_len, parse_header, write_header, Dtype};
 
 /// Documented bound for int8 per-channel quantization on the tiny random model: the largest
 /// logit difference from the f32 model, relative to the largest |logit| (see README).
 const INT8_MAX_RELATIVE_LOGIT_ERROR: f32 = 0.05;
-
-fn rg(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rg")).args(args).output().expect("rg runs")
-}
-
-fn ok(args: &[&str]) -> Output {
-    let out = rg(args);
-    assert!(out.status.success(), "rg {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    out
-}
-
-/// Runs rg, expecting a failure whose single stderr line mentions `message`.
-fn fails_with(args: &[&str], message: &str) {
-    let out = rg(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "rg {args:?} should fail");
-    assert!(!stderr.contains("panicked"), "rg {args:?} panicked: {stderr}");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
-    assert!(stderr.starts_with("error: ") && stderr.contains(message), "rg {args:?}: {stderr} lacks '{message}'");
-}
-
-fn s(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-/// The tiny random checkpoint and its two conversions, made once for all tests.
-struct Tiny {
-    _dir: tempfile::TempDir,
-    hf: PathBuf,
-    f32: PathBuf,
-    int8: PathBuf,
-}
-
-fn tiny() -> &'static Tiny {
-    static TINY: OnceLock<Tiny> = OnceLock::new();
-    TINY.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let (hf, f32, int8) = (dir.path().join("hf"), dir.path().join("f32"), dir.path().join("int8"));
-        ok(&["random", "--preset", "tiny", "--seed", "7", s(&hf)]);
-        ok(&["convert", s(&hf), s(&f32), "--quant", "f32"]);
-        ok(&["convert", s(&hf), s(&int8), "--quant", "int8"]);
-        Tiny { _dir: dir, hf, f32, int8 }
-    })
-}
 
 fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
     let bytes = std::fs::read(path).unwrap();
@@ -127,7 +85,7 @@ fn generate_streams_text_deterministically() {
 fn bad_command_lines_fail_clearly() {
     let tiny = tiny();
     fails_with(&["logits", s(&tiny.f32), "--tokens", "2,256000", "--out", "/tmp/x.npy"], "out of range");
-    fails_with(&["logits", s(&tiny.f32), "--tokens", "2", "--backend", "gpu", "--out", "/tmp/x.npy"], "--backend gpu");
+    fails_with(&["logits", s(&tiny.f32), "--tokens", "2", "--backend", "gpu", "--out", "/tmp/x.npy"], "int8 models");
     fails_with(&["logits", "/nonexistent/model", "--tokens", "2", "--out", "/tmp/x.npy"], "neither manifest.json");
     fails_with(&["convert", "/nonexistent/hf", "/tmp/rg-out"], "No such file");
     fails_with(&["generate", s(&tiny.f32), "--prompt", "hi", "--tokenizer", "/nonexistent.json"], "nonexistent.json");

@@ -241,12 +241,16 @@ impl Engine {
         self.generated_count = 0;
     }
 
+    /// The state plus the pending input token: everything a conversation continues from.
+    fn conversation_buffers(&self) -> impl Iterator<Item = &wgpu::Buffer> {
+        self.state.iter().chain([&self.tokens])
+    }
+
     /// A copy of the state, e.g. after a chat turn, to return to later.
     pub fn snapshot(&self) -> Snapshot {
         let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
         let buffers = self
-            .state
-            .iter()
+            .conversation_buffers()
             .map(|source| {
                 // Snapshots are the caller's memory, not the engine's: they are not counted.
                 let copy = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
@@ -264,11 +268,13 @@ impl Engine {
     }
 
     pub fn restore(&mut self, snapshot: &Snapshot) -> Result<()> {
-        if snapshot.buffers.len() != self.state.len() {
+        let same_shape = snapshot.buffers.len() == self.state.len() + 1
+            && snapshot.buffers.iter().zip(self.conversation_buffers()).all(|(a, b)| a.size() == b.size());
+        if !same_shape {
             return Err(Error::Gpu("snapshot belongs to another model".into()));
         }
         let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
-        for (source, target) in snapshot.buffers.iter().zip(&self.state) {
+        for (source, target) in snapshot.buffers.iter().zip(self.conversation_buffers()) {
             encoder.copy_buffer_to_buffer(source, 0, target, 0, source.size());
         }
         self.ctx.queue.submit([encoder.finish()]);
@@ -621,7 +627,7 @@ fn check_supported(ctx: &GpuContext, manifest: &Manifest) -> Result<()> {
     if config.conv1d_width > 8 {
         return Err(Error::Gpu(format!("conv1d_width {} is above the kernel's 8", config.conv1d_width)));
     }
-    let limit = ctx.device.limits().max_storage_buffer_binding_size as u64;
+    let limit = ctx.device.limits().max_storage_buffer_binding_size;
     let biggest_activation = CHUNK as u64 * config.vocab_size as u64 * 4;
     if let Some(piece) = manifest.pieces.iter().find(|p| p.bytes > limit) {
         return Err(Error::Gpu(format!(

@@ -1,0 +1,57 @@
+//! Helpers shared by the integration tests: running `rg`, and the tiny random model.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+pub fn rg(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rg")).args(args).output().expect("rg runs")
+}
+
+pub fn ok(args: &[&str]) -> Output {
+    let out = rg(args);
+    assert!(out.status.success(), "rg {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// Runs rg, expecting a failure whose single stderr line mentions `message`.
+pub fn fails_with(args: &[&str], message: &str) {
+    let out = rg(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "rg {args:?} should fail");
+    assert!(!stderr.contains("panicked"), "rg {args:?} panicked: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.starts_with("error: ") && stderr.contains(message), "rg {args:?}: {stderr} lacks '{message}'");
+}
+
+pub fn s(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// The tiny random checkpoint and its two conversions, made once for all tests.
+pub struct Tiny {
+    _dir: tempfile::TempDir,
+    pub hf: PathBuf,
+    pub f32: PathBuf,
+    pub int8: PathBuf,
+}
+
+pub fn tiny() -> &'static Tiny {
+    static TINY: OnceLock<Tiny> = OnceLock::new();
+    TINY.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let (hf, f32, int8) = (dir.path().join("hf"), dir.path().join("f32"), dir.path().join("int8"));
+        ok(&["random", "--preset", "tiny", "--seed", "7", s(&hf)]);
+        ok(&["convert", s(&hf), s(&f32), "--quant", "f32"]);
+        ok(&["convert", s(&hf), s(&int8), "--quant", "int8"]);
+        Tiny { _dir: dir, hf, f32, int8 }
+    })
+}
+
+pub fn tokenizer_path() -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("vendor/gemma-tokenizer/tokenizer.json");
+    assert!(path.exists(), "run scripts/fetch-tokenizer.sh first ({})", path.display());
+    path
+}
