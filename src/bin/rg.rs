@@ -191,7 +191,7 @@ fn run(cli: Cli) -> Result<()> {
 
 enum Runner {
     Cpu(Model),
-    Gpu(Engine),
+    Gpu(Box<Engine>),
 }
 
 fn gpu_context() -> Result<GpuContext> {
@@ -206,7 +206,7 @@ fn open_backend(model_dir: &Path, backend: Backend) -> Result<Runner> {
         Backend::Auto => gpu_context().ok().filter(|c| c.adapter_info.device_type != wgpu::DeviceType::Cpu),
     };
     Ok(match context {
-        Some(context) => Runner::Gpu(load_engine(context, model_dir)?),
+        Some(context) => Runner::Gpu(Box::new(load_engine(context, model_dir)?)),
         None => Runner::Cpu(load_model(model_dir)?),
     })
 }
