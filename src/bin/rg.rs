@@ -190,7 +190,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 enum Runner {
-    Cpu(Model),
+    Cpu(Box<Model>),
     Gpu(Box<Engine>),
 }
 
@@ -207,7 +207,7 @@ fn open_backend(model_dir: &Path, backend: Backend) -> Result<Runner> {
     };
     Ok(match context {
         Some(context) => Runner::Gpu(Box::new(load_engine(context, model_dir)?)),
-        None => Runner::Cpu(load_model(model_dir)?),
+        None => Runner::Cpu(Box::new(load_model(model_dir)?)),
     })
 }
 
