@@ -5,8 +5,9 @@
 //            2: y[t][r] = gelu_tanh(acc) · aux[t][r]       (GeGLU: aux holds the up branch)
 //            3: y[t][r] = cap · tanh(acc / cap)            (logit soft-cap)
 //
-// q is row-major [rows, cols] int8, four per u32 (little-endian). block(r) = r / block_rows selects
-// the input slice for the block-diagonal RG-LRU gates; an ordinary matrix has block_rows = rows.
+// q is row-major [rows, cols] int8, four per u32 (little-endian). block(r) = (scale_offset + r) /
+// block_rows, counted in rows of the whole tensor, selects the input slice for the block-diagonal
+// RG-LRU gates; an ordinary matrix has block_rows = its row count, so block(r) = 0.
 // Rows index a piece of a larger tensor through scale_offset (the piece's first row) and y_offset.
 // A workgroup of 256 threads computes 256 / lanes rows (`lanes` threads per row, a power of two
 // up to 32 chosen from the row length) for up to 8 tokens, so weights are read once per 8 tokens
@@ -88,7 +89,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
     var acc: array<f32, 8>;
     if row_ok {
         let words = params.cols / 4u;
-        let x_base = (row / params.block_rows) * params.cols;
+        let x_base = ((params.scale_offset + row) / params.block_rows) * params.cols;
         for (var w = lane; w < words; w += lanes) {
             let weights = unpack_int8(q[row * words + w]);
             for (var t = 0u; t < tile_tokens; t++) {
