@@ -187,7 +187,7 @@ impl Matmul {
         for j in 0..count {
             let x_row = &x[(first + j) * self.x_stride..];
             for r in 0..rows {
-                let input = &x_row[(r / self.block_rows) * cols..][..cols];
+                let input = &x_row[((self.row_start + r) / self.block_rows) * cols..][..cols];
                 let dot: f32 = q[r * cols..][..cols].iter().zip(input).map(|(&q, &x)| q as f32 * x).sum();
                 let tensor_row = self.row_start + r;
                 let mut value = dot * scales[tensor_row];
@@ -273,10 +273,19 @@ fn matmul_int8_block_diagonal() {
 fn matmul_int8_row_piece() {
     let gpu = Gpu::new();
     // Rows 4..9 of a 9-row tensor: scales and bias at tensor rows, y rows 0..4 left alone.
-    let case = Matmul { tensor_rows: 9, row_start: 4, ..Matmul::plain(5, 20, Epilogue::Store, true) };
+    let case = Matmul { tensor_rows: 9, block_rows: 9, row_start: 4, ..Matmul::plain(5, 20, Epilogue::Store, true) };
     case.check(&gpu, 40);
-    let case = Matmul { tensor_rows: 9, row_start: 4, ..Matmul::plain(5, 192, Epilogue::Add, true) };
+    let case = Matmul { tensor_rows: 9, block_rows: 9, row_start: 4, ..Matmul::plain(5, 192, Epilogue::Add, true) };
     case.check(&gpu, 41);
+    // Rows 4..12 of a block-diagonal tensor (blocks of 4 rows): the block counts tensor rows.
+    let split_gates = Matmul {
+        tensor_rows: 12,
+        block_rows: 4,
+        row_start: 4,
+        x_stride: 24,
+        ..Matmul::plain(8, 8, Epilogue::Store, true)
+    };
+    split_gates.check(&gpu, 42);
 }
 
 #[test]
