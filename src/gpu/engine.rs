@@ -365,6 +365,7 @@ impl Engine {
         let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
+            let mut current = None;
             for _ in 0..repeat {
                 let head_dispatches = if head.is_some() { &self.head[..] } else { &[] };
                 for dispatch in self.body.iter().chain(head_dispatches).chain(&self.finish) {
@@ -372,7 +373,10 @@ impl Engine {
                     if x == 0 || y == 0 {
                         continue;
                     }
-                    pass.set_pipeline(self.kernels.pipeline(dispatch.kernel));
+                    if current != Some(dispatch.kernel) {
+                        pass.set_pipeline(self.kernels.pipeline(dispatch.kernel));
+                        current = Some(dispatch.kernel);
+                    }
                     pass.set_bind_group(0, &dispatch.bind_group, &[]);
                     pass.dispatch_workgroups(x, y, 1);
                 }
