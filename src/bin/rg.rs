@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use rgweb::chat::{first_user_turn, is_stop_token, GemmaTokenizer, Sampler, SamplingParams, TextStream, BOS};
+use rgweb::chat::session::{ChatSession, Generator};
+use rgweb::chat::{GemmaTokenizer, SamplingParams, TextStream, BOS};
 use rgweb::config::{Config, Preset};
 use rgweb::gpu::engine::{load_engine, Engine};
 use rgweb::gpu::GpuContext;
@@ -176,10 +177,7 @@ fn run(cli: Cli) -> Result<()> {
             let params = SamplingParams { temperature, top_k, top_p, seed };
             params.validate()?;
             let runner = open_backend(&model_dir, backend)?;
-            let text = if chat { first_user_turn(&prompt) } else { prompt };
-            let mut prompt_ids = vec![BOS];
-            prompt_ids.extend(tokenizer.encode(&text, false)?);
-            let ids = generate(runner, &tokenizer, params, &prompt_ids, max_tokens, chat)?;
+            let ids = generate(runner, tokenizer, params, &prompt, max_tokens, chat)?;
             if print_ids {
                 let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
                 eprintln!("ids: {}", ids.join(","));
@@ -211,73 +209,54 @@ fn open_backend(model_dir: &Path, backend: Backend) -> Result<Runner> {
     })
 }
 
-/// One token at a time from either backend: the CPU samples on the host, the GPU on the device.
-struct Decoder {
-    runner: Runner,
-    state: Option<State>,
-    sampler: Sampler,
-}
-
-impl Decoder {
-    fn prefill(&mut self, prompt: &[u32]) -> Result<u32> {
-        Ok(match &mut self.runner {
-            Runner::Cpu(model) => {
-                let state = self.state.insert(State::new(&model.config));
-                let logits = model.forward(prompt, state)?;
-                self.sampler.sample(&logits[logits.len() - model.config.vocab_size..])?
-            }
-            Runner::Gpu(engine) => pollster::block_on(engine.prefill(prompt))?,
-        })
-    }
-
-    /// Feeds `token` (the last one sampled) and samples the next.
-    fn step(&mut self, token: u32) -> Result<u32> {
-        Ok(match &mut self.runner {
-            Runner::Cpu(model) => {
-                let state = self.state.as_mut().expect("prefill first");
-                self.sampler.sample(&model.step(token, state)?)?
-            }
-            Runner::Gpu(engine) => pollster::block_on(engine.step())?,
-        })
-    }
-}
-
-/// Prefills the prompt, then samples up to `max_tokens`, streaming text to stdout. Returns the
-/// generated ids. Stops at <eos>, and at <end_of_turn> in chat mode.
+/// Generates from a raw prompt, or answers it as one chat turn, streaming text to stdout.
+/// Returns the generated ids.
 fn generate(
-    mut runner: Runner,
-    tokenizer: &GemmaTokenizer,
+    runner: Runner,
+    tokenizer: GemmaTokenizer,
     params: SamplingParams,
-    prompt: &[u32],
+    prompt: &str,
     max_tokens: usize,
     chat: bool,
 ) -> Result<Vec<u32>> {
-    let eos = match &mut runner {
-        Runner::Cpu(model) => model.config.eos_token_id,
-        Runner::Gpu(engine) => {
-            engine.set_sampling(&params)?;
-            engine.config.eos_token_id
+    let generator = match runner {
+        Runner::Cpu(model) => Generator::cpu(*model, params)?,
+        Runner::Gpu(engine) => Generator::gpu(*engine, params)?,
+    };
+    let mut stdout = std::io::stdout().lock();
+    let mut write_error = None;
+    let mut print = |text: &str| match stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()) {
+        Ok(()) => true,
+        Err(e) => {
+            write_error = Some(e);
+            false
         }
     };
-    let mut decoder = Decoder { runner, state: None, sampler: Sampler::new(params)? };
-    let mut next = decoder.prefill(prompt)?;
-    let mut generated = Vec::new();
-    let mut stream = TextStream::new();
-    let mut stdout = std::io::stdout().lock();
-    while generated.len() < max_tokens && next != eos && !(chat && is_stop_token(next)) {
-        generated.push(next);
-        if let Some(text) = stream.push(tokenizer, next)? {
-            stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()).context("writing to stdout")?;
+    let ids = if chat {
+        let mut session = ChatSession::new(generator, tokenizer);
+        pollster::block_on(session.send(prompt, max_tokens, &mut print))?.ids
+    } else {
+        let mut generator = generator;
+        let mut prompt_ids = vec![BOS];
+        prompt_ids.extend(tokenizer.encode(prompt, false)?);
+        let eos = generator.eos_token_id();
+        let mut stream = TextStream::new();
+        let ids = pollster::block_on(generator.generate(
+            &prompt_ids,
+            max_tokens,
+            |id| id == eos,
+            |id| Ok(stream.push(&tokenizer, id)?.is_none_or(|text| print(&text))),
+        ))?;
+        if let Some(rest) = stream.finish() {
+            print(&rest);
         }
-        if generated.len() < max_tokens {
-            next = decoder.step(next)?;
-        }
+        ids
+    };
+    print("\n");
+    match write_error {
+        Some(e) => Err(e).context("writing to stdout"),
+        None => Ok(ids),
     }
-    if let Some(text) = stream.finish() {
-        stdout.write_all(text.as_bytes()).context("writing to stdout")?;
-    }
-    writeln!(stdout).context("writing to stdout")?;
-    Ok(generated)
 }
 
 /// Prefill and decode throughput; each generation length starts from a fresh prefill.

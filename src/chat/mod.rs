@@ -3,6 +3,7 @@
 //! the sampler. All of it builds for `wasm32-unknown-unknown` as well as natively.
 
 pub mod sampler;
+pub mod session;
 pub mod template;
 pub mod tokenizer;
 

@@ -1,0 +1,219 @@
+//! Generation over either backend, and multi-turn chat on top of it. A chat turn prefills only
+//! its own new tokens: the state after the previous reply is kept, so the cost of a turn does not
+//! grow with the conversation, and neither does memory.
+
+use super::sampler::{Sampler, SamplingParams};
+use super::template::{first_user_turn, is_stop_token, next_user_turn};
+use super::tokenizer::{GemmaTokenizer, TextStream, BOS};
+use crate::gpu::engine::Engine;
+use crate::model::{Model, State};
+use crate::{Error, Result};
+
+/// Where the forward pass runs.
+pub enum Backend {
+    /// The CPU reference: samples on the host.
+    Cpu { model: Box<Model>, state: State, sampler: Sampler },
+    /// The WebGPU engine: samples on the device; only token ids come back.
+    Gpu { engine: Box<Engine>, last_sampled: Option<u32> },
+}
+
+/// Token-level generation: prefill some ids, then one token at a time.
+pub struct Generator {
+    backend: Backend,
+}
+
+impl Generator {
+    pub fn cpu(model: Model, params: SamplingParams) -> Result<Self> {
+        let state = State::new(&model.config);
+        Ok(Generator { backend: Backend::Cpu { model: Box::new(model), state, sampler: Sampler::new(params)? } })
+    }
+
+    pub fn gpu(mut engine: Engine, params: SamplingParams) -> Result<Self> {
+        engine.set_sampling(&params)?;
+        Ok(Generator { backend: Backend::Gpu { engine: Box::new(engine), last_sampled: None } })
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match &self.backend {
+            Backend::Cpu { model, .. } => model.config.vocab_size,
+            Backend::Gpu { engine, .. } => engine.config.vocab_size,
+        }
+    }
+
+    pub fn eos_token_id(&self) -> u32 {
+        match &self.backend {
+            Backend::Cpu { model, .. } => model.config.eos_token_id,
+            Backend::Gpu { engine, .. } => engine.config.eos_token_id,
+        }
+    }
+
+    /// Tokens in the state so far.
+    pub fn position(&self) -> usize {
+        match &self.backend {
+            Backend::Cpu { state, .. } => state.position,
+            Backend::Gpu { engine, .. } => engine.position(),
+        }
+    }
+
+    pub fn set_sampling(&mut self, params: SamplingParams) -> Result<()> {
+        match &mut self.backend {
+            Backend::Cpu { sampler, .. } => *sampler = Sampler::new(params)?,
+            Backend::Gpu { engine, .. } => engine.set_sampling(&params)?,
+        }
+        Ok(())
+    }
+
+    /// Forgets everything: the next prefill starts a new document.
+    pub fn reset(&mut self) {
+        match &mut self.backend {
+            Backend::Cpu { model, state, .. } => *state = State::new(&model.config),
+            Backend::Gpu { engine, last_sampled } => {
+                engine.reset();
+                *last_sampled = None;
+            }
+        }
+    }
+
+    /// Feeds `ids` and samples the token that follows them.
+    pub async fn prefill(&mut self, ids: &[u32]) -> Result<u32> {
+        if ids.is_empty() {
+            return Err(Error::Input("nothing to prefill".into()));
+        }
+        match &mut self.backend {
+            Backend::Cpu { model, state, sampler } => {
+                let logits = model.forward(ids, state)?;
+                sampler.sample(&logits[logits.len() - model.config.vocab_size..])
+            }
+            Backend::Gpu { engine, last_sampled } => {
+                let next = engine.prefill(ids).await?;
+                *last_sampled = Some(next);
+                Ok(next)
+            }
+        }
+    }
+
+    /// Feeds one token and samples the next. On the GPU the last sampled token is already
+    /// waiting there as the next input, so nothing crosses the bus but the new id.
+    pub async fn step(&mut self, token: u32) -> Result<u32> {
+        match &mut self.backend {
+            Backend::Cpu { model, state, sampler } => sampler.sample(&model.step(token, state)?),
+            Backend::Gpu { engine, last_sampled } => {
+                let next =
+                    if *last_sampled == Some(token) { engine.step().await? } else { engine.prefill(&[token]).await? };
+                *last_sampled = Some(next);
+                Ok(next)
+            }
+        }
+    }
+
+    /// Prefills `prompt`, then samples until a stop token or `max_tokens`, handing each
+    /// generated id to `on_token` (which returns false to stop early). The state ends holding
+    /// every generated token; a stop token is not fed.
+    pub async fn generate(
+        &mut self,
+        prompt: &[u32],
+        max_tokens: usize,
+        is_stop: impl Fn(u32) -> bool,
+        mut on_token: impl FnMut(u32) -> Result<bool>,
+    ) -> Result<Vec<u32>> {
+        let mut generated = Vec::new();
+        if max_tokens == 0 {
+            return Ok(generated);
+        }
+        let mut next = self.prefill(prompt).await?;
+        while !is_stop(next) {
+            generated.push(next);
+            let wanted = on_token(next)?;
+            if !wanted || generated.len() == max_tokens {
+                // Keep the state consistent with the text shown: feed the last token too.
+                self.step(next).await?;
+                break;
+            }
+            next = self.step(next).await?;
+        }
+        Ok(generated)
+    }
+}
+
+/// One reply of a chat.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reply {
+    pub ids: Vec<u32>,
+    pub text: String,
+    /// Tokens fed for this turn (its prompt), the only prefill the turn needed.
+    pub prefilled: usize,
+}
+
+/// A Gemma chat: user turns in, model replies out, the state carried from turn to turn.
+pub struct ChatSession {
+    generator: Generator,
+    tokenizer: GemmaTokenizer,
+}
+
+impl ChatSession {
+    pub fn new(generator: Generator, tokenizer: GemmaTokenizer) -> Self {
+        ChatSession { generator, tokenizer }
+    }
+
+    pub fn generator(&mut self) -> &mut Generator {
+        &mut self.generator
+    }
+
+    /// Starts a new conversation.
+    pub fn reset(&mut self) {
+        self.generator.reset();
+    }
+
+    /// The ids this message adds to the conversation: the whole first turn with <bos>, or the
+    /// close of the previous reply and the new turn.
+    pub fn turn_ids(&self, message: &str) -> Result<Vec<u32>> {
+        if self.generator.position() == 0 {
+            let mut ids = vec![BOS];
+            ids.extend(self.tokenizer.encode(&first_user_turn(message), false)?);
+            Ok(ids)
+        } else {
+            self.tokenizer.encode(&next_user_turn(message), false)
+        }
+    }
+
+    /// Sends `message` and streams the reply's text to `on_text` as it completes (return false
+    /// to stop, as a Stop button does).
+    pub async fn send(
+        &mut self,
+        message: &str,
+        max_tokens: usize,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<Reply> {
+        let prompt = self.turn_ids(message)?;
+        let eos = self.generator.eos_token_id();
+        let tokenizer = &self.tokenizer;
+        let mut stream = TextStream::new();
+        let mut text = String::new();
+        let ids = self
+            .generator
+            .generate(
+                &prompt,
+                max_tokens,
+                |id| id == eos || is_stop_token(id),
+                |id| {
+                    Ok(match stream.push(tokenizer, id)? {
+                        Some(piece) => {
+                            text.push_str(&piece);
+                            on_text(&piece)
+                        }
+                        None => true,
+                    })
+                },
+            )
+            .await?;
+        if let Some(rest) = stream.finish() {
+            text.push_str(&rest);
+            on_text(&rest);
+        }
+        Ok(Reply { ids, text, prefilled: prompt.len() })
+    }
+}
