@@ -12,7 +12,7 @@ use crate::{Error, Result};
 /// Where the forward pass runs.
 pub enum Backend {
     /// The CPU reference: samples on the host.
-    Cpu { model: Box<Model>, state: State, sampler: Sampler },
+    Cpu { model: Box<Model>, state: State, sampler: Box<Sampler> },
     /// The WebGPU engine: samples on the device; only token ids come back.
     Gpu { engine: Box<Engine>, last_sampled: Option<u32> },
 }
@@ -25,7 +25,9 @@ pub struct Generator {
 impl Generator {
     pub fn cpu(model: Model, params: SamplingParams) -> Result<Self> {
         let state = State::new(&model.config);
-        Ok(Generator { backend: Backend::Cpu { model: Box::new(model), state, sampler: Sampler::new(params)? } })
+        Ok(Generator {
+            backend: Backend::Cpu { model: Box::new(model), state, sampler: Box::new(Sampler::new(params)?) },
+        })
     }
 
     pub fn gpu(mut engine: Engine, params: SamplingParams) -> Result<Self> {
@@ -61,7 +63,7 @@ impl Generator {
 
     pub fn set_sampling(&mut self, params: SamplingParams) -> Result<()> {
         match &mut self.backend {
-            Backend::Cpu { sampler, .. } => *sampler = Sampler::new(params)?,
+            Backend::Cpu { sampler, .. } => **sampler = Sampler::new(params)?,
             Backend::Gpu { engine, .. } => engine.set_sampling(&params)?,
         }
         Ok(())
