@@ -15,18 +15,6 @@ struct Params {
     scale: f32,
 }
 
-struct Chunk {
-    n_tokens: u32,
-    head_first: u32,
-    head_count: u32,
-    _pad: u32,
-}
-
-struct Step {
-    position: u32,
-    generated: u32,
-}
-
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<uniform> chunk: Chunk;
 @group(0) @binding(2) var<storage, read> step: Step;
@@ -36,36 +24,7 @@ struct Step {
 @group(0) @binding(6) var<storage, read_write> scores: array<f32>;    // [tokens, heads, window + 1]
 @group(0) @binding(7) var<storage, read_write> out: array<f32>;       // [tokens, heads, head_dim]
 
-var<workgroup> reduce: array<f32, 256>;
 var<workgroup> start_position: u32;
-
-fn reduce_max(li: u32, value: f32) -> f32 {
-    reduce[li] = value;
-    workgroupBarrier();
-    for (var stride = 128u; stride > 0u; stride /= 2u) {
-        if li < stride {
-            reduce[li] = max(reduce[li], reduce[li + stride]);
-        }
-        workgroupBarrier();
-    }
-    let result = reduce[0];
-    workgroupBarrier();
-    return result;
-}
-
-fn reduce_sum(li: u32, value: f32) -> f32 {
-    reduce[li] = value;
-    workgroupBarrier();
-    for (var stride = 128u; stride > 0u; stride /= 2u) {
-        if li < stride {
-            reduce[li] += reduce[li + stride];
-        }
-        workgroupBarrier();
-    }
-    let result = reduce[0];
-    workgroupBarrier();
-    return result;
-}
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: vec3<u32>) {
@@ -95,7 +54,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
         scores[row + j] = score;
         local_max = max(local_max, score);
     }
-    let max_score = reduce_max(li, local_max);
+    let max_score = workgroup_max(li, local_max);
 
     var local_sum = 0.0;
     for (var j = li; j < count; j += 256u) {
@@ -103,7 +62,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
         scores[row + j] = e;
         local_sum += e;
     }
-    let total = reduce_sum(li, local_sum);
+    let total = workgroup_sum(li, local_sum);
     storageBarrier();
 
     for (var d = li; d < hd; d += 256u) {

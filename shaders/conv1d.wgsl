@@ -11,18 +11,6 @@ struct Params {
     width: u32,
 }
 
-struct Chunk {
-    n_tokens: u32,
-    head_first: u32,
-    head_count: u32,
-    _pad: u32,
-}
-
-struct Step {
-    position: u32,
-    generated: u32,
-}
-
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<uniform> chunk: Chunk;
 @group(0) @binding(2) var<storage, read> step: Step;

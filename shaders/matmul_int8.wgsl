@@ -29,13 +29,6 @@ struct Params {
     lanes: u32,
 }
 
-struct Chunk {
-    n_tokens: u32,
-    head_first: u32,
-    head_count: u32,
-    _pad: u32,
-}
-
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<uniform> chunk: Chunk;
 @group(0) @binding(2) var<storage, read> q: array<u32>;         // [rows, cols / 4]
@@ -50,11 +43,6 @@ const TOKEN_TILE: u32 = 8u;
 // Per-lane partial sums, [TOKEN_TILE, 256]: one barrier, then one thread per (row, token) adds
 // its row's lanes (fewer barriers than a tree, which matters on CPU Vulkan drivers).
 var<workgroup> partial: array<f32, 2048>;
-
-fn gelu_tanh(z: f32) -> f32 {
-    let inner = 0.7978846 * (z + 0.044715 * z * z * z);
-    return 0.5 * z * (1.0 + tanh(clamp(inner, -10.0, 10.0)));
-}
 
 fn unpack_int8(word: u32) -> vec4<f32> {
     let w = bitcast<i32>(word);

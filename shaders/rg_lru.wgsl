@@ -12,18 +12,6 @@ struct Params {
     channels: u32,
 }
 
-struct Chunk {
-    n_tokens: u32,
-    head_first: u32,
-    head_count: u32,
-    _pad: u32,
-}
-
-struct Step {
-    position: u32,
-    generated: u32,
-}
-
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<uniform> chunk: Chunk;
 @group(0) @binding(2) var<storage, read> step: Step;
@@ -34,15 +22,6 @@ struct Step {
 @group(0) @binding(7) var<storage, read> y: array<f32>;            // [tokens, channels] linear_y output
 @group(0) @binding(8) var<storage, read_write> h: array<f32>;      // [channels]
 @group(0) @binding(9) var<storage, read_write> out: array<f32>;    // [tokens, channels]
-
-fn sigmoid(x: f32) -> f32 {
-    return 1.0 / (1.0 + exp(-clamp(x, -80.0, 80.0)));
-}
-
-fn gelu_tanh(z: f32) -> f32 {
-    let inner = 0.7978846 * (z + 0.044715 * z * z * z);
-    return 0.5 * z * (1.0 + tanh(clamp(inner, -10.0, 10.0)));
-}
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) id: vec3<u32>) {

@@ -7,13 +7,6 @@ struct Params {
     eps: f32,
 }
 
-struct Chunk {
-    n_tokens: u32,
-    head_first: u32,
-    head_count: u32,
-    _pad: u32,
-}
-
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<uniform> chunk: Chunk;
 @group(0) @binding(2) var<storage, read> w: array<f32>;        // [width]

@@ -21,18 +21,6 @@ struct Sampling {
     _pad1: u32,
 }
 
-struct Chunk {
-    n_tokens: u32,
-    head_first: u32,
-    head_count: u32,
-    _pad: u32,
-}
-
-struct Step {
-    position: u32,
-    generated: u32,
-}
-
 @group(0) @binding(0) var<uniform> sampling: Sampling;
 @group(0) @binding(1) var<uniform> chunk: Chunk;
 @group(0) @binding(2) var<storage, read_write> step: Step;
@@ -43,41 +31,12 @@ struct Step {
 const GENERATED_RING: u32 = 1024u;
 const NEG_BIG: f32 = -3.0e38;
 
-var<workgroup> reduce_f: array<f32, 256>;
 var<workgroup> reduce_u: array<u32, 256>;
 var<workgroup> chosen: atomic<u32>;
 
 fn logit(row: u32, i: u32) -> f32 {
     let v = logits[row + i];
     return select(NEG_BIG, v, v == v);
-}
-
-fn sum_f(li: u32, value: f32) -> f32 {
-    reduce_f[li] = value;
-    workgroupBarrier();
-    for (var stride = 128u; stride > 0u; stride /= 2u) {
-        if li < stride {
-            reduce_f[li] += reduce_f[li + stride];
-        }
-        workgroupBarrier();
-    }
-    let result = reduce_f[0];
-    workgroupBarrier();
-    return result;
-}
-
-fn min_f(li: u32, value: f32) -> f32 {
-    reduce_f[li] = value;
-    workgroupBarrier();
-    for (var stride = 128u; stride > 0u; stride /= 2u) {
-        if li < stride {
-            reduce_f[li] = min(reduce_f[li], reduce_f[li + stride]);
-        }
-        workgroupBarrier();
-    }
-    let result = reduce_f[0];
-    workgroupBarrier();
-    return result;
 }
 
 fn sum_u(li: u32, value: u32) -> u32 {
@@ -111,7 +70,7 @@ fn mass_at_least(li: u32, row: u32, threshold: f32, max_logit: f32) -> f32 {
     for (var i = li; i < sampling.vocab; i += 256u) {
         local += weight(row, i, threshold, max_logit);
     }
-    return sum_f(li, local);
+    return workgroup_sum(li, local);
 }
 
 @compute @workgroup_size(256)
@@ -142,21 +101,21 @@ fn pick(li: u32) -> u32 {
             best_index = i;
         }
     }
-    reduce_f[li] = best;
+    reduction[li] = best;
     reduce_u[li] = best_index;
     workgroupBarrier();
     for (var stride = 128u; stride > 0u; stride /= 2u) {
         if li < stride {
-            let other = reduce_f[li + stride];
+            let other = reduction[li + stride];
             let other_index = reduce_u[li + stride];
-            if other > reduce_f[li] || (other == reduce_f[li] && other_index < reduce_u[li]) {
-                reduce_f[li] = other;
+            if other > reduction[li] || (other == reduction[li] && other_index < reduce_u[li]) {
+                reduction[li] = other;
                 reduce_u[li] = other_index;
             }
         }
         workgroupBarrier();
     }
-    let max_logit = reduce_f[0];
+    let max_logit = reduction[0];
     let argmax = reduce_u[0];
     workgroupBarrier();
     if sampling.temperature <= 0.0 {
@@ -169,7 +128,7 @@ fn pick(li: u32) -> u32 {
         for (var i = li; i < vocab; i += 256u) {
             local_min = min(local_min, logit(row, i));
         }
-        var lo = min_f(li, local_min);
+        var lo = workgroup_min(li, local_min);
         var hi = max_logit;
         for (var iteration = 0u; iteration < 40u; iteration++) {
             let mid = lo + (hi - lo) * 0.5;
@@ -193,7 +152,7 @@ fn pick(li: u32) -> u32 {
             for (var i = li; i < vocab; i += 256u) {
                 local_min = min(local_min, logit(row, i));
             }
-            lo = min_f(li, local_min);
+            lo = workgroup_min(li, local_min);
         }
         var hi = max_logit;
         for (var iteration = 0u; iteration < 40u; iteration++) {
@@ -215,7 +174,7 @@ fn pick(li: u32) -> u32 {
     for (var i = begin; i < end; i++) {
         own += weight(row, i, threshold, max_logit);
     }
-    reduce_f[li] = own;
+    reduction[li] = own;
     if li == 0u {
         atomicStore(&chosen, argmax);
     }
@@ -223,8 +182,8 @@ fn pick(li: u32) -> u32 {
     if li == 0u {
         var running = 0.0;
         for (var j = 0u; j < 256u; j++) {
-            let value = reduce_f[j];
-            reduce_f[j] = running;
+            let value = reduction[j];
+            reduction[j] = running;
             running += value;
         }
         reduce_u[0] = bitcast<u32>(running);
@@ -233,7 +192,7 @@ fn pick(li: u32) -> u32 {
     let total = bitcast<f32>(reduce_u[0]);
     let u = f32(pcg(sampling.seed ^ pcg(step.generated)) >> 8u) / 16777216.0;
     let target_mass = u * total;
-    let before = reduce_f[li];
+    let before = reduction[li];
     if own > 0.0 && target_mass >= before && target_mass < before + own {
         var running = before;
         var pick_index = end - 1u;

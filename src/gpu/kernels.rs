@@ -58,6 +58,9 @@ impl Kernel {
     }
 }
 
+/// Structs, activations and reductions shared by every kernel.
+pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
+
 /// Every pipeline, compiled once.
 pub struct Kernels {
     pipelines: Vec<wgpu::ComputePipeline>,
@@ -71,7 +74,7 @@ impl Kernels {
                 let (name, source) = kernel.source();
                 let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(name),
-                    source: wgpu::ShaderSource::Wgsl(source.into()),
+                    source: wgpu::ShaderSource::Wgsl(format!("{COMMON}\n{source}").into()),
                 });
                 device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                     label: Some(name),

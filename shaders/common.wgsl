@@ -1,0 +1,64 @@
+// Shared by every kernel: src/gpu/kernels.rs prepends this file to each shader. It holds the
+// per-submission blocks, the activation functions and 256-thread workgroup reductions.
+//
+//   gelu_tanh(z) = 0.5·z·(1 + tanh(√(2/π)·(z + 0.044715·z³)))   (tanh argument clamped to ±10,
+//                                                                where f32 tanh is already ±1)
+//   sigmoid(x)   = 1 / (1 + e^(−x))                               (x clamped to ±80)
+
+// Tokens in this submission, and which of them get logits.
+struct Chunk {
+    n_tokens: u32,
+    head_first: u32,
+    head_count: u32,
+    _pad: u32,
+}
+
+// Advanced on the GPU by sample.wgsl, so many decode steps can be queued at once.
+struct Step {
+    position: u32,
+    generated: u32,
+}
+
+fn gelu_tanh(z: f32) -> f32 {
+    let inner = 0.7978846 * (z + 0.044715 * z * z * z);
+    return 0.5 * z * (1.0 + tanh(clamp(inner, -10.0, 10.0)));
+}
+
+fn sigmoid(x: f32) -> f32 {
+    return 1.0 / (1.0 + exp(-clamp(x, -80.0, 80.0)));
+}
+
+var<workgroup> reduction: array<f32, 256>;
+
+// The sum over a workgroup of 256 threads; every thread gets it.
+fn workgroup_sum(li: u32, value: f32) -> f32 {
+    reduction[li] = value;
+    workgroupBarrier();
+    for (var stride = 128u; stride > 0u; stride /= 2u) {
+        if li < stride {
+            reduction[li] += reduction[li + stride];
+        }
+        workgroupBarrier();
+    }
+    let result = reduction[0];
+    workgroupBarrier();
+    return result;
+}
+
+fn workgroup_max(li: u32, value: f32) -> f32 {
+    reduction[li] = value;
+    workgroupBarrier();
+    for (var stride = 128u; stride > 0u; stride /= 2u) {
+        if li < stride {
+            reduction[li] = max(reduction[li], reduction[li + stride]);
+        }
+        workgroupBarrier();
+    }
+    let result = reduction[0];
+    workgroupBarrier();
+    return result;
+}
+
+fn workgroup_min(li: u32, value: f32) -> f32 {
+    return -workgroup_max(li, -value);
+}
