@@ -33,6 +33,14 @@ fn reduced(angle: f32) -> f32 {
     return (angle - turns * TWO_PI_HI) - turns * TWO_PI_LO;
 }
 
+// The pair (x[i], x[i + n]) rotated by θ_i at `position`.
+fn rotate(a: f32, b: f32, position: u32, i: u32) -> vec2<f32> {
+    let angle = reduced(f32(position) * inv_freq[i]);
+    let c = cos(angle);
+    let s = sin(angle);
+    return vec2<f32>(a * c - b * s, b * c + a * s);
+}
+
 @compute @workgroup_size(64)
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: vec3<u32>) {
     let t = group.x;
@@ -45,13 +53,9 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
     if head < params.heads {
         let base = (t * params.heads + head) * hd;
         for (var i = li; i < params.rotary_half; i += 64u) {
-            let angle = reduced(f32(position) * inv_freq[i]);
-            let c = cos(angle);
-            let s = sin(angle);
-            let a = q[base + i];
-            let b = q[base + i + params.rotary_half];
-            q[base + i] = a * c - b * s;
-            q[base + i + params.rotary_half] = b * c + a * s;
+            let r = rotate(q[base + i], q[base + i + params.rotary_half], position, i);
+            q[base + i] = r.x;
+            q[base + i + params.rotary_half] = r.y;
         }
         return;
     }
@@ -62,13 +66,9 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
         if i >= 2u * params.rotary_half {
             ring_k[slot + i] = k[base + i];
         } else if i < params.rotary_half {
-            let angle = reduced(f32(position) * inv_freq[i]);
-            let c = cos(angle);
-            let s = sin(angle);
-            let a = k[base + i];
-            let b = k[base + i + params.rotary_half];
-            ring_k[slot + i] = a * c - b * s;
-            ring_k[slot + i + params.rotary_half] = b * c + a * s;
+            let r = rotate(k[base + i], k[base + i + params.rotary_half], position, i);
+            ring_k[slot + i] = r.x;
+            ring_k[slot + i + params.rotary_half] = r.y;
         }
     }
 }
