@@ -191,7 +191,7 @@ impl Engine {
             position: 0,
             generated_count: 0,
         };
-        engine.build_dispatches()?;
+        engine.build_dispatches();
         engine.set_sampling(&SamplingParams::default())?;
         Ok(engine)
     }
@@ -474,7 +474,7 @@ impl Engine {
     }
 
     /// The dispatch list: the forward pass of `crate::model::Model`, block by block.
-    fn build_dispatches(&mut self) -> Result<()> {
+    fn build_dispatches(&mut self) {
         let config = self.config.clone();
         let a = &self.acts;
         let (d, lru) = (config.hidden_size, config.lru_width());
@@ -494,6 +494,13 @@ impl Engine {
                 [&params, &self.chunk_info, &self.tokens, self.piece(&piece.name), self.scales_piece(embedding), &a.x];
             self.dispatch(&mut body, Kernel::Embed, &buffers, Groups::PerToken((d as u32 / 4).div_ceil(64)));
         }
+
+        // RoPE frequencies θ_i / position = base^(−2i/rotary_dims), computed on the host as the CPU does.
+        let inv_freq: Vec<f32> = (0..config.rotary_dims() / 2)
+            .map(|i| 1.0 / config.rope_theta.powf((2 * i) as f32 / config.rotary_dims() as f32))
+            .collect();
+        let inv_freq_buffer = self.ctx.storage("inv_freq", inv_freq.len() as u64 * 4);
+        self.ctx.queue.write_buffer(&inv_freq_buffer, 0, bytemuck::cast_slice(&inv_freq));
 
         let step = &self.state[0];
         let mut state = self.state[1..].iter();
@@ -560,11 +567,6 @@ impl Engine {
                         slots,
                     };
                     let rope = self.ctx.uniform("rope params", bytes(&rope));
-                    let inv_freq: Vec<f32> = (0..config.rotary_dims() / 2)
-                        .map(|i| 1.0 / config.rope_theta.powf((2 * i) as f32 / config.rotary_dims() as f32))
-                        .collect();
-                    let inv_freq_buffer = self.ctx.storage("inv_freq", inv_freq.len() as u64 * 4);
-                    self.ctx.queue.write_buffer(&inv_freq_buffer, 0, bytemuck::cast_slice(&inv_freq));
                     let buffers = [&rope, &self.chunk_info, step, &inv_freq_buffer, &a.q, &a.k, &a.v, keys, values];
                     self.dispatch(&mut body, Kernel::RopeKv, &buffers, Groups::TokenMajor(heads + 1));
                     let params = AttentionParams {
@@ -614,7 +616,6 @@ impl Engine {
         self.body = body;
         self.head = head;
         self.finish = finish;
-        Ok(())
     }
 }
 
