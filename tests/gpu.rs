@@ -197,3 +197,12 @@ fn the_2b_state_is_about_33_mib() {
     eprintln!("2B GPU state: {} B = {mib:.2} MiB", engine.state_bytes());
     assert!((16.0..=33.5).contains(&mib), "{mib} MiB");
 }
+
+#[test]
+fn device_errors_become_errors_not_panics() {
+    let ctx = context();
+    assert!(ctx.check().is_ok());
+    let _too_big = ctx.storage("too big", 1 << 60);
+    let error = ctx.check().unwrap_err().to_string();
+    assert!(error.starts_with("gpu: ") && error.to_lowercase().contains("buffer"), "{error}");
+}

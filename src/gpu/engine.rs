@@ -193,6 +193,8 @@ impl Engine {
         };
         engine.build_dispatches();
         engine.set_sampling(&SamplingParams::default())?;
+        // Allocation failures (a model too large for the device) surface here, not as a panic.
+        engine.ctx.check()?;
         Ok(engine)
     }
 

@@ -11,16 +11,20 @@ pub mod kernels;
 
 use std::cell::Cell;
 use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 
 use crate::{Error, Result};
 
 /// A device and queue plus a running count of the bytes of every buffer created through it.
+/// Device errors and device loss are recorded, not panicked on: [`GpuContext::check`] turns the
+/// first one into an [`Error`] for whoever uses the device next.
 #[derive(Clone)]
 pub struct GpuContext {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub adapter_info: wgpu::AdapterInfo,
     allocated: Rc<Cell<u64>>,
+    failure: Arc<Mutex<Option<String>>>,
 }
 
 impl GpuContext {
@@ -50,7 +54,28 @@ impl GpuContext {
     }
 
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, adapter_info: wgpu::AdapterInfo) -> Self {
-        GpuContext { device, queue, adapter_info, allocated: Rc::new(Cell::new(0)) }
+        let failure = Arc::new(Mutex::new(None));
+        let record = |failure: &Arc<Mutex<Option<String>>>| {
+            let failure = failure.clone();
+            move |message: String| {
+                let mut slot = failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                slot.get_or_insert(message);
+            }
+        };
+        let on_error = record(&failure);
+        device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| on_error(error.to_string())));
+        let on_lost = record(&failure);
+        device.set_device_lost_callback(move |reason, message| on_lost(format!("device lost ({reason:?}): {message}")));
+        GpuContext { device, queue, adapter_info, allocated: Rc::new(Cell::new(0)), failure }
+    }
+
+    /// The first device error or loss since the device was made, if any.
+    pub fn check(&self) -> Result<()> {
+        let failure = self.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match failure.as_ref() {
+            Some(message) => Err(Error::Gpu(message.clone())),
+            None => Ok(()),
+        }
     }
 
     /// Bytes of all buffers created through this context so far.
@@ -106,6 +131,7 @@ impl GpuContext {
             .map_err(|e| Error::Gpu(format!("reading back: {e}")))?;
         let bytes = staging.get_mapped_range(..size).map_err(|e| Error::Gpu(format!("reading back: {e}")))?.to_vec();
         staging.unmap();
+        self.check()?;
         Ok(bytes)
     }
 }
