@@ -206,3 +206,31 @@ fn device_errors_become_errors_not_panics() {
     let error = ctx.check().unwrap_err().to_string();
     assert!(error.starts_with("gpu: ") && error.to_lowercase().contains("buffer"), "{error}");
 }
+
+#[test]
+fn rg_logits_on_the_gpu_match_the_cpu() {
+    let read = |backend: &str| {
+        let out = tempfile::NamedTempFile::new().unwrap();
+        let tokens = "2,17,99,1000,255999,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20";
+        ok(&["logits", s(&tiny().int8), "--tokens", tokens, "--backend", backend, "--out", s(out.path())]);
+        let bytes = std::fs::read(out.path()).unwrap();
+        let header = 10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+        bytes[header..].chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect::<Vec<f32>>()
+    };
+    let (gpu, cpu) = (read("gpu"), read("cpu"));
+    assert_eq!(gpu.len(), 21 * 256_000);
+    assert!(max_diff(&gpu, &cpu) <= TOLERANCE, "max |Δ| {}", max_diff(&gpu, &cpu));
+}
+
+#[test]
+fn rg_bench_reports_speed_and_sizes() {
+    let out = ok(&["bench", s(&tiny().int8), "--prompt-tokens", "20", "--gen-tokens", "4,8", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["prompt_tokens"], 20);
+    assert!(report["prefill_tokens_per_s"].as_f64().unwrap() > 0.0);
+    let decode = report["decode"].as_array().unwrap();
+    assert_eq!(decode.iter().map(|d| d["gen_tokens"].as_u64().unwrap()).collect::<Vec<_>>(), [4, 8]);
+    assert!(decode.iter().all(|d| d["tokens_per_s"].as_f64().unwrap() > 0.0));
+    assert_eq!(report["weight_bytes"], 17_762_560);
+    assert_eq!(report["state_bytes"], 20_488);
+}
