@@ -82,3 +82,31 @@ fn stop_ends_the_reply_and_keeps_the_state_consistent() {
     let next = block_on(session.send(MESSAGES[1], 4, |_| true)).unwrap();
     assert_eq!(session.generator().position(), position + next.prefilled + next.ids.len());
 }
+
+fn check_regenerate(make: fn() -> Generator) {
+    let mut session = ChatSession::new(make(), tokenizer());
+    block_on(session.send(MESSAGES[0], 6, |_| true)).unwrap();
+    let hot = SamplingParams { temperature: 1.2, top_k: 0, top_p: 1.0, seed: 1 };
+    session.generator().set_sampling(hot).unwrap();
+    let before = session.generator().position();
+    let first = block_on(session.send(MESSAGES[1], 8, |_| true)).unwrap();
+    // Same seed again from the same state: the same reply (on the GPU the draw depends only on
+    // the seed and the token count, both restored; on the CPU the sampler is made anew).
+    session.generator().set_sampling(hot).unwrap();
+    let again = block_on(session.regenerate(8, |_| true)).unwrap();
+    assert_eq!(again, first);
+    session.generator().set_sampling(SamplingParams { seed: 2, ..hot }).unwrap();
+    let other = block_on(session.regenerate(8, |_| true)).unwrap();
+    assert_ne!(other.ids, first.ids, "another seed, another reply");
+    assert_eq!(session.generator().position(), before + other.prefilled + other.ids.len());
+}
+
+#[test]
+fn regenerate_replays_from_the_state_before_the_reply_on_the_cpu() {
+    check_regenerate(cpu);
+}
+
+#[test]
+fn regenerate_replays_from_the_state_before_the_reply_on_the_gpu() {
+    check_regenerate(gpu);
+}

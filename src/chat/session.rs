@@ -5,7 +5,7 @@
 use super::sampler::{Sampler, SamplingParams};
 use super::template::{first_user_turn, is_stop_token, next_user_turn};
 use super::tokenizer::{GemmaTokenizer, TextStream, BOS};
-use crate::gpu::engine::Engine;
+use crate::gpu::engine::{Engine, Snapshot};
 use crate::model::{Model, State};
 use crate::{Error, Result};
 
@@ -15,6 +15,12 @@ pub enum Backend {
     Cpu { model: Box<Model>, state: State, sampler: Box<Sampler> },
     /// The WebGPU engine: samples on the device; only token ids come back.
     Gpu { engine: Box<Engine>, last_sampled: Option<u32> },
+}
+
+/// A saved conversation state to return to (e.g. to regenerate a reply).
+pub enum Checkpoint {
+    Cpu(State),
+    Gpu { snapshot: Snapshot, last_sampled: Option<u32> },
 }
 
 /// Token-level generation: prefill some ids, then one token at a time.
@@ -78,6 +84,27 @@ impl Generator {
                 *last_sampled = None;
             }
         }
+    }
+
+    pub fn checkpoint(&self) -> Checkpoint {
+        match &self.backend {
+            Backend::Cpu { state, .. } => Checkpoint::Cpu(state.clone()),
+            Backend::Gpu { engine, last_sampled } => {
+                Checkpoint::Gpu { snapshot: engine.snapshot(), last_sampled: *last_sampled }
+            }
+        }
+    }
+
+    pub fn restore(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+        match (&mut self.backend, checkpoint) {
+            (Backend::Cpu { state, .. }, Checkpoint::Cpu(saved)) => *state = saved.clone(),
+            (Backend::Gpu { engine, last_sampled }, Checkpoint::Gpu { snapshot, last_sampled: saved }) => {
+                engine.restore(snapshot)?;
+                *last_sampled = *saved;
+            }
+            _ => return Err(Error::Input("checkpoint from the other backend".into())),
+        }
+        Ok(())
     }
 
     /// Feeds `ids` and samples the token that follows them.
@@ -154,11 +181,13 @@ pub struct Reply {
 pub struct ChatSession {
     generator: Generator,
     tokenizer: GemmaTokenizer,
+    /// The state before the last turn, and that turn's message: what `regenerate` replays.
+    last_turn: Option<(Checkpoint, String)>,
 }
 
 impl ChatSession {
     pub fn new(generator: Generator, tokenizer: GemmaTokenizer) -> Self {
-        ChatSession { generator, tokenizer }
+        ChatSession { generator, tokenizer, last_turn: None }
     }
 
     pub fn generator(&mut self) -> &mut Generator {
@@ -168,6 +197,16 @@ impl ChatSession {
     /// Starts a new conversation.
     pub fn reset(&mut self) {
         self.generator.reset();
+        self.last_turn = None;
+    }
+
+    /// Answers the last message again from the state before it (a new seed, set with
+    /// [`Generator::set_sampling`], gives a different reply).
+    pub async fn regenerate(&mut self, max_tokens: usize, on_text: impl FnMut(&str) -> bool) -> Result<Reply> {
+        let (checkpoint, message) =
+            self.last_turn.take().ok_or_else(|| Error::Input("there is no reply to regenerate".into()))?;
+        self.generator.restore(&checkpoint)?;
+        self.send(&message, max_tokens, on_text).await
     }
 
     /// The ids this message adds to the conversation: the whole first turn with <bos>, or the
@@ -191,6 +230,7 @@ impl ChatSession {
         mut on_text: impl FnMut(&str) -> bool,
     ) -> Result<Reply> {
         let prompt = self.turn_ids(message)?;
+        self.last_turn = Some((self.generator.checkpoint(), message.to_string()));
         let eos = self.generator.eos_token_id();
         let tokenizer = &self.tokenizer;
         let mut stream = TextStream::new();
