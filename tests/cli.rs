@@ -292,3 +292,30 @@ fn shard_parser_gives_the_same_pieces_for_any_chunking() {
         assert_eq!(pair[0].1, pair[1].1, "chunking changed shard {}", pair[0].0);
     }
 }
+
+#[test]
+fn chat_keeps_the_state_size_while_the_conversation_grows() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let tokenizer = common::tokenizer_path();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rg"))
+        .args(["chat", s(&tiny().int8), "--tokenizer", s(&tokenizer), "--max-tokens", "5", "--backend", "cpu"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"Hello there\nTell me more\n/regenerate\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stats: Vec<Vec<u64>> = String::from_utf8(out.stderr)
+        .unwrap()
+        .lines()
+        .map(|line| line.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect())
+        .collect();
+    // [prefilled, replied, conversation, state] per turn.
+    assert_eq!(stats.len(), 3, "{stats:?}");
+    assert_eq!(stats[1][2], stats[0][2] + stats[1][0] + stats[1][1], "the second turn continues the first");
+    assert_eq!(stats[2], stats[1], "regenerate replays the second turn from the same state");
+    assert!(stats.iter().all(|turn| turn[3] == 12_288), "the state stays {} bytes", stats[0][3]);
+}

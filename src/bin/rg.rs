@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use rgweb::chat::session::{ChatSession, Generator};
 use rgweb::chat::{GemmaTokenizer, SamplingParams, TextStream, BOS};
@@ -86,33 +86,73 @@ enum Command {
     },
     /// Generate text from a prompt, streamed to stdout.
     Generate {
-        model_dir: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
         #[arg(long)]
         prompt: String,
         #[arg(long, default_value_t = 128)]
         max_tokens: usize,
-        /// 0 means greedy.
-        #[arg(long, default_value_t = 0.0)]
-        temperature: f32,
-        /// 0 means no top-k cut.
-        #[arg(long, default_value_t = 0)]
-        top_k: usize,
-        #[arg(long, default_value_t = 1.0)]
-        top_p: f32,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
+        #[command(flatten)]
+        sampling: SamplingArgs,
         /// Wrap the prompt in the Gemma chat template and stop at <end_of_turn>.
         #[arg(long)]
         chat: bool,
-        /// tokenizer.json to use instead of the one in MODEL_DIR.
-        #[arg(long)]
-        tokenizer: Option<PathBuf>,
-        #[arg(long, value_enum, default_value = "auto")]
-        backend: Backend,
         /// Also print the generated token ids to stderr, one line.
         #[arg(long)]
         print_ids: bool,
     },
+    /// Chat in the terminal: one message per line on stdin; `/reset` starts over, `/regenerate`
+    /// answers the last message again. Each turn prefills only its own tokens.
+    Chat {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Longest reply, in tokens.
+        #[arg(long, default_value_t = 256)]
+        max_tokens: usize,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+    },
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    model_dir: PathBuf,
+    /// tokenizer.json to use instead of the one in MODEL_DIR.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: Backend,
+}
+
+#[derive(Args)]
+struct SamplingArgs {
+    /// 0 means greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// 0 means no top-k cut.
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl SamplingArgs {
+    fn params(&self) -> Result<SamplingParams> {
+        let params =
+            SamplingParams { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, seed: self.seed };
+        params.validate()?;
+        Ok(params)
+    }
+}
+
+impl ModelArgs {
+    fn open(&self) -> Result<(Runner, GemmaTokenizer)> {
+        let path = self.tokenizer.clone().unwrap_or_else(|| self.model_dir.join("tokenizer.json"));
+        let tokenizer = GemmaTokenizer::from_file(&path)?;
+        Ok((open_backend(&self.model_dir, self.backend)?, tokenizer))
+    }
 }
 
 fn main() -> ExitCode {
@@ -159,29 +199,19 @@ fn run(cli: Cli) -> Result<()> {
             let engine = load_engine(gpu_context()?, &model_dir)?;
             bench(engine, prompt_tokens, &gen_tokens, json)?;
         }
-        Command::Generate {
-            model_dir,
-            prompt,
-            max_tokens,
-            temperature,
-            top_k,
-            top_p,
-            seed,
-            chat,
-            tokenizer,
-            backend,
-            print_ids,
-        } => {
-            let tokenizer_path = tokenizer.unwrap_or_else(|| model_dir.join("tokenizer.json"));
-            let tokenizer = GemmaTokenizer::from_file(&tokenizer_path)?;
-            let params = SamplingParams { temperature, top_k, top_p, seed };
-            params.validate()?;
-            let runner = open_backend(&model_dir, backend)?;
+        Command::Generate { model, prompt, max_tokens, sampling, chat, print_ids } => {
+            let params = sampling.params()?;
+            let (runner, tokenizer) = model.open()?;
             let ids = generate(runner, tokenizer, params, &prompt, max_tokens, chat)?;
             if print_ids {
                 let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
                 eprintln!("ids: {}", ids.join(","));
             }
+        }
+        Command::Chat { model, max_tokens, sampling } => {
+            let params = sampling.params()?;
+            let (runner, tokenizer) = model.open()?;
+            chat(ChatSession::new(generator(runner, params)?, tokenizer), max_tokens)?;
         }
     }
     Ok(())
@@ -209,6 +239,43 @@ fn open_backend(model_dir: &Path, backend: Backend) -> Result<Runner> {
     })
 }
 
+fn generator(runner: Runner, params: SamplingParams) -> Result<Generator> {
+    Ok(match runner {
+        Runner::Cpu(model) => Generator::cpu(*model, params)?,
+        Runner::Gpu(engine) => Generator::gpu(*engine, params)?,
+    })
+}
+
+/// The terminal chat loop. Replies go to stdout; after each, a line of stats goes to stderr,
+/// showing the state's size staying put while the conversation grows.
+fn chat(mut session: ChatSession, max_tokens: usize) -> Result<()> {
+    let mut stdout = std::io::stdout();
+    let mut print = |text: &str| stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()).is_ok();
+    for line in std::io::stdin().lines() {
+        let line = line.context("reading stdin")?;
+        let reply = match line.trim() {
+            "" => continue,
+            "/reset" => {
+                session.reset();
+                eprintln!("[new conversation]");
+                continue;
+            }
+            "/regenerate" => pollster::block_on(session.regenerate(max_tokens, &mut print))?,
+            message => pollster::block_on(session.send(message, max_tokens, &mut print))?,
+        };
+        print("\n");
+        let generator = session.generator();
+        eprintln!(
+            "[prefilled {} tokens, replied {}; conversation {} tokens; state {} bytes]",
+            reply.prefilled,
+            reply.ids.len(),
+            generator.position(),
+            generator.state_bytes()
+        );
+    }
+    Ok(())
+}
+
 /// Generates from a raw prompt, or answers it as one chat turn, streaming text to stdout.
 /// Returns the generated ids.
 fn generate(
@@ -219,10 +286,7 @@ fn generate(
     max_tokens: usize,
     chat: bool,
 ) -> Result<Vec<u32>> {
-    let generator = match runner {
-        Runner::Cpu(model) => Generator::cpu(*model, params)?,
-        Runner::Gpu(engine) => Generator::gpu(*engine, params)?,
-    };
+    let generator = generator(runner, params)?;
     let mut stdout = std::io::stdout().lock();
     let mut write_error = None;
     let mut print = |text: &str| match stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()) {

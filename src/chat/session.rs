@@ -67,6 +67,14 @@ impl Generator {
         }
     }
 
+    /// Bytes of the conversation state: fixed for a model, however long the conversation.
+    pub fn state_bytes(&self) -> u64 {
+        match &self.backend {
+            Backend::Cpu { state, .. } => state.size_bytes() as u64,
+            Backend::Gpu { engine, .. } => engine.state_bytes(),
+        }
+    }
+
     pub fn set_sampling(&mut self, params: SamplingParams) -> Result<()> {
         match &mut self.backend {
             Backend::Cpu { sampler, .. } => **sampler = Sampler::new(params)?,
