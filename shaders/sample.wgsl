@@ -122,13 +122,15 @@ fn pick(li: u32) -> u32 {
         return argmax;
     }
 
-    var threshold = NEG_BIG;
+    // Every branch that reaches a barrier depends only on uniforms, so browsers' uniformity
+    // analysis accepts it; the thresholds themselves are per-thread copies of one value.
+    var local_min = max_logit;
+    for (var i = li; i < vocab; i += 256u) {
+        local_min = min(local_min, logit(row, i));
+    }
+    var threshold = workgroup_min(li, local_min);
     if sampling.top_k > 0u && sampling.top_k < vocab {
-        var local_min = max_logit;
-        for (var i = li; i < vocab; i += 256u) {
-            local_min = min(local_min, logit(row, i));
-        }
-        var lo = workgroup_min(li, local_min);
+        var lo = threshold;
         var hi = max_logit;
         for (var iteration = 0u; iteration < 40u; iteration++) {
             let mid = lo + (hi - lo) * 0.5;
@@ -147,13 +149,6 @@ fn pick(li: u32) -> u32 {
     if sampling.top_p < 1.0 {
         let wanted = sampling.top_p * mass_at_least(li, row, threshold, max_logit);
         var lo = threshold;
-        if lo <= NEG_BIG {
-            var local_min = max_logit;
-            for (var i = li; i < vocab; i += 256u) {
-                local_min = min(local_min, logit(row, i));
-            }
-            lo = workgroup_min(li, local_min);
-        }
         var hi = max_logit;
         for (var iteration = 0u; iteration < 40u; iteration++) {
             let mid = lo + (hi - lo) * 0.5;
@@ -163,7 +158,7 @@ fn pick(li: u32) -> u32 {
                 hi = mid;
             }
         }
-        threshold = max(threshold, lo);
+        threshold = lo;
     }
 
     // Inverse-CDF draw: each thread owns a contiguous segment; thread 0 prefix-sums the segments.

@@ -1,0 +1,69 @@
+// Compiles every WGSL kernel (shaders/common.wgsl + the kernel, as src/gpu/kernels.rs does) with
+// Chromium's own WebGPU (Tint, on SwiftShader without a GPU) and builds its compute pipeline with
+// an automatic layout. Tint applies WGSL's uniformity rules more strictly than naga, so this is
+// what proves the native-tested kernels also run in the browser. Prints one line per kernel and
+// "N passed, M failed"; exits non-zero on any failure.
+import { createServer } from 'node:http';
+import { readFileSync, readdirSync, mkdtempSync } from 'node:fs';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { chromium } from 'playwright-core';
+
+const shaderDir = new URL('../../shaders/', import.meta.url).pathname;
+const common = readFileSync(join(shaderDir, 'common.wgsl'), 'utf8');
+const kernels = readdirSync(shaderDir)
+  .filter((f) => f.endsWith('.wgsl') && f !== 'common.wgsl')
+  .sort()
+  .map((f) => ({ name: f, code: `${common}\n${readFileSync(join(shaderDir, f), 'utf8')}` }));
+
+// WebGPU needs a secure context: serve a blank page on loopback.
+const server = createServer((_, res) => res.end('<!doctype html><title>shaders</title>'));
+await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+const url = `http://127.0.0.1:${server.address().port}/`;
+
+const context = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), 'rg-chromium-')), {
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: ['--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--enable-unsafe-webgpu'],
+});
+let failed = 0;
+try {
+  const page = await context.newPage();
+  await page.goto(url);
+  const results = await page.evaluate(async (kernels) => {
+    if (!navigator.gpu) return [{ name: 'navigator.gpu', error: 'WebGPU is not available' }];
+    const adapter = await navigator.gpu.requestAdapter();
+    if (!adapter) return [{ name: 'adapter', error: 'no WebGPU adapter' }];
+    const device = await adapter.requestDevice();
+    const out = [];
+    for (const { name, code } of kernels) {
+      device.pushErrorScope('validation');
+      const module = device.createShaderModule({ code, label: name });
+      const info = await module.getCompilationInfo();
+      const messages = info.messages.filter((m) => m.type === 'error')
+        .map((m) => `${m.lineNum}:${m.linePos} ${m.message}`);
+      let error = messages.join('; ');
+      if (!error) {
+        try {
+          await device.createComputePipelineAsync({ layout: 'auto', compute: { module, entryPoint: 'main' } });
+        } catch (e) {
+          error = String(e.message || e);
+        }
+      }
+      const scoped = await device.popErrorScope();
+      if (!error && scoped) error = scoped.message;
+      out.push({ name, error });
+    }
+    return out;
+  }, kernels);
+  for (const { name, error } of results) {
+    if (error) failed += 1;
+    console.log(`${error ? 'FAIL' : 'ok  '} ${name}${error ? `: ${error}` : ''}`);
+  }
+  console.log(`${results.length - failed} passed, ${failed} failed`);
+} finally {
+  await context.close();
+  server.close();
+}
+process.exit(failed ? 1 : 0);
