@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use rgweb::chat::session::{ChatSession, Generator};
-use rgweb::chat::{GemmaTokenizer, SamplingParams, TextStream, BOS};
+use rgweb::chat::{GemmaTokenizer, SamplingParams, BOS};
 use rgweb::config::{Config, Preset};
 use rgweb::gpu::engine::{load_engine, Engine};
 use rgweb::gpu::GpuContext;
@@ -304,17 +304,8 @@ fn generate(
         let mut prompt_ids = vec![BOS];
         prompt_ids.extend(tokenizer.encode(prompt, false)?);
         let eos = generator.eos_token_id();
-        let mut stream = TextStream::new();
-        let ids = pollster::block_on(generator.generate(
-            &prompt_ids,
-            max_tokens,
-            |id| id == eos,
-            |id| Ok(stream.push(&tokenizer, id)?.is_none_or(|text| print(&text))),
-        ))?;
-        if let Some(rest) = stream.finish() {
-            print(&rest);
-        }
-        ids
+        let generated = generator.generate_text(&tokenizer, &prompt_ids, max_tokens, |id| id == eos, &mut print);
+        pollster::block_on(generated)?.0
     };
     print("\n");
     match write_error {

@@ -176,6 +176,38 @@ impl Generator {
     }
 }
 
+impl Generator {
+    /// [`Generator::generate`] with the ids turned into text as it completes: each piece goes to
+    /// `on_text` (which returns false to stop). Returns the ids and the whole text.
+    pub async fn generate_text(
+        &mut self,
+        tokenizer: &GemmaTokenizer,
+        prompt: &[u32],
+        max_tokens: usize,
+        is_stop: impl Fn(u32) -> bool,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<(Vec<u32>, String)> {
+        let mut stream = TextStream::new();
+        let mut text = String::new();
+        let ids = self
+            .generate(prompt, max_tokens, is_stop, |id| {
+                Ok(match stream.push(tokenizer, id)? {
+                    Some(piece) => {
+                        text.push_str(&piece);
+                        on_text(&piece)
+                    }
+                    None => true,
+                })
+            })
+            .await?;
+        if let Some(rest) = stream.finish() {
+            text.push_str(&rest);
+            on_text(&rest);
+        }
+        Ok((ids, text))
+    }
+}
+
 /// One reply of a chat.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Reply {
@@ -240,30 +272,9 @@ impl ChatSession {
         let prompt = self.turn_ids(message)?;
         self.last_turn = Some((self.generator.checkpoint(), message.to_string()));
         let eos = self.generator.eos_token_id();
-        let tokenizer = &self.tokenizer;
-        let mut stream = TextStream::new();
-        let mut text = String::new();
-        let ids = self
-            .generator
-            .generate(
-                &prompt,
-                max_tokens,
-                |id| id == eos || is_stop_token(id),
-                |id| {
-                    Ok(match stream.push(tokenizer, id)? {
-                        Some(piece) => {
-                            text.push_str(&piece);
-                            on_text(&piece)
-                        }
-                        None => true,
-                    })
-                },
-            )
-            .await?;
-        if let Some(rest) = stream.finish() {
-            text.push_str(&rest);
-            on_text(&rest);
-        }
+        let is_stop = |id| id == eos || is_stop_token(id);
+        let (ids, text) =
+            self.generator.generate_text(&self.tokenizer, &prompt, max_tokens, is_stop, &mut on_text).await?;
         Ok(Reply { ids, text, prefilled: prompt.len() })
     }
 }
