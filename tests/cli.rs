@@ -7,7 +7,7 @@ use std::path::Path;
 
 use common::{fails_with, ok, s, tiny};
 
-use rgweb::weights::safetensors::{json_len, parse_header, write_header, Dtype};
+use rgweb::weights::safetensors::{header_of, write_header, Dtype};
 
 /// Documented bound for int8 per-channel quantization on the tiny random model: the largest
 /// logit difference from the f32 model, relative to the largest |logit| (see README).
@@ -134,8 +134,7 @@ fn edited_checkpoint(edit: &TensorEdit) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(source.join("config.json"), dir.path().join("config.json")).unwrap();
     let bytes = std::fs::read(source.join("model.safetensors")).unwrap();
-    let len = json_len(bytes[..8].try_into().unwrap()).unwrap() as usize;
-    let header = parse_header(&bytes[8..8 + len]).unwrap();
+    let header = header_of(&bytes).unwrap();
     let mut tensors: Vec<_> = header
         .entries
         .iter()
@@ -213,8 +212,7 @@ fn sharded_checkpoints_convert_like_single_files() {
     let single = edited_checkpoint(&|_| {});
     let sharded = edited_checkpoint(&|_| {});
     let bytes = std::fs::read(sharded.path().join("model.safetensors")).unwrap();
-    let len = json_len(bytes[..8].try_into().unwrap()).unwrap() as usize;
-    let header = parse_header(&bytes[8..8 + len]).unwrap();
+    let header = header_of(&bytes).unwrap();
     let (first, second) = header.entries.split_at(header.entries.len() / 2);
     let mut weight_map = serde_json::Map::new();
     for (file, entries) in [("model-00001-of-00002.safetensors", first), ("model-00002-of-00002.safetensors", second)] {

@@ -8,7 +8,7 @@ use rgweb::model::{Model, State};
 use rgweb::weights::convert::convert;
 use rgweb::weights::format::Quantization;
 use rgweb::weights::load::load_model;
-use rgweb::weights::safetensors::{json_len, parse_header};
+use rgweb::weights::safetensors::header_of;
 
 const TOLERANCE: f32 = 2e-3;
 
@@ -26,8 +26,7 @@ fn case_dir(case: &str) -> PathBuf {
 
 fn read_expected(case: &str) -> Golden {
     let bytes = std::fs::read(case_dir(case).join("expected.safetensors")).unwrap();
-    let len = json_len(bytes[..8].try_into().unwrap()).unwrap() as usize;
-    let header = parse_header(&bytes[8..8 + len]).unwrap();
+    let header = header_of(&bytes).unwrap();
     let raw = |name: &str| {
         let e = header.entries.iter().find(|e| e.name == name).unwrap_or_else(|| panic!("{name} in {case}"));
         bytes[e.start as usize..e.end as usize].chunks_exact(4).map(|b| b.try_into().unwrap()).collect::<Vec<[u8; 4]>>()

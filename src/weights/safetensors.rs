@@ -113,6 +113,14 @@ pub fn parse_header(json: &[u8]) -> Result<Header> {
     Ok(Header { entries, data_start, file_size: cursor })
 }
 
+/// The header of a whole safetensors file held in memory.
+pub fn header_of(bytes: &[u8]) -> Result<Header> {
+    let truncated = || Error::Weights("safetensors file truncated inside its header".into());
+    let prefix = bytes.get(..8).ok_or_else(truncated)?;
+    let len = json_len(prefix.try_into().expect("8 bytes"))? as usize;
+    parse_header(bytes.get(8..8 + len).ok_or_else(truncated)?)
+}
+
 /// The bytes of a header (length prefix + JSON, space-padded to a multiple of 8) for tensors
 /// laid out back to back in the given order.
 pub fn write_header(tensors: &[(String, Dtype, Vec<usize>)], metadata: &BTreeMap<String, String>) -> Vec<u8> {

@@ -22,7 +22,7 @@ pub struct ShardParser<'m> {
     pieces: Vec<&'m Piece>,
     position: u64,
     header: Vec<u8>,
-    header_end: Option<u64>,
+    header_done: bool,
     hasher: Sha256,
 }
 
@@ -36,7 +36,7 @@ impl<'m> ShardParser<'m> {
             pieces,
             position: 0,
             header: Vec::new(),
-            header_end: None,
+            header_done: false,
             hasher: Sha256::new(),
         }
     }
@@ -54,7 +54,7 @@ impl<'m> ShardParser<'m> {
         }
         self.hasher.update(chunk);
         let mut rest = chunk;
-        if self.header_end.is_none() {
+        if !self.header_done {
             rest = self.take_header(rest)?;
         }
         let start = end - rest.len() as u64;
@@ -85,7 +85,7 @@ impl<'m> ShardParser<'m> {
             }
             if target > 8 {
                 self.check_header()?;
-                self.header_end = Some(target as u64);
+                self.header_done = true;
                 return Ok(chunk);
             }
         }
