@@ -23,6 +23,10 @@ pub enum Error {
     Input(String),
     #[error("gpu: {0}")]
     Gpu(String),
+    #[error("network: {0}")]
+    Network(String),
+    #[error("browser: {0}")]
+    Browser(String),
 }
 
 impl Error {

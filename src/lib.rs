@@ -8,12 +8,18 @@
 //! - [`chat`]: the real Gemma tokenizer, the chat template, streaming detokenizer and sampler.
 //!
 //! - [`gpu`]: the WebGPU engine (WGSL kernels in `shaders/`), checked against [`model`].
+//! - `web` (wasm32 only): fetch, cache and load in the browser, and the JavaScript API.
+//! - `app` (feature `app`): the Leptos chat page.
 
 pub mod chat;
 pub mod config;
 pub mod error;
 pub mod gpu;
 pub mod model;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
+#[cfg(all(target_arch = "wasm32", feature = "app"))]
+pub mod app;
 pub mod weights;
 
 pub use error::{Error, Result};

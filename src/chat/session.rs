@@ -8,6 +8,7 @@ use super::tokenizer::{GemmaTokenizer, TextStream, BOS};
 use crate::gpu::engine::{Engine, Snapshot};
 use crate::model::{Model, State};
 use crate::{Error, Result};
+use web_time::Instant;
 
 /// Where the forward pass runs.
 pub enum Backend {
@@ -23,9 +24,37 @@ pub enum Checkpoint {
     Gpu { snapshot: Snapshot, last_sampled: Option<u32> },
 }
 
+/// How long the last [`Generator::generate`] took, split at its first sampled token.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Timing {
+    pub prefill_tokens: usize,
+    pub prefill_seconds: f64,
+    pub decoded_tokens: usize,
+    pub decode_seconds: f64,
+}
+
+impl Timing {
+    pub fn prefill_tokens_per_second(&self) -> f64 {
+        rate(self.prefill_tokens, self.prefill_seconds)
+    }
+
+    pub fn decode_tokens_per_second(&self) -> f64 {
+        rate(self.decoded_tokens, self.decode_seconds)
+    }
+}
+
+fn rate(tokens: usize, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        tokens as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
 /// Token-level generation: prefill some ids, then one token at a time.
 pub struct Generator {
     backend: Backend,
+    timing: Timing,
 }
 
 impl Generator {
@@ -33,16 +62,29 @@ impl Generator {
         let state = State::new(&model.config);
         Ok(Generator {
             backend: Backend::Cpu { model: Box::new(model), state, sampler: Box::new(Sampler::new(params)?) },
+            timing: Timing::default(),
         })
     }
 
     pub fn gpu(mut engine: Engine, params: SamplingParams) -> Result<Self> {
         engine.set_sampling(&params)?;
-        Ok(Generator { backend: Backend::Gpu { engine: Box::new(engine), last_sampled: None } })
+        Ok(Generator {
+            backend: Backend::Gpu { engine: Box::new(engine), last_sampled: None },
+            timing: Timing::default(),
+        })
     }
 
     pub fn backend(&self) -> &Backend {
         &self.backend
+    }
+
+    pub fn into_backend(self) -> Backend {
+        self.backend
+    }
+
+    /// Timing of the last [`Generator::generate`].
+    pub fn timing(&self) -> Timing {
+        self.timing
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -158,10 +200,14 @@ impl Generator {
         mut on_token: impl FnMut(u32) -> Result<bool>,
     ) -> Result<Vec<u32>> {
         let mut generated = Vec::new();
+        self.timing = Timing { prefill_tokens: prompt.len(), ..Timing::default() };
         if max_tokens == 0 {
             return Ok(generated);
         }
+        let start = Instant::now();
         let mut next = self.prefill(prompt).await?;
+        self.timing.prefill_seconds = start.elapsed().as_secs_f64();
+        let start = Instant::now();
         while !is_stop(next) {
             generated.push(next);
             let wanted = on_token(next)?;
@@ -172,6 +218,9 @@ impl Generator {
             }
             next = self.step(next).await?;
         }
+        // One step per generated token: each is fed back, the last one included.
+        self.timing.decoded_tokens = generated.len();
+        self.timing.decode_seconds = start.elapsed().as_secs_f64();
         Ok(generated)
     }
 }
@@ -215,6 +264,7 @@ pub struct Reply {
     pub text: String,
     /// Tokens fed for this turn (its prompt), the only prefill the turn needed.
     pub prefilled: usize,
+    pub timing: Timing,
 }
 
 /// A Gemma chat: user turns in, model replies out, the state carried from turn to turn.
@@ -232,6 +282,34 @@ impl ChatSession {
 
     pub fn generator(&mut self) -> &mut Generator {
         &mut self.generator
+    }
+
+    pub fn into_generator(self) -> Generator {
+        self.generator
+    }
+
+    pub fn generator_ref(&self) -> &Generator {
+        &self.generator
+    }
+
+    pub fn tokenizer(&self) -> &GemmaTokenizer {
+        &self.tokenizer
+    }
+
+    /// Continues the conversation's token stream with `text` as it is (no chat template), then
+    /// generates until `<eos>` or `max_tokens`: plain completion, for base models.
+    pub async fn complete(
+        &mut self,
+        text: &str,
+        max_tokens: usize,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<Reply> {
+        let prompt = self.tokenizer.encode(text, self.generator.position() == 0)?;
+        self.last_turn = None;
+        let eos = self.generator.eos_token_id();
+        let (ids, text) =
+            self.generator.generate_text(&self.tokenizer, &prompt, max_tokens, |id| id == eos, &mut on_text).await?;
+        Ok(Reply { ids, text, prefilled: prompt.len(), timing: self.generator.timing() })
     }
 
     /// Starts a new conversation.
@@ -275,6 +353,6 @@ impl ChatSession {
         let is_stop = |id| id == eos || is_stop_token(id);
         let (ids, text) =
             self.generator.generate_text(&self.tokenizer, &prompt, max_tokens, is_stop, &mut on_text).await?;
-        Ok(Reply { ids, text, prefilled: prompt.len() })
+        Ok(Reply { ids, text, prefilled: prompt.len(), timing: self.generator.timing() })
     }
 }

@@ -42,6 +42,19 @@ impl GemmaTokenizer {
     pub fn from_bytes(json: &[u8]) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_bytes(json)
             .map_err(|e| Error::Tokenizer(format!("invalid tokenizer.json: {e}")))?;
+        Self::checked(inner)
+    }
+
+    /// Parses a `tokenizer.json` as it is read: a reader that frees what it has handed over keeps
+    /// the file and the parsed vocabulary from both being in memory at once (the browser's wasm
+    /// heap never shrinks, so its peak is what counts).
+    pub fn from_reader(json: impl std::io::Read) -> Result<Self> {
+        let inner: tokenizers::Tokenizer = serde_json::from_reader(json)
+            .map_err(|e| Error::Tokenizer(format!("invalid tokenizer.json: {e}")))?;
+        Self::checked(inner)
+    }
+
+    fn checked(inner: tokenizers::Tokenizer) -> Result<Self> {
         for (piece, expected_id) in EXPECTED_SPECIAL_TOKENS {
             let found = inner.token_to_id(piece);
             if found != Some(expected_id) {

@@ -232,6 +232,12 @@ impl Engine {
         Ok(())
     }
 
+    /// Frees all of the engine's GPU memory now, rather than whenever the buffers are dropped
+    /// (in a browser, when the garbage collector gets to them).
+    pub fn destroy(self) {
+        self.ctx.device.destroy();
+    }
+
     /// Forgets the conversation: zeroes the state.
     pub fn reset(&mut self) {
         let mut encoder = self.ctx.device.create_command_encoder(&Default::default());

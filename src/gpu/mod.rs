@@ -11,6 +11,7 @@ pub mod kernels;
 
 use std::cell::Cell;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::{Error, Result};
@@ -25,6 +26,7 @@ pub struct GpuContext {
     pub adapter_info: wgpu::AdapterInfo,
     allocated: Rc<Cell<u64>>,
     failure: Arc<Mutex<Option<String>>>,
+    lost: Arc<AtomicBool>,
 }
 
 impl GpuContext {
@@ -65,8 +67,13 @@ impl GpuContext {
         let on_error = record(&failure);
         device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| on_error(error.to_string())));
         let on_lost = record(&failure);
-        device.set_device_lost_callback(move |reason, message| on_lost(format!("device lost ({reason:?}): {message}")));
-        GpuContext { device, queue, adapter_info, allocated: Rc::new(Cell::new(0)), failure }
+        let lost = Arc::new(AtomicBool::new(false));
+        let lost_flag = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            lost_flag.store(true, Ordering::Relaxed);
+            on_lost(format!("device lost ({reason:?}): {message}"))
+        });
+        GpuContext { device, queue, adapter_info, allocated: Rc::new(Cell::new(0)), failure, lost }
     }
 
     /// The first device error or loss since the device was made, if any.
@@ -76,6 +83,11 @@ impl GpuContext {
             Some(message) => Err(Error::Gpu(message.clone())),
             None => Ok(()),
         }
+    }
+
+    /// Whether the device is gone (and with it every buffer): the engine must be made again.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
     }
 
     /// Bytes of all buffers created through this context so far.

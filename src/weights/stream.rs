@@ -41,6 +41,11 @@ impl<'m> ShardParser<'m> {
         }
     }
 
+    /// Bytes of the shard fed so far: where a resumed download continues from.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
     fn file(&self) -> &str {
         &self.manifest.shards[self.shard].file
     }

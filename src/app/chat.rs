@@ -1,0 +1,243 @@
+//! The chat: messages streaming in, the composer, sampling settings and live figures.
+
+use leptos::prelude::*;
+
+use super::loading::{mebibytes, megabytes};
+use super::markdown::markdown;
+use super::{AppState, Message, Settings, Speaker};
+use crate::web::download::CacheState;
+
+#[component]
+pub fn ChatView() -> impl IntoView {
+    let state = expect_context::<AppState>();
+    view! {
+        <div class="chat-layout">
+            <section class="chat">
+                <div class="model-banner">
+                    <strong>{move || state.model_label.get()}</strong>
+                    <span class="note">{move || state.model_note.get()}</span>
+                    <LoadSummary />
+                </div>
+                <MessageList />
+                {move || state.chat_error.get().map(|e| view! { <p class="chat-error">{e}</p> })}
+                <Composer />
+            </section>
+            <aside>
+                <SettingsPanel />
+                <StatsPanel />
+            </aside>
+        </div>
+    }
+}
+
+/// How the weights arrived: from the network or the cache, and anything that went wrong on the way.
+#[component]
+fn LoadSummary() -> impl IntoView {
+    let state = expect_context::<AppState>();
+    move || {
+        state.last_load.get().map(|load| {
+            let cache = match load.cache {
+                CacheState::On => "kept in this browser's cache",
+                CacheState::Unavailable => "not cached (no Cache Storage here)",
+                CacheState::QuotaExceeded => "not cached: the browser's storage quota is full",
+            };
+            let source = if load.bytes_from_cache == load.bytes_done {
+                "from cache".to_string()
+            } else {
+                format!("{} downloaded, {} from cache", megabytes(load.bytes_done - load.bytes_from_cache), megabytes(load.bytes_from_cache))
+            };
+            view! {
+                <span class="note load-summary" data-cache=format!("{:?}", load.cache) data-from-cache=load.bytes_from_cache.to_string()>
+                    {format!("{} of weights loaded in {:.1} s, {source}; {cache}.", megabytes(load.bytes_total), load.seconds)}
+                </span>
+                <ul class="notes load-notes">{load.notes.into_iter().map(|n| view! { <li>{n}</li> }).collect::<Vec<_>>()}</ul>
+            }
+        })
+    }
+}
+
+#[component]
+fn MessageList() -> impl IntoView {
+    let state = expect_context::<AppState>();
+    let list = NodeRef::<leptos::html::Div>::new();
+    // Follow the reply as it streams.
+    Effect::new(move |_| {
+        state.messages.with(|m| m.last().map(|m| m.text.track()));
+        if let Some(list) = list.get() {
+            list.set_scroll_top(list.scroll_height());
+        }
+    });
+    view! {
+        <div class="messages" node_ref=list>
+            <For each=move || state.messages.get() key=|m| m.id let:message>
+                <MessageView message=message />
+            </For>
+        </div>
+    }
+}
+
+#[component]
+fn MessageView(message: Message) -> impl IntoView {
+    let state = expect_context::<AppState>();
+    let ids = move || message.token_ids.with(|ids| ids.iter().map(u32::to_string).collect::<Vec<_>>().join(","));
+    let done = move || !message.token_ids.with(Vec::is_empty) || !state.busy.get();
+    match message.speaker {
+        // The user's words are shown exactly as typed.
+        Speaker::User => view! { <div class="message user">{move || message.text.get()}</div> }.into_any(),
+        Speaker::Model => view! {
+            <div
+                class="message model"
+                data-token-ids=ids
+                data-done=move || done().to_string()
+                data-stopped=move || message.stopped.get().to_string()
+            >
+                {move || markdown(&message.text.get())}
+                {move || message.stopped.get().then(|| view! { <span class="stopped">" (stopped)"</span> })}
+            </div>
+        }
+        .into_any(),
+    }
+}
+
+#[component]
+fn Composer() -> impl IntoView {
+    let state = expect_context::<AppState>();
+    let draft = RwSignal::new(String::new());
+    let send = move || {
+        let text = draft.get_untracked();
+        if !text.trim().is_empty() && !state.busy.get_untracked() {
+            draft.set(String::new());
+            state.send(text);
+        }
+    };
+    let on_key = move |ev: leptos::ev::KeyboardEvent| {
+        if ev.key() == "Enter" && !ev.shift_key() && !ev.is_composing() {
+            ev.prevent_default();
+            send();
+        }
+    };
+    view! {
+        <div class="composer">
+            <textarea
+                class="prompt"
+                rows="3"
+                placeholder="Message RecurrentGemma (Enter to send, Shift+Enter for a new line)"
+                prop:value=move || draft.get()
+                on:input=move |ev| draft.set(event_target_value(&ev))
+                on:keydown=on_key
+            ></textarea>
+            <div class="buttons">
+                <Show
+                    when=move || state.busy.get()
+                    fallback=move || view! {
+                        <button class="send" on:click=move |_| send()>"Send"</button>
+                    }
+                >
+                    <button class="stop" on:click=move |_| state.stop.set(true)>"Stop"</button>
+                </Show>
+                <button
+                    class="regenerate"
+                    disabled=move || state.busy.get() || !state.messages.with(|m| m.last().is_some_and(|m| m.speaker == Speaker::Model))
+                    on:click=move |_| state.regenerate()
+                >
+                    "Regenerate"
+                </button>
+                <button class="new-chat" disabled=move || state.busy.get() on:click=move |_| state.new_chat()>
+                    "New chat"
+                </button>
+            </div>
+        </div>
+    }
+}
+
+/// A labelled number input bound to one field of the settings.
+#[component]
+fn NumberSetting(
+    label: &'static str,
+    class: &'static str,
+    step: &'static str,
+    get: fn(&Settings) -> f64,
+    set: fn(&mut Settings, f64),
+) -> impl IntoView {
+    let state = expect_context::<AppState>();
+    view! {
+        <label class=class>
+            {label}
+            <input
+                type="number"
+                step=step
+                min="0"
+                prop:value=move || state.settings.with(|s| get(s)).to_string()
+                on:change=move |ev| {
+                    if let Ok(value) = event_target_value(&ev).parse::<f64>() {
+                        if value.is_finite() && value >= 0.0 {
+                            state.settings.update(|s| set(s, value));
+                        }
+                    }
+                }
+            />
+        </label>
+    }
+}
+
+/// An f32 setting shown without float noise (0.95, not 0.949999988).
+fn rounded(value: f32) -> f64 {
+    (value as f64 * 1e4).round() / 1e4
+}
+
+#[component]
+fn SettingsPanel() -> impl IntoView {
+    view! {
+        <details class="settings" open=true>
+            <summary>"Settings"</summary>
+            <NumberSetting label="Temperature (0 = greedy)" class="temperature" step="0.05"
+                get=|s| rounded(s.temperature) set=|s, v| s.temperature = v as f32 />
+            <NumberSetting label="Top-k (0 = off)" class="top-k" step="1"
+                get=|s| s.top_k as f64 set=|s, v| s.top_k = v as usize />
+            <NumberSetting label="Top-p" class="top-p" step="0.01"
+                get=|s| rounded(s.top_p) set=|s, v| s.top_p = v.clamp(0.0, 1.0) as f32 />
+            <NumberSetting label="Max new tokens" class="max-tokens" step="1"
+                get=|s| s.max_tokens as f64 set=|s, v| s.max_tokens = v as usize />
+            <NumberSetting label="Seed" class="seed" step="1"
+                get=|s| s.seed as f64 set=|s, v| s.seed = v as u64 />
+        </details>
+    }
+}
+
+#[component]
+fn StatsPanel() -> impl IntoView {
+    let state = expect_context::<AppState>();
+    let stats = state.stats;
+    view! {
+        <div class="stats">
+            <h3>"Figures"</h3>
+            <dl>
+                <dt>"Prefill"</dt>
+                <dd class="prefill-rate">{move || format!("{:.1} tok/s", stats.get().last_turn.prefill_tokens_per_second())}</dd>
+                <dt>"Decode"</dt>
+                <dd class="decode-rate">{move || format!("{:.1} tok/s", stats.get().last_turn.decode_tokens_per_second())}</dd>
+                <dt>"Tokens in the conversation"</dt>
+                <dd class="conversation-tokens">{move || stats.get().conversation_tokens}</dd>
+                <dt>"GPU memory: weights"</dt>
+                <dd class="weight-bytes">{move || mebibytes(stats.get().weight_bytes)}</dd>
+                <dt>"GPU memory: conversation state"</dt>
+                <dd class="state-bytes" data-bytes=move || stats.get().state_bytes.to_string()>
+                    {move || mebibytes(stats.get().state_bytes)}
+                    <span class="constant">" — fixed, however long the chat"</span>
+                </dd>
+                <dt>"GPU memory: all buffers"</dt>
+                <dd class="gpu-bytes" data-bytes=move || stats.get().gpu_bytes.to_string()>{move || mebibytes(stats.get().gpu_bytes)}</dd>
+                <dt>"wasm heap"</dt>
+                <dd class="wasm-bytes">{move || megabytes(stats.get().wasm_bytes)}</dd>
+                <dt>"Load"</dt>
+                <dd class="load-figures" data-peak-wasm=move || stats.get().load_peak_wasm_bytes.to_string()>
+                    {move || format!("{:.1} s, wasm heap peak {}", stats.get().load_seconds, megabytes(stats.get().load_peak_wasm_bytes))}
+                </dd>
+            </dl>
+            <p class="explain">
+                "RecurrentGemma keeps a fixed-size state (an RG-LRU vector per recurrent layer and a "
+                "local-attention window of the last tokens) instead of a transformer's ever-growing KV cache."
+            </p>
+        </div>
+    }
+}

@@ -1,0 +1,192 @@
+//! Before the chat: choosing a model, the download's progress, and the pages for what can go
+//! wrong (no WebGPU, a failed load, a lost device).
+
+use leptos::prelude::*;
+use wasm_bindgen::JsCast;
+
+use super::{AppState, ModelChoice};
+use crate::web::download::CacheState;
+use crate::web::loader::{LoadProgress, Stage};
+
+pub fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+pub fn mebibytes(bytes: u64) -> String {
+    format!("{:.2} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+#[component]
+pub fn ModelPicker() -> impl IntoView {
+    let state = expect_context::<AppState>();
+    let url = RwSignal::new(String::new());
+    let load_url = move || {
+        let url = url.get_untracked().trim().to_string();
+        if !url.is_empty() {
+            state.load(ModelChoice::Url { name: url.clone(), url, note: String::new() });
+        }
+    };
+    // `webkitdirectory` (pick a whole folder) is not among Leptos's typed attributes.
+    let folder_input = NodeRef::<leptos::html::Input>::new();
+    Effect::new(move |_| {
+        if let Some(input) = folder_input.get() {
+            let _ = input.set_attribute("webkitdirectory", "");
+        }
+    });
+    let on_folder = move |ev: leptos::ev::Event| {
+        let input: web_sys::HtmlInputElement = ev.target().expect("an input").unchecked_into();
+        if let Some(files) = input.files().filter(|f| f.length() > 0) {
+            state.load(ModelChoice::Folder(files));
+        }
+    };
+    view! {
+        <section class="picker">
+            <h2>"Choose a model"</h2>
+            <p>
+                "Everything runs on this device: the weights stream from the host below into your GPU, "
+                "and nothing you type leaves the page."
+            </p>
+            <ul class="known-models">
+                <For each=move || state.known_models.get() key=|m| m.url.clone() let:model>
+                    <li>
+                        <button
+                            class="load-model"
+                            data-url=model.url.clone()
+                            on:click={
+                                let model = model.clone();
+                                move |_| state.load(ModelChoice::Url {
+                                    name: model.name.clone(),
+                                    url: model.url.clone(),
+                                    note: model.note.clone(),
+                                })
+                            }
+                        >
+                            {model.name.clone()}
+                        </button>
+                        <span class="note">{model.note.clone()}</span>
+                    </li>
+                </For>
+            </ul>
+            <form class="url-form" on:submit=move |ev| {
+                ev.prevent_default();
+                load_url();
+            }>
+                <label>
+                    "Model URL (a folder with manifest.json, tokenizer.json and the shards): "
+                    <input
+                        type="url"
+                        placeholder="https://…/recurrentgemma-2b-it-int8/"
+                        prop:value=move || url.get()
+                        on:input=move |ev| url.set(event_target_value(&ev))
+                    />
+                </label>
+                <button type="submit">"Load"</button>
+            </form>
+            <label class="folder">
+                "Or a converted model on this computer: "
+                <input type="file" multiple=true node_ref=folder_input on:change=on_folder />
+            </label>
+        </section>
+    }
+}
+
+#[component]
+pub fn LoadProgressView(progress: LoadProgress) -> impl IntoView {
+    let state = expect_context::<AppState>();
+    let stage = match progress.stage {
+        Stage::Manifest => "Reading the manifest…",
+        Stage::Tokenizer => "Loading the tokenizer…",
+        Stage::Weights => "Streaming the weights into the GPU…",
+        Stage::Ready => "Ready",
+    };
+    let from_cache = progress.bytes_done > 0 && progress.bytes_from_cache == progress.bytes_done;
+    let rate = progress.bytes_per_second();
+    let eta = progress.eta_seconds().map(|s| format!(" · ETA {s:.0} s")).unwrap_or_default();
+    let cache = match progress.cache {
+        CacheState::On => "",
+        CacheState::Unavailable => " · not cached (no Cache Storage here)",
+        CacheState::QuotaExceeded => " · not cached: the browser's storage quota is full",
+    };
+    view! {
+        <section class="loading">
+            <h2>{move || state.model_label.get()}</h2>
+            <p class="note">{move || state.model_note.get()}</p>
+            <p class="stage">{stage}</p>
+            <progress max=progress.bytes_total.max(1) as f64 value=progress.bytes_done as f64></progress>
+            <p class="figures" data-from-cache=from_cache.to_string()>
+                {format!(
+                    "{} / {} · {:.1} MB/s{eta} · shard {}/{}",
+                    megabytes(progress.bytes_done),
+                    megabytes(progress.bytes_total),
+                    rate / 1e6,
+                    progress.shards_done,
+                    progress.shards_total,
+                )}
+                {from_cache.then_some(" · from cache")}
+                {cache}
+            </p>
+            <ul class="notes">{progress.notes.into_iter().map(|n| view! { <li>{n}</li> }).collect::<Vec<_>>()}</ul>
+        </section>
+    }
+}
+
+#[component]
+pub fn NoWebGpu(why: String) -> impl IntoView {
+    view! {
+        <section class="problem no-webgpu">
+            <h2>"This page needs WebGPU"</h2>
+            <p class="why">{why}</p>
+            <ul>
+                <li>"Use a recent Chrome or Edge (version 113 or later) on Windows, macOS, ChromeOS or Android, "
+                    "or Chrome on Linux with WebGPU enabled (chrome://flags/#enable-unsafe-webgpu)."</li>
+                <li>"Open the page over https (or on localhost): browsers only offer WebGPU to secure pages."</li>
+                <li>"Check chrome://gpu: hardware acceleration must be on and your GPU not blocklisted."</li>
+                <li>"Safari and Firefox are rolling WebGPU out: try their latest versions."</li>
+            </ul>
+        </section>
+    }
+}
+
+#[component]
+pub fn LoadFailed(why: String) -> impl IntoView {
+    let state = expect_context::<AppState>();
+    view! {
+        <section class="problem load-failed">
+            <h2>"The model could not be loaded"</h2>
+            <p class="why">{why}</p>
+            <button class="retry" on:click=move |_| state.reload()>"Try again"</button>
+            <ModelPicker />
+        </section>
+    }
+}
+
+#[component]
+pub fn DeviceLost(why: String) -> impl IntoView {
+    let state = expect_context::<AppState>();
+    view! {
+        <section class="problem device-lost">
+            <h2>"The GPU was lost"</h2>
+            <p class="why">{why}</p>
+            <p>"This happens after a driver reset, sleep, or when another tab takes the GPU. "
+               "The weights are cached, so reloading is quick."</p>
+            <button class="retry" on:click=move |_| state.reload()>"Reload the model"</button>
+        </section>
+    }
+}
+
+/// The space downloaded models take in this browser, and a control to free it.
+#[component]
+pub fn CacheControl() -> impl IntoView {
+    let state = expect_context::<AppState>();
+    view! {
+        <div class="cache-control">
+            <span class="cached-bytes">
+                {move || match state.cached_bytes.get() {
+                    Some(bytes) => format!("Downloaded models: {}", megabytes(bytes)),
+                    None => "Downloaded models: –".to_string(),
+                }}
+            </span>
+            <button class="clear-cache" on:click=move |_| state.clear_cache()>"Clear downloaded models"</button>
+        </div>
+    }
+}

@@ -1,0 +1,322 @@
+//! The JavaScript API (wasm-bindgen): what `pkg/index.js` wraps and what other sites import.
+//!
+//! ```js
+//! const model = await RecurrentGemma.load("https://host/model/", (p) => console.log(p.bytesDone));
+//! const reply = await model.chat("Hello!", { temperature: 0.7, maxTokens: 256 }, (piece) => show(piece));
+//! ```
+//! Every failure is a JS `Error` carrying the library's one-line message.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use js_sys::{Function, Object, Reflect};
+use wasm_bindgen::prelude::*;
+
+use super::download::{self, CacheState, Source};
+use super::js;
+use super::loader::{self, LoadProgress, Stage};
+use crate::chat::session::{Backend, ChatSession, Checkpoint, Generator, Reply};
+use crate::chat::SamplingParams;
+use crate::weights::format::Manifest;
+use crate::Error;
+
+fn to_js(error: Error) -> JsError {
+    JsError::new(&error.to_string())
+}
+
+/// Builds a plain JS object from `(key, value)` pairs.
+fn object(entries: &[(&str, JsValue)]) -> JsValue {
+    let object = Object::new();
+    for (key, value) in entries {
+        let _ = Reflect::set(&object, &JsValue::from_str(key), value);
+    }
+    object.into()
+}
+
+fn number(value: impl Into<f64>) -> JsValue {
+    JsValue::from_f64(value.into())
+}
+
+/// The progress object handed to `onProgress`.
+pub fn progress_object(progress: &LoadProgress) -> JsValue {
+    let stage = match progress.stage {
+        Stage::Manifest => "manifest",
+        Stage::Tokenizer => "tokenizer",
+        Stage::Weights => "weights",
+        Stage::Ready => "ready",
+    };
+    let cache = match progress.cache {
+        CacheState::On => "on",
+        CacheState::Unavailable => "unavailable",
+        CacheState::QuotaExceeded => "quota-exceeded",
+    };
+    let notes = progress.notes.iter().map(|n| JsValue::from_str(n)).collect::<js_sys::Array>();
+    object(&[
+        ("stage", stage.into()),
+        ("bytesDone", number(progress.bytes_done as f64)),
+        ("bytesTotal", number(progress.bytes_total as f64)),
+        ("bytesFromCache", number(progress.bytes_from_cache as f64)),
+        ("fromCache", (progress.bytes_done > 0 && progress.bytes_from_cache == progress.bytes_done).into()),
+        ("shardsDone", number(progress.shards_done as f64)),
+        ("shardsTotal", number(progress.shards_total as f64)),
+        ("seconds", number(progress.seconds)),
+        ("bytesPerSecond", number(progress.bytes_per_second())),
+        ("etaSeconds", progress.eta_seconds().map(JsValue::from_f64).unwrap_or(JsValue::NULL)),
+        ("cache", cache.into()),
+        ("notes", notes.into()),
+        ("peakWasmBytes", number(progress.peak_wasm_bytes as f64)),
+    ])
+}
+
+/// Reads the generation options a caller may pass (`{ temperature, topK, topP, seed, maxTokens }`).
+fn options(value: &JsValue, defaults: SamplingParams) -> Result<(SamplingParams, usize), JsError> {
+    let field = |name: &str| -> Result<Option<f64>, JsError> {
+        if value.is_undefined() || value.is_null() {
+            return Ok(None);
+        }
+        let v = Reflect::get(value, &name.into()).map_err(|_| JsError::new("options must be an object"))?;
+        if v.is_undefined() || v.is_null() {
+            return Ok(None);
+        }
+        v.as_f64()
+            .filter(|x| x.is_finite())
+            .map(Some)
+            .ok_or_else(|| JsError::new(&format!("options.{name} must be a number")))
+    };
+    let mut params = defaults;
+    if let Some(t) = field("temperature")? {
+        params.temperature = t as f32;
+    }
+    if let Some(k) = field("topK")? {
+        params.top_k = k.max(0.0) as usize;
+    }
+    if let Some(p) = field("topP")? {
+        params.top_p = p as f32;
+    }
+    if let Some(seed) = field("seed")? {
+        params.seed = seed.max(0.0) as u64;
+    }
+    let max_tokens = field("maxTokens")?.map(|m| m.max(0.0) as usize).unwrap_or(256);
+    params.validate().map_err(to_js)?;
+    Ok((params, max_tokens))
+}
+
+struct Loaded {
+    session: ChatSession,
+    manifest: Manifest,
+    load: LoadProgress,
+}
+
+/// RecurrentGemma running on WebGPU in this page (or worker).
+#[wasm_bindgen]
+pub struct RecurrentGemma {
+    loaded: Rc<RefCell<Option<Loaded>>>,
+    stop: Rc<Cell<bool>>,
+    sampling: Cell<SamplingParams>,
+}
+
+/// A saved conversation state (`model.snapshot()`), restorable with `model.restore(s)`. Call
+/// `free()` when done with it: it holds a copy of the state in GPU memory.
+#[wasm_bindgen]
+pub struct StateSnapshot {
+    checkpoint: Checkpoint,
+}
+
+#[wasm_bindgen]
+impl RecurrentGemma {
+    /// Loads the model whose `manifest.json`, `tokenizer.json` and shards are under `baseUrl`.
+    /// `onProgress(progress)` is called as bytes stream in.
+    pub async fn load(base_url: String, on_progress: Option<Function>) -> Result<RecurrentGemma, JsError> {
+        let ctx = loader::gpu_context().await.map_err(to_js)?;
+        let source = Source::url(&base_url).map_err(to_js)?;
+        let mut report = |progress: &LoadProgress| {
+            if let Some(callback) = &on_progress {
+                let _ = callback.call1(&JsValue::NULL, &progress_object(progress));
+            }
+        };
+        let model = loader::load(ctx, source, &mut report).await.map_err(to_js)?;
+        let sampling = SamplingParams::default();
+        let generator = Generator::gpu(model.engine, sampling).map_err(to_js)?;
+        let loaded = Loaded {
+            session: ChatSession::new(generator, model.tokenizer),
+            manifest: model.manifest,
+            load: model.progress,
+        };
+        Ok(RecurrentGemma {
+            loaded: Rc::new(RefCell::new(Some(loaded))),
+            stop: Rc::new(Cell::new(false)),
+            sampling: Cell::new(sampling),
+        })
+    }
+
+    /// Sends a chat message (Gemma chat template; the state after earlier turns is kept, so only
+    /// this turn's tokens are prefilled). `onToken(text)` receives the reply as it streams.
+    /// Resolves to `{ text, tokenIds, promptTokens, stopped }`.
+    pub async fn chat(
+        &self,
+        message: String,
+        options: JsValue,
+        on_token: Option<Function>,
+    ) -> Result<JsValue, JsError> {
+        self.run(options, on_token, |session, max, on_text| {
+            Box::pin(async move { session.send(&message, max, on_text).await })
+        })
+        .await
+    }
+
+    /// Plain completion: continues the token stream with `prompt` as it is, no template.
+    pub async fn generate(
+        &self,
+        prompt: String,
+        options: JsValue,
+        on_token: Option<Function>,
+    ) -> Result<JsValue, JsError> {
+        self.run(options, on_token, |session, max, on_text| {
+            Box::pin(async move { session.complete(&prompt, max, on_text).await })
+        })
+        .await
+    }
+
+    /// Answers the last chat message again (pass a new `seed` for a different reply).
+    pub async fn regenerate(&self, options: JsValue, on_token: Option<Function>) -> Result<JsValue, JsError> {
+        self.run(options, on_token, |session, max, on_text| {
+            Box::pin(async move { session.regenerate(max, on_text).await })
+        })
+        .await
+    }
+
+    /// Stops the generation in progress; its promise resolves with what was generated so far.
+    pub fn abort(&self) {
+        self.stop.set(true);
+    }
+
+    /// Starts a new conversation.
+    pub fn reset(&self) -> Result<(), JsError> {
+        self.with(|loaded| {
+            loaded.session.reset();
+            Ok(())
+        })
+    }
+
+    /// A copy of the conversation state (fixed size, whatever the conversation's length).
+    pub fn snapshot(&self) -> Result<StateSnapshot, JsError> {
+        self.with(|loaded| Ok(StateSnapshot { checkpoint: loaded.session.generator().checkpoint() }))
+    }
+
+    pub fn restore(&self, snapshot: &StateSnapshot) -> Result<(), JsError> {
+        self.with(|loaded| loaded.session.generator().restore(&snapshot.checkpoint).map_err(to_js))
+    }
+
+    /// `{ prefillTokensPerSecond, decodeTokensPerSecond, promptTokens, generatedTokens,
+    ///   conversationTokens, weightBytes, stateBytes, gpuBytes, wasmBytes, loadSeconds,
+    ///   bytesFromCache, adapter }`
+    pub fn stats(&self) -> Result<JsValue, JsError> {
+        self.with(|loaded| {
+            let generator = loaded.session.generator_ref();
+            let timing = generator.timing();
+            let (gpu_bytes, state_bytes, weight_bytes, adapter) = match generator.backend() {
+                Backend::Gpu { engine, .. } => (
+                    engine.memory_bytes(),
+                    engine.state_bytes(),
+                    engine.weight_bytes(),
+                    engine.context().adapter_info.name.clone(),
+                ),
+                Backend::Cpu { .. } => (0, generator.state_bytes(), 0, "cpu".into()),
+            };
+            Ok(object(&[
+                ("prefillTokensPerSecond", number(timing.prefill_tokens_per_second())),
+                ("decodeTokensPerSecond", number(timing.decode_tokens_per_second())),
+                ("promptTokens", number(timing.prefill_tokens as f64)),
+                ("generatedTokens", number(timing.decoded_tokens as f64)),
+                ("conversationTokens", number(generator.position() as f64)),
+                ("weightBytes", number(weight_bytes as f64)),
+                ("stateBytes", number(state_bytes as f64)),
+                ("gpuBytes", number(gpu_bytes as f64)),
+                ("wasmBytes", number(js::wasm_memory_bytes() as f64)),
+                ("loadSeconds", number(loaded.load.seconds)),
+                ("bytesFromCache", number(loaded.load.bytes_from_cache as f64)),
+                ("vocabSize", number(loaded.manifest.config.vocab_size as f64)),
+                ("adapter", adapter.into()),
+            ]))
+        })
+    }
+
+    /// Frees the model's GPU memory now. The object cannot be used afterwards.
+    pub fn dispose(&self) -> Result<(), JsError> {
+        self.stop.set(true);
+        let mut slot =
+            self.loaded.try_borrow_mut().map_err(|_| JsError::new("busy: abort() and await the reply first"))?;
+        if let Some(loaded) = slot.take() {
+            let generator = loaded.session.into_generator();
+            if let Backend::Gpu { engine, .. } = generator.into_backend() {
+                engine.destroy();
+            }
+        }
+        Ok(())
+    }
+
+    /// The GPU buffers' bytes still held (0 after `dispose()`).
+    #[wasm_bindgen(getter, js_name = gpuBytes)]
+    pub fn gpu_bytes(&self) -> f64 {
+        match self.loaded.try_borrow() {
+            Ok(slot) => match slot.as_ref().map(|l| l.session.generator_ref().backend()) {
+                Some(Backend::Gpu { engine, .. }) => engine.memory_bytes() as f64,
+                _ => 0.0,
+            },
+            Err(_) => f64::NAN,
+        }
+    }
+
+    /// Bytes of model files kept in this origin's Cache Storage.
+    #[wasm_bindgen(js_name = cachedBytes)]
+    pub async fn cached_bytes() -> Result<f64, JsError> {
+        download::cached_bytes().await.map(|b| b as f64).map_err(to_js)
+    }
+
+    /// Deletes every model file kept in Cache Storage.
+    #[wasm_bindgen(js_name = clearCache)]
+    pub async fn clear_cache() -> Result<(), JsError> {
+        download::clear_cache().await.map_err(to_js)
+    }
+}
+
+type Turn<'s> = std::pin::Pin<Box<dyn std::future::Future<Output = crate::Result<Reply>> + 's>>;
+
+impl RecurrentGemma {
+    fn with<T>(&self, f: impl FnOnce(&mut Loaded) -> Result<T, JsError>) -> Result<T, JsError> {
+        let mut slot = self.loaded.try_borrow_mut().map_err(|_| JsError::new("busy: a reply is being generated"))?;
+        let loaded = slot.as_mut().ok_or_else(|| JsError::new("this model was disposed"))?;
+        f(loaded)
+    }
+
+    async fn run(
+        &self,
+        options_value: JsValue,
+        on_token: Option<Function>,
+        turn: impl for<'s> FnOnce(&'s mut ChatSession, usize, &'s mut dyn FnMut(&str) -> bool) -> Turn<'s>,
+    ) -> Result<JsValue, JsError> {
+        let (params, max_tokens) = options(&options_value, self.sampling.get())?;
+        let loaded_cell = self.loaded.clone();
+        let mut slot = loaded_cell.try_borrow_mut().map_err(|_| JsError::new("busy: a reply is being generated"))?;
+        let loaded = slot.as_mut().ok_or_else(|| JsError::new("this model was disposed"))?;
+        loaded.session.generator().set_sampling(params).map_err(to_js)?;
+        self.sampling.set(params);
+        self.stop.set(false);
+        let stop = self.stop.clone();
+        let mut on_text = move |piece: &str| {
+            if let Some(callback) = &on_token {
+                let _ = callback.call1(&JsValue::NULL, &JsValue::from_str(piece));
+            }
+            !stop.get()
+        };
+        let reply = turn(&mut loaded.session, max_tokens, &mut on_text).await.map_err(to_js)?;
+        let ids = reply.ids.iter().map(|&id| JsValue::from(id)).collect::<js_sys::Array>();
+        let result = object(&[
+            ("text", JsValue::from_str(&reply.text)),
+            ("tokenIds", ids.into()),
+            ("promptTokens", number(reply.prefilled as f64)),
+            ("stopped", self.stop.get().into()),
+        ]);
+        Ok(result)
+    }
+}

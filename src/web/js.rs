@@ -1,0 +1,152 @@
+//! Thin typed access to what the browser gives both a page and a worker: `fetch`, Cache Storage,
+//! the storage estimate, the WebGPU entry point, and JS errors turned into [`Error`]s.
+
+use js_sys::{Promise, Reflect, Uint8Array};
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::JsFuture;
+use web_sys::{CacheStorage, ReadableStreamDefaultReader, Request, Response, StorageManager};
+
+use crate::{Error, Result};
+
+/// The window or the worker scope we run in.
+enum Scope {
+    Window(web_sys::Window),
+    Worker(web_sys::WorkerGlobalScope),
+}
+
+fn scope() -> Result<Scope> {
+    let global = js_sys::global();
+    if let Some(window) = global.dyn_ref::<web_sys::Window>() {
+        return Ok(Scope::Window(window.clone()));
+    }
+    if let Some(worker) = global.dyn_ref::<web_sys::WorkerGlobalScope>() {
+        return Ok(Scope::Worker(worker.clone()));
+    }
+    Err(Error::Browser("not running in a window or a worker".into()))
+}
+
+/// A JS exception or rejection as one line of text.
+pub fn describe(value: &JsValue) -> String {
+    if let Some(error) = value.dyn_ref::<js_sys::Error>() {
+        return String::from(error.message());
+    }
+    if let Some(exception) = value.dyn_ref::<web_sys::DomException>() {
+        return format!("{}: {}", exception.name(), exception.message());
+    }
+    value.as_string().unwrap_or_else(|| format!("{value:?}"))
+}
+
+/// The DOMException name of a rejection (`"QuotaExceededError"`, `"AbortError"`, ...), if it is one.
+pub fn exception_name(value: &JsValue) -> Option<String> {
+    value.dyn_ref::<web_sys::DomException>().map(|e| e.name())
+}
+
+pub async fn await_promise(promise: Promise) -> std::result::Result<JsValue, JsValue> {
+    JsFuture::from(promise).await
+}
+
+/// Sends `request`; failure here means the network (or CORS), not an HTTP status.
+pub async fn fetch(request: &Request) -> Result<Response> {
+    let promise = match scope()? {
+        Scope::Window(window) => window.fetch_with_request(request),
+        Scope::Worker(worker) => worker.fetch_with_request(request),
+    };
+    let response =
+        await_promise(promise).await.map_err(|e| Error::Network(format!("{}: {}", request.url(), describe(&e))))?;
+    Ok(response.unchecked_into())
+}
+
+/// Cache Storage, when the browser offers it here (not on plain-HTTP origins other than localhost).
+pub fn caches() -> Option<CacheStorage> {
+    match scope().ok()? {
+        Scope::Window(window) => window.caches().ok(),
+        Scope::Worker(worker) => worker.caches().ok(),
+    }
+}
+
+pub fn storage_manager() -> Option<StorageManager> {
+    match scope().ok()? {
+        Scope::Window(window) => Some(window.navigator().storage()),
+        Scope::Worker(worker) => Some(worker.navigator().storage()),
+    }
+}
+
+/// `(usage, quota)` in bytes from `navigator.storage.estimate()`.
+pub async fn storage_estimate() -> Option<(f64, f64)> {
+    let estimate = await_promise(storage_manager()?.estimate().ok()?).await.ok()?;
+    let number = |key: &str| Reflect::get(&estimate, &key.into()).ok().and_then(|v| v.as_f64());
+    Some((number("usage")?, number("quota")?))
+}
+
+/// Whether `navigator.gpu` exists at all (an adapter may still be refused).
+pub fn has_webgpu() -> bool {
+    let navigator = match scope() {
+        Ok(Scope::Window(window)) => JsValue::from(window.navigator()),
+        Ok(Scope::Worker(worker)) => JsValue::from(worker.navigator()),
+        Err(_) => return false,
+    };
+    Reflect::get(&navigator, &"gpu".into()).map(|gpu| !gpu.is_undefined() && !gpu.is_null()).unwrap_or(false)
+}
+
+/// The size of this module's linear memory (the whole wasm heap), in bytes.
+pub fn wasm_memory_bytes() -> u64 {
+    let memory: js_sys::WebAssembly::Memory = wasm_bindgen::memory().unchecked_into();
+    memory.buffer().unchecked_into::<js_sys::ArrayBuffer>().byte_length() as u64
+}
+
+/// A reader over a response body or a file stream.
+pub struct ChunkReader {
+    reader: ReadableStreamDefaultReader,
+}
+
+impl ChunkReader {
+    pub fn new(stream: web_sys::ReadableStream) -> Self {
+        ChunkReader { reader: stream.get_reader().unchecked_into() }
+    }
+
+    /// The next chunk, or `None` at the end. A failure is the transport's (a dropped connection).
+    pub async fn next(&self) -> std::result::Result<Option<Vec<u8>>, String> {
+        let result = await_promise(self.reader.read()).await.map_err(|e| describe(&e))?;
+        let done = Reflect::get(&result, &"done".into()).map(|d| d.is_truthy()).unwrap_or(true);
+        if done {
+            return Ok(None);
+        }
+        let value = Reflect::get(&result, &"value".into()).map_err(|e| describe(&e))?;
+        Ok(Some(value.unchecked_into::<Uint8Array>().to_vec()))
+    }
+
+    /// Stops reading; the stream's source is told to stop sending.
+    pub fn cancel(&self) {
+        let _ = self.reader.cancel();
+    }
+}
+
+/// Resolves after `ms` milliseconds (`setTimeout`), in a page or a worker.
+pub async fn sleep_ms(ms: i32) {
+    let promise = Promise::new(&mut |resolve, _| {
+        let set_timeout = Reflect::get(&js_sys::global(), &"setTimeout".into())
+            .ok()
+            .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
+        match set_timeout {
+            Some(set_timeout) => {
+                let _ = set_timeout.call2(&JsValue::NULL, &resolve, &JsValue::from(ms));
+            }
+            None => {
+                let _ = resolve.call0(&JsValue::NULL);
+            }
+        }
+    });
+    let _ = await_promise(promise).await;
+}
+
+/// `url` made absolute against the page's (or worker's) own address.
+pub fn absolute_url(url: &str) -> Result<String> {
+    let href = Reflect::get(&js_sys::global(), &"location".into())
+        .and_then(|location| Reflect::get(&location, &"href".into()))
+        .ok()
+        .and_then(|href| href.as_string())
+        .ok_or_else(|| Error::Browser("the page has no location".into()))?;
+    web_sys::Url::new_with_base(url, &href)
+        .map(|u| u.href())
+        .map_err(|_| Error::Input(format!("'{url}' is not a valid URL")))
+}

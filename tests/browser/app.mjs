@@ -1,0 +1,259 @@
+// End-to-end test of the chat page in a real Chromium (WebGPU on SwiftShader, no GPU needed):
+// the built site (dist/) and the demo model are served over HTTP on 127.0.0.1, and the page is
+// driven like a user would. Greedy replies must equal `rg generate --backend cpu` token for token.
+//
+// Usage: node app.mjs   (after `trunk build --release` and `cargo build --bin rg`)
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import { startServer } from './server.mjs';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const dist = path.join(root, 'dist');
+const rg = process.env.RG ?? path.join(root, 'target/debug/rg');
+const modelDir = path.join(dist, 'models/demo');
+const screenshots = process.env.SCREENSHOTS ?? path.join(root, 'target/screenshots');
+const shard = '/models/demo/model-00000.safetensors';
+const PROMPT = 'Write a haiku about recurrent networks.';
+const MAX_TOKENS = 20;
+const LOAD_TIMEOUT = 300_000;
+const CHROMIUM_ARGS = ['--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--enable-unsafe-webgpu'];
+
+function log(message) {
+    console.log(`[app e2e] ${message}`);
+}
+
+/** The ids the CPU reference generates for `prompt` as a first chat turn, greedy. */
+function cpuReference(prompt, maxTokens) {
+    const run = spawnSync(rg, ['generate', modelDir, '--chat', '--prompt', prompt, '--max-tokens', String(maxTokens),
+        '--backend', 'cpu', '--print-ids'], { encoding: 'utf8' });
+    assert.equal(run.status, 0, run.stderr);
+    // --print-ids writes the ids to stderr as its last line.
+    return run.stderr.trim().split('\n').at(-1).replace(/^ids:/, '').split(',').map(Number);
+}
+
+async function waitReady(page) {
+    await page.waitForSelector('section.chat', { timeout: LOAD_TIMEOUT });
+}
+
+async function setNumber(page, cls, value) {
+    const input = page.locator(`.settings .${cls} input`);
+    await input.fill(String(value));
+    await input.dispatchEvent('change');
+}
+
+/** Sends `text` with Enter and waits for the reply to finish; returns its token ids and text. */
+async function chat(page, text) {
+    const before = await page.locator('.message.model').count();
+    await page.locator('textarea.prompt').fill(text);
+    await page.locator('textarea.prompt').press('Enter');
+    const reply = page.locator('.message.model').nth(before);
+    await reply.waitFor();
+    await page.waitForFunction((i) => {
+        const m = document.querySelectorAll('.message.model')[i];
+        return m && m.dataset.done === 'true' && !document.querySelector('button.stop');
+    }, before, { timeout: LOAD_TIMEOUT });
+    const ids = (await reply.getAttribute('data-token-ids')).split(',').filter(Boolean).map(Number);
+    return { ids, text: await reply.innerText() };
+}
+
+function shardRequests(server, since) {
+    return server.requests.slice(since).filter((r) => r.path === shard);
+}
+
+async function main() {
+    assert.ok(fs.existsSync(path.join(dist, 'index.html')), 'dist/ is missing: run trunk build --release first');
+    assert.ok(fs.existsSync(path.join(modelDir, 'manifest.json')), 'the demo model is missing from dist/models/demo');
+    fs.mkdirSync(screenshots, { recursive: true });
+    const expected = cpuReference(PROMPT, MAX_TOKENS);
+    assert.equal(expected.length, MAX_TOKENS, `the CPU reference stopped early: ${expected}`);
+    log(`CPU reference: ${expected.join(',')}`);
+
+    const server = await startServer({ '/': dist });
+    const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'rg-e2e-'));
+    const context = await chromium.launchPersistentContext(profile, {
+        executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', headless: true, args: CHROMIUM_ARGS,
+        viewport: { width: 1280, height: 860 },
+    });
+    const page = context.pages()[0] ?? await context.newPage();
+    const errors = [];
+    page.on('pageerror', (e) => errors.push(String(e)));
+    page.on('console', (m) => { if (m.type() === 'error') errors.push(m.text()); });
+    const modelUrl = `${server.url}/?model=models/demo/`;
+    // Keep a handle on each GPUDevice the page makes, so the test can destroy one (a lost device).
+    await page.addInitScript(() => {
+        const requestDevice = GPUAdapter.prototype.requestDevice;
+        GPUAdapter.prototype.requestDevice = async function (...args) {
+            const device = await requestDevice.apply(this, args);
+            (window.__devices ??= []).push(device);
+            return device;
+        };
+    });
+    try {
+        // 1. First load from the network; greedy reply equals the CPU reference.
+        await page.goto(`${server.url}/`);
+        await page.waitForSelector('.known-models button.load-model', { timeout: 60_000 });
+        await page.screenshot({ path: path.join(screenshots, 'picker.png') });
+        await page.goto(modelUrl);
+        await waitReady(page);
+        assert.equal(shardRequests(server, 0).length, 1, 'the shard was fetched once');
+        assert.equal(await page.locator('.load-summary').getAttribute('data-cache'), 'On');
+        await setNumber(page, 'temperature', 0);
+        await setNumber(page, 'max-tokens', MAX_TOKENS);
+        const first = await chat(page, PROMPT);
+        assert.deepEqual(first.ids, expected, 'greedy reply in the browser equals rg generate --backend cpu');
+        log(`browser reply matches the CPU reference (${first.ids.length} tokens)`);
+        const stateBytes = await page.locator('.state-bytes').getAttribute('data-bytes');
+        const gpuBytes = await page.locator('.gpu-bytes').getAttribute('data-bytes');
+        assert.ok(Number(stateBytes) > 0 && Number(gpuBytes) > Number(stateBytes));
+
+        // 2. Shift+Enter makes a new line; markup in a message is shown as text, never run.
+        await page.locator('textarea.prompt').fill('line one');
+        await page.locator('textarea.prompt').press('Shift+Enter');
+        await page.locator('textarea.prompt').type('line two');
+        assert.equal(await page.locator('textarea.prompt').inputValue(), 'line one\nline two');
+        assert.equal(await page.locator('.message.user').count(), 1, 'Shift+Enter did not send');
+        const hostile = 'look: <img src=x onerror="window.__xss=1"> and <script>window.__xss=2</script> **bold**';
+        const second = await chat(page, hostile);
+        const userText = await page.locator('.message.user').last().innerText();
+        assert.ok(userText.includes('<img src=x onerror="window.__xss=1">') && userText.includes('<script>'), userText);
+        assert.equal(await page.locator('.messages img, .messages script').count(), 0, 'no element was made from the text');
+        assert.equal(await page.evaluate(() => window.__xss), undefined, 'no script ran');
+        assert.ok(second.ids.length > 0);
+        // The state is the same size after a longer conversation; so is all GPU memory.
+        assert.equal(await page.locator('.state-bytes').getAttribute('data-bytes'), stateBytes);
+        assert.equal(await page.locator('.gpu-bytes').getAttribute('data-bytes'), gpuBytes);
+        const tokens = Number(await page.locator('.conversation-tokens').innerText());
+        assert.ok(tokens > first.ids.length + 20, `conversation tokens ${tokens}`);
+        await page.screenshot({ path: path.join(screenshots, 'chat.png') });
+        log(`second turn ok; state ${stateBytes} B and GPU ${gpuBytes} B unchanged at ${tokens} tokens`);
+
+        // 3. Stop halts a long generation.
+        await setNumber(page, 'max-tokens', 2000);
+        await page.locator('textarea.prompt').fill('Tell me a very long story.');
+        await page.locator('textarea.prompt').press('Enter');
+        await page.waitForFunction(() => {
+            const m = [...document.querySelectorAll('.message.model')].at(-1);
+            return m && m.innerText.length > 10;
+        }, null, { timeout: LOAD_TIMEOUT });
+        await page.locator('button.stop').click();
+        await page.waitForSelector('.message.model:last-child[data-stopped="true"][data-done="true"]', { timeout: 60_000 });
+        const stoppedIds = (await page.locator('.message.model').last().getAttribute('data-token-ids')).split(',');
+        assert.ok(stoppedIds.length < 2000, `stopped after ${stoppedIds.length} tokens`);
+        log(`Stop halted the reply after ${stoppedIds.length} tokens`);
+
+        // 4. New chat, then Regenerate (greedy: the same reply again).
+        await page.locator('button.new-chat').click();
+        assert.equal(await page.locator('.message').count(), 0);
+        await setNumber(page, 'max-tokens', MAX_TOKENS);
+        const fresh = await chat(page, PROMPT);
+        assert.deepEqual(fresh.ids, expected, 'New chat starts from an empty state');
+        await page.locator('button.regenerate').click();
+        await page.waitForFunction(() => !document.querySelector('button.stop')
+            && document.querySelector('.message.model')?.dataset.done === 'true'
+            && document.querySelector('.message.model')?.dataset.tokenIds, null, { timeout: LOAD_TIMEOUT });
+        const again = (await page.locator('.message.model').last().getAttribute('data-token-ids')).split(',').map(Number);
+        assert.deepEqual(again, expected, 'greedy regenerate repeats the reply');
+        log('new chat and regenerate ok');
+
+        // 5. Reload: every weight byte comes from Cache Storage, none from the network.
+        let mark = server.requests.length;
+        await page.reload();
+        await waitReady(page);
+        assert.equal(shardRequests(server, mark).length, 0, 'no shard fetched after a reload');
+        assert.ok(Number(await page.locator('.load-summary').getAttribute('data-from-cache')) > 0);
+        log('reload loaded from the cache');
+
+        // 6. A corrupted cached shard is detected (sha256) and fetched again.
+        await page.evaluate(async (name) => {
+            const cache = await caches.open('recurrentgemma-models-v1');
+            for (const request of await cache.keys()) {
+                if (!request.url.includes(name)) continue;
+                const bytes = new Uint8Array(await (await cache.match(request)).arrayBuffer());
+                bytes[bytes.length - 100] ^= 0xff;
+                await cache.put(request, new Response(bytes));
+            }
+        }, 'model-00000.safetensors');
+        mark = server.requests.length;
+        await page.reload();
+        await waitReady(page);
+        assert.equal(shardRequests(server, mark).length, 1, 'the damaged shard was fetched again');
+        assert.match(await page.locator('.load-notes').innerText(), /damaged/);
+        await setNumber(page, 'temperature', 0);
+        await setNumber(page, 'max-tokens', MAX_TOKENS);
+        assert.deepEqual((await chat(page, PROMPT)).ids, expected, 'the re-fetched weights are right');
+        log('damaged cache entry re-fetched');
+
+        assert.deepEqual(errors, [], 'no errors in the console');
+
+        // 7. A connection dropped mid-shard resumes with a Range request.
+        await page.locator('button.clear-cache').click();
+        await page.waitForFunction(async () => (await (await caches.open('recurrentgemma-models-v1')).keys()).length === 0);
+        server.cutOnce(shard, 3_000_000);
+        mark = server.requests.length;
+        await page.reload();
+        await waitReady(page);
+        const resumed = shardRequests(server, mark);
+        assert.equal(resumed.length, 2, JSON.stringify(resumed));
+        assert.match(resumed[1].range ?? '', /^bytes=\d+-$/);
+        assert.ok(Number(/bytes=(\d+)-/.exec(resumed[1].range)[1]) >= 3_000_000 - 65536, resumed[1].range);
+        await setNumber(page, 'temperature', 0);
+        await setNumber(page, 'max-tokens', MAX_TOKENS);
+        assert.deepEqual((await chat(page, PROMPT)).ids, expected, 'the resumed download gives the right weights');
+        log(`dropped connection resumed with ${resumed[1].range}`);
+
+        // 8. Storage quota too small: the model still loads, without caching, and says so.
+        await page.locator('button.clear-cache').click();
+        const cdp = await context.newCDPSession(page);
+        await cdp.send('Storage.overrideQuotaForOrigin', { origin: server.url, quotaSize: 1_000_000 });
+        await page.reload();
+        await waitReady(page);
+        assert.equal(await page.locator('.load-summary').getAttribute('data-cache'), 'QuotaExceeded');
+        await cdp.send('Storage.overrideQuotaForOrigin', { origin: server.url });
+        log('quota exceeded: loaded without caching');
+
+        // 9. The GPU device is lost: the page says so and reloads the model in one click.
+        await page.evaluate(() => window.__devices.at(-1).destroy());
+        await page.locator('textarea.prompt').fill(PROMPT);
+        await page.locator('textarea.prompt').press('Enter');
+        await page.waitForSelector('.device-lost', { timeout: 60_000 });
+        await page.locator('.device-lost button.retry').click();
+        await waitReady(page);
+        await setNumber(page, 'temperature', 0);
+        await setNumber(page, 'max-tokens', MAX_TOKENS);
+        assert.deepEqual((await chat(page, PROMPT)).ids, expected, 'the reloaded engine works');
+        log('device lost: reloaded in one click');
+    } finally {
+        await context.close();
+        await server.close();
+    }
+
+    // 10. No WebGPU: a page that says why, not a blank screen.
+    const bare = await chromium.launch({ executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', headless: true,
+        args: CHROMIUM_ARGS });
+    const server2 = await startServer({ '/': dist });
+    try {
+        const noGpu = await bare.newPage();
+        await noGpu.addInitScript(() => Object.defineProperty(Navigator.prototype, 'gpu', { get: () => undefined }));
+        await noGpu.goto(`${server2.url}/?model=models/demo/`);
+        await noGpu.waitForSelector('.no-webgpu', { timeout: 60_000 });
+        assert.match(await noGpu.locator('.no-webgpu').innerText(), /WebGPU/);
+        assert.equal(shardRequests(server2, 0).length, 0, 'nothing downloaded without WebGPU');
+        await noGpu.screenshot({ path: path.join(screenshots, 'no-webgpu.png') });
+        log('no-WebGPU page shown');
+    } finally {
+        await bare.close();
+        await server2.close();
+    }
+    log('all passed');
+}
+
+main().catch((e) => {
+    console.error(e);
+    process.exit(1);
+});
