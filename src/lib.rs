@@ -11,6 +11,8 @@
 //! - `web` (wasm32 only): fetch, cache and load in the browser, and the JavaScript API.
 //! - `app` (feature `app`): the Leptos chat page.
 
+#[cfg(all(target_arch = "wasm32", feature = "app"))]
+pub mod app;
 pub mod chat;
 pub mod config;
 pub mod error;
@@ -18,8 +20,6 @@ pub mod gpu;
 pub mod model;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
-#[cfg(all(target_arch = "wasm32", feature = "app"))]
-pub mod app;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -335,3 +335,39 @@ fn loading_rejects_what_is_not_the_gemma_tokenizer() {
     let missing = std::env::temp_dir().join("rgweb-no-such-tokenizer.json");
     assert!(matches!(GemmaTokenizer::from_file(&missing), Err(Error::Io { .. })));
 }
+
+/// The browser reads tokenizer.json through `from_reader` (a lean parse); it must build exactly
+/// the tokenizer that `tokenizers` itself builds from the same file.
+#[test]
+fn lean_reader_builds_the_same_tokenizer() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/vendor/gemma-tokenizer/tokenizer.json");
+    let json = std::fs::read(std::env::var("RG_TOKENIZER").unwrap_or_else(|_| path.to_string())).unwrap();
+    let lean = GemmaTokenizer::from_reader(std::io::BufReader::new(&json[..])).unwrap();
+    let reference = tokenizer();
+    assert_eq!(lean.vocab_size(), reference.vocab_size());
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let mut texts: Vec<String> = vec![
+        "Hello, world! Tell me about recurrent neural networks.".into(),
+        "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n".into(),
+        "  leading spaces,\ttabs,\n\nnewlines  and trailing  ".into(),
+        "日本語のテキスト, emoji 🦀🧠, Ünïcödé, العربية, ∑∫√".into(),
+        "```rust\nfn main() { println!(\"{}\", 1 + 2); }\n```".into(),
+        "<img src=x onerror=alert(1)> <bos> <eos> <pad> <unk> <mask>".into(),
+    ];
+    for _ in 0..40 {
+        let len = rng.random_range(1..60);
+        texts.push((0..len).map(|_| char::from_u32(rng.random_range(0x20..0x3000)).unwrap_or('?')).collect());
+    }
+    for text in &texts {
+        let ids = reference.encode(text, true).unwrap();
+        assert_eq!(lean.encode(text, true).unwrap(), ids, "{text:?}");
+        assert_eq!(lean.decode(&ids).unwrap(), reference.decode(&ids).unwrap(), "{text:?}");
+    }
+    for id in (0..256_000u32).step_by(997) {
+        assert_eq!(lean.decode(&[id]).unwrap(), reference.decode(&[id]).unwrap(), "id {id}");
+    }
+    assert!(matches!(
+        GemmaTokenizer::from_reader(&b"{\"model\": {\"type\": \"Unigram\"}}"[..]),
+        Err(Error::Tokenizer(_))
+    ));
+}

@@ -279,7 +279,10 @@ impl AppState {
         });
     }
 
-    fn generate(self, turn: impl for<'s> FnOnce(&'s mut ChatSession, usize, &'s mut dyn FnMut(&str) -> bool) -> Turn<'s> + 'static) {
+    fn generate(
+        self,
+        turn: impl for<'s> FnOnce(&'s mut ChatSession, usize, &'s mut dyn FnMut(&str) -> bool) -> Turn<'s> + 'static,
+    ) {
         let Some(mut session) = self.session.try_update_value(|s| s.take()).flatten() else {
             return;
         };
@@ -375,9 +378,7 @@ pub fn App() -> impl IntoView {
     let state = AppState::new();
     provide_context(state);
     if !js::has_webgpu() {
-        state.phase.set(Phase::NoWebGpu(
-            "This browser does not offer WebGPU (navigator.gpu is missing).".into(),
-        ));
+        state.phase.set(Phase::NoWebGpu("This browser does not offer WebGPU (navigator.gpu is missing).".into()));
     } else if let Some(url) = model_from_query() {
         state.load(ModelChoice::Url { name: url.clone(), url, note: String::new() });
     }

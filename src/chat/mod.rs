@@ -6,6 +6,7 @@ pub mod sampler;
 pub mod session;
 pub mod template;
 pub mod tokenizer;
+mod tokenizer_json;
 
 pub use sampler::{Sampler, SamplingParams};
 pub use template::{first_user_turn, format_conversation, is_stop_token, next_user_turn, Role, Turn};

@@ -49,9 +49,7 @@ impl GemmaTokenizer {
     /// the file and the parsed vocabulary from both being in memory at once (the browser's wasm
     /// heap never shrinks, so its peak is what counts).
     pub fn from_reader(json: impl std::io::Read) -> Result<Self> {
-        let inner: tokenizers::Tokenizer = serde_json::from_reader(json)
-            .map_err(|e| Error::Tokenizer(format!("invalid tokenizer.json: {e}")))?;
-        Self::checked(inner)
+        Self::checked(super::tokenizer_json::read_bpe_tokenizer(json)?)
     }
 
     fn checked(inner: tokenizers::Tokenizer) -> Result<Self> {

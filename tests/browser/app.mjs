@@ -108,6 +108,9 @@ async function main() {
         const first = await chat(page, PROMPT);
         assert.deepEqual(first.ids, expected, 'greedy reply in the browser equals rg generate --backend cpu');
         log(`browser reply matches the CPU reference (${first.ids.length} tokens)`);
+        const peakWasm = Number(await page.locator('.load-figures').getAttribute('data-peak-wasm'));
+        log(`wasm heap peak during the load: ${(peakWasm / 2 ** 20).toFixed(1)} MiB`);
+        assert.ok(peakWasm > 0 && peakWasm < 128 * 2 ** 20, `wasm heap peaked at ${peakWasm} B during the load`);
         const stateBytes = await page.locator('.state-bytes').getAttribute('data-bytes');
         const gpuBytes = await page.locator('.gpu-bytes').getAttribute('data-bytes');
         assert.ok(Number(stateBytes) > 0 && Number(gpuBytes) > Number(stateBytes));

@@ -1,0 +1,212 @@
+//! Reads a BPE `tokenizer.json` with a low memory peak. The `tokenizers` crate parses the
+//! `merges` list through a serde `untagged` enum, which first copies all 580k Gemma merges into a
+//! generic value tree and then converts them twice: about 60 MB held at once. In a browser that
+//! peak stays in the wasm heap for good. Here the vocabulary and merges are read straight into
+//! their final types, and only the small remaining sections go through `serde_json::Value`.
+
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tokenizers::models::bpe::{Merges, Vocab, BPE};
+use tokenizers::{
+    AddedToken, DecoderWrapper, ModelWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper,
+    TokenizerBuilder, TokenizerImpl,
+};
+
+use crate::{Error, Result};
+
+/// The file with its model's vocabulary and merges parsed, everything else as JSON values.
+struct TokenizerFile {
+    vocab: Vocab,
+    merges: Merges,
+    /// The model's other fields (`type`, `unk_token`, `byte_fallback`, ...).
+    model: Map<String, Value>,
+    /// The file's other sections (`normalizer`, `decoder`, `added_tokens`, ...).
+    sections: Map<String, Value>,
+}
+
+/// One merge, written either `"a b"` or `["a", "b"]`.
+struct Merge((String, String));
+
+impl<'de> Deserialize<'de> for Merge {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct MergeVisitor;
+        impl<'de> Visitor<'de> for MergeVisitor {
+            type Value = Merge;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a merge: \"a b\" or [\"a\", \"b\"]")
+            }
+            fn visit_str<E: de::Error>(self, merge: &str) -> std::result::Result<Merge, E> {
+                let (a, b) = merge.split_once(' ').ok_or_else(|| E::custom(format!("merge '{merge}' has no space")))?;
+                Ok(Merge((a.to_string(), b.to_string())))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Merge, A::Error> {
+                let a = seq.next_element()?.ok_or_else(|| de::Error::invalid_length(0, &self))?;
+                let b = seq.next_element()?.ok_or_else(|| de::Error::invalid_length(1, &self))?;
+                Ok(Merge((a, b)))
+            }
+        }
+        deserializer.deserialize_any(MergeVisitor)
+    }
+}
+
+struct MergeList(Merges);
+
+impl<'de> Deserialize<'de> for MergeList {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct ListVisitor;
+        impl<'de> Visitor<'de> for ListVisitor {
+            type Value = MergeList;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of merges")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<MergeList, A::Error> {
+                let mut merges = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(Merge(merge)) = seq.next_element()? {
+                    merges.push(merge);
+                }
+                Ok(MergeList(merges))
+            }
+        }
+        deserializer.deserialize_seq(ListVisitor)
+    }
+}
+
+/// The `model` section: vocab and merges typed, the rest kept as values.
+struct ModelSection {
+    vocab: Vocab,
+    merges: Merges,
+    fields: Map<String, Value>,
+}
+
+impl<'de> Deserialize<'de> for ModelSection {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct ModelVisitor;
+        impl<'de> Visitor<'de> for ModelVisitor {
+            type Value = ModelSection;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a tokenizer model")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<ModelSection, A::Error> {
+                let (mut vocab, mut merges, mut fields) = (None, None, Map::new());
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "vocab" => vocab = Some(map.next_value::<Vocab>()?),
+                        "merges" => merges = Some(map.next_value::<MergeList>()?.0),
+                        _ => {
+                            fields.insert(key, map.next_value()?);
+                        }
+                    }
+                }
+                Ok(ModelSection {
+                    vocab: vocab.ok_or_else(|| de::Error::missing_field("vocab"))?,
+                    merges: merges.ok_or_else(|| de::Error::missing_field("merges"))?,
+                    fields,
+                })
+            }
+        }
+        deserializer.deserialize_map(ModelVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for TokenizerFile {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct FileVisitor;
+        impl<'de> Visitor<'de> for FileVisitor {
+            type Value = TokenizerFile;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a tokenizer.json object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<TokenizerFile, A::Error> {
+                let (mut model, mut sections) = (None, Map::new());
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "model" {
+                        model = Some(map.next_value::<ModelSection>()?);
+                    } else {
+                        sections.insert(key, map.next_value()?);
+                    }
+                }
+                let model = model.ok_or_else(|| de::Error::missing_field("model"))?;
+                Ok(TokenizerFile { vocab: model.vocab, merges: model.merges, model: model.fields, sections })
+            }
+        }
+        deserializer.deserialize_map(FileVisitor)
+    }
+}
+
+fn invalid(message: impl fmt::Display) -> Error {
+    Error::Tokenizer(format!("invalid tokenizer.json: {message}"))
+}
+
+/// An optional section, `null` or absent meaning none.
+fn section<T: serde::de::DeserializeOwned>(sections: &mut Map<String, Value>, name: &str) -> Result<Option<T>> {
+    match sections.remove(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => serde_json::from_value(value).map(Some).map_err(|e| invalid(format!("{name}: {e}"))),
+    }
+}
+
+fn model_field<T: serde::de::DeserializeOwned>(model: &Map<String, Value>, name: &str) -> Result<Option<T>> {
+    match model.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => {
+            serde_json::from_value(value.clone()).map(Some).map_err(|e| invalid(format!("model.{name}: {e}")))
+        }
+    }
+}
+
+/// Parses a BPE `tokenizer.json` from `reader` into the same tokenizer `Tokenizer::from_bytes` builds.
+pub fn read_bpe_tokenizer(reader: impl std::io::Read) -> Result<tokenizers::Tokenizer> {
+    let file: TokenizerFile = serde_json::from_reader(reader).map_err(invalid)?;
+    let TokenizerFile { vocab, merges, model, mut sections } = file;
+    match model.get("type").and_then(Value::as_str) {
+        Some("BPE") | None => {}
+        Some(other) => return Err(invalid(format!("model type {other} is not BPE"))),
+    }
+    let mut bpe = BPE::builder().vocab_and_merges(vocab, merges);
+    if let Some(dropout) = model_field::<f32>(&model, "dropout")? {
+        bpe = bpe.dropout(dropout);
+    }
+    if let Some(unk) = model_field::<String>(&model, "unk_token")? {
+        bpe = bpe.unk_token(unk);
+    }
+    if let Some(prefix) = model_field::<String>(&model, "continuing_subword_prefix")? {
+        bpe = bpe.continuing_subword_prefix(prefix);
+    }
+    if let Some(suffix) = model_field::<String>(&model, "end_of_word_suffix")? {
+        bpe = bpe.end_of_word_suffix(suffix);
+    }
+    if let Some(fuse) = model_field::<bool>(&model, "fuse_unk")? {
+        bpe = bpe.fuse_unk(fuse);
+    }
+    if let Some(byte_fallback) = model_field::<bool>(&model, "byte_fallback")? {
+        bpe = bpe.byte_fallback(byte_fallback);
+    }
+    if let Some(ignore) = model_field::<bool>(&model, "ignore_merges")? {
+        bpe = bpe.ignore_merges(ignore);
+    }
+    let bpe = bpe.build().map_err(invalid)?;
+
+    let added: Vec<AddedToken> = section(&mut sections, "added_tokens")?.unwrap_or_default();
+    let mut tokenizer: TokenizerImpl<
+        ModelWrapper,
+        NormalizerWrapper,
+        PreTokenizerWrapper,
+        PostProcessorWrapper,
+        DecoderWrapper,
+    > = TokenizerBuilder::new()
+        .with_model(ModelWrapper::BPE(bpe))
+        .with_normalizer(section(&mut sections, "normalizer")?)
+        .with_pre_tokenizer(section(&mut sections, "pre_tokenizer")?)
+        .with_post_processor(section(&mut sections, "post_processor")?)
+        .with_decoder(section(&mut sections, "decoder")?)
+        .with_truncation(section(&mut sections, "truncation")?)
+        .with_padding(section(&mut sections, "padding")?)
+        .build()
+        .map_err(invalid)?;
+    // As tokenizers does: the added tokens take their ids from the vocabulary.
+    tokenizer.add_tokens(added).map_err(invalid)?;
+    Ok(tokenizer.into())
+}
