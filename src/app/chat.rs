@@ -167,7 +167,7 @@ fn NumberSetting(
                 type="number"
                 step=step
                 min="0"
-                prop:value=move || state.settings.with(|s| get(s)).to_string()
+                prop:value=move || state.settings.with(get).to_string()
                 on:change=move |ev| {
                     if let Ok(value) = event_target_value(&ev).parse::<f64>() {
                         if value.is_finite() && value >= 0.0 {

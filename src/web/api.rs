@@ -110,9 +110,13 @@ struct Loaded {
 /// RecurrentGemma running on WebGPU in this page (or worker).
 #[wasm_bindgen]
 pub struct RecurrentGemma {
-    loaded: Rc<RefCell<Option<Loaded>>>,
+    /// Out of the cell while a reply is being generated, and gone after `dispose()`.
+    loaded: RefCell<Option<Loaded>>,
+    generating: Cell<bool>,
+    disposed: Cell<bool>,
     stop: Rc<Cell<bool>>,
     sampling: Cell<SamplingParams>,
+    gpu_bytes: Cell<u64>,
 }
 
 /// A saved conversation state (`model.snapshot()`), restorable with `model.restore(s)`. Call
@@ -136,6 +140,7 @@ impl RecurrentGemma {
         };
         let model = loader::load(ctx, source, &mut report).await.map_err(to_js)?;
         let sampling = SamplingParams::default();
+        let gpu_bytes = model.engine.memory_bytes();
         let generator = Generator::gpu(model.engine, sampling).map_err(to_js)?;
         let loaded = Loaded {
             session: ChatSession::new(generator, model.tokenizer),
@@ -143,9 +148,12 @@ impl RecurrentGemma {
             load: model.progress,
         };
         Ok(RecurrentGemma {
-            loaded: Rc::new(RefCell::new(Some(loaded))),
+            loaded: RefCell::new(Some(loaded)),
+            generating: Cell::new(false),
+            disposed: Cell::new(false),
             stop: Rc::new(Cell::new(false)),
             sampling: Cell::new(sampling),
+            gpu_bytes: Cell::new(gpu_bytes),
         })
     }
 
@@ -241,30 +249,21 @@ impl RecurrentGemma {
         })
     }
 
-    /// Frees the model's GPU memory now. The object cannot be used afterwards.
-    pub fn dispose(&self) -> Result<(), JsError> {
+    /// Frees the model's GPU memory now (after the reply in progress, which it stops). The
+    /// object cannot be used afterwards.
+    pub fn dispose(&self) {
         self.stop.set(true);
-        let mut slot =
-            self.loaded.try_borrow_mut().map_err(|_| JsError::new("busy: abort() and await the reply first"))?;
-        if let Some(loaded) = slot.take() {
-            let generator = loaded.session.into_generator();
-            if let Backend::Gpu { engine, .. } = generator.into_backend() {
-                engine.destroy();
-            }
+        self.disposed.set(true);
+        self.gpu_bytes.set(0);
+        if let Some(loaded) = self.loaded.borrow_mut().take() {
+            destroy(loaded);
         }
-        Ok(())
     }
 
-    /// The GPU buffers' bytes still held (0 after `dispose()`).
+    /// The GPU buffers' bytes the model holds (0 after `dispose()`).
     #[wasm_bindgen(getter, js_name = gpuBytes)]
     pub fn gpu_bytes(&self) -> f64 {
-        match self.loaded.try_borrow() {
-            Ok(slot) => match slot.as_ref().map(|l| l.session.generator_ref().backend()) {
-                Some(Backend::Gpu { engine, .. }) => engine.memory_bytes() as f64,
-                _ => 0.0,
-            },
-            Err(_) => f64::NAN,
-        }
+        self.gpu_bytes.get() as f64
     }
 
     /// Bytes of model files kept in this origin's Cache Storage.
@@ -282,9 +281,26 @@ impl RecurrentGemma {
 
 type Turn<'s> = std::pin::Pin<Box<dyn std::future::Future<Output = crate::Result<Reply>> + 's>>;
 
+fn destroy(loaded: Loaded) {
+    if let Backend::Gpu { engine, .. } = loaded.session.into_generator().into_backend() {
+        engine.destroy();
+    }
+}
+
 impl RecurrentGemma {
+    fn check_usable(&self) -> Result<(), JsError> {
+        if self.disposed.get() {
+            return Err(JsError::new("this model was disposed"));
+        }
+        if self.generating.get() {
+            return Err(JsError::new("busy: a reply is being generated (abort() it or await it first)"));
+        }
+        Ok(())
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut Loaded) -> Result<T, JsError>) -> Result<T, JsError> {
-        let mut slot = self.loaded.try_borrow_mut().map_err(|_| JsError::new("busy: a reply is being generated"))?;
+        self.check_usable()?;
+        let mut slot = self.loaded.borrow_mut();
         let loaded = slot.as_mut().ok_or_else(|| JsError::new("this model was disposed"))?;
         f(loaded)
     }
@@ -296,10 +312,12 @@ impl RecurrentGemma {
         turn: impl for<'s> FnOnce(&'s mut ChatSession, usize, &'s mut dyn FnMut(&str) -> bool) -> Turn<'s>,
     ) -> Result<JsValue, JsError> {
         let (params, max_tokens) = options(&options_value, self.sampling.get())?;
-        let loaded_cell = self.loaded.clone();
-        let mut slot = loaded_cell.try_borrow_mut().map_err(|_| JsError::new("busy: a reply is being generated"))?;
-        let loaded = slot.as_mut().ok_or_else(|| JsError::new("this model was disposed"))?;
-        loaded.session.generator().set_sampling(params).map_err(to_js)?;
+        self.check_usable()?;
+        let mut loaded = self.loaded.borrow_mut().take().ok_or_else(|| JsError::new("this model was disposed"))?;
+        if let Err(e) = loaded.session.generator().set_sampling(params) {
+            *self.loaded.borrow_mut() = Some(loaded);
+            return Err(to_js(e));
+        }
         self.sampling.set(params);
         self.stop.set(false);
         let stop = self.stop.clone();
@@ -309,7 +327,15 @@ impl RecurrentGemma {
             }
             !stop.get()
         };
-        let reply = turn(&mut loaded.session, max_tokens, &mut on_text).await.map_err(to_js)?;
+        self.generating.set(true);
+        let reply = turn(&mut loaded.session, max_tokens, &mut on_text).await;
+        self.generating.set(false);
+        if self.disposed.get() {
+            destroy(loaded);
+        } else {
+            *self.loaded.borrow_mut() = Some(loaded);
+        }
+        let reply = reply.map_err(to_js)?;
         let ids = reply.ids.iter().map(|&id| JsValue::from(id)).collect::<js_sys::Array>();
         let result = object(&[
             ("text", JsValue::from_str(&reply.text)),

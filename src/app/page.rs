@@ -1,0 +1,401 @@
+//! The page's state and its root component.
+
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+use serde::Deserialize;
+
+use super::{chat, loading};
+use crate::chat::session::{Backend, ChatSession, Generator, Timing};
+use crate::chat::SamplingParams;
+use crate::web::download::{self, Source};
+use crate::web::js;
+use crate::web::loader::{self, LoadProgress};
+use crate::Error;
+
+/// Where the page is in its life.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Phase {
+    /// Waiting for the user to pick a model.
+    Choose,
+    /// No WebGPU, or no usable adapter: why, and what to do.
+    NoWebGpu(String),
+    Loading(LoadProgress),
+    Ready,
+    Failed(String),
+    /// The GPU went away (driver reset, another tab, sleep): the model can be reloaded from the cache.
+    DeviceLost(String),
+}
+
+/// A model offered in `models.json`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct KnownModel {
+    pub name: String,
+    pub url: String,
+    #[serde(default)]
+    pub note: String,
+}
+
+/// What to load, kept so a lost device can reload the same model.
+#[derive(Clone)]
+pub enum ModelChoice {
+    Url { name: String, url: String, note: String },
+    Folder(web_sys::FileList),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Speaker {
+    User,
+    Model,
+}
+
+#[derive(Clone, Copy)]
+pub struct Message {
+    pub id: usize,
+    pub speaker: Speaker,
+    pub text: RwSignal<String>,
+    /// The reply's token ids once it is complete (shown as a data attribute, for tests).
+    pub token_ids: RwSignal<Vec<u32>>,
+    pub stopped: RwSignal<bool>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Settings {
+    pub temperature: f32,
+    pub top_k: usize,
+    pub top_p: f32,
+    pub max_tokens: usize,
+    pub seed: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { temperature: 0.7, top_k: 40, top_p: 0.95, max_tokens: 256, seed: 0 }
+    }
+}
+
+impl Settings {
+    fn sampling(&self) -> SamplingParams {
+        SamplingParams { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, seed: self.seed }
+    }
+}
+
+/// Figures for the stats panel.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Stats {
+    pub last_turn: Timing,
+    pub conversation_tokens: usize,
+    pub weight_bytes: u64,
+    pub state_bytes: u64,
+    pub gpu_bytes: u64,
+    pub wasm_bytes: u64,
+    pub load_seconds: f64,
+    pub load_peak_wasm_bytes: u64,
+}
+
+#[derive(Clone, Copy)]
+pub struct AppState {
+    pub phase: RwSignal<Phase>,
+    pub known_models: RwSignal<Vec<KnownModel>>,
+    pub choice: StoredValue<Option<ModelChoice>, LocalStorage>,
+    pub model_label: RwSignal<String>,
+    pub model_note: RwSignal<String>,
+    /// Out of the store while a reply is generated.
+    pub session: StoredValue<Option<ChatSession>, LocalStorage>,
+    pub messages: RwSignal<Vec<Message>>,
+    pub next_id: StoredValue<usize>,
+    pub busy: RwSignal<bool>,
+    pub stop: RwSignal<bool>,
+    pub settings: RwSignal<Settings>,
+    pub stats: RwSignal<Stats>,
+    pub chat_error: RwSignal<Option<String>>,
+    pub cached_bytes: RwSignal<Option<u64>>,
+    /// How the last load went (cache use, notes), shown beside the chat.
+    pub last_load: RwSignal<Option<LoadProgress>>,
+}
+
+impl AppState {
+    fn new() -> Self {
+        AppState {
+            phase: RwSignal::new(Phase::Choose),
+            known_models: RwSignal::new(Vec::new()),
+            choice: StoredValue::new_local(None),
+            model_label: RwSignal::new(String::new()),
+            model_note: RwSignal::new(String::new()),
+            session: StoredValue::new_local(None),
+            messages: RwSignal::new(Vec::new()),
+            next_id: StoredValue::new(0),
+            busy: RwSignal::new(false),
+            stop: RwSignal::new(false),
+            settings: RwSignal::new(Settings::default()),
+            stats: RwSignal::new(Stats::default()),
+            chat_error: RwSignal::new(None),
+            cached_bytes: RwSignal::new(None),
+            last_load: RwSignal::new(None),
+        }
+    }
+
+    fn message(&self, speaker: Speaker, text: &str) -> Message {
+        let id = self.next_id.get_value();
+        self.next_id.set_value(id + 1);
+        Message {
+            id,
+            speaker,
+            text: RwSignal::new(text.to_string()),
+            token_ids: RwSignal::new(Vec::new()),
+            stopped: RwSignal::new(false),
+        }
+    }
+
+    /// Loads `choice` (dropping any loaded model first), reporting progress into `phase`.
+    pub fn load(self, choice: ModelChoice) {
+        if let Some(session) = self.session.try_update_value(|s| s.take()).flatten() {
+            if let Backend::Gpu { engine, .. } = session.into_generator().into_backend() {
+                engine.destroy();
+            }
+        }
+        self.messages.set(Vec::new());
+        self.chat_error.set(None);
+        let (label, note) = match &choice {
+            ModelChoice::Url { name, note, .. } => (name.clone(), note.clone()),
+            ModelChoice::Folder(files) => (format!("local folder ({} files)", files.length()), String::new()),
+        };
+        self.model_label.set(label);
+        self.model_note.set(note);
+        self.choice.set_value(Some(choice.clone()));
+        self.phase.set(Phase::Loading(LoadProgress::default()));
+        spawn_local(async move {
+            let ctx = match loader::gpu_context().await {
+                Ok(ctx) => ctx,
+                Err(e) => {
+                    self.phase.set(Phase::NoWebGpu(e.to_string()));
+                    return;
+                }
+            };
+            let source = match &choice {
+                ModelChoice::Url { url, .. } => Source::url(url),
+                ModelChoice::Folder(files) => Ok(Source::folder(files)),
+            };
+            let phase = self.phase;
+            let mut report = |progress: &LoadProgress| phase.set(Phase::Loading(progress.clone()));
+            let loaded = match source {
+                Ok(source) => loader::load(ctx, source, &mut report).await,
+                Err(e) => Err(e),
+            };
+            let model = match loaded {
+                Ok(model) => model,
+                Err(e) => {
+                    self.phase.set(Phase::Failed(e.to_string()));
+                    return;
+                }
+            };
+            let settings = self.settings.get_untracked();
+            match Generator::gpu(model.engine, settings.sampling()) {
+                Ok(generator) => {
+                    let session = ChatSession::new(generator, model.tokenizer);
+                    self.stats.set(Stats {
+                        load_seconds: model.progress.seconds,
+                        load_peak_wasm_bytes: model.progress.peak_wasm_bytes,
+                        ..stats_of(&session)
+                    });
+                    self.session.set_value(Some(session));
+                    self.last_load.set(Some(model.progress));
+                    self.phase.set(Phase::Ready);
+                    self.refresh_cached_bytes();
+                }
+                Err(e) => self.phase.set(Phase::Failed(e.to_string())),
+            }
+        });
+    }
+
+    /// Reloads the model chosen last (after a lost device: from the cache, so it is quick).
+    pub fn reload(self) {
+        if let Some(choice) = self.choice.get_value() {
+            self.load(choice);
+        }
+    }
+
+    pub fn refresh_cached_bytes(self) {
+        spawn_local(async move {
+            self.cached_bytes.set(download::cached_bytes().await.ok());
+        });
+    }
+
+    pub fn clear_cache(self) {
+        spawn_local(async move {
+            if let Err(e) = download::clear_cache().await {
+                self.chat_error.set(Some(e.to_string()));
+            }
+            self.cached_bytes.set(download::cached_bytes().await.ok());
+        });
+    }
+
+    /// Sends the user's message and streams the reply.
+    pub fn send(self, text: String) {
+        let text = text.trim().to_string();
+        if text.is_empty() || self.busy.get_untracked() {
+            return;
+        }
+        let user = self.message(Speaker::User, &text);
+        self.messages.update(|m| m.push(user));
+        self.generate(move |session, max, on_text| Box::pin(async move { session.send(&text, max, on_text).await }));
+    }
+
+    /// Answers the last message again with the next seed.
+    pub fn regenerate(self) {
+        if self.busy.get_untracked() {
+            return;
+        }
+        let last_is_reply = self.messages.with_untracked(|m| m.last().is_some_and(|m| m.speaker == Speaker::Model));
+        if !last_is_reply {
+            return;
+        }
+        self.messages.update(|m| {
+            m.pop();
+        });
+        self.settings.update(|s| s.seed = s.seed.wrapping_add(1));
+        self.generate(|session, max, on_text| Box::pin(async move { session.regenerate(max, on_text).await }));
+    }
+
+    pub fn new_chat(self) {
+        if self.busy.get_untracked() {
+            return;
+        }
+        self.session.update_value(|s| {
+            if let Some(session) = s {
+                session.reset();
+            }
+        });
+        self.messages.set(Vec::new());
+        self.chat_error.set(None);
+        self.session.with_value(|s| {
+            if let Some(session) = s {
+                self.stats.update(|stats| stats.conversation_tokens = session.generator_ref().position());
+            }
+        });
+    }
+
+    fn generate(
+        self,
+        turn: impl for<'s> FnOnce(&'s mut ChatSession, usize, &'s mut dyn FnMut(&str) -> bool) -> Turn<'s> + 'static,
+    ) {
+        let Some(mut session) = self.session.try_update_value(|s| s.take()).flatten() else {
+            return;
+        };
+        let reply = self.message(Speaker::Model, "");
+        self.messages.update(|m| m.push(reply));
+        self.busy.set(true);
+        self.stop.set(false);
+        self.chat_error.set(None);
+        let settings = self.settings.get_untracked();
+        spawn_local(async move {
+            let stop = self.stop;
+            let mut on_text = |piece: &str| {
+                reply.text.update(|t| t.push_str(piece));
+                !stop.get_untracked()
+            };
+            let result = match session.generator().set_sampling(settings.sampling()) {
+                Ok(()) => turn(&mut session, settings.max_tokens, &mut on_text).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(done) => {
+                    reply.token_ids.set(done.ids);
+                    reply.stopped.set(self.stop.get_untracked());
+                    self.stats.update(|stats| *stats = Stats { ..stats_of_with(&session, *stats) });
+                    self.session.set_value(Some(session));
+                }
+                Err(e) => {
+                    // The device-lost promise may settle just after the failed submission.
+                    js::sleep_ms(100).await;
+                    self.fail(e, session);
+                }
+            }
+            self.busy.set(false);
+        });
+    }
+
+    fn fail(self, error: Error, session: ChatSession) {
+        let lost = match session.generator_ref().backend() {
+            Backend::Gpu { engine, .. } => engine.context().is_lost(),
+            Backend::Cpu { .. } => false,
+        };
+        let message = error.to_string();
+        if lost {
+            drop(session);
+            self.phase.set(Phase::DeviceLost(message));
+        } else {
+            self.session.set_value(Some(session));
+            self.chat_error.set(Some(message));
+        }
+    }
+}
+
+type Turn<'s> = std::pin::Pin<Box<dyn std::future::Future<Output = crate::Result<crate::chat::session::Reply>> + 's>>;
+
+fn stats_of(session: &ChatSession) -> Stats {
+    stats_of_with(session, Stats::default())
+}
+
+fn stats_of_with(session: &ChatSession, previous: Stats) -> Stats {
+    let generator = session.generator_ref();
+    let (weight_bytes, state_bytes, gpu_bytes) = match generator.backend() {
+        Backend::Gpu { engine, .. } => (engine.weight_bytes(), engine.state_bytes(), engine.memory_bytes()),
+        Backend::Cpu { .. } => (0, generator.state_bytes(), 0),
+    };
+    Stats {
+        last_turn: generator.timing(),
+        conversation_tokens: generator.position(),
+        weight_bytes,
+        state_bytes,
+        gpu_bytes,
+        wasm_bytes: js::wasm_memory_bytes(),
+        ..previous
+    }
+}
+
+/// The `?model=URL` of the page's address, if any.
+fn model_from_query() -> Option<String> {
+    let search = web_sys::window()?.location().search().ok()?;
+    web_sys::UrlSearchParams::new_with_str(&search).ok()?.get("model").filter(|m| !m.is_empty())
+}
+
+async fn fetch_known_models() -> Vec<KnownModel> {
+    let Ok(source) = Source::url("./") else { return Vec::new() };
+    let fetcher = download::Fetcher::new(source).await;
+    match fetcher.whole_file("models.json", None).await {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[component]
+pub fn App() -> impl IntoView {
+    let state = AppState::new();
+    provide_context(state);
+    if !js::has_webgpu() {
+        state.phase.set(Phase::NoWebGpu("This browser does not offer WebGPU (navigator.gpu is missing).".into()));
+    } else if let Some(url) = model_from_query() {
+        state.load(ModelChoice::Url { name: url.clone(), url, note: String::new() });
+    }
+    spawn_local(async move {
+        state.known_models.set(fetch_known_models().await);
+    });
+    state.refresh_cached_bytes();
+
+    view! {
+        <header class="top">
+            <h1>"RecurrentGemma" <span class="sub">" in your browser · WebGPU"</span></h1>
+            <loading::CacheControl />
+        </header>
+        <main>
+            {move || match state.phase.get() {
+                Phase::Choose => view! { <loading::ModelPicker /> }.into_any(),
+                Phase::NoWebGpu(why) => view! { <loading::NoWebGpu why=why /> }.into_any(),
+                Phase::Loading(progress) => view! { <loading::LoadProgressView progress=progress /> }.into_any(),
+                Phase::Failed(why) => view! { <loading::LoadFailed why=why /> }.into_any(),
+                Phase::DeviceLost(why) => view! { <loading::DeviceLost why=why /> }.into_any(),
+                Phase::Ready => view! { <chat::ChatView /> }.into_any(),
+            }}
+        </main>
+    }
+}
