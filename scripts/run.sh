@@ -1,24 +1,14 @@
 #!/usr/bin/env bash
-# The main job, offline on a fresh machine: builds `rg`, makes a small demo model with RANDOM
-# weights (it babbles: it only shows the pipeline working) plus the real Gemma tokenizer, and chats
-# with it on the CPU reference. Pass a prompt as the first argument; MODEL=DIR uses another model.
+# The main job: the chat page on http://127.0.0.1:8080, offline on a fresh machine. Installs the
+# web toolchain if missing, makes the demo model (tiny, RANDOM weights, real tokenizer) under
+# www/models/demo/ if it is not there, and serves the page with `trunk serve`. Open
+# http://127.0.0.1:8080/?model=models/demo/ (or pick the model on the page) in Chrome.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-prompt="${1:-Tell me about recurrent neural networks.}"
-demo="target/demo"
-model="${MODEL:-$demo/tiny-random-int8}"
-
-bash scripts/fetch-tokenizer.sh >/dev/null
+bash scripts/setup-web.sh
 cargo build --release --quiet --bin rg
-rg=target/release/rg
+bash scripts/demo-model.sh target/release/rg
 
-if [[ -z "${MODEL:-}" && ! -f "$model/manifest.json" ]]; then
-    echo "making the demo model (random weights, tiny shape, real tokenizer) in $model"
-    "$rg" random --preset tiny --seed 0 "$demo/tiny-random-hf"
-    cp vendor/gemma-tokenizer/tokenizer.json "$demo/tiny-random-hf/"
-    "$rg" convert "$demo/tiny-random-hf" "$model" --quant int8
-fi
-
-echo "prompt: $prompt"
-"$rg" generate "$model" --chat --prompt "$prompt" --max-tokens 48 --temperature 0.8 --top-p 0.95 --seed 1
+echo "serving the chat page on http://127.0.0.1:8080/?model=models/demo/"
+exec trunk serve --release "$@"

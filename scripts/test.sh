@@ -8,9 +8,9 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s\n' "$*"; }
 
-step "toolchain"
-rustup target add wasm32-unknown-unknown >/dev/null
+step "toolchain (wasm32 target, trunk, wasm-bindgen-cli)"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+bash scripts/setup-web.sh
 
 step "Vulkan driver (Mesa lavapipe: wgpu on the CPU when there is no GPU) and Chromium"
 sudo=""
@@ -32,11 +32,20 @@ step "format and lints"
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
 
-step "the library builds for the browser (wasm32-unknown-unknown, no CLI)"
-cargo check --quiet --lib --target wasm32-unknown-unknown --no-default-features
+step "the library and the page build for the browser, lint-clean (wasm32-unknown-unknown)"
+cargo clippy --quiet --target wasm32-unknown-unknown --no-default-features --features app --lib --bin app -- -D warnings
 
 step "the WGSL kernels compile in Chromium's WebGPU (Tint's stricter rules)"
 (cd tests/browser && npm ci --silent --no-audit --no-fund && node shaders.mjs)
 
 step "tests"
 cargo test --all-targets
+
+step "the chat page end to end in Chromium (trunk build --release, served on 127.0.0.1)"
+bash scripts/demo-model.sh target/debug/rg
+trunk build --release
+(cd tests/browser && node app.mjs)
+
+step "the embeddable package and its example page, on the page thread and in a worker"
+bash scripts/build-package.sh
+(cd tests/browser && node package.mjs)

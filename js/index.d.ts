@@ -1,0 +1,129 @@
+// Type declarations for recurrentgemma-web (js/index.js).
+
+/** Progress of a model load, reported as bytes stream in. */
+export interface LoadProgress {
+    stage: 'manifest' | 'tokenizer' | 'weights' | 'ready';
+    bytesDone: number;
+    bytesTotal: number;
+    /** Of bytesDone, how many came from Cache Storage. */
+    bytesFromCache: number;
+    /** Every weight byte so far came from the cache. */
+    fromCache: boolean;
+    shardsDone: number;
+    shardsTotal: number;
+    seconds: number;
+    bytesPerSecond: number;
+    etaSeconds: number | null;
+    /** Whether verified files are being cached. */
+    cache: 'on' | 'unavailable' | 'quota-exceeded';
+    /** Things worth telling the user (a damaged cached shard fetched again, a resumed download). */
+    notes: string[];
+    peakWasmBytes: number;
+}
+
+export interface LoadOptions {
+    onProgress?: (progress: LoadProgress) => void;
+}
+
+export interface GenerateOptions {
+    /** 0 is greedy. Default 1. */
+    temperature?: number;
+    /** 0 turns top-k off. */
+    topK?: number;
+    /** 1 turns top-p off. */
+    topP?: number;
+    seed?: number;
+    /** Longest reply, in tokens. Default 256. */
+    maxTokens?: number;
+    /** Each piece of text as it is generated. */
+    onToken?: (piece: string) => void;
+    /** Aborting it stops the generation, like `engine.abort()`. */
+    signal?: AbortSignal;
+}
+
+export interface Reply {
+    text: string;
+    tokenIds: number[];
+    /** Tokens prefilled for this turn (only the new ones: the state carries the rest). */
+    promptTokens: number;
+    /** The reply was cut short by abort(). */
+    stopped: boolean;
+}
+
+export interface Stats {
+    prefillTokensPerSecond: number;
+    decodeTokensPerSecond: number;
+    promptTokens: number;
+    generatedTokens: number;
+    conversationTokens: number;
+    weightBytes: number;
+    /** The conversation state: fixed, however long the conversation. */
+    stateBytes: number;
+    /** Every GPU buffer the engine holds. */
+    gpuBytes: number;
+    wasmBytes: number;
+    loadSeconds: number;
+    bytesFromCache: number;
+    vocabSize: number;
+    adapter: string;
+}
+
+export interface Snapshot {
+    free(): void | Promise<void>;
+}
+
+export interface RecurrentGemmaEngine {
+    chat(message: string, options?: GenerateOptions): Promise<Reply>;
+    generate(prompt: string, options?: GenerateOptions): Promise<Reply>;
+    regenerate(options?: GenerateOptions): Promise<Reply>;
+    /** The reply as an async iterator of text pieces; breaking out of the loop aborts it. */
+    stream(message: string, options?: GenerateOptions): AsyncGenerator<string, Reply | undefined>;
+    streamGenerate(prompt: string, options?: GenerateOptions): AsyncGenerator<string, Reply | undefined>;
+    abort(): void;
+    reset(): Promise<void>;
+    snapshot(): Promise<Snapshot>;
+    restore(snapshot: Snapshot): Promise<void>;
+    stats(): Promise<Stats>;
+    gpuBytes(): Promise<number>;
+    /** Frees the GPU memory (and ends the worker in worker mode). */
+    dispose(): Promise<void>;
+}
+
+export declare class Engine implements RecurrentGemmaEngine {
+    static load(baseUrl: string | URL, options?: LoadOptions): Promise<Engine>;
+    static cachedBytes(): Promise<number>;
+    static clearCache(): Promise<void>;
+    chat(message: string, options?: GenerateOptions): Promise<Reply>;
+    generate(prompt: string, options?: GenerateOptions): Promise<Reply>;
+    regenerate(options?: GenerateOptions): Promise<Reply>;
+    stream(message: string, options?: GenerateOptions): AsyncGenerator<string, Reply | undefined>;
+    streamGenerate(prompt: string, options?: GenerateOptions): AsyncGenerator<string, Reply | undefined>;
+    abort(): void;
+    reset(): Promise<void>;
+    snapshot(): Promise<Snapshot>;
+    restore(snapshot: Snapshot): Promise<void>;
+    stats(): Promise<Stats>;
+    gpuBytes(): Promise<number>;
+    dispose(): Promise<void>;
+}
+
+export declare class WorkerEngine implements RecurrentGemmaEngine {
+    static load(baseUrl: string | URL, options?: LoadOptions & { workerUrl?: string | URL }): Promise<WorkerEngine>;
+    chat(message: string, options?: GenerateOptions): Promise<Reply>;
+    generate(prompt: string, options?: GenerateOptions): Promise<Reply>;
+    regenerate(options?: GenerateOptions): Promise<Reply>;
+    stream(message: string, options?: GenerateOptions): AsyncGenerator<string, Reply | undefined>;
+    streamGenerate(prompt: string, options?: GenerateOptions): AsyncGenerator<string, Reply | undefined>;
+    abort(): void;
+    reset(): Promise<void>;
+    snapshot(): Promise<Snapshot>;
+    restore(snapshot: Snapshot): Promise<void>;
+    stats(): Promise<Stats>;
+    gpuBytes(): Promise<number>;
+    dispose(): Promise<void>;
+}
+
+export declare function createEngine(
+    baseUrl: string | URL,
+    options?: LoadOptions & { worker?: boolean; workerUrl?: string | URL },
+): Promise<RecurrentGemmaEngine>;

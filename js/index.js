@@ -1,0 +1,222 @@
+// recurrentgemma-web: RecurrentGemma on WebGPU, in your page or in a worker.
+//
+//   import { createEngine } from './pkg/index.js';
+//   const engine = await createEngine('https://host/recurrentgemma-2b-it-int8/', { worker: true, onProgress });
+//   for await (const piece of engine.stream('Hello!', { temperature: 0.7 })) output.textContent += piece;
+//
+// `Engine` runs the model on this thread; `WorkerEngine` runs the same engine in a dedicated Web
+// Worker and has the same (all-async) API, so the page never janks.
+import init, { RecurrentGemma } from './rgweb.js';
+
+let initialized;
+function initOnce() {
+    initialized ??= init();
+    return initialized;
+}
+
+/** Turns a callback-streaming call into an async iterator of text pieces; returns the reply. */
+async function* streamOf(engine, start, options) {
+    const queue = [];
+    let wake = null;
+    let settled = false;
+    let reply;
+    let failure;
+    const notify = () => { wake?.(); wake = null; };
+    const running = start({
+        ...options,
+        onToken: (piece) => { options.onToken?.(piece); queue.push(piece); notify(); },
+    }).then((r) => { reply = r; }, (e) => { failure = e; }).finally(() => { settled = true; notify(); });
+    try {
+        for (;;) {
+            if (queue.length) {
+                yield queue.shift();
+            } else if (settled) {
+                break;
+            } else {
+                await new Promise((resolve) => { wake = resolve; });
+            }
+        }
+        if (failure) throw failure;
+        return reply;
+    } finally {
+        // The consumer stopped early (break, return, throw): stop generating too.
+        if (!settled) engine.abort();
+        await running;
+    }
+}
+
+function withSignal(engine, signal) {
+    if (!signal) return () => {};
+    if (signal.aborted) engine.abort();
+    const onAbort = () => engine.abort();
+    signal.addEventListener('abort', onAbort, { once: true });
+    return () => signal.removeEventListener('abort', onAbort);
+}
+
+/** The model on the calling thread. */
+export class Engine {
+    #model;
+
+    constructor(model) {
+        this.#model = model;
+    }
+
+    /** Loads the model at `baseUrl` (manifest.json, tokenizer.json, shards). */
+    static async load(baseUrl, { onProgress } = {}) {
+        await initOnce();
+        return new Engine(await RecurrentGemma.load(String(baseUrl), onProgress ?? null));
+    }
+
+    async #run(method, first, options = {}) {
+        const { onToken, signal, ...sampling } = options;
+        const release = withSignal(this, signal);
+        try {
+            const args = first === undefined ? [sampling, onToken ?? null] : [first, sampling, onToken ?? null];
+            return await this.#model[method](...args);
+        } finally {
+            release();
+        }
+    }
+
+    /** A chat turn; only its own tokens are prefilled. Options: temperature, topK, topP, seed,
+     * maxTokens, onToken(piece), signal (AbortSignal). Resolves to { text, tokenIds, promptTokens, stopped }. */
+    chat(message, options) { return this.#run('chat', String(message), options); }
+
+    /** Plain completion of `prompt` (no chat template). */
+    generate(prompt, options) { return this.#run('generate', String(prompt), options); }
+
+    /** The last chat message answered again (pass another seed for another reply). */
+    regenerate(options) { return this.#run('regenerate', undefined, options); }
+
+    /** `chat` as an async iterator of text pieces. */
+    stream(message, options = {}) { return streamOf(this, (o) => this.chat(message, o), options); }
+
+    /** `generate` as an async iterator of text pieces. */
+    streamGenerate(prompt, options = {}) { return streamOf(this, (o) => this.generate(prompt, o), options); }
+
+    /** Stops the reply being generated; its promise resolves with the text so far. */
+    abort() { this.#model.abort(); }
+
+    async reset() { this.#model.reset(); }
+
+    /** The conversation state (fixed size). Call `free()` on it when done. */
+    async snapshot() { return this.#model.snapshot(); }
+
+    async restore(snapshot) { this.#model.restore(snapshot); }
+
+    async stats() { return this.#model.stats(); }
+
+    /** Frees the GPU memory now; the engine cannot be used afterwards. */
+    async dispose() { this.#model.dispose(); }
+
+    /** GPU bytes held by the model (0 once disposed). */
+    async gpuBytes() { return this.#model.gpuBytes; }
+
+    /** Bytes of model files this origin keeps in Cache Storage. */
+    static async cachedBytes() { await initOnce(); return RecurrentGemma.cachedBytes(); }
+
+    static async clearCache() { await initOnce(); return RecurrentGemma.clearCache(); }
+}
+
+/** A snapshot held by the worker. */
+class WorkerSnapshot {
+    constructor(engine, id) { this.engine = engine; this.id = id; }
+
+    free() { return this.engine.call('freeSnapshot', [this.id]); }
+}
+
+/** The same engine in a dedicated Web Worker. */
+export class WorkerEngine {
+    #worker;
+    #pending = new Map();
+    #nextId = 1;
+    #disposed = false;
+
+    constructor(worker) {
+        this.#worker = worker;
+        worker.onmessage = ({ data }) => {
+            const call = this.#pending.get(data.id);
+            if (!call) return;
+            if ('progress' in data) call.onProgress?.(data.progress);
+            else if ('token' in data) call.onToken?.(data.token);
+            else {
+                this.#pending.delete(data.id);
+                if ('error' in data) call.reject(new Error(data.error));
+                else call.resolve(data.result);
+            }
+        };
+        worker.onerror = (event) => {
+            const error = new Error(`the engine's worker failed: ${event.message ?? 'unknown error'}`);
+            for (const call of this.#pending.values()) call.reject(error);
+            this.#pending.clear();
+        };
+    }
+
+    /** Starts a worker (`worker.js` beside this module unless `workerUrl` is given) and loads the model there. */
+    static async load(baseUrl, { onProgress, workerUrl } = {}) {
+        const worker = new Worker(workerUrl ?? new URL('./worker.js', import.meta.url), { type: 'module' });
+        const engine = new WorkerEngine(worker);
+        try {
+            await engine.call('load', [new URL(String(baseUrl), globalThis.location?.href).href], { onProgress });
+        } catch (e) {
+            worker.terminate();
+            throw e;
+        }
+        return engine;
+    }
+
+    call(method, args = [], callbacks = {}) {
+        if (this.#disposed) return Promise.reject(new Error('this model was disposed'));
+        const id = this.#nextId++;
+        return new Promise((resolve, reject) => {
+            this.#pending.set(id, { resolve, reject, ...callbacks });
+            this.#worker.postMessage({ id, method, args });
+        });
+    }
+
+    async #run(method, first, options = {}) {
+        const { onToken, signal, ...sampling } = options;
+        const release = withSignal(this, signal);
+        try {
+            const args = first === undefined ? [sampling] : [first, sampling];
+            return await this.call(method, args, { onToken });
+        } finally {
+            release();
+        }
+    }
+
+    chat(message, options) { return this.#run('chat', String(message), options); }
+
+    generate(prompt, options) { return this.#run('generate', String(prompt), options); }
+
+    regenerate(options) { return this.#run('regenerate', undefined, options); }
+
+    stream(message, options = {}) { return streamOf(this, (o) => this.chat(message, o), options); }
+
+    streamGenerate(prompt, options = {}) { return streamOf(this, (o) => this.generate(prompt, o), options); }
+
+    abort() { this.#worker.postMessage({ id: 0, method: 'abort', args: [] }); }
+
+    reset() { return this.call('reset'); }
+
+    async snapshot() { return new WorkerSnapshot(this, await this.call('snapshot')); }
+
+    restore(snapshot) { return this.call('restore', [snapshot.id]); }
+
+    stats() { return this.call('stats'); }
+
+    async gpuBytes() { return this.#disposed ? 0 : this.call('gpuBytes'); }
+
+    /** Frees the GPU memory and ends the worker. */
+    async dispose() {
+        if (this.#disposed) return;
+        await this.call('dispose');
+        this.#disposed = true;
+        this.#worker.terminate();
+    }
+}
+
+/** `Engine.load`, or `WorkerEngine.load` with `{ worker: true }`. */
+export function createEngine(baseUrl, { worker = false, ...options } = {}) {
+    return worker ? WorkerEngine.load(baseUrl, options) : Engine.load(baseUrl, options);
+}

@@ -1,0 +1,110 @@
+// Tests the embeddable package through its example page (www/embed/, plain JavaScript) in a real
+// Chromium, on the page's thread and in worker mode: load the demo model, stream a greedy reply
+// equal to `rg generate --backend cpu`, abort a long one, dispose and check the GPU memory is freed.
+//
+// Usage: node package.mjs   (after scripts/build-package.sh, scripts/demo-model.sh, cargo build --bin rg)
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import { startServer } from './server.mjs';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const rg = process.env.RG ?? path.join(root, 'target/debug/rg');
+const modelDir = path.join(root, 'www/models/demo');
+const PROMPT = 'Write a haiku about recurrent networks.';
+const MAX_TOKENS = 20;
+const TIMEOUT = 300_000;
+const CHROMIUM_ARGS = ['--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--enable-unsafe-webgpu'];
+
+function log(message) {
+    console.log(`[package e2e] ${message}`);
+}
+
+/** Ids and text the CPU reference generates for `prompt` as a chat turn, greedy. */
+function cpuReference() {
+    const run = spawnSync(rg, ['generate', modelDir, '--chat', '--prompt', PROMPT, '--max-tokens', String(MAX_TOKENS),
+        '--backend', 'cpu', '--print-ids'], { encoding: 'utf8' });
+    assert.equal(run.status, 0, run.stderr);
+    const ids = run.stderr.trim().split('\n').at(-1).replace(/^ids:/, '').split(',').map(Number);
+    return { ids, text: run.stdout.replace(/\n$/, '') };
+}
+
+async function setValue(page, id, value) {
+    await page.locator(`#${id}`).fill(String(value));
+}
+
+async function exercise(context, server, expected, worker) {
+    const mode = worker ? 'worker' : 'page thread';
+    const page = await context.newPage();
+    const errors = [];
+    page.on('pageerror', (e) => errors.push(String(e)));
+    await page.goto(`${server.url}/embed/${worker ? '?worker=1' : ''}`);
+    await page.locator('#load').click();
+    await page.waitForSelector('#output[data-state="ready"]', { timeout: TIMEOUT });
+    assert.equal(page.workers().length, worker ? 1 : 0, `the engine runs on the ${mode}`);
+
+    await setValue(page, 'max-tokens', MAX_TOKENS);
+    await setValue(page, 'temperature', 0);
+    await page.locator('#send').click();
+    await page.waitForSelector('#output[data-state="done"]', { timeout: TIMEOUT });
+    const ids = (await page.locator('#output').getAttribute('data-token-ids')).split(',').map(Number);
+    assert.deepEqual(ids, expected.ids, `${mode}: streamed reply's ids equal the CPU reference`);
+    assert.equal(await page.locator('#output').textContent(), expected.text, `${mode}: streamed text equals rg's`);
+    log(`${mode}: reply equals the CPU reference (${ids.length} tokens)`);
+
+    await setValue(page, 'max-tokens', 2000);
+    await page.locator('#send').click();
+    await page.waitForFunction(() => document.getElementById('output').textContent.length > 10, null, { timeout: TIMEOUT });
+    await page.locator('#stop').click();
+    await page.waitForSelector('#output[data-state="done"]', { timeout: TIMEOUT });
+    assert.equal(await page.locator('#output').getAttribute('data-stopped'), 'true');
+    const stopped = (await page.locator('#output').getAttribute('data-token-ids')).split(',').length;
+    assert.ok(stopped < 2000, `${mode}: aborted after ${stopped} tokens`);
+    log(`${mode}: abort stopped the reply after ${stopped} tokens`);
+
+    const gpuBytes = Number(await page.locator('#stats').getAttribute('data-gpu-bytes'));
+    assert.ok(gpuBytes > 0);
+    await page.locator('#dispose').click();
+    await page.waitForSelector('#output[data-state="disposed"]', { timeout: 60_000 });
+    assert.equal(await page.locator('#stats').getAttribute('data-gpu-bytes'), '0', `${mode}: dispose freed the GPU memory`);
+    if (worker) {
+        for (let i = 0; i < 50 && page.workers().length > 0; i++) await new Promise((r) => setTimeout(r, 100));
+        assert.equal(page.workers().length, 0, 'dispose ended the worker');
+    }
+    log(`${mode}: dispose freed ${gpuBytes} B of GPU memory`);
+    assert.deepEqual(errors, [], `${mode}: no uncaught errors`);
+    await page.close();
+}
+
+async function main() {
+    for (const file of ['pkg/index.js', 'pkg/rgweb_bg.wasm', 'www/models/demo/manifest.json']) {
+        assert.ok(fs.existsSync(path.join(root, file)), `${file} is missing: build the package and the demo model first`);
+    }
+    const expected = cpuReference();
+    assert.equal(expected.ids.length, MAX_TOKENS);
+    const server = await startServer({
+        '/pkg/': path.join(root, 'pkg'), '/embed/': path.join(root, 'www/embed'), '/models/': path.join(root, 'www/models'),
+    });
+    const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'rg-package-'));
+    const context = await chromium.launchPersistentContext(profile, {
+        executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', headless: true, args: CHROMIUM_ARGS,
+    });
+    try {
+        await exercise(context, server, expected, false);
+        await exercise(context, server, expected, true);
+    } finally {
+        await context.close();
+        await server.close();
+    }
+    log('all passed');
+}
+
+main().catch((e) => {
+    console.error(e);
+    process.exit(1);
+});
