@@ -99,6 +99,16 @@ async function main() {
         await page.goto(`${server.url}/`);
         await page.waitForSelector('.known-models button.load-model', { timeout: 60_000 });
         await page.screenshot({ path: path.join(screenshots, 'picker.png') });
+        // A converted model folder picked on this computer loads too (no network, no cache).
+        await page.locator('.folder input[type=file]').setInputFiles(modelDir);
+        await waitReady(page);
+        assert.equal(shardRequests(server, 0).length, 0, 'a picked folder is read from disk');
+        assert.equal(await page.locator('.load-summary').getAttribute('data-cache'), 'Unavailable');
+        await setNumber(page, 'temperature', 0);
+        await setNumber(page, 'max-tokens', MAX_TOKENS);
+        assert.deepEqual((await chat(page, PROMPT)).ids, expected, 'the picked folder gives the same reply');
+        log('a picked local folder loads and replies like the CPU reference');
+
         await page.goto(modelUrl);
         await waitReady(page);
         assert.equal(shardRequests(server, 0).length, 1, 'the shard was fetched once');

@@ -44,6 +44,12 @@ async function exercise(context, server, expected, worker) {
     const errors = [];
     page.on('pageerror', (e) => errors.push(String(e)));
     await page.goto(`${server.url}/embed/${worker ? '?worker=1' : ''}`);
+    // A model that is not there: a JS exception with a clear message, and the page can try again.
+    await setValue(page, 'model-url', '../models/missing/');
+    await page.locator('#load').click();
+    await page.waitForSelector('#output[data-state="error"]', { timeout: 60_000 });
+    assert.match(await page.locator('#output').textContent(), /manifest\.json: HTTP 404/);
+    await setValue(page, 'model-url', '../models/demo/');
     await page.locator('#load').click();
     await page.waitForSelector('#output[data-state="ready"]', { timeout: TIMEOUT });
     assert.equal(page.workers().length, worker ? 1 : 0, `the engine runs on the ${mode}`);
@@ -66,6 +72,26 @@ async function exercise(context, server, expected, worker) {
     const stopped = (await page.locator('#output').getAttribute('data-token-ids')).split(',').length;
     assert.ok(stopped < 2000, `${mode}: aborted after ${stopped} tokens`);
     log(`${mode}: abort stopped the reply after ${stopped} tokens`);
+
+    // Snapshot and restore: the same message after restoring gets the same reply; the state's
+    // size is fixed; reset starts over.
+    const [afterSnapshot, afterRestore, fresh, stateBytes] = await page.evaluate(async () => {
+        const e = window.engine;
+        await e.reset();
+        await e.chat('Hi there.', { temperature: 0, maxTokens: 8 });
+        const saved = await e.snapshot();
+        const first = await e.chat('And then?', { temperature: 0, maxTokens: 8 });
+        await e.restore(saved);
+        const again = await e.chat('And then?', { temperature: 0, maxTokens: 8 });
+        await saved.free();
+        await e.reset();
+        const reset = await e.chat('Write a haiku about recurrent networks.', { temperature: 0, maxTokens: 20 });
+        return [first.tokenIds, again.tokenIds, reset.tokenIds, (await e.stats()).stateBytes];
+    });
+    assert.deepEqual(afterRestore, afterSnapshot, `${mode}: restore returns to the snapshot's state`);
+    assert.deepEqual(fresh, expected.ids, `${mode}: reset starts a new conversation`);
+    assert.ok(stateBytes > 0);
+    log(`${mode}: snapshot/restore and reset ok`);
 
     const gpuBytes = Number(await page.locator('#stats').getAttribute('data-gpu-bytes'));
     assert.ok(gpuBytes > 0);

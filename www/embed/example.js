@@ -19,6 +19,8 @@ $('load').onclick = async () => {
     $('load').disabled = true;
     try {
         engine = await createEngine($('model-url').value, { worker: $('use-worker').checked, onProgress: showProgress });
+        // For experimenting from the console: `await engine.chat('Hi', { onToken: console.log })`.
+        window.engine = engine;
         $('output').dataset.state = 'ready';
         $('send').disabled = false;
         $('dispose').disabled = false;
@@ -64,6 +66,7 @@ $('dispose').onclick = async () => {
     await engine.dispose();
     $('stats').dataset.gpuBytes = String(await engine.gpuBytes().catch(() => 0));
     engine = null;
+    window.engine = null;
     $('send').disabled = true;
     $('dispose').disabled = true;
     $('load').disabled = false;
