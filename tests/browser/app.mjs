@@ -4,37 +4,21 @@
 //
 // Usage: node app.mjs   (after `trunk build --release` and `cargo build --bin rg`)
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { cpuReference, launchBrowser, launchContext, root } from './chromium.mjs';
 import { startServer } from './server.mjs';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const dist = path.join(root, 'dist');
-const rg = process.env.RG ?? path.join(root, 'target/debug/rg');
 const modelDir = path.join(dist, 'models/demo');
 const screenshots = process.env.SCREENSHOTS ?? path.join(root, 'target/screenshots');
 const shard = '/models/demo/model-00000.safetensors';
 const PROMPT = 'Write a haiku about recurrent networks.';
 const MAX_TOKENS = 20;
 const LOAD_TIMEOUT = 300_000;
-const CHROMIUM_ARGS = ['--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--enable-unsafe-webgpu'];
 
 function log(message) {
     console.log(`[app e2e] ${message}`);
-}
-
-/** The ids the CPU reference generates for `prompt` as a first chat turn, greedy. */
-function cpuReference(prompt, maxTokens) {
-    const run = spawnSync(rg, ['generate', modelDir, '--chat', '--prompt', prompt, '--max-tokens', String(maxTokens),
-        '--backend', 'cpu', '--print-ids'], { encoding: 'utf8' });
-    assert.equal(run.status, 0, run.stderr);
-    // --print-ids writes the ids to stderr as its last line.
-    return run.stderr.trim().split('\n').at(-1).replace(/^ids:/, '').split(',').map(Number);
 }
 
 async function waitReady(page) {
@@ -70,16 +54,12 @@ async function main() {
     assert.ok(fs.existsSync(path.join(dist, 'index.html')), 'dist/ is missing: run trunk build --release first');
     assert.ok(fs.existsSync(path.join(modelDir, 'manifest.json')), 'the demo model is missing from dist/models/demo');
     fs.mkdirSync(screenshots, { recursive: true });
-    const expected = cpuReference(PROMPT, MAX_TOKENS);
+    const expected = cpuReference(modelDir, PROMPT, MAX_TOKENS).ids;
     assert.equal(expected.length, MAX_TOKENS, `the CPU reference stopped early: ${expected}`);
     log(`CPU reference: ${expected.join(',')}`);
 
     const server = await startServer({ '/': dist });
-    const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'rg-e2e-'));
-    const context = await chromium.launchPersistentContext(profile, {
-        executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', headless: true, args: CHROMIUM_ARGS,
-        viewport: { width: 1280, height: 860 },
-    });
+    const context = await launchContext({ viewport: { width: 1280, height: 860 } });
     const page = context.pages()[0] ?? await context.newPage();
     const errors = [];
     page.on('pageerror', (e) => errors.push(String(e)));
@@ -247,8 +227,7 @@ async function main() {
     }
 
     // 10. No WebGPU: a page that says why, not a blank screen.
-    const bare = await chromium.launch({ executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', headless: true,
-        args: CHROMIUM_ARGS });
+    const bare = await launchBrowser();
     const server2 = await startServer({ '/': dist });
     try {
         const noGpu = await bare.newPage();

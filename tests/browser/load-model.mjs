@@ -4,24 +4,17 @@
 //
 // Usage: node load-model.mjs MODEL_DIR [TOKENS]   (after scripts/build-package.sh)
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { launchContext, root } from './chromium.mjs';
 import { startServer } from './server.mjs';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const [modelDir, tokens = '0'] = process.argv.slice(2);
 if (!modelDir || !fs.existsSync(path.join(modelDir, 'manifest.json'))) {
     console.error('usage: node load-model.mjs MODEL_DIR [TOKENS]');
     process.exit(2);
 }
 const server = await startServer({ '/pkg/': path.join(root, 'pkg'), '/model/': path.resolve(modelDir) });
-const context = await chromium.launchPersistentContext(fs.mkdtempSync(path.join(os.tmpdir(), 'rg-load-')), {
-    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', headless: true,
-    args: ['--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking',
-        '--disable-component-update', '--disable-sync', '--enable-unsafe-webgpu'],
-});
+const context = await launchContext();
 try {
     const page = context.pages()[0] ?? await context.newPage();
     page.setDefaultTimeout(0);

@@ -4,34 +4,18 @@
 //
 // Usage: node package.mjs   (after scripts/build-package.sh, scripts/demo-model.sh, cargo build --bin rg)
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { cpuReference, launchContext, root } from './chromium.mjs';
 import { startServer } from './server.mjs';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const rg = process.env.RG ?? path.join(root, 'target/debug/rg');
 const modelDir = path.join(root, 'www/models/demo');
 const PROMPT = 'Write a haiku about recurrent networks.';
 const MAX_TOKENS = 20;
 const TIMEOUT = 300_000;
-const CHROMIUM_ARGS = ['--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--enable-unsafe-webgpu'];
 
 function log(message) {
     console.log(`[package e2e] ${message}`);
-}
-
-/** Ids and text the CPU reference generates for `prompt` as a chat turn, greedy. */
-function cpuReference() {
-    const run = spawnSync(rg, ['generate', modelDir, '--chat', '--prompt', PROMPT, '--max-tokens', String(MAX_TOKENS),
-        '--backend', 'cpu', '--print-ids'], { encoding: 'utf8' });
-    assert.equal(run.status, 0, run.stderr);
-    const ids = run.stderr.trim().split('\n').at(-1).replace(/^ids:/, '').split(',').map(Number);
-    return { ids, text: run.stdout.replace(/\n$/, '') };
 }
 
 async function setValue(page, id, value) {
@@ -111,15 +95,12 @@ async function main() {
     for (const file of ['pkg/index.js', 'pkg/rgweb_bg.wasm', 'www/models/demo/manifest.json']) {
         assert.ok(fs.existsSync(path.join(root, file)), `${file} is missing: build the package and the demo model first`);
     }
-    const expected = cpuReference();
+    const expected = cpuReference(modelDir, PROMPT, MAX_TOKENS);
     assert.equal(expected.ids.length, MAX_TOKENS);
     const server = await startServer({
         '/pkg/': path.join(root, 'pkg'), '/embed/': path.join(root, 'www/embed'), '/models/': path.join(root, 'www/models'),
     });
-    const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'rg-package-'));
-    const context = await chromium.launchPersistentContext(profile, {
-        executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', headless: true, args: CHROMIUM_ARGS,
-    });
+    const context = await launchContext();
     try {
         await exercise(context, server, expected, false);
         await exercise(context, server, expected, true);

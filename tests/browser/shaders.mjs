@@ -4,10 +4,9 @@
 // what proves the native-tested kernels also run in the browser. Prints one line per kernel and
 // "N passed, M failed"; exits non-zero on any failure.
 import { createServer } from 'node:http';
-import { readFileSync, readdirSync, mkdtempSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { tmpdir } from 'node:os';
-import { chromium } from 'playwright-core';
+import { launchContext } from './chromium.mjs';
 
 const shaderDir = new URL('../../shaders/', import.meta.url).pathname;
 const common = readFileSync(join(shaderDir, 'common.wgsl'), 'utf8');
@@ -21,12 +20,7 @@ const server = createServer((_, res) => res.end('<!doctype html><title>shaders</
 await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
 const url = `http://127.0.0.1:${server.address().port}/`;
 
-const context = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), 'rg-chromium-')), {
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--enable-unsafe-webgpu'],
-});
+const context = await launchContext();
 let failed = 0;
 try {
   const page = await context.newPage();
