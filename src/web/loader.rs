@@ -165,6 +165,8 @@ pub async fn load(ctx: GpuContext, source: Source, on_progress: &mut dyn FnMut(&
     let tokenizer_key = fetcher.cache_key("tokenizer.json", &version);
     let tokenizer_json = fetcher.file_chunks("tokenizer.json", Some(&tokenizer_key)).await?;
     reporter.report(true);
+    // Parsing blocks this thread for a moment: let the page paint its progress first.
+    js::sleep_ms(0).await;
     // serde_json reads byte by byte from a reader: buffer it.
     let tokenizer = GemmaTokenizer::from_reader(std::io::BufReader::with_capacity(1 << 16, tokenizer_json))?;
     reporter.report(true);
@@ -177,6 +179,7 @@ pub async fn load(ctx: GpuContext, source: Source, on_progress: &mut dyn FnMut(&
     }
 
     reporter.stage(Stage::Weights);
+    js::sleep_ms(0).await;
     let engine = Engine::new(ctx, manifest.clone())?;
     for index in 0..manifest.shards.len() {
         load_shard(&mut fetcher, &manifest, index, &engine, &mut reporter).await?;
