@@ -258,7 +258,7 @@ impl Generator {
 }
 
 /// One reply of a chat.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Reply {
     pub ids: Vec<u32>,
     pub text: String,
