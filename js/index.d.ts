@@ -89,39 +89,20 @@ export interface RecurrentGemmaEngine {
     dispose(): Promise<void>;
 }
 
-export declare class Engine implements RecurrentGemmaEngine {
+/** The model on the calling thread. */
+export declare class Engine {
     static load(baseUrl: string | URL, options?: LoadOptions): Promise<Engine>;
+    /** Bytes of model files this origin keeps in Cache Storage. */
     static cachedBytes(): Promise<number>;
     static clearCache(): Promise<void>;
-    chat(message: string, options?: GenerateOptions): Promise<Reply>;
-    generate(prompt: string, options?: GenerateOptions): Promise<Reply>;
-    regenerate(options?: GenerateOptions): Promise<Reply>;
-    stream(message: string, options?: GenerateOptions): AsyncGenerator<string, Reply | undefined>;
-    streamGenerate(prompt: string, options?: GenerateOptions): AsyncGenerator<string, Reply | undefined>;
-    abort(): void;
-    reset(): Promise<void>;
-    snapshot(): Promise<Snapshot>;
-    restore(snapshot: Snapshot): Promise<void>;
-    stats(): Promise<Stats>;
-    gpuBytes(): Promise<number>;
-    dispose(): Promise<void>;
 }
+export interface Engine extends RecurrentGemmaEngine {}
 
-export declare class WorkerEngine implements RecurrentGemmaEngine {
+/** The same engine in a dedicated Web Worker. */
+export declare class WorkerEngine {
     static load(baseUrl: string | URL, options?: LoadOptions & { workerUrl?: string | URL }): Promise<WorkerEngine>;
-    chat(message: string, options?: GenerateOptions): Promise<Reply>;
-    generate(prompt: string, options?: GenerateOptions): Promise<Reply>;
-    regenerate(options?: GenerateOptions): Promise<Reply>;
-    stream(message: string, options?: GenerateOptions): AsyncGenerator<string, Reply | undefined>;
-    streamGenerate(prompt: string, options?: GenerateOptions): AsyncGenerator<string, Reply | undefined>;
-    abort(): void;
-    reset(): Promise<void>;
-    snapshot(): Promise<Snapshot>;
-    restore(snapshot: Snapshot): Promise<void>;
-    stats(): Promise<Stats>;
-    gpuBytes(): Promise<number>;
-    dispose(): Promise<void>;
 }
+export interface WorkerEngine extends RecurrentGemmaEngine {}
 
 export declare function createEngine(
     baseUrl: string | URL,

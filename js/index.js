@@ -53,26 +53,13 @@ function withSignal(engine, signal) {
     return () => signal.removeEventListener('abort', onAbort);
 }
 
-/** The model on the calling thread. */
-export class Engine {
-    #model;
-
-    constructor(model) {
-        this.#model = model;
-    }
-
-    /** Loads the model at `baseUrl` (manifest.json, tokenizer.json, shards). */
-    static async load(baseUrl, { onProgress } = {}) {
-        await initOnce();
-        return new Engine(await RecurrentGemma.load(String(baseUrl), onProgress ?? null));
-    }
-
+/** What both engines offer on top of `invoke(method, args, onToken)`. */
+class EngineApi {
     async #run(method, first, options = {}) {
         const { onToken, signal, ...sampling } = options;
         const release = withSignal(this, signal);
         try {
-            const args = first === undefined ? [sampling, onToken ?? null] : [first, sampling, onToken ?? null];
-            return await this.#model[method](...args);
+            return await this.invoke(method, first === undefined ? [sampling] : [first, sampling], onToken);
         } finally {
             release();
         }
@@ -93,6 +80,24 @@ export class Engine {
 
     /** `generate` as an async iterator of text pieces. */
     streamGenerate(prompt, options = {}) { return streamOf(this, (o) => this.generate(prompt, o), options); }
+}
+
+/** The model on the calling thread. */
+export class Engine extends EngineApi {
+    #model;
+
+    constructor(model) {
+        super();
+        this.#model = model;
+    }
+
+    /** Loads the model at `baseUrl` (manifest.json, tokenizer.json, shards). */
+    static async load(baseUrl, { onProgress } = {}) {
+        await initOnce();
+        return new Engine(await RecurrentGemma.load(String(baseUrl), onProgress ?? null));
+    }
+
+    invoke(method, args, onToken) { return this.#model[method](...args, onToken ?? null); }
 
     /** Stops the reply being generated; its promise resolves with the text so far. */
     abort() { this.#model.abort(); }
@@ -126,13 +131,14 @@ class WorkerSnapshot {
 }
 
 /** The same engine in a dedicated Web Worker. */
-export class WorkerEngine {
+export class WorkerEngine extends EngineApi {
     #worker;
     #pending = new Map();
     #nextId = 1;
     #disposed = false;
 
     constructor(worker) {
+        super();
         this.#worker = worker;
         worker.onmessage = ({ data }) => {
             const call = this.#pending.get(data.id);
@@ -174,26 +180,7 @@ export class WorkerEngine {
         });
     }
 
-    async #run(method, first, options = {}) {
-        const { onToken, signal, ...sampling } = options;
-        const release = withSignal(this, signal);
-        try {
-            const args = first === undefined ? [sampling] : [first, sampling];
-            return await this.call(method, args, { onToken });
-        } finally {
-            release();
-        }
-    }
-
-    chat(message, options) { return this.#run('chat', String(message), options); }
-
-    generate(prompt, options) { return this.#run('generate', String(prompt), options); }
-
-    regenerate(options) { return this.#run('regenerate', undefined, options); }
-
-    stream(message, options = {}) { return streamOf(this, (o) => this.chat(message, o), options); }
-
-    streamGenerate(prompt, options = {}) { return streamOf(this, (o) => this.generate(prompt, o), options); }
+    invoke(method, args, onToken) { return this.call(method, args, { onToken }); }
 
     abort() { this.#worker.postMessage({ id: 0, method: 'abort', args: [] }); }
 

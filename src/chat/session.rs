@@ -302,13 +302,25 @@ impl ChatSession {
         &mut self,
         text: &str,
         max_tokens: usize,
-        mut on_text: impl FnMut(&str) -> bool,
+        on_text: impl FnMut(&str) -> bool,
     ) -> Result<Reply> {
         let prompt = self.tokenizer.encode(text, self.generator.position() == 0)?;
         self.last_turn = None;
+        self.reply(&prompt, max_tokens, false, on_text).await
+    }
+
+    /// Feeds `prompt` and generates until `<eos>` (and, in a chat, `<end_of_turn>`).
+    async fn reply(
+        &mut self,
+        prompt: &[u32],
+        max_tokens: usize,
+        chat: bool,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<Reply> {
         let eos = self.generator.eos_token_id();
+        let is_stop = |id| id == eos || (chat && is_stop_token(id));
         let (ids, text) =
-            self.generator.generate_text(&self.tokenizer, &prompt, max_tokens, |id| id == eos, &mut on_text).await?;
+            self.generator.generate_text(&self.tokenizer, prompt, max_tokens, is_stop, &mut on_text).await?;
         Ok(Reply { ids, text, prefilled: prompt.len(), timing: self.generator.timing() })
     }
 
@@ -341,18 +353,9 @@ impl ChatSession {
 
     /// Sends `message` and streams the reply's text to `on_text` as it completes (return false
     /// to stop, as a Stop button does).
-    pub async fn send(
-        &mut self,
-        message: &str,
-        max_tokens: usize,
-        mut on_text: impl FnMut(&str) -> bool,
-    ) -> Result<Reply> {
+    pub async fn send(&mut self, message: &str, max_tokens: usize, on_text: impl FnMut(&str) -> bool) -> Result<Reply> {
         let prompt = self.turn_ids(message)?;
         self.last_turn = Some((self.generator.checkpoint(), message.to_string()));
-        let eos = self.generator.eos_token_id();
-        let is_stop = |id| id == eos || is_stop_token(id);
-        let (ids, text) =
-            self.generator.generate_text(&self.tokenizer, &prompt, max_tokens, is_stop, &mut on_text).await?;
-        Ok(Reply { ids, text, prefilled: prompt.len(), timing: self.generator.timing() })
+        self.reply(&prompt, max_tokens, true, on_text).await
     }
 }
