@@ -146,10 +146,15 @@ async function main() {
         await setNumber(page, 'max-tokens', MAX_TOKENS);
         const fresh = await chat(page, PROMPT);
         assert.deepEqual(fresh.ids, expected, 'New chat starts from an empty state');
+        // Mark the reply, so the wait below cannot mistake it for the regenerated one.
+        await page.evaluate(() => { document.querySelector('.message.model').dataset.replaced = 'yes'; });
         await page.locator('button.regenerate').click();
-        await page.waitForFunction(() => !document.querySelector('button.stop')
-            && document.querySelector('.message.model')?.dataset.done === 'true'
-            && document.querySelector('.message.model')?.dataset.tokenIds, null, { timeout: LOAD_TIMEOUT });
+        await page.waitForFunction(() => {
+            const m = document.querySelector('.message.model');
+            return m && !m.dataset.replaced && m.dataset.done === 'true' && m.dataset.tokenIds
+                && !document.querySelector('button.stop');
+        }, null, { timeout: LOAD_TIMEOUT });
+        assert.equal(await page.locator('.message.model').count(), 1, 'the reply was replaced, not added');
         const again = (await page.locator('.message.model').last().getAttribute('data-token-ids')).split(',').map(Number);
         assert.deepEqual(again, expected, 'greedy regenerate repeats the reply');
         log('new chat and regenerate ok');
