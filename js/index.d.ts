@@ -26,12 +26,13 @@ export interface LoadOptions {
 }
 
 export interface GenerateOptions {
-    /** 0 is greedy. Default 1. */
+    /** 0 (the default) is greedy. */
     temperature?: number;
-    /** 0 turns top-k off. */
+    /** 0 (the default) turns top-k off. */
     topK?: number;
-    /** 1 turns top-p off. */
+    /** 1 (the default) turns top-p off. */
     topP?: number;
+    /** Default 0. */
     seed?: number;
     /** Longest reply, in tokens. Default 256. */
     maxTokens?: number;

@@ -68,8 +68,9 @@ pub fn progress_object(progress: &LoadProgress) -> JsValue {
     ])
 }
 
-/// Reads the generation options a caller may pass (`{ temperature, topK, topP, seed, maxTokens }`).
-fn options(value: &JsValue, defaults: SamplingParams) -> Result<(SamplingParams, usize), JsError> {
+/// Reads the generation options a caller may pass (`{ temperature, topK, topP, seed, maxTokens }`);
+/// what is left out is greedy decoding and 256 tokens, whatever earlier calls passed.
+fn options(value: &JsValue) -> Result<(SamplingParams, usize), JsError> {
     let field = |name: &str| -> Result<Option<f64>, JsError> {
         if value.is_undefined() || value.is_null() {
             return Ok(None);
@@ -83,7 +84,7 @@ fn options(value: &JsValue, defaults: SamplingParams) -> Result<(SamplingParams,
             .map(Some)
             .ok_or_else(|| JsError::new(&format!("options.{name} must be a number")))
     };
-    let mut params = defaults;
+    let mut params = SamplingParams::default();
     if let Some(t) = field("temperature")? {
         params.temperature = t as f32;
     }
@@ -115,7 +116,6 @@ pub struct RecurrentGemma {
     generating: Cell<bool>,
     disposed: Cell<bool>,
     stop: Rc<Cell<bool>>,
-    sampling: Cell<SamplingParams>,
     gpu_bytes: Cell<u64>,
 }
 
@@ -139,9 +139,8 @@ impl RecurrentGemma {
             }
         };
         let model = loader::load(ctx, source, &mut report).await.map_err(to_js)?;
-        let sampling = SamplingParams::default();
         let gpu_bytes = model.engine.memory_bytes();
-        let generator = Generator::gpu(model.engine, sampling).map_err(to_js)?;
+        let generator = Generator::gpu(model.engine, SamplingParams::default()).map_err(to_js)?;
         let loaded = Loaded {
             session: ChatSession::new(generator, model.tokenizer),
             manifest: model.manifest,
@@ -152,7 +151,6 @@ impl RecurrentGemma {
             generating: Cell::new(false),
             disposed: Cell::new(false),
             stop: Rc::new(Cell::new(false)),
-            sampling: Cell::new(sampling),
             gpu_bytes: Cell::new(gpu_bytes),
         })
     }
@@ -311,14 +309,13 @@ impl RecurrentGemma {
         on_token: Option<Function>,
         turn: impl for<'s> FnOnce(&'s mut ChatSession, usize, &'s mut dyn FnMut(&str) -> bool) -> Turn<'s>,
     ) -> Result<JsValue, JsError> {
-        let (params, max_tokens) = options(&options_value, self.sampling.get())?;
+        let (params, max_tokens) = options(&options_value)?;
         self.check_usable()?;
         let mut loaded = self.loaded.borrow_mut().take().ok_or_else(|| JsError::new("this model was disposed"))?;
         if let Err(e) = loaded.session.generator().set_sampling(params) {
             *self.loaded.borrow_mut() = Some(loaded);
             return Err(to_js(e));
         }
-        self.sampling.set(params);
         self.stop.set(false);
         let stop = self.stop.clone();
         let mut on_text = move |piece: &str| {
