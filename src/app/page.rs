@@ -5,7 +5,7 @@ use leptos::task::spawn_local;
 use serde::Deserialize;
 
 use super::{chat, loading};
-use crate::chat::session::{Backend, ChatSession, Generator, Timing};
+use crate::chat::session::{ChatSession, Generator, Timing};
 use crate::chat::SamplingParams;
 use crate::web::download::{self, Source};
 use crate::web::js;
@@ -149,9 +149,7 @@ impl AppState {
     /// Loads `choice` (dropping any loaded model first), reporting progress into `phase`.
     pub fn load(self, choice: ModelChoice) {
         if let Some(session) = self.session.try_update_value(|s| s.take()).flatten() {
-            if let Backend::Gpu { engine, .. } = session.into_generator().into_backend() {
-                engine.destroy();
-            }
+            session.into_generator().destroy();
         }
         self.messages.set(Vec::new());
         self.chat_error.set(None);
@@ -192,11 +190,12 @@ impl AppState {
             match Generator::gpu(model.engine, settings.sampling()) {
                 Ok(generator) => {
                     let session = ChatSession::new(generator, model.tokenizer);
-                    self.stats.set(Stats {
+                    let load = Stats {
                         load_seconds: model.progress.seconds,
                         load_peak_wasm_bytes: model.progress.peak_wasm_bytes,
-                        ..stats_of(&session)
-                    });
+                        ..Stats::default()
+                    };
+                    self.stats.set(stats_of(&session, load));
                     self.session.set_value(Some(session));
                     self.last_load.set(Some(model.progress));
                     self.phase.set(Phase::Ready);
@@ -301,7 +300,7 @@ impl AppState {
                 Ok(done) => {
                     reply.token_ids.set(done.ids);
                     reply.stopped.set(self.stop.get_untracked());
-                    self.stats.update(|stats| *stats = Stats { ..stats_of_with(&session, *stats) });
+                    self.stats.update(|stats| *stats = stats_of(&session, *stats));
                     self.session.set_value(Some(session));
                 }
                 Err(e) => {
@@ -315,12 +314,8 @@ impl AppState {
     }
 
     fn fail(self, error: Error, session: ChatSession) {
-        let lost = match session.generator_ref().backend() {
-            Backend::Gpu { engine, .. } => engine.context().is_lost(),
-            Backend::Cpu { .. } => false,
-        };
         let message = error.to_string();
-        if lost {
+        if session.generator_ref().device_lost() {
             drop(session);
             self.phase.set(Phase::DeviceLost(message));
         } else {
@@ -332,21 +327,15 @@ impl AppState {
 
 type Turn<'s> = std::pin::Pin<Box<dyn std::future::Future<Output = crate::Result<crate::chat::session::Reply>> + 's>>;
 
-fn stats_of(session: &ChatSession) -> Stats {
-    stats_of_with(session, Stats::default())
-}
-
-fn stats_of_with(session: &ChatSession, previous: Stats) -> Stats {
+/// The session's current figures; the load figures come from `previous`.
+fn stats_of(session: &ChatSession, previous: Stats) -> Stats {
     let generator = session.generator_ref();
-    let (weight_bytes, state_bytes, gpu_bytes) = match generator.backend() {
-        Backend::Gpu { engine, .. } => (engine.weight_bytes(), engine.state_bytes(), engine.memory_bytes()),
-        Backend::Cpu { .. } => (0, generator.state_bytes(), 0),
-    };
+    let (weight_bytes, gpu_bytes) = generator.gpu_bytes();
     Stats {
         last_turn: generator.timing(),
         conversation_tokens: generator.position(),
         weight_bytes,
-        state_bytes,
+        state_bytes: generator.state_bytes(),
         gpu_bytes,
         wasm_bytes: js::wasm_memory_bytes(),
         ..previous

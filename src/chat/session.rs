@@ -78,10 +78,6 @@ impl Generator {
         &self.backend
     }
 
-    pub fn into_backend(self) -> Backend {
-        self.backend
-    }
-
     /// Timing of the last [`Generator::generate`].
     pub fn timing(&self) -> Timing {
         self.timing
@@ -114,6 +110,29 @@ impl Generator {
         match &self.backend {
             Backend::Cpu { state, .. } => state.size_bytes() as u64,
             Backend::Gpu { engine, .. } => engine.state_bytes(),
+        }
+    }
+
+    /// GPU bytes of the weights and of every buffer the engine made (both 0 on the CPU).
+    pub fn gpu_bytes(&self) -> (u64, u64) {
+        match &self.backend {
+            Backend::Cpu { .. } => (0, 0),
+            Backend::Gpu { engine, .. } => (engine.weight_bytes(), engine.memory_bytes()),
+        }
+    }
+
+    /// Whether the GPU device is gone: the engine has to be made again.
+    pub fn device_lost(&self) -> bool {
+        match &self.backend {
+            Backend::Cpu { .. } => false,
+            Backend::Gpu { engine, .. } => engine.context().is_lost(),
+        }
+    }
+
+    /// Frees the engine's GPU memory now instead of when the buffers are dropped.
+    pub fn destroy(self) {
+        if let Backend::Gpu { engine, .. } = self.backend {
+            engine.destroy();
         }
     }
 
@@ -290,10 +309,6 @@ impl ChatSession {
 
     pub fn generator_ref(&self) -> &Generator {
         &self.generator
-    }
-
-    pub fn tokenizer(&self) -> &GemmaTokenizer {
-        &self.tokenizer
     }
 
     /// Continues the conversation's token stream with `text` as it is (no chat template), then

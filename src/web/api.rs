@@ -220,14 +220,10 @@ impl RecurrentGemma {
         self.with(|loaded| {
             let generator = loaded.session.generator_ref();
             let timing = generator.timing();
-            let (gpu_bytes, state_bytes, weight_bytes, adapter) = match generator.backend() {
-                Backend::Gpu { engine, .. } => (
-                    engine.memory_bytes(),
-                    engine.state_bytes(),
-                    engine.weight_bytes(),
-                    engine.context().adapter_info.name.clone(),
-                ),
-                Backend::Cpu { .. } => (0, generator.state_bytes(), 0, "cpu".into()),
+            let (weight_bytes, gpu_bytes) = generator.gpu_bytes();
+            let adapter = match generator.backend() {
+                Backend::Gpu { engine, .. } => engine.context().adapter_info.name.clone(),
+                Backend::Cpu { .. } => "cpu".into(),
             };
             Ok(object(&[
                 ("prefillTokensPerSecond", number(timing.prefill_tokens_per_second())),
@@ -236,7 +232,7 @@ impl RecurrentGemma {
                 ("generatedTokens", number(timing.decoded_tokens as f64)),
                 ("conversationTokens", number(generator.position() as f64)),
                 ("weightBytes", number(weight_bytes as f64)),
-                ("stateBytes", number(state_bytes as f64)),
+                ("stateBytes", number(generator.state_bytes() as f64)),
                 ("gpuBytes", number(gpu_bytes as f64)),
                 ("wasmBytes", number(js::wasm_memory_bytes() as f64)),
                 ("loadSeconds", number(loaded.load.seconds)),
@@ -254,7 +250,7 @@ impl RecurrentGemma {
         self.disposed.set(true);
         self.gpu_bytes.set(0);
         if let Some(loaded) = self.loaded.borrow_mut().take() {
-            destroy(loaded);
+            loaded.session.into_generator().destroy();
         }
     }
 
@@ -278,12 +274,6 @@ impl RecurrentGemma {
 }
 
 type Turn<'s> = std::pin::Pin<Box<dyn std::future::Future<Output = crate::Result<Reply>> + 's>>;
-
-fn destroy(loaded: Loaded) {
-    if let Backend::Gpu { engine, .. } = loaded.session.into_generator().into_backend() {
-        engine.destroy();
-    }
-}
 
 impl RecurrentGemma {
     fn check_usable(&self) -> Result<(), JsError> {
@@ -328,7 +318,7 @@ impl RecurrentGemma {
         let reply = turn(&mut loaded.session, max_tokens, &mut on_text).await;
         self.generating.set(false);
         if self.disposed.get() {
-            destroy(loaded);
+            loaded.session.into_generator().destroy();
         } else {
             *self.loaded.borrow_mut() = Some(loaded);
         }

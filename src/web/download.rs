@@ -60,11 +60,6 @@ pub enum CacheState {
     QuotaExceeded,
 }
 
-/// What [`Download::next`] can fail with: the transport (worth a retry) or everything else.
-pub enum ReadError {
-    Transport(String),
-}
-
 /// One file being read from the network (or a picked file), possibly teed into the cache.
 pub struct Download {
     reader: ChunkReader,
@@ -76,17 +71,20 @@ pub struct Download {
 }
 
 impl Download {
-    pub async fn next(&mut self) -> std::result::Result<Option<Vec<u8>>, ReadError> {
+    /// The next chunk, or `None` at the end; an error is the transport's (worth a retry).
+    pub async fn next(&mut self) -> std::result::Result<Option<Vec<u8>>, String> {
         loop {
-            let Some(chunk) = self.reader.next().await.map_err(ReadError::Transport)? else {
+            let Some(mut chunk) = self.reader.next().await? else {
                 return Ok(None);
             };
             if self.skip >= chunk.len() as u64 {
                 self.skip -= chunk.len() as u64;
                 continue;
             }
-            let chunk = chunk[self.skip as usize..].to_vec();
-            self.skip = 0;
+            if self.skip > 0 {
+                chunk.drain(..self.skip as usize);
+                self.skip = 0;
+            }
             return Ok(Some(chunk));
         }
     }
@@ -255,7 +253,7 @@ impl Fetcher {
             match download.next().await {
                 Ok(Some(chunk)) => chunks.push(chunk),
                 Ok(None) => break,
-                Err(ReadError::Transport(reason)) => {
+                Err(reason) => {
                     download.abandon().await;
                     return Err(Error::Network(format!("{}: {reason}", self.url(file))));
                 }

@@ -5,7 +5,7 @@
 
 use web_time::Instant;
 
-use super::download::{CacheState, Download, Fetcher, ReadError, Source};
+use super::download::{CacheState, Download, Fetcher, Source};
 use super::js;
 use crate::chat::GemmaTokenizer;
 use crate::gpu::engine::Engine;
@@ -270,7 +270,7 @@ async fn load_shard(
                 reporter.bytes(chunk.len(), false);
             }
             Ok(None) => break,
-            Err(ReadError::Transport(reason)) => {
+            Err(reason) => {
                 let at = parser.position();
                 if let Some(current) = download.take() {
                     current.abandon().await;
