@@ -9,11 +9,12 @@ use std::collections::HashMap;
 use bytemuck::Zeroable;
 
 use super::kernels::*;
+use super::layout::{conv_buffer, Layout, Stack};
 use super::GpuContext;
 use crate::chat::SamplingParams;
 use crate::config::{BlockType, Config};
 use crate::model::layers::softplus;
-use crate::weights::format::{Manifest, Piece, Quantization, Role};
+use crate::weights::format::{Manifest, Piece, Quantization};
 use crate::weights::stream::PieceSink;
 use crate::weights::tensor_specs;
 use crate::{Error, Result};
@@ -50,18 +51,14 @@ struct Dispatch {
     groups: Groups,
 }
 
-/// Activation buffers for one chunk, named after the maths.
+/// Activation buffers for one chunk, named after the maths. RMSNorm has none: the matrix kernels
+/// normalize their input as they read it.
 struct Activations {
     /// `[CHUNK, D]` the residual stream.
     x: wgpu::Buffer,
-    /// `[CHUNK, D]` RMSNorm output feeding the next block.
-    normed: wgpu::Buffer,
-    /// `[CHUNK, lru]` each: linear_y, linear_x, conv output, gate logits, RG-LRU ⊙ GELU(y).
-    y_branch: wgpu::Buffer,
-    x_branch: wgpu::Buffer,
-    conv_out: wgpu::Buffer,
-    gate_x: wgpu::Buffer,
-    gate_a: wgpu::Buffer,
+    /// `[CHUNK, 2·lru]`: GELU(linear_y) and the conv output, side by side per token.
+    branches: wgpu::Buffer,
+    /// `[CHUNK, lru]` RG-LRU output ⊙ GELU(y).
     lru_out: wgpu::Buffer,
     /// `[CHUNK, H·hd]`, `[CHUNK, hd]`, `[CHUNK, hd]`, `[CHUNK, H·hd]`.
     q: wgpu::Buffer,
@@ -70,8 +67,7 @@ struct Activations {
     attention_out: wgpu::Buffer,
     /// `[CHUNK, H, W + 1]` softmax scratch.
     scores: wgpu::Buffer,
-    /// `[CHUNK, F]` up branch, GeGLU hidden.
-    up: wgpu::Buffer,
+    /// `[CHUNK, F]` GeGLU hidden.
     hidden: wgpu::Buffer,
     /// `[CHUNK, V]`
     logits: wgpu::Buffer,
@@ -89,8 +85,10 @@ pub struct Engine {
     pub config: Config,
     manifest: Manifest,
     kernels: Kernels,
-    /// Piece name → its buffer.
-    pieces: HashMap<String, wgpu::Buffer>,
+    /// Where every piece goes, and the matrix stacks.
+    layout: Layout,
+    /// Weight buffer name (see [`Layout`]) → the buffer.
+    weights: HashMap<String, wgpu::Buffer>,
     chunk_info: wgpu::Buffer,
     sampling: wgpu::Buffer,
     sampling_params: SamplingParams,
@@ -133,24 +131,19 @@ impl Engine {
         let f32s = |n: u64| n * 4;
         let acts = Activations {
             x: ctx.storage("x", f32s(c * d)),
-            normed: ctx.storage("normed", f32s(c * d)),
-            y_branch: ctx.storage("y_branch", f32s(c * lru)),
-            x_branch: ctx.storage("x_branch", f32s(c * lru)),
-            conv_out: ctx.storage("conv_out", f32s(c * lru)),
-            gate_x: ctx.storage("gate_x", f32s(c * lru)),
-            gate_a: ctx.storage("gate_a", f32s(c * lru)),
+            branches: ctx.storage("branches", f32s(c * 2 * lru)),
             lru_out: ctx.storage("lru_out", f32s(c * lru)),
             q: ctx.storage("q", f32s(c * h * hd)),
             k: ctx.storage("k", f32s(c * hd)),
             v: ctx.storage("v", f32s(c * hd)),
             attention_out: ctx.storage("attention_out", f32s(c * h * hd)),
             scores: ctx.storage("scores", f32s(c * h * (w + 1))),
-            up: ctx.storage("up", f32s(c * f)),
             hidden: ctx.storage("hidden", f32s(c * f)),
             logits: ctx.storage("logits", f32s(c * v)),
         };
-        let pieces: HashMap<String, wgpu::Buffer> =
-            manifest.pieces.iter().map(|p| (p.name.clone(), ctx.storage(&p.name, p.bytes))).collect();
+        let layout = Layout::new(&manifest, ctx.device.limits().max_storage_buffer_binding_size.into())?;
+        let weights: HashMap<String, wgpu::Buffer> =
+            layout.buffers.iter().map(|(name, bytes)| (name.clone(), ctx.storage(name, *bytes))).collect();
 
         let slots = w + c;
         let mut state = vec![ctx.storage("step", std::mem::size_of::<StepState>() as u64)];
@@ -180,7 +173,8 @@ impl Engine {
             ctx,
             config,
             manifest,
-            pieces,
+            layout,
+            weights,
             sampling_params,
             acts,
             state,
@@ -405,76 +399,64 @@ impl Engine {
         Ok((end - count..end).map(|i| ring[i % GENERATED_RING as usize]).collect())
     }
 
-    fn piece(&self, name: &str) -> &wgpu::Buffer {
-        &self.pieces[name]
+    /// A weight buffer by its [`Layout`] name.
+    fn weight(&self, name: &str) -> &wgpu::Buffer {
+        &self.weights[name]
     }
 
-    fn values_pieces(&self, tensor: &str) -> Vec<&Piece> {
-        self.manifest.pieces.iter().filter(|p| p.tensor == tensor && p.role == Role::Values).collect()
+    /// The buffer holding the one piece of a vector such as a norm weight.
+    fn vector(&self, tensor: &str) -> &wgpu::Buffer {
+        self.weight(&self.layout.placement[tensor].0)
     }
 
-    fn scales_piece(&self, tensor: &str) -> &wgpu::Buffer {
-        self.piece(&format!("{tensor}.scales"))
+    fn stack(&self, first_tensor: &str) -> &Stack {
+        &self.layout.stacks[first_tensor]
     }
 
-    /// `y = epilogue(W·x + b)` over every row-piece of `tensor`.
+    fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
+        self.ctx.uniform(label, bytes(value))
+    }
+
+    /// `y = epilogue(W·x̂ + b)` over every values buffer of the stack starting at `tensor`, where x̂
+    /// is `RMSNorm(x)` with weight `norm` if given, else x.
     #[allow(clippy::too_many_arguments)]
     fn matmul(
         &self,
         out: &mut Vec<Dispatch>,
         tensor: &str,
-        bias: Option<&str>,
+        norm: Option<&str>,
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
-        aux: Option<&wgpu::Buffer>,
         epilogue: Epilogue,
-        block_rows: Option<usize>,
         head: bool,
     ) {
-        let cols = self.values_pieces(tensor)[0].shape[1];
-        let tensor_rows: usize = self.values_pieces(tensor).iter().map(|p| p.rows()).sum();
-        let x_stride = match block_rows {
-            Some(rows) => cols * tensor_rows / rows,
-            None => cols,
-        };
-        for piece in self.values_pieces(tensor) {
+        let stack = self.stack(tensor);
+        for (values, row_start, rows) in &stack.parts {
+            let mut m = Int8Rows { row_offset: *row_start as u32, ..Int8Rows::new(*rows, stack.cols) }
+                .with_bias(stack.bias_offset);
+            if norm.is_some() {
+                m = m.with_norm(self.config.rms_norm_eps);
+            }
             let params = MatmulParams {
-                rows: piece.rows() as u32,
-                cols: cols as u32,
-                block_rows: block_rows.unwrap_or(tensor_rows) as u32,
-                x_stride: x_stride as u32,
-                y_stride: tensor_rows as u32,
-                y_offset: piece.row_start as u32,
-                scale_offset: piece.row_start as u32,
+                m,
+                y_stride: stack.rows as u32,
+                y_offset: *row_start as u32,
                 epilogue: epilogue as u32,
-                has_bias: bias.is_some() as u32,
                 token_source: head as u32,
                 cap: self.config.logits_soft_cap,
-                lanes: matmul_lanes(cols),
+                _pad: [0; 3],
             };
-            let params = self.ctx.uniform("matmul params", bytes(&params));
-            let bias = bias.map(|b| self.piece(b)).unwrap_or(&self.unused);
-            let aux = aux.unwrap_or(&self.unused);
-            let buffers =
-                [&params, &self.chunk_info, self.piece(&piece.name), self.scales_piece(tensor), bias, x, aux, y];
-            let groups = (piece.rows() as u32).div_ceil(MATMUL_THREADS / matmul_lanes(cols));
-            out.push(Dispatch {
-                kernel: Kernel::MatmulInt8,
-                bind_group: self.kernels.bind(&self.ctx.device, Kernel::MatmulInt8, &buffers),
-                groups: if head { Groups::HeadTiles(groups) } else { Groups::TokenTiles(groups) },
-            });
+            let params = self.uniform("matmul params", &params);
+            let norm = norm.map(|n| self.vector(n)).unwrap_or(&self.unused);
+            let buffers = [&params, &self.chunk_info, self.weight(values), self.weight(&stack.affine), norm, x, y];
+            let groups = if head { Groups::HeadTiles(m.row_groups()) } else { Groups::TokenTiles(m.row_groups()) };
+            self.dispatch(out, Kernel::MatmulInt8, &buffers, groups);
         }
     }
 
-    fn rms_norm(&self, out: &mut Vec<Dispatch>, weight: &str, x: &wgpu::Buffer, y: &wgpu::Buffer) {
-        let params = NormParams { width: self.config.hidden_size as u32, eps: self.config.rms_norm_eps, _pad: [0; 2] };
-        let params = self.ctx.uniform("norm params", bytes(&params));
-        let buffers = [&params, &self.chunk_info, self.piece(weight), x, y];
-        out.push(Dispatch {
-            kernel: Kernel::RmsNorm,
-            bind_group: self.kernels.bind(&self.ctx.device, Kernel::RmsNorm, &buffers),
-            groups: Groups::TokenMajor(1),
-        });
+    /// The one values buffer of a stack of two matrices, which the pair kernels need.
+    fn pair_values(&self, stack: &Stack) -> &wgpu::Buffer {
+        self.weight(&stack.parts[0].0)
     }
 
     fn dispatch(&self, out: &mut Vec<Dispatch>, kernel: Kernel, buffers: &[&wgpu::Buffer], groups: Groups) {
@@ -485,21 +467,23 @@ impl Engine {
     fn build_dispatches(&mut self) {
         let config = self.config.clone();
         let a = &self.acts;
-        let (d, lru) = (config.hidden_size, config.lru_width());
+        let (d, lru, f) = (config.hidden_size, config.lru_width(), config.mlp_width());
+        let eps = config.rms_norm_eps;
         let mut body = Vec::new();
 
-        // x = E[token] · bf16(√D), one dispatch per row-piece of the table.
+        // x = E[token] · bf16(√D), one dispatch per values buffer of the table.
         let embedding = "model.embed_tokens.weight";
-        for piece in self.values_pieces(embedding) {
+        let table = self.stack(embedding);
+        for (values, row_start, rows) in &table.parts {
             let params = EmbedParams {
-                rows: piece.rows() as u32,
+                rows: *rows as u32,
                 cols: d as u32,
-                row_start: piece.row_start as u32,
+                row_start: *row_start as u32,
                 embedding_scale: config.embedding_scale(),
             };
-            let params = self.ctx.uniform("embed params", bytes(&params));
+            let params = self.uniform("embed params", &params);
             let buffers =
-                [&params, &self.chunk_info, &self.tokens, self.piece(&piece.name), self.scales_piece(embedding), &a.x];
+                [&params, &self.chunk_info, &self.tokens, self.weight(values), self.weight(&table.affine), &a.x];
             self.dispatch(&mut body, Kernel::Embed, &buffers, Groups::PerToken((d as u32 / 4).div_ceil(64)));
         }
 
@@ -514,57 +498,63 @@ impl Engine {
         let mut state = self.state[1..].iter();
         for layer in 0..config.num_hidden_layers {
             let p = format!("model.layers.{layer}");
-            self.rms_norm(&mut body, &format!("{p}.temporal_pre_norm.weight"), &a.x, &a.normed);
+            let temporal_norm = format!("{p}.temporal_pre_norm.weight");
             let t = format!("{p}.temporal_block");
             match config.block_type(layer) {
                 BlockType::Recurrent => {
                     let (history, h) = (state.next().expect("state"), state.next().expect("state"));
-                    let linear = |name: &str| (format!("{t}.{name}.weight"), format!("{t}.{name}.bias"));
-                    let (w, b) = linear("linear_y");
-                    self.matmul(&mut body, &w, Some(&b), &a.normed, &a.y_branch, None, Epilogue::Store, None, false);
-                    let (w, b) = linear("linear_x");
-                    self.matmul(&mut body, &w, Some(&b), &a.normed, &a.x_branch, None, Epilogue::Store, None, false);
-                    let params = ConvParams { channels: lru as u32, width: config.conv1d_width as u32, _pad: [0; 2] };
-                    let params = self.ctx.uniform("conv params", bytes(&params));
+                    // branches = [GELU(linear_y(x̂)), Conv1D(linear_x(x̂))]
+                    let stack = self.stack(&format!("{t}.linear_y.weight"));
+                    let m = Int8Rows::pair(lru, d).with_norm(eps).with_bias(stack.bias_offset);
+                    let params = RecurrentInParams { m, width: config.conv1d_width as u32, _pad: [0; 3] };
+                    let params = self.uniform("recurrent_in params", &params);
                     let buffers = [
                         &params,
                         &self.chunk_info,
+                        self.pair_values(stack),
+                        self.weight(&stack.affine),
+                        self.vector(&temporal_norm),
+                        &a.x,
                         step,
-                        self.piece(&format!("{t}.conv_1d.weight")),
-                        self.piece(&format!("{t}.conv_1d.bias")),
-                        &a.x_branch,
+                        self.weight(&conv_buffer(&t)),
                         history,
-                        &a.conv_out,
+                        &a.branches,
                     ];
-                    self.dispatch(&mut body, Kernel::Conv1d, &buffers, Groups::Fixed((lru as u32).div_ceil(64), 1));
-                    let bw = Some(config.lru_block_width());
-                    for (gate, out) in [("input_gate", &a.gate_x), ("recurrent_gate", &a.gate_a)] {
-                        let (w, b) = (format!("{t}.rg_lru.{gate}_weight"), format!("{t}.rg_lru.{gate}_bias"));
-                        self.matmul(&mut body, &w, Some(&b), &a.conv_out, out, None, Epilogue::Store, bw, false);
+                    self.dispatch(&mut body, Kernel::RecurrentIn, &buffers, Groups::Fixed(m.row_groups(), 1));
+
+                    // lru_out = RG-LRU(conv, gates(conv)) ⊙ GELU(y)
+                    let stack = self.stack(&format!("{t}.rg_lru.input_gate_weight"));
+                    let block = config.lru_block_width();
+                    let m = Int8Rows {
+                        block_rows: block as u32,
+                        x_stride: 2 * lru as u32,
+                        x_offset: lru as u32,
+                        ..Int8Rows::pair(lru, block)
                     }
-                    let params =
-                        self.ctx.uniform("lru params", bytes(&LruParams { channels: lru as u32, _pad: [0; 3] }));
+                    .with_bias(stack.bias_offset);
+                    let params = self.uniform("rg_lru_gates params", &PairParams { m });
                     let buffers = [
                         &params,
                         &self.chunk_info,
+                        self.pair_values(stack),
+                        self.weight(&stack.affine),
+                        &self.unused,
+                        &a.branches,
                         step,
-                        self.piece(&format!("{t}.rg_lru.recurrent_param")),
-                        &a.conv_out,
-                        &a.gate_x,
-                        &a.gate_a,
-                        &a.y_branch,
+                        self.vector(&format!("{t}.rg_lru.recurrent_param")),
                         h,
                         &a.lru_out,
                     ];
-                    self.dispatch(&mut body, Kernel::RgLru, &buffers, Groups::Fixed((lru as u32).div_ceil(64), 1));
-                    let (w, b) = linear("linear_out");
-                    self.matmul(&mut body, &w, Some(&b), &a.lru_out, &a.x, None, Epilogue::Add, None, false);
+                    self.dispatch(&mut body, Kernel::RgLruGates, &buffers, Groups::Fixed(m.row_groups(), 1));
+
+                    let w = format!("{t}.linear_out.weight");
+                    self.matmul(&mut body, &w, None, &a.lru_out, &a.x, Epilogue::Add, false);
                 }
                 BlockType::Attention => {
                     let (keys, values) = (state.next().expect("state"), state.next().expect("state"));
                     for (name, out) in [("q_proj", &a.q), ("k_proj", &a.k), ("v_proj", &a.v)] {
                         let w = format!("{t}.{name}.weight");
-                        self.matmul(&mut body, &w, None, &a.normed, out, None, Epilogue::Store, None, false);
+                        self.matmul(&mut body, &w, Some(&temporal_norm), &a.x, out, Epilogue::Store, false);
                     }
                     let heads = config.num_attention_heads as u32;
                     let slots = (config.attention_window_size + CHUNK) as u32;
@@ -574,7 +564,7 @@ impl Engine {
                         rotary_half: config.rotary_dims() as u32 / 2,
                         slots,
                     };
-                    let rope = self.ctx.uniform("rope params", bytes(&rope));
+                    let rope = self.uniform("rope params", &rope);
                     let buffers = [&rope, &self.chunk_info, step, &inv_freq_buffer, &a.q, &a.k, &a.v, keys, values];
                     self.dispatch(&mut body, Kernel::RopeKv, &buffers, Groups::TokenMajor(heads + 1));
                     let params = AttentionParams {
@@ -585,38 +575,34 @@ impl Engine {
                         scale: (config.head_dim() as f32).powf(-0.5),
                         _pad: [0; 3],
                     };
-                    let params = self.ctx.uniform("attention params", bytes(&params));
+                    let params = self.uniform("attention params", &params);
                     let buffers = [&params, &self.chunk_info, step, &a.q, keys, values, &a.scores, &a.attention_out];
                     self.dispatch(&mut body, Kernel::Attention, &buffers, Groups::PerToken(heads));
-                    let (w, b) = (format!("{t}.o_proj.weight"), format!("{t}.o_proj.bias"));
-                    self.matmul(&mut body, &w, Some(&b), &a.attention_out, &a.x, None, Epilogue::Add, None, false);
+                    let w = format!("{t}.o_proj.weight");
+                    self.matmul(&mut body, &w, None, &a.attention_out, &a.x, Epilogue::Add, false);
                 }
             }
-            self.rms_norm(&mut body, &format!("{p}.channel_pre_norm.weight"), &a.x, &a.normed);
+            // hidden = GELU(gate_proj(x̂)) ⊙ up_proj(x̂), then x += down_proj(hidden)
             let m = format!("{p}.mlp_block");
-            let linear = |name: &str| (format!("{m}.{name}.weight"), format!("{m}.{name}.bias"));
-            let (w, b) = linear("up_proj");
-            self.matmul(&mut body, &w, Some(&b), &a.normed, &a.up, None, Epilogue::Store, None, false);
-            let (w, b) = linear("gate_proj");
-            self.matmul(
-                &mut body,
-                &w,
-                Some(&b),
-                &a.normed,
+            let stack = self.stack(&format!("{m}.gate_proj.weight"));
+            let rows = Int8Rows::pair(f, d).with_norm(eps).with_bias(stack.bias_offset);
+            let params = self.uniform("geglu params", &PairParams { m: rows });
+            let buffers = [
+                &params,
+                &self.chunk_info,
+                self.pair_values(stack),
+                self.weight(&stack.affine),
+                self.vector(&format!("{p}.channel_pre_norm.weight")),
+                &a.x,
                 &a.hidden,
-                Some(&a.up),
-                Epilogue::GeluTimesAux,
-                None,
-                false,
-            );
-            let (w, b) = linear("down_proj");
-            self.matmul(&mut body, &w, Some(&b), &a.hidden, &a.x, None, Epilogue::Add, None, false);
+            ];
+            self.dispatch(&mut body, Kernel::GegluInt8, &buffers, Groups::TokenTiles(rows.row_groups()));
+            self.matmul(&mut body, &format!("{m}.down_proj.weight"), None, &a.hidden, &a.x, Epilogue::Add, false);
         }
 
         // logits = soft_cap(E · RMSNorm(x)), only for the rows the caller wants.
         let mut head = Vec::new();
-        self.rms_norm(&mut head, "model.final_norm.weight", &a.x, &a.normed);
-        self.matmul(&mut head, embedding, None, &a.normed, &a.logits, None, Epilogue::SoftCap, None, true);
+        self.matmul(&mut head, embedding, Some("model.final_norm.weight"), &a.x, &a.logits, Epilogue::SoftCap, true);
 
         let buffers = [&self.sampling, &self.chunk_info, step, &a.logits, &self.tokens, &self.generated];
         let mut finish = Vec::new();
@@ -654,7 +640,7 @@ fn check_supported(ctx: &GpuContext, manifest: &Manifest) -> Result<()> {
     Ok(())
 }
 
-/// Writes each piece's bytes into its GPU buffer as they arrive. `queue.write_buffer` needs
+/// Writes each piece's bytes into its place in a GPU buffer (see [`Layout`]) as they arrive. `queue.write_buffer` needs
 /// 4-byte multiples, so up to 3 bytes per piece wait for the next chunk. The RG-LRU `a_param` is
 /// turned into `−8·softplus(a_param)` (in f64, as the CPU reference) on its way in.
 pub struct WeightSink<'e> {
@@ -664,7 +650,8 @@ pub struct WeightSink<'e> {
 
 impl PieceSink for WeightSink<'_> {
     fn piece_bytes(&mut self, piece: &Piece, offset: u64, data: &[u8]) -> Result<()> {
-        let buffer = self.engine.piece(&piece.name);
+        let (buffer, base) = &self.engine.layout.placement[&piece.name];
+        let (buffer, base) = (self.engine.weight(buffer), *base);
         let queue = &self.engine.ctx.queue;
         let (start, held) = self.pending.entry(piece.name.clone()).or_insert((offset, Vec::new()));
         held.extend_from_slice(data);
@@ -672,14 +659,14 @@ impl PieceSink for WeightSink<'_> {
             if *start + held.len() as u64 == piece.bytes {
                 let a_param: &[f32] = bytemuck::cast_slice(held);
                 let log_a_scale: Vec<f32> = a_param.iter().map(|&a| (-8.0 * softplus(a)) as f32).collect();
-                queue.write_buffer(buffer, 0, bytemuck::cast_slice(&log_a_scale));
+                queue.write_buffer(buffer, base, bytemuck::cast_slice(&log_a_scale));
                 self.pending.remove(&piece.name);
             }
             return Ok(());
         }
         let aligned = held.len() / 4 * 4;
         if aligned > 0 {
-            queue.write_buffer(buffer, *start, &held[..aligned]);
+            queue.write_buffer(buffer, base + *start, &held[..aligned]);
             *start += aligned as u64;
             held.drain(..aligned);
         }

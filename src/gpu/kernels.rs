@@ -23,10 +23,10 @@ pub const GENERATED_RING: u32 = 1024;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
     Embed,
-    RmsNorm,
     MatmulInt8,
-    Conv1d,
-    RgLru,
+    GegluInt8,
+    RecurrentIn,
+    RgLruGates,
     RopeKv,
     Attention,
     Sample,
@@ -35,31 +35,45 @@ pub enum Kernel {
 impl Kernel {
     pub const ALL: [Kernel; 8] = [
         Kernel::Embed,
-        Kernel::RmsNorm,
         Kernel::MatmulInt8,
-        Kernel::Conv1d,
-        Kernel::RgLru,
+        Kernel::GegluInt8,
+        Kernel::RecurrentIn,
+        Kernel::RgLruGates,
         Kernel::RopeKv,
         Kernel::Attention,
         Kernel::Sample,
     ];
 
+    /// The kernel's name and its own file.
     pub fn source(self) -> (&'static str, &'static str) {
         match self {
             Kernel::Embed => ("embed", include_str!("../../shaders/embed.wgsl")),
-            Kernel::RmsNorm => ("rms_norm", include_str!("../../shaders/rms_norm.wgsl")),
             Kernel::MatmulInt8 => ("matmul_int8", include_str!("../../shaders/matmul_int8.wgsl")),
-            Kernel::Conv1d => ("conv1d", include_str!("../../shaders/conv1d.wgsl")),
-            Kernel::RgLru => ("rg_lru", include_str!("../../shaders/rg_lru.wgsl")),
+            Kernel::GegluInt8 => ("geglu_int8", include_str!("../../shaders/geglu_int8.wgsl")),
+            Kernel::RecurrentIn => ("recurrent_in", include_str!("../../shaders/recurrent_in.wgsl")),
+            Kernel::RgLruGates => ("rg_lru_gates", include_str!("../../shaders/rg_lru_gates.wgsl")),
             Kernel::RopeKv => ("rope_kv", include_str!("../../shaders/rope_kv.wgsl")),
             Kernel::Attention => ("attention", include_str!("../../shaders/attention.wgsl")),
             Kernel::Sample => ("sample", include_str!("../../shaders/sample.wgsl")),
         }
     }
+
+    /// Whether the kernel builds on `int8_rows.wgsl`.
+    fn uses_int8_rows(self) -> bool {
+        matches!(self, Kernel::MatmulInt8 | Kernel::GegluInt8 | Kernel::RecurrentIn | Kernel::RgLruGates)
+    }
+
+    /// The whole WGSL module: the shared prefixes, then the kernel's own file.
+    pub fn module_source(self) -> String {
+        let rows = if self.uses_int8_rows() { INT8_ROWS } else { "" };
+        format!("{COMMON}\n{rows}\n{}", self.source().1)
+    }
 }
 
 /// Structs, activations and reductions shared by every kernel.
 pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
+/// The int8 row dot products, RMSNorm fused in, shared by the int8 matrix kernels.
+pub const INT8_ROWS: &str = include_str!("../../shaders/int8_rows.wgsl");
 
 /// Every pipeline, compiled once.
 pub struct Kernels {
@@ -71,10 +85,10 @@ impl Kernels {
         let pipelines = Kernel::ALL
             .iter()
             .map(|kernel| {
-                let (name, source) = kernel.source();
+                let name = kernel.source().0;
                 let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(name),
-                    source: wgpu::ShaderSource::Wgsl(format!("{COMMON}\n{source}").into()),
+                    source: wgpu::ShaderSource::Wgsl(kernel.module_source().into()),
                 });
                 device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                     label: Some(name),
@@ -130,33 +144,88 @@ pub struct StepState {
 pub enum Epilogue {
     Store = 0,
     Add = 1,
-    GeluTimesAux = 2,
-    SoftCap = 3,
+    SoftCap = 2,
+}
+
+/// `Int8Rows` in `int8_rows.wgsl`: which rows of which int8 matrix, over which input.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct Int8Rows {
+    pub rows: u32,
+    pub cols: u32,
+    pub block_rows: u32,
+    pub x_stride: u32,
+    pub x_offset: u32,
+    pub row_offset: u32,
+    pub pair_offset: u32,
+    /// 0: no bias.
+    pub bias_offset: u32,
+    pub lanes: u32,
+    pub has_norm: u32,
+    pub eps: f32,
+    pub halves: u32,
+}
+
+impl Int8Rows {
+    /// `rows` rows of `cols` columns over an input of rows `cols` long: no norm, no bias, no pair.
+    pub fn new(rows: usize, cols: usize) -> Self {
+        Int8Rows {
+            rows: rows as u32,
+            cols: cols as u32,
+            block_rows: rows as u32,
+            x_stride: cols as u32,
+            lanes: matmul_lanes(cols),
+            halves: 1,
+            ..Zeroable::zeroed()
+        }
+    }
+
+    /// Rows `r` and `r + rows` of a stacked matrix `[2·rows, cols]`, computed in one workgroup.
+    pub fn pair(rows: usize, cols: usize) -> Self {
+        Int8Rows { pair_offset: rows as u32, halves: 2, ..Int8Rows::new(rows, cols) }
+    }
+
+    /// RMSNorm (zero-centred weight) of each input row in front of the matrix.
+    pub fn with_norm(self, eps: f32) -> Self {
+        Int8Rows { has_norm: 1, eps, ..self }
+    }
+
+    /// Biases at `offset` in the affine buffer.
+    pub fn with_bias(self, offset: usize) -> Self {
+        Int8Rows { bias_offset: offset as u32, ..self }
+    }
+
+    /// Workgroups along x for all rows.
+    pub fn row_groups(&self) -> u32 {
+        self.rows.div_ceil(MATMUL_THREADS / self.halves / self.lanes)
+    }
 }
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct MatmulParams {
-    pub rows: u32,
-    pub cols: u32,
-    pub block_rows: u32,
-    pub x_stride: u32,
+    pub m: Int8Rows,
     pub y_stride: u32,
     pub y_offset: u32,
-    pub scale_offset: u32,
     pub epilogue: u32,
-    pub has_bias: u32,
     pub token_source: u32,
     pub cap: f32,
-    pub lanes: u32,
+    pub _pad: [u32; 3],
+}
+
+/// The parameters of `geglu_int8.wgsl` and `rg_lru_gates.wgsl`: the rows alone.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct PairParams {
+    pub m: Int8Rows,
 }
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-pub struct NormParams {
+pub struct RecurrentInParams {
+    pub m: Int8Rows,
     pub width: u32,
-    pub eps: f32,
-    pub _pad: [u32; 2],
+    pub _pad: [u32; 3],
 }
 
 #[repr(C)]
@@ -166,21 +235,6 @@ pub struct EmbedParams {
     pub cols: u32,
     pub row_start: u32,
     pub embedding_scale: f32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub struct ConvParams {
-    pub channels: u32,
-    pub width: u32,
-    pub _pad: [u32; 2],
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub struct LruParams {
-    pub channels: u32,
-    pub _pad: [u32; 3],
 }
 
 #[repr(C)]
@@ -224,7 +278,8 @@ mod tests {
     #[test]
     fn shaders_declare_contiguous_bindings() {
         for kernel in Kernel::ALL {
-            let (name, source) = kernel.source();
+            let (name, own) = kernel.source();
+            let source = kernel.module_source();
             let bindings: Vec<u32> = source
                 .lines()
                 .filter_map(|line| line.split("@binding(").nth(1))
@@ -232,7 +287,7 @@ mod tests {
                 .collect();
             let expected: Vec<u32> = (0..bindings.len() as u32).collect();
             assert_eq!(bindings, expected, "{name}.wgsl bindings");
-            assert!(source.starts_with("//"), "{name}.wgsl starts with its formula");
+            assert!(own.starts_with("//"), "{name}.wgsl starts with its formula");
         }
     }
 }

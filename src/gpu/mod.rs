@@ -3,11 +3,13 @@
 //!
 //! - [`GpuContext`]: the device and queue, the buffer allocator that counts every byte, readback.
 //! - [`kernels`]: one pipeline per file in `shaders/`, and the small typed parameter blocks.
+//! - [`layout`]: where each weight piece goes, matrices read together stacked in one buffer.
 //! - [`engine`]: the model on the GPU: weights streamed into buffers, the fixed-size state, and the
 //!   per-chunk command list that mirrors [`crate::model::Model::forward`] block by block.
 
 pub mod engine;
 pub mod kernels;
+pub mod layout;
 
 use std::cell::Cell;
 use std::rc::Rc;

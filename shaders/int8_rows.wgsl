@@ -1,0 +1,160 @@
+// Shared by the int8 matrix kernels (matmul_int8, geglu_int8, recurrent_in, rg_lru_gates):
+// src/gpu/kernels.rs prepends it after common.wgsl. It computes, for one workgroup's rows and a
+// tile of up to TOKEN_TILE tokens,
+//
+//   total[t][r] = Σ_c q[r][c] · x̂[t][x_offset + block(r)·cols + c]
+//   x̂[t][c]     = x[t][c] · rsqrt(mean_j x[t][j]² + eps) · (1 + norm_w[c])   (RMSNorm fused in)
+//   x̂[t][c]     = x[t][c]                                                   (no norm)
+//
+// q is row-major [rows, cols] int8, four per u32 (little-endian); block(r) = r / block_rows picks
+// the input slice of a block-diagonal matrix (block_rows = all rows for an ordinary one). `lanes`
+// threads share a row (a power of two ≤ 32 chosen from the row length). In a pair kernel
+// (halves = 2) the first 128 threads compute row r and the other 128 row r + pair_offset, so one
+// workgroup holds both rows of a pair (gate and up, linear_y and linear_x, the two RG-LRU gates).
+// Rows scale and shift through `affine`: scale[r] at r, bias[r] at bias_offset + r.
+
+struct Int8Rows {
+    // Rows of this dispatch (per half in a pair kernel).
+    rows: u32,
+    cols: u32,
+    block_rows: u32,
+    x_stride: u32,
+    x_offset: u32,
+    // First row of this dispatch in `affine` and in block numbering (a row piece of a larger
+    // tensor); the weights buffer holds only the dispatch's rows.
+    row_offset: u32,
+    pair_offset: u32,
+    // Where the biases start in `affine`; 0 when the matrix has none.
+    bias_offset: u32,
+    lanes: u32,
+    has_norm: u32,
+    eps: f32,
+    halves: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<uniform> chunk: Chunk;
+@group(0) @binding(2) var<storage, read> q: array<u32>;        // [rows, cols / 4]
+@group(0) @binding(3) var<storage, read> affine: array<f32>;   // scales, then biases
+@group(0) @binding(4) var<storage, read> norm_w: array<f32>;   // [cols] (unused without norm)
+@group(0) @binding(5) var<storage, read> x: array<f32>;        // [tokens, x_stride]
+
+const TOKEN_TILE: u32 = 8u;
+
+// Per-lane partial sums [TOKEN_TILE, 256]; after `reduce_lanes`, each row's total sits in its
+// first lane's slot.
+var<workgroup> partial: array<f32, 2048>;
+var<workgroup> inv_rms: array<f32, 8>;
+
+fn unpack_int8(word: u32) -> vec4<f32> {
+    let w = bitcast<i32>(word);
+    return vec4<f32>(
+        f32(extractBits(w, 0u, 8u)),
+        f32(extractBits(w, 8u, 8u)),
+        f32(extractBits(w, 16u, 8u)),
+        f32(extractBits(w, 24u, 8u)),
+    );
+}
+
+// Threads per half of the workgroup, and rows per workgroup.
+fn half_threads() -> u32 {
+    return 256u / params.m.halves;
+}
+
+fn rows_per_group() -> u32 {
+    return half_threads() / params.m.lanes;
+}
+
+// 1 / rms of the tile's tokens (x rows first..first + count) into inv_rms, or 1 without a norm.
+fn norm_tile(li: u32, first: u32, count: u32) {
+    if params.m.has_norm == 0u {
+        if li < TOKEN_TILE {
+            inv_rms[li] = 1.0;
+        }
+        workgroupBarrier();
+        return;
+    }
+    var squares: array<f32, 8>;
+    for (var t = 0u; t < count; t++) {
+        let base = (first + t) * params.m.x_stride + params.m.x_offset;
+        for (var c = li; c < params.m.cols; c += 256u) {
+            squares[t] += x[base + c] * x[base + c];
+        }
+    }
+    for (var t = 0u; t < TOKEN_TILE; t++) {
+        partial[t * 256u + li] = squares[t];
+    }
+    workgroupBarrier();
+    if li < count {
+        var sum = 0.0;
+        for (var j = 0u; j < 256u; j++) {
+            sum += partial[li * 256u + j];
+        }
+        inv_rms[li] = 1.0 / sqrt(sum / f32(params.m.cols) + params.m.eps);
+    }
+    workgroupBarrier();
+}
+
+// This thread's share of Σ_c q[weight_row][c] · x[t][…] · (1 + norm_w[c]) for the tile's tokens;
+// `row` (the dispatch row) picks the input block.
+fn row_dots(row: u32, weight_row: u32, lane: u32, first: u32, count: u32) -> array<f32, 8> {
+    var acc: array<f32, 8>;
+    let words = params.m.cols / 4u;
+    let x_base = params.m.x_offset + ((params.m.row_offset + row) / params.m.block_rows) * params.m.cols;
+    let weight_base = weight_row * words;
+    for (var w = lane; w < words; w += params.m.lanes) {
+        var weights = unpack_int8(q[weight_base + w]);
+        if params.m.has_norm == 1u {
+            let c = 4u * w;
+            weights *= vec4<f32>(1.0) + vec4<f32>(norm_w[c], norm_w[c + 1u], norm_w[c + 2u], norm_w[c + 3u]);
+        }
+        for (var t = 0u; t < count; t++) {
+            let at = (first + t) * params.m.x_stride + x_base + 4u * w;
+            acc[t] += dot(weights, vec4<f32>(x[at], x[at + 1u], x[at + 2u], x[at + 3u]));
+        }
+    }
+    return acc;
+}
+
+// The dot products of this workgroup's rows (both halves) for the tile, summed over lanes: after
+// it, `row_total` reads them. Every thread of the workgroup must call it; it first waits for
+// every reader of the previous tile's totals.
+fn tile_totals(li: u32, group_row: u32, first: u32, count: u32) {
+    workgroupBarrier();
+    norm_tile(li, first, count);
+    let half = li / half_threads();
+    let local = li % half_threads();
+    let row = group_row * rows_per_group() + local / params.m.lanes;
+    var acc: array<f32, 8>;
+    if row < params.m.rows {
+        acc = row_dots(row, row + half * params.m.pair_offset, local % params.m.lanes, first, count);
+    }
+    for (var t = 0u; t < TOKEN_TILE; t++) {
+        partial[t * 256u + li] = acc[t];
+    }
+    workgroupBarrier();
+    // One thread per (token, row, half) adds that row's lanes into its first slot.
+    let rows = rows_per_group();
+    for (var job = li; job < count * rows * params.m.halves; job += 256u) {
+        let t = job / (rows * params.m.halves);
+        let slot = t * 256u + (job % (rows * params.m.halves)) * params.m.lanes;
+        var sum = 0.0;
+        for (var lane = 0u; lane < params.m.lanes; lane++) {
+            sum += partial[slot + lane];
+        }
+        partial[slot] = sum;
+    }
+    workgroupBarrier();
+}
+
+// scale · total + bias of local row `local_row` (in half `half`) for tile token t; `row` is its
+// row in the dispatch.
+fn row_total(t: u32, local_row: u32, half: u32, row: u32) -> f32 {
+    let slot = t * 256u + half * half_threads() + local_row * params.m.lanes;
+    let affine_row = params.m.row_offset + row + half * params.m.pair_offset;
+    var value = partial[slot] * inv_rms[t] * affine[affine_row];
+    if params.m.bias_offset != 0u {
+        value += affine[params.m.bias_offset + affine_row];
+    }
+    return value;
+}

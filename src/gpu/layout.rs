@@ -1,0 +1,167 @@
+//! Where each piece of a web-format model lives on the GPU.
+//!
+//! Matrices that one kernel reads together are stacked by rows into one buffer, so that a single
+//! dispatch computes both within WebGPU's eight storage buffers per shader stage:
+//! `[linear_y; linear_x]`, `[input_gate; recurrent_gate]` and `[gate_proj; up_proj]`. Every int8
+//! matrix (stacked or not) gets one *affine* buffer holding the scales of all its rows, then their
+//! biases. The conv taps and the conv bias share one buffer. Everything else has a buffer of its own.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::config::{BlockType, Config};
+use crate::weights::format::{Manifest, Piece, Role};
+use crate::{Error, Result};
+
+/// One int8 matrix, or several stacked by rows, as the matrix kernels bind it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stack {
+    /// Values buffers as `(buffer, first row, rows)`: one for a stack that fits a storage binding,
+    /// else (a lone matrix too large for one binding, such as the embedding) one per row piece.
+    pub parts: Vec<(String, usize, usize)>,
+    pub affine: String,
+    pub rows: usize,
+    pub cols: usize,
+    /// Where the biases start in the affine buffer (in f32s); 0 when the stack has none.
+    pub bias_offset: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct Layout {
+    /// Every buffer with its size in bytes, in creation order.
+    pub buffers: Vec<(String, u64)>,
+    /// Piece name → (buffer, byte offset).
+    pub placement: HashMap<String, (String, u64)>,
+    /// First tensor of the stack → the stack.
+    pub stacks: HashMap<String, Stack>,
+}
+
+/// The stacks of more than one matrix, each listed in the order its kernel expects.
+pub fn stacked_matrices(config: &Config) -> Vec<Vec<String>> {
+    let mut stacks = Vec::new();
+    for layer in 0..config.num_hidden_layers {
+        let p = format!("model.layers.{layer}");
+        if config.block_type(layer) == BlockType::Recurrent {
+            let t = format!("{p}.temporal_block");
+            stacks.push(vec![format!("{t}.linear_y.weight"), format!("{t}.linear_x.weight")]);
+            stacks.push(vec![format!("{t}.rg_lru.input_gate_weight"), format!("{t}.rg_lru.recurrent_gate_weight")]);
+        }
+        let m = format!("{p}.mlp_block");
+        stacks.push(vec![format!("{m}.gate_proj.weight"), format!("{m}.up_proj.weight")]);
+    }
+    stacks
+}
+
+/// The bias vector that goes with a matrix: `….weight` → `….bias`, `…_weight` → `…_bias`.
+pub fn bias_of(matrix: &str) -> String {
+    format!("{}bias", matrix.strip_suffix("weight").unwrap_or(matrix))
+}
+
+/// The buffer holding a recurrent block's conv taps `[lru, K]` and then its bias `[lru]`.
+pub fn conv_buffer(temporal_block: &str) -> String {
+    format!("{temporal_block}.conv_1d")
+}
+
+impl Layout {
+    /// Places every piece of `manifest`; a stack of several matrices must fit in one binding of
+    /// `binding_limit` bytes.
+    pub fn new(manifest: &Manifest, binding_limit: u64) -> Result<Layout> {
+        let mut layout = Layout::default();
+        let stacked = stacked_matrices(&manifest.config);
+        let in_stacks: HashSet<&String> = stacked.iter().flatten().collect();
+        let mut matrices: Vec<String> = Vec::new();
+        for piece in manifest.pieces.iter().filter(|p| p.role == Role::Scales) {
+            if !in_stacks.contains(&piece.tensor) && !matrices.contains(&piece.tensor) {
+                matrices.push(piece.tensor.clone());
+            }
+        }
+        for stack in stacked.iter().cloned().chain(matrices.into_iter().map(|m| vec![m])) {
+            layout.place_stack(manifest, &stack, binding_limit)?;
+        }
+        for piece in manifest.pieces.iter().filter(|p| p.tensor.ends_with("conv_1d.weight")) {
+            let block = piece.tensor.trim_end_matches(".conv_1d.weight");
+            let bias = pieces_of(manifest, &format!("{block}.conv_1d.bias"), Role::Values);
+            let buffer = conv_buffer(block);
+            layout.add_buffer(&buffer, piece.bytes + bias.iter().map(|b| b.bytes).sum::<u64>());
+            layout.placement.insert(piece.name.clone(), (buffer.clone(), 0));
+            for b in bias {
+                layout.placement.insert(b.name.clone(), (buffer.clone(), piece.bytes));
+            }
+        }
+        for piece in &manifest.pieces {
+            if !layout.placement.contains_key(&piece.name) {
+                layout.add_buffer(&piece.name, piece.bytes);
+                layout.placement.insert(piece.name.clone(), (piece.name.clone(), 0));
+            }
+        }
+        Ok(layout)
+    }
+
+    fn add_buffer(&mut self, name: &str, bytes: u64) {
+        self.buffers.push((name.to_string(), bytes));
+    }
+
+    fn place_stack(&mut self, manifest: &Manifest, stack: &[String], binding_limit: u64) -> Result<()> {
+        let first = &stack[0];
+        let values: Vec<Vec<&Piece>> = stack.iter().map(|t| pieces_of(manifest, t, Role::Values)).collect();
+        if let Some(missing) = stack.iter().zip(&values).find(|(_, pieces)| pieces.is_empty()) {
+            return Err(Error::Weights(format!("{}: the model has no such matrix", missing.0)));
+        }
+        let cols = values[0][0].shape[1];
+        if let Some(other) = values.iter().flatten().find(|p| p.shape[1] != cols) {
+            return Err(Error::Gpu(format!("{}: {} columns, but {first} has {cols}", other.name, other.shape[1])));
+        }
+        let rows_of: Vec<usize> = values.iter().map(|pieces| pieces.iter().map(|p| p.rows()).sum()).collect();
+        let starts: Vec<usize> = rows_of.iter().scan(0, |row, &n| Some(std::mem::replace(row, *row + n))).collect();
+        let rows: usize = rows_of.iter().sum();
+        let biases: Vec<Vec<&Piece>> = stack.iter().map(|t| pieces_of(manifest, &bias_of(t), Role::Values)).collect();
+        let has_bias = biases.iter().any(|b| !b.is_empty());
+
+        let affine = format!("{first}.affine");
+        self.add_buffer(&affine, rows as u64 * 4 * if has_bias { 2 } else { 1 });
+        for (tensor, start) in stack.iter().zip(&starts) {
+            for scales in pieces_of(manifest, tensor, Role::Scales) {
+                self.placement.insert(scales.name.clone(), (affine.clone(), (start + scales.row_start) as u64 * 4));
+            }
+        }
+        for (pieces, start) in biases.iter().zip(&starts) {
+            for bias in pieces {
+                let offset = (rows + start + bias.row_start) as u64 * 4;
+                self.placement.insert(bias.name.clone(), (affine.clone(), offset));
+            }
+        }
+
+        let bytes = (rows * cols) as u64;
+        let parts = if bytes <= binding_limit {
+            let buffer = format!("{first}.values");
+            self.add_buffer(&buffer, bytes);
+            for (pieces, start) in values.iter().zip(&starts) {
+                for piece in pieces {
+                    let offset = ((start + piece.row_start) * cols) as u64;
+                    self.placement.insert(piece.name.clone(), (buffer.clone(), offset));
+                }
+            }
+            vec![(buffer, 0, rows)]
+        } else if stack.len() == 1 {
+            values[0]
+                .iter()
+                .map(|piece| {
+                    self.add_buffer(&piece.name, piece.bytes);
+                    self.placement.insert(piece.name.clone(), (piece.name.clone(), 0));
+                    (piece.name.clone(), piece.row_start, piece.rows())
+                })
+                .collect()
+        } else {
+            return Err(Error::Gpu(format!(
+                "{}: {bytes} bytes stacked in one binding, above the device's {binding_limit}",
+                stack.join(" + ")
+            )));
+        };
+        let bias_offset = if has_bias { rows } else { 0 };
+        self.stacks.insert(first.clone(), Stack { parts, affine, rows, cols, bias_offset });
+        Ok(())
+    }
+}
+
+fn pieces_of<'m>(manifest: &'m Manifest, tensor: &str, role: Role) -> Vec<&'m Piece> {
+    manifest.pieces.iter().filter(|p| p.tensor == tensor && p.role == role).collect()
+}
