@@ -7,7 +7,7 @@
 //   x̂[t][c]     = x[t][c]                                                   (no norm)
 //
 // q is row-major [rows, cols] int8, four per u32 (little-endian); block(r) = r / block_rows picks
-// the input slice of a block-diagonal matrix (block_rows = all rows for an ordinary one). `lanes`
+// the input slice of a block-diagonal matrix (block_rows = 2³² − 1 for an ordinary one). `lanes`
 // threads share a row (a power of two ≤ 32 chosen from the row length). In a pair kernel
 // (halves = 2) the first 128 threads compute row r and the other 128 row r + pair_offset, so one
 // workgroup holds both rows of a pair (gate and up, linear_y and linear_x, the two RG-LRU gates).
@@ -40,11 +40,14 @@ struct Int8Rows {
 @group(0) @binding(5) var<storage, read> x: array<f32>;        // [tokens, x_stride]
 
 const TOKEN_TILE: u32 = 8u;
+// The most lanes a row can have (matmul_lanes in src/gpu/kernels.rs).
+const MAX_LANES: u32 = 32u;
 
-// Per-lane partial sums [TOKEN_TILE, 256]; after `reduce_lanes`, each row's total sits in its
-// first lane's slot.
+// Per-lane partial dot products [TOKEN_TILE, 256], and the per-lane partial Σx² of the first
+// row's lanes [TOKEN_TILE, MAX_LANES]: a row's lanes read every column of x once between them, so
+// the RMSNorm's sum of squares comes from the same loads, and a tile needs a single barrier.
 var<workgroup> partial: array<f32, 2048>;
-var<workgroup> inv_rms: array<f32, 8>;
+var<workgroup> squares: array<f32, 256>;
 
 fn unpack_int8(word: u32) -> vec4<f32> {
     let w = bitcast<i32>(word);
@@ -65,94 +68,65 @@ fn rows_per_group() -> u32 {
     return half_threads() / params.m.lanes;
 }
 
-// 1 / rms of the tile's tokens (x rows first..first + count) into inv_rms, or 1 without a norm.
-fn norm_tile(li: u32, first: u32, count: u32) {
-    if params.m.has_norm == 0u {
-        if li < TOKEN_TILE {
-            inv_rms[li] = 1.0;
-        }
-        workgroupBarrier();
-        return;
-    }
-    var squares: array<f32, 8>;
-    for (var t = 0u; t < count; t++) {
-        let base = (first + t) * params.m.x_stride + params.m.x_offset;
-        for (var c = li; c < params.m.cols; c += 256u) {
-            squares[t] += x[base + c] * x[base + c];
-        }
-    }
-    for (var t = 0u; t < TOKEN_TILE; t++) {
-        partial[t * 256u + li] = squares[t];
-    }
-    workgroupBarrier();
-    if li < count {
-        var sum = 0.0;
-        for (var j = 0u; j < 256u; j++) {
-            sum += partial[li * 256u + j];
-        }
-        inv_rms[li] = 1.0 / sqrt(sum / f32(params.m.cols) + params.m.eps);
-    }
-    workgroupBarrier();
-}
-
-// This thread's share of Σ_c q[weight_row][c] · x[t][…] · (1 + norm_w[c]) for the tile's tokens;
-// `row` (the dispatch row) picks the input block.
-fn row_dots(row: u32, weight_row: u32, lane: u32, first: u32, count: u32) -> array<f32, 8> {
-    var acc: array<f32, 8>;
-    let words = params.m.cols / 4u;
-    let x_base = params.m.x_offset + ((params.m.row_offset + row) / params.m.block_rows) * params.m.cols;
-    let weight_base = weight_row * words;
-    for (var w = lane; w < words; w += params.m.lanes) {
-        var weights = unpack_int8(q[weight_base + w]);
-        if params.m.has_norm == 1u {
-            let c = 4u * w;
-            weights *= vec4<f32>(1.0) + vec4<f32>(norm_w[c], norm_w[c + 1u], norm_w[c + 2u], norm_w[c + 3u]);
-        }
-        for (var t = 0u; t < count; t++) {
-            let at = (first + t) * params.m.x_stride + x_base + 4u * w;
-            acc[t] += dot(weights, vec4<f32>(x[at], x[at + 1u], x[at + 2u], x[at + 3u]));
-        }
-    }
-    return acc;
-}
-
-// The dot products of this workgroup's rows (both halves) for the tile, summed over lanes: after
-// it, `row_total` reads them. Every thread of the workgroup must call it; it first waits for
-// every reader of the previous tile's totals.
-fn tile_totals(li: u32, group_row: u32, first: u32, count: u32) {
-    workgroupBarrier();
-    norm_tile(li, first, count);
+// Each thread's share of Σ_c q[row][c] · x[t][…] · (1 + norm_w[c]) (and of Σ x²) for the tile
+// of tokens first..first + count, left in workgroup memory for `row_total`. Every thread of the
+// workgroup must call it; a kernel that calls it again for another tile must first wait until
+// every reader of this one is done.
+fn tile_partials(li: u32, group_row: u32, first: u32, count: u32) {
     let half = li / half_threads();
     let local = li % half_threads();
-    let row = group_row * rows_per_group() + local / params.m.lanes;
+    let lanes = params.m.lanes;
+    let lane = local % lanes;
+    let row = group_row * rows_per_group() + local / lanes;
     var acc: array<f32, 8>;
+    var sq: array<f32, 8>;
     if row < params.m.rows {
-        acc = row_dots(row, row + half * params.m.pair_offset, local % params.m.lanes, first, count);
+        let words = params.m.cols / 4u;
+        let x_base = params.m.x_offset + ((params.m.row_offset + row) / params.m.block_rows) * params.m.cols;
+        let weight_base = (row + half * params.m.pair_offset) * words;
+        for (var w = lane; w < words; w += lanes) {
+            var weights = unpack_int8(q[weight_base + w]);
+            if params.m.has_norm == 1u {
+                let c = 4u * w;
+                weights *= vec4<f32>(1.0) + vec4<f32>(norm_w[c], norm_w[c + 1u], norm_w[c + 2u], norm_w[c + 3u]);
+            }
+            for (var t = 0u; t < count; t++) {
+                let at = (first + t) * params.m.x_stride + x_base + 4u * w;
+                let xs = vec4<f32>(x[at], x[at + 1u], x[at + 2u], x[at + 3u]);
+                acc[t] += dot(weights, xs);
+                sq[t] += dot(xs, xs);
+            }
+        }
     }
     for (var t = 0u; t < TOKEN_TILE; t++) {
         partial[t * 256u + li] = acc[t];
     }
-    workgroupBarrier();
-    // One thread per (token, row, half) adds that row's lanes into its first slot.
-    let rows = rows_per_group();
-    for (var job = li; job < count * rows * params.m.halves; job += 256u) {
-        let t = job / (rows * params.m.halves);
-        let slot = t * 256u + (job % (rows * params.m.halves)) * params.m.lanes;
-        var sum = 0.0;
-        for (var lane = 0u; lane < params.m.lanes; lane++) {
-            sum += partial[slot + lane];
+    if li < lanes {
+        for (var t = 0u; t < TOKEN_TILE; t++) {
+            squares[t * MAX_LANES + li] = sq[t];
         }
-        partial[slot] = sum;
     }
     workgroupBarrier();
 }
 
-// scale · total + bias of local row `local_row` (in half `half`) for tile token t; `row` is its
-// row in the dispatch.
+// scale · total + bias of the workgroup's local row `local_row` in half `half` for tile token t,
+// RMSNorm's 1/rms applied; `row` is its row in the dispatch.
 fn row_total(t: u32, local_row: u32, half: u32, row: u32) -> f32 {
-    let slot = t * 256u + half * half_threads() + local_row * params.m.lanes;
+    let lanes = params.m.lanes;
+    let first_lane = t * 256u + half * half_threads() + local_row * lanes;
+    var sum = 0.0;
+    for (var lane = 0u; lane < lanes; lane++) {
+        sum += partial[first_lane + lane];
+    }
+    if params.m.has_norm == 1u {
+        var sum_of_squares = 0.0;
+        for (var lane = 0u; lane < lanes; lane++) {
+            sum_of_squares += squares[t * MAX_LANES + lane];
+        }
+        sum /= sqrt(sum_of_squares / f32(params.m.cols) + params.m.eps);
+    }
     let affine_row = params.m.row_offset + row + half * params.m.pair_offset;
-    var value = partial[slot] * inv_rms[t] * affine[affine_row];
+    var value = sum * affine[affine_row];
     if params.m.bias_offset != 0u {
         value += affine[params.m.bias_offset + affine_row];
     }

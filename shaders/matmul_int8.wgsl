@@ -34,7 +34,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
         return;
     }
     let tile_tokens = min(TOKEN_TILE, count - tile_start);
-    tile_totals(li, group.x, first + tile_start, tile_tokens);
+    tile_partials(li, group.x, first + tile_start, tile_tokens);
 
     let rows = rows_per_group();
     for (var job = li; job < rows * tile_tokens; job += 256u) {

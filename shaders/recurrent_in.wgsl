@@ -38,7 +38,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
     }
     for (var tile_start = 0u; tile_start < chunk.n_tokens; tile_start += TOKEN_TILE) {
         let tile_tokens = min(TOKEN_TILE, chunk.n_tokens - tile_start);
-        tile_totals(li, group.x, tile_start, tile_tokens);
+        tile_partials(li, group.x, tile_start, tile_tokens);
         if owner {
             for (var t = 0u; t < tile_tokens; t++) {
                 let row = (tile_start + t) * 2u * n;
@@ -54,6 +54,8 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
                 }
             }
         }
+        // The next tile overwrites the partial sums.
+        workgroupBarrier();
     }
     if owner {
         for (var k = 0u; k < k_last; k++) {

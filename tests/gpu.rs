@@ -196,6 +196,15 @@ fn the_2b_state_is_about_33_mib() {
     let mib = engine.state_bytes() as f64 / (1 << 20) as f64;
     eprintln!("2B GPU state: {} B = {mib:.2} MiB", engine.state_bytes());
     assert!((16.0..=33.5).contains(&mib), "{mib} MiB");
+    // Per layer: recurrent 5 (recurrent_in, rg_lru_gates, linear_out, geglu, down) or attention 8
+    // (q, k, v, rope_kv, attention, o_proj, geglu, down); plus the embedding's and the head's
+    // dispatches (one per values buffer of the table) and the sampler.
+    let table_bytes = 256_000 * 2560;
+    let binding_limit = engine.context().device.limits().max_storage_buffer_binding_size as usize;
+    let rows_per_piece = rgweb::weights::format::MAX_PIECE_BYTES as usize / 2560;
+    let table_buffers = if table_bytes <= binding_limit { 1 } else { 256_000usize.div_ceil(rows_per_piece) };
+    eprintln!("2B decode: {} dispatches per token (binding limit {binding_limit} B)", engine.dispatches_per_token());
+    assert_eq!(engine.dispatches_per_token(), 18 * 5 + 8 * 8 + 2 * table_buffers + 1);
 }
 
 #[test]
@@ -233,4 +242,5 @@ fn rg_bench_reports_speed_and_sizes() {
     assert!(decode.iter().all(|d| d["tokens_per_s"].as_f64().unwrap() > 0.0));
     assert_eq!(report["weight_bytes"], 17_762_560);
     assert_eq!(report["state_bytes"], 20_488);
+    assert!(report["dispatches_per_token"].as_u64().unwrap() > 0);
 }

@@ -15,6 +15,9 @@ use rgweb::model::recurrent::RgLru;
 
 /// Largest accepted |got − expected| / max(1, |expected|).
 const TOLERANCE: f32 = 1e-5;
+/// The same where the inputs are not exact in f32 (after RMSNorm), so that the order of a long sum
+/// changes its rounding: a wrong index or a missed term is off by far more.
+const ROUNDED_TOLERANCE: f32 = 1e-4;
 /// Written where a kernel must not write.
 const SENTINEL: f32 = -777.25;
 
@@ -58,12 +61,16 @@ fn pack_int8(values: &[i8]) -> Vec<u32> {
 /// Every element within [`TOLERANCE`]; names the first that is not, as an index and as
 /// `[row, column]` of rows `width` long.
 fn assert_close(what: &str, got: &[f32], want: &[f32], width: usize) {
+    assert_close_within(what, got, want, width, TOLERANCE);
+}
+
+fn assert_close_within(what: &str, got: &[f32], want: &[f32], width: usize, tolerance: f32) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
     let mut worst = 0.0f32;
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let error = (g - w).abs() / w.abs().max(1.0);
         assert!(
-            error <= TOLERANCE,
+            error <= tolerance,
             "{what}: first mismatch at index {i} [{}, {}]: expected {w}, got {g}",
             i / width,
             i % width
@@ -125,6 +132,59 @@ impl Gpu {
     }
 }
 
+// ---------------------------------------------------------------- int8 rows: shared reference
+
+/// A random int8 matrix with its affine buffer as the engine lays it out: scales of all rows,
+/// then (if `bias`) their biases.
+struct Int8Matrix {
+    rows: usize,
+    cols: usize,
+    q: Vec<i8>,
+    affine: Vec<f32>,
+    bias: bool,
+}
+
+impl Int8Matrix {
+    fn random(rng: &mut Lcg, rows: usize, cols: usize, scale: f32, bias: bool) -> Self {
+        let q = rng.int8s(rows * cols);
+        let mut affine: Vec<f32> = (0..rows).map(|_| scale * rng.uniform(0.5, 1.5)).collect();
+        if bias {
+            affine.extend(rng.sixty_fourths(rows));
+        }
+        Int8Matrix { rows, cols, q, affine, bias }
+    }
+
+    fn bias_offset(&self) -> usize {
+        if self.bias {
+            self.rows
+        } else {
+            0
+        }
+    }
+
+    /// `scale[r] · Σ_c q[r][c] · input[c] + bias[r]`.
+    fn row(&self, r: usize, input: &[f32]) -> f32 {
+        let dot: f32 = self.q[r * self.cols..][..self.cols].iter().zip(input).map(|(&q, &x)| q as f32 * x).sum();
+        dot * self.affine[r] + if self.bias { self.affine[self.rows + r] } else { 0.0 }
+    }
+
+    /// The values of rows `rows`, as their own buffer.
+    fn values(&self, gpu: &Gpu, rows: std::ops::Range<usize>) -> wgpu::Buffer {
+        gpu.buffer(&pack_int8(&self.q[rows.start * self.cols..rows.end * self.cols]))
+    }
+}
+
+/// x̂ for token t: the `cols` inputs at `offset` of row t, RMSNorm'ed with `norm` if given.
+fn input_row(x: &[f32], t: usize, stride: usize, offset: usize, cols: usize, norm: Option<&[f32]>) -> Vec<f32> {
+    let row = &x[t * stride + offset..][..cols];
+    match norm {
+        Some(w) => rms_norm(row, w, EPS),
+        None => row.to_vec(),
+    }
+}
+
+const EPS: f32 = 1e-6;
+
 // ---------------------------------------------------------------- matmul_int8
 
 /// One `matmul_int8` dispatch: a piece of `rows` rows starting at `row_start` of a tensor of
@@ -135,10 +195,12 @@ struct Matmul {
     cols: usize,
     tensor_rows: usize,
     row_start: usize,
-    block_rows: usize,
+    /// `None`: an ordinary matrix.
+    block_rows: Option<usize>,
     x_stride: usize,
     epilogue: Epilogue,
     bias: bool,
+    norm: bool,
     /// Magnitude of the row scales: large for the soft-cap case, so values pass ±cap.
     scale: f32,
     n_tokens: usize,
@@ -157,10 +219,11 @@ impl Matmul {
             cols,
             tensor_rows: rows,
             row_start: 0,
-            block_rows: rows,
+            block_rows: None,
             x_stride: cols,
             epilogue,
             bias,
+            norm: false,
             scale,
             n_tokens: 11,
             head: None,
@@ -171,11 +234,14 @@ impl Matmul {
         let what = format!("matmul {self:?}");
         let mut rng = Lcg(seed);
         let (rows, cols, y_stride) = (self.rows, self.cols, self.tensor_rows);
-        let q = rng.int8s(rows * cols);
-        let scales: Vec<f32> = (0..self.tensor_rows).map(|_| self.scale * rng.uniform(0.5, 1.5)).collect();
-        let bias = rng.sixty_fourths(self.tensor_rows);
-        let x = rng.sixty_fourths(BUFFER_TOKENS * self.x_stride);
-        let aux = rng.vec(BUFFER_TOKENS * y_stride, -2.0, 2.0);
+        let matrix = Int8Matrix::random(&mut rng, self.tensor_rows, cols, self.scale, self.bias);
+        let norm_w = rng.vec(cols, -0.5, 0.5);
+        let norm = self.norm.then_some(&norm_w[..]);
+        let x = if self.norm {
+            rng.vec(BUFFER_TOKENS * self.x_stride, -2.0, 2.0)
+        } else {
+            rng.sixty_fourths(BUFFER_TOKENS * self.x_stride)
+        };
         let y_before = match self.epilogue {
             Epilogue::Add => rng.vec(BUFFER_TOKENS * y_stride, -3.0, 3.0),
             _ => vec![SENTINEL; BUFFER_TOKENS * y_stride],
@@ -185,20 +251,14 @@ impl Matmul {
         let (first, count) = self.head.unwrap_or((0, self.n_tokens));
         let mut want = y_before.clone();
         for j in 0..count {
-            let x_row = &x[(first + j) * self.x_stride..];
-            for r in 0..rows {
-                let input = &x_row[((self.row_start + r) / self.block_rows) * cols..][..cols];
-                let dot: f32 = q[r * cols..][..cols].iter().zip(input).map(|(&q, &x)| q as f32 * x).sum();
-                let tensor_row = self.row_start + r;
-                let mut value = dot * scales[tensor_row];
-                if self.bias {
-                    value += bias[tensor_row];
-                }
-                let out = j * y_stride + self.row_start + r;
+            for r in self.row_start..self.row_start + rows {
+                let block = self.block_rows.map_or(0, |b| r / b);
+                let input = input_row(&x, first + j, self.x_stride, block * cols, cols, norm);
+                let value = matrix.row(r, &input);
+                let out = j * y_stride + r;
                 want[out] = match self.epilogue {
                     Epilogue::Store => value,
                     Epilogue::Add => want[out] + value,
-                    Epilogue::GeluTimesAux => gelu_tanh(value) * aux[out],
                     Epilogue::SoftCap => {
                         let mut capped = [value];
                         soft_cap(&mut capped, CAP);
@@ -208,30 +268,36 @@ impl Matmul {
             }
         }
 
-        let lanes = matmul_lanes(cols);
-        let params = MatmulParams {
-            rows: rows as u32,
-            cols: cols as u32,
-            block_rows: self.block_rows as u32,
+        let mut m = Int8Rows {
+            row_offset: self.row_start as u32,
             x_stride: self.x_stride as u32,
+            ..Int8Rows::new(rows, cols).with_bias(matrix.bias_offset())
+        };
+        if let Some(block_rows) = self.block_rows {
+            m.block_rows = block_rows as u32;
+        }
+        if self.norm {
+            m = m.with_norm(EPS);
+        }
+        let params = MatmulParams {
+            m,
             y_stride: y_stride as u32,
             y_offset: self.row_start as u32,
-            scale_offset: self.row_start as u32,
             epilogue: self.epilogue as u32,
-            has_bias: self.bias as u32,
             token_source: self.head.is_some() as u32,
             cap: CAP,
-            lanes,
+            _pad: [0; 3],
         };
         let chunk =
             ChunkInfo { n_tokens: self.n_tokens as u32, head_first: first as u32, head_count: count as u32, _pad: 0 };
         let (params, chunk) = (gpu.uniform(&params), gpu.uniform(&chunk));
-        let q_buffer = gpu.buffer(&pack_int8(&q));
-        let bias_buffer = if self.bias { gpu.buffer(&bias) } else { gpu.buffer(&[0.0f32; 4]) };
-        let (scales, x, aux, y) = (gpu.buffer(&scales), gpu.buffer(&x), gpu.buffer(&aux), gpu.buffer(&y_before));
-        let groups = ((rows as u32).div_ceil(MATMUL_THREADS / lanes), (count as u32).div_ceil(TOKEN_TILE));
-        gpu.run(Kernel::MatmulInt8, &[&params, &chunk, &q_buffer, &scales, &bias_buffer, &x, &aux, &y], groups);
-        assert_close(&what, &gpu.read::<f32>(&y), &want, y_stride);
+        let values = matrix.values(gpu, self.row_start..self.row_start + rows);
+        let (affine, norm_w, x, y) =
+            (gpu.buffer(&matrix.affine), gpu.buffer(&norm_w), gpu.buffer(&x), gpu.buffer(&y_before));
+        let groups = (m.row_groups(), (count as u32).div_ceil(TOKEN_TILE));
+        gpu.run(Kernel::MatmulInt8, &[&params, &chunk, &values, &affine, &norm_w, &x, &y], groups);
+        let tolerance = if self.norm { ROUNDED_TOLERANCE } else { TOLERANCE };
+        assert_close_within(&what, &gpu.read::<f32>(&y), &want, y_stride, tolerance);
     }
 }
 
@@ -242,13 +308,28 @@ fn matmul_int8_every_epilogue_on_odd_shapes() {
     assert!(matmul_lanes(192) > 1);
     let mut seed = 1;
     for (rows, cols) in [(13, 20), (37, 192)] {
-        for epilogue in [Epilogue::Store, Epilogue::Add, Epilogue::GeluTimesAux, Epilogue::SoftCap] {
+        for epilogue in [Epilogue::Store, Epilogue::Add, Epilogue::SoftCap] {
             for bias in [true, false] {
                 Matmul::plain(rows, cols, epilogue, bias).check(&gpu, seed);
                 seed += 1;
             }
         }
     }
+}
+
+#[test]
+fn matmul_int8_with_rms_norm_in_front() {
+    let gpu = Gpu::new();
+    // Widths 20 (one lane per row) and 1028 (16 lanes); 11 tokens span two token tiles.
+    for (seed, (rows, cols)) in [(13, 20), (37, 1028)].into_iter().enumerate() {
+        for epilogue in [Epilogue::Store, Epilogue::Add] {
+            Matmul { norm: true, ..Matmul::plain(rows, cols, epilogue, true) }.check(&gpu, 10 + seed as u64);
+        }
+    }
+    // The head's configuration: final norm, soft-cap, only the wanted tokens.
+    let head =
+        Matmul { norm: true, n_tokens: 6, head: Some((3, 2)), ..Matmul::plain(37, 192, Epilogue::SoftCap, false) };
+    head.check(&gpu, 12);
 }
 
 #[test]
@@ -265,7 +346,7 @@ fn matmul_int8_several_row_workgroups() {
 fn matmul_int8_block_diagonal() {
     let gpu = Gpu::new();
     // Three blocks of 4 rows; row r reads x[(r / 4)·8 .. +8] of a 24-wide input.
-    let case = Matmul { block_rows: 4, x_stride: 24, ..Matmul::plain(12, 8, Epilogue::Store, true) };
+    let case = Matmul { block_rows: Some(4), x_stride: 24, ..Matmul::plain(12, 8, Epilogue::Store, true) };
     case.check(&gpu, 30);
 }
 
@@ -273,14 +354,14 @@ fn matmul_int8_block_diagonal() {
 fn matmul_int8_row_piece() {
     let gpu = Gpu::new();
     // Rows 4..9 of a 9-row tensor: scales and bias at tensor rows, y rows 0..4 left alone.
-    let case = Matmul { tensor_rows: 9, block_rows: 9, row_start: 4, ..Matmul::plain(5, 20, Epilogue::Store, true) };
+    let case = Matmul { tensor_rows: 9, row_start: 4, ..Matmul::plain(5, 20, Epilogue::Store, true) };
     case.check(&gpu, 40);
-    let case = Matmul { tensor_rows: 9, block_rows: 9, row_start: 4, ..Matmul::plain(5, 192, Epilogue::Add, true) };
+    let case = Matmul { tensor_rows: 9, row_start: 4, norm: true, ..Matmul::plain(5, 192, Epilogue::Add, true) };
     case.check(&gpu, 41);
     // Rows 4..12 of a block-diagonal tensor (blocks of 4 rows): the block counts tensor rows.
     let split_gates = Matmul {
         tensor_rows: 12,
-        block_rows: 4,
+        block_rows: Some(4),
         row_start: 4,
         x_stride: 24,
         ..Matmul::plain(8, 8, Epilogue::Store, true)
@@ -299,24 +380,224 @@ fn matmul_int8_head_tokens_only() {
     case.check(&gpu, 51);
 }
 
-// ---------------------------------------------------------------- rms_norm
+// ---------------------------------------------------------------- geglu_int8
 
 #[test]
-fn rms_norm_width_77() {
+fn geglu_pairs_gate_and_up_rows() {
     let gpu = Gpu::new();
-    let (width, tokens, eps) = (77, 3, 1e-6f32);
-    let mut rng = Lcg(60);
-    let w = rng.vec(width, -0.5, 0.5);
-    let x = rng.vec(tokens * width, -2.0, 2.0);
-    // One extra row the kernel must not touch.
-    let y = gpu.buffer(&vec![SENTINEL; (tokens + 1) * width]);
-    let params = gpu.uniform(&NormParams { width: width as u32, eps, _pad: [0; 2] });
-    let buffers = [&params, &gpu.uniform(&chunk(tokens)), &gpu.buffer(&w), &gpu.buffer(&x), &y];
-    gpu.run(Kernel::RmsNorm, &buffers, (tokens as u32, 1));
+    // F = 37 rows per half; widths 20 (1 lane: 128 rows per workgroup) and 192 (4 lanes: 32 rows,
+    // two workgroups); 11 tokens span two token tiles.
+    for (seed, (f, d)) in [(37usize, 20usize), (37, 192)].into_iter().enumerate() {
+        let mut rng = Lcg(60 + seed as u64);
+        let tokens = 11;
+        let matrix = Int8Matrix::random(&mut rng, 2 * f, d, 0.01, true);
+        let norm_w = rng.vec(d, -0.5, 0.5);
+        let x = rng.vec(BUFFER_TOKENS * d, -2.0, 2.0);
+        let mut want = vec![SENTINEL; BUFFER_TOKENS * f];
+        for t in 0..tokens {
+            let input = input_row(&x, t, d, 0, d, Some(&norm_w));
+            for r in 0..f {
+                want[t * f + r] = gelu_tanh(matrix.row(r, &input)) * matrix.row(f + r, &input);
+            }
+        }
+        let m = Int8Rows::pair(f, d).with_norm(EPS).with_bias(matrix.bias_offset());
+        let hidden = gpu.buffer(&vec![SENTINEL; BUFFER_TOKENS * f]);
+        let buffers = [
+            &gpu.uniform(&PairParams { m }),
+            &gpu.uniform(&chunk(tokens)),
+            &matrix.values(&gpu, 0..2 * f),
+            &gpu.buffer(&matrix.affine),
+            &gpu.buffer(&norm_w),
+            &gpu.buffer(&x),
+            &hidden,
+        ];
+        gpu.run(Kernel::GegluInt8, &buffers, (m.row_groups(), (tokens as u32).div_ceil(TOKEN_TILE)));
+        let what = format!("geglu F {f}, D {d}");
+        assert_close_within(&what, &gpu.read::<f32>(&hidden), &want, f, ROUNDED_TOLERANCE);
+    }
+}
 
-    let mut want: Vec<f32> = x.chunks(width).flat_map(|row| rms_norm(row, &w, eps)).collect();
-    want.extend(vec![SENTINEL; width]);
-    assert_close("rms_norm", &gpu.read::<f32>(&y), &want, width);
+// ---------------------------------------------------------------- recurrent_in
+
+/// `out[t][ch] = b[ch] + Σ_k w[ch][k] · in[t − (K−1) + k][ch]` over history ++ inputs, and the
+/// last K−1 inputs as the new history.
+fn conv_reference(w: &[f32], b: &[f32], history: &[f32], inputs: &[f32], width: usize) -> (Vec<f32>, Vec<f32>) {
+    let channels = b.len();
+    let all = [history, inputs].concat();
+    let tokens = inputs.len() / channels;
+    let mut out = vec![0.0; tokens * channels];
+    for (t, out_row) in out.chunks_mut(channels).enumerate() {
+        for (ch, (value, &bias)) in out_row.iter_mut().zip(b).enumerate() {
+            let taps = w[ch * width..][..width].iter().enumerate();
+            *value = taps.fold(bias, |sum, (k, w)| sum + w * all[(t + k) * channels + ch]);
+        }
+    }
+    (out, all[all.len() - history.len()..].to_vec())
+}
+
+#[test]
+fn recurrent_in_branches_and_conv_with_history_and_at_document_start() {
+    let gpu = Gpu::new();
+    let (width, mut seed) = (4usize, 80);
+    // 70 channels: with D = 20 one workgroup of 128 channels, partly idle; with D = 192 (4
+    // lanes) three workgroups of 32.
+    for d in [20usize, 192] {
+        let channels = 70usize;
+        let mut rng = Lcg(seed);
+        let matrix = Int8Matrix::random(&mut rng, 2 * channels, d, 0.01, true);
+        let norm_w = rng.vec(d, -0.5, 0.5);
+        let conv_w = rng.vec(channels * width, -1.0, 1.0);
+        let conv_b = rng.vec(channels, -0.5, 0.5);
+        let conv = gpu.buffer(&[conv_w.clone(), conv_b.clone()].concat());
+        let m = Int8Rows::pair(channels, d).with_norm(EPS).with_bias(matrix.bias_offset());
+        let params = gpu.uniform(&RecurrentInParams { m, width: width as u32, _pad: [0; 3] });
+        let (values, affine, norm_buffer) =
+            (matrix.values(&gpu, 0..2 * channels), gpu.buffer(&matrix.affine), gpu.buffer(&norm_w));
+
+        // (position, tokens): 11 tokens (two tiles) continuing a document, 5 starting one (whatever
+        // the history holds counts as zero), 2 tokens (fewer than K − 1, so the history keeps an
+        // old row).
+        for (position, tokens) in [(6u32, 11usize), (0, 5), (6, 2)] {
+            seed += 1;
+            let history = rng.vec((width - 1) * channels, -2.0, 2.0);
+            let x = rng.vec(BUFFER_TOKENS * d, -2.0, 2.0);
+            let history_buffer = gpu.buffer(&history);
+            let out = gpu.buffer(&vec![SENTINEL; BUFFER_TOKENS * 2 * channels]);
+            let step = gpu.buffer(&[StepState { position, generated: 0 }]);
+            let buffers = [
+                &params,
+                &gpu.uniform(&chunk(tokens)),
+                &values,
+                &affine,
+                &norm_buffer,
+                &gpu.buffer(&x),
+                &step,
+                &conv,
+                &history_buffer,
+                &out,
+            ];
+            gpu.run(Kernel::RecurrentIn, &buffers, (m.row_groups(), 1));
+
+            let mut gelu_y = Vec::new();
+            let mut x_branch = Vec::new();
+            for t in 0..tokens {
+                let input = input_row(&x, t, d, 0, d, Some(&norm_w));
+                gelu_y.extend((0..channels).map(|ch| gelu_tanh(matrix.row(ch, &input))));
+                x_branch.extend((0..channels).map(|ch| matrix.row(channels + ch, &input)));
+            }
+            let seen = if position == 0 { vec![0.0; history.len()] } else { history.clone() };
+            let (conv_out, want_history) = conv_reference(&conv_w, &conv_b, &seen, &x_branch, width);
+            let mut want = vec![SENTINEL; BUFFER_TOKENS * 2 * channels];
+            for t in 0..tokens {
+                want[t * 2 * channels..][..channels].copy_from_slice(&gelu_y[t * channels..][..channels]);
+                want[(2 * t + 1) * channels..][..channels].copy_from_slice(&conv_out[t * channels..][..channels]);
+            }
+            let what = format!("recurrent_in D {d} at position {position}, {tokens} tokens");
+            let (out, history) = (gpu.read::<f32>(&out), gpu.read::<f32>(&history_buffer));
+            assert_close_within(&format!("{what}: out"), &out, &want, 2 * channels, ROUNDED_TOLERANCE);
+            assert_close_within(&format!("{what}: history"), &history, &want_history, channels, ROUNDED_TOLERANCE);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- rg_lru_gates
+
+/// The CPU reference's RG-LRU with gates that return exactly `gx` and `ga` (zero weights, the
+/// gate logits as bias), so that `RgLru::step` sees the logits the kernel computed.
+fn cpu_lru(log_a_scale: &[f32], gx: &[f32], ga: &[f32]) -> RgLru {
+    let channels = log_a_scale.len();
+    let gate = |logits: &[f32]| BlockDiagonal {
+        weight: Matrix { rows: channels, cols: 1, values: MatrixValues::F32(vec![0.0; channels]) },
+        bias: logits.to_vec(),
+    };
+    RgLru { input_gate: gate(gx), recurrent_gate: gate(ga), log_a_scale: log_a_scale.to_vec() }
+}
+
+#[test]
+fn rg_lru_gates_at_document_start_then_continuing() {
+    let gpu = Gpu::new();
+    // 84 channels in 7 blocks of 12; 11 tokens span two token tiles.
+    let (channels, block, tokens) = (84usize, 12usize, 11usize);
+    let mut rng = Lcg(90);
+    // Gate logits within about ±5, where sqrt(1 − a²) is well conditioned in f32 (the RG-LRU's
+    // own trap, which the model tests cover at real scale).
+    let matrix = Int8Matrix::random(&mut rng, 2 * channels, block, 0.01, true);
+    let a_param = rng.vec(channels, -3.0, 3.0);
+    let log_a_scale: Vec<f32> = a_param.iter().map(|&a| (-8.0 * softplus(a)) as f32).collect();
+    let m = Int8Rows {
+        block_rows: block as u32,
+        x_stride: 2 * channels as u32,
+        x_offset: channels as u32,
+        ..Int8Rows::pair(channels, block)
+    }
+    .with_bias(matrix.bias_offset());
+    let params = gpu.uniform(&PairParams { m });
+    let (values, affine) = (matrix.values(&gpu, 0..2 * channels), gpu.buffer(&matrix.affine));
+    let scale_buffer = gpu.buffer(&log_a_scale);
+    // Garbage in h: position 0 must ignore it.
+    let h0 = rng.vec(channels, -5.0, 5.0);
+    let h = gpu.buffer(&h0);
+    let mut h_formula = h0.clone();
+    let mut h_cpu = h0;
+
+    for position in [0u32, 11] {
+        // Per token: GELU(y) (the gate branch), then the conv output c; multiples of 1/64, so the
+        // gate logits are exact whatever the order of their sums.
+        let branches = rng.sixty_fourths(BUFFER_TOKENS * 2 * channels);
+        let out = gpu.buffer(&vec![SENTINEL; BUFFER_TOKENS * channels]);
+        let step = gpu.buffer(&[StepState { position, generated: 0 }]);
+        let buffers = [
+            &params,
+            &gpu.uniform(&chunk(tokens)),
+            &values,
+            &affine,
+            &gpu.buffer(&[0.0f32; 4]),
+            &gpu.buffer(&branches),
+            &step,
+            &scale_buffer,
+            &h,
+            &out,
+        ];
+        gpu.run(Kernel::RgLruGates, &buffers, (m.row_groups(), 1));
+
+        // The shader header's formula, written out.
+        let mut want = vec![SENTINEL; BUFFER_TOKENS * channels];
+        let (mut gx, mut ga) = (Vec::new(), Vec::new());
+        for t in 0..tokens {
+            let g = &branches[t * 2 * channels..][..channels];
+            let c = &branches[t * 2 * channels + channels..][..channels];
+            for (ch, state) in h_formula.iter_mut().enumerate() {
+                let input = &c[(ch / block) * block..][..block];
+                let (x_logit, a_logit) = (matrix.row(ch, input), matrix.row(channels + ch, input));
+                gx.push(x_logit);
+                ga.push(a_logit);
+                let log_a = sigmoid(a_logit) * log_a_scale[ch];
+                let normalized_x = c[ch] * sigmoid(x_logit);
+                *state = if position as usize + t == 0 {
+                    normalized_x
+                } else {
+                    log_a.exp() * *state + normalized_x * (1.0 - (2.0 * log_a).exp()).max(0.0).sqrt()
+                };
+                want[t * channels + ch] = *state * g[ch];
+            }
+        }
+        let what = format!("rg_lru_gates at position {position}");
+        let got_out = gpu.read::<f32>(&out);
+        assert_close(&format!("{what}: out"), &got_out, &want, channels);
+        assert_close(&format!("{what}: h"), &gpu.read::<f32>(&h), &h_formula, channels);
+
+        // And the CPU model's own step, fed the same gate logits.
+        let mut cpu_out = Vec::new();
+        for t in 0..tokens {
+            let range = t * channels..(t + 1) * channels;
+            let lru = cpu_lru(&log_a_scale, &gx[range.clone()], &ga[range.clone()]);
+            let c = &branches[t * 2 * channels + channels..][..channels];
+            let state = lru.step(c, position as usize + t, &mut h_cpu);
+            let g = &branches[t * 2 * channels..][..channels];
+            cpu_out.extend(state.iter().zip(g).map(|(h, &g)| h * g));
+        }
+        assert_close(&format!("{what}: out against RgLru::step"), &got_out[..tokens * channels], &cpu_out, channels);
+    }
 }
 
 // ---------------------------------------------------------------- embed
@@ -351,143 +632,6 @@ fn embed_from_row_pieces() {
     run_piece(8, 2);
     let want: Vec<f32> = [row(3), row(9), row(7)].concat();
     assert_close("embed, all pieces", &gpu.read::<f32>(&x), &want, cols);
-}
-
-// ---------------------------------------------------------------- conv1d
-
-/// `out[t][ch] = b[ch] + Σ_k w[ch][k] · in[t − (K−1) + k][ch]` over history ++ inputs, and the
-/// last K−1 inputs as the new history.
-fn conv_reference(w: &[f32], b: &[f32], history: &[f32], inputs: &[f32], width: usize) -> (Vec<f32>, Vec<f32>) {
-    let channels = b.len();
-    let all = [history, inputs].concat();
-    let tokens = inputs.len() / channels;
-    let mut out = vec![0.0; tokens * channels];
-    for (t, out_row) in out.chunks_mut(channels).enumerate() {
-        for (ch, (value, &bias)) in out_row.iter_mut().zip(b).enumerate() {
-            let taps = w[ch * width..][..width].iter().enumerate();
-            *value = taps.fold(bias, |sum, (k, w)| sum + w * all[(t + k) * channels + ch]);
-        }
-    }
-    (out, all[all.len() - history.len()..].to_vec())
-}
-
-#[test]
-fn conv1d_with_history_and_at_document_start() {
-    let gpu = Gpu::new();
-    let (channels, width) = (70usize, 4usize);
-    let mut rng = Lcg(80);
-    let w = rng.vec(channels * width, -1.0, 1.0);
-    let b = rng.vec(channels, -0.5, 0.5);
-    let params = gpu.uniform(&ConvParams { channels: channels as u32, width: width as u32, _pad: [0; 2] });
-    let (w_buffer, b_buffer) = (gpu.buffer(&w), gpu.buffer(&b));
-
-    // (position, tokens): 5 tokens continuing a document, 5 starting one (whatever the history
-    // holds counts as zero), 2 tokens (fewer than K − 1, so the history keeps an old row).
-    for (position, tokens) in [(6u32, 5usize), (0, 5), (6, 2)] {
-        let history = rng.vec((width - 1) * channels, -2.0, 2.0);
-        let inputs = rng.vec(tokens * channels, -2.0, 2.0);
-        let history_buffer = gpu.buffer(&history);
-        let out = gpu.buffer(&vec![SENTINEL; tokens * channels]);
-        let step = gpu.buffer(&[StepState { position, generated: 0 }]);
-        let buffers = [
-            &params,
-            &gpu.uniform(&chunk(tokens)),
-            &step,
-            &w_buffer,
-            &b_buffer,
-            &gpu.buffer(&inputs),
-            &history_buffer,
-            &out,
-        ];
-        gpu.run(Kernel::Conv1d, &buffers, ((channels as u32).div_ceil(64), 1));
-
-        let seen = if position == 0 { vec![0.0; history.len()] } else { history.clone() };
-        let (want_out, want_history) = conv_reference(&w, &b, &seen, &inputs, width);
-        let what = format!("conv1d at position {position}, {tokens} tokens");
-        assert_close(&format!("{what}: out"), &gpu.read::<f32>(&out), &want_out, channels);
-        assert_close(&format!("{what}: history"), &gpu.read::<f32>(&history_buffer), &want_history, channels);
-    }
-}
-
-// ---------------------------------------------------------------- rg_lru
-
-/// The CPU reference's RG-LRU with gates that return exactly `gx` and `ga` (zero weights, the
-/// gate logits as bias), so that `RgLru::step` sees the logits the kernel reads.
-fn cpu_lru(log_a_scale: &[f32], gx: &[f32], ga: &[f32]) -> RgLru {
-    let channels = log_a_scale.len();
-    let gate = |logits: &[f32]| BlockDiagonal {
-        weight: Matrix { rows: channels, cols: 10, values: MatrixValues::F32(vec![0.0; channels * 10]) },
-        bias: logits.to_vec(),
-    };
-    RgLru { input_gate: gate(gx), recurrent_gate: gate(ga), log_a_scale: log_a_scale.to_vec() }
-}
-
-#[test]
-fn rg_lru_at_document_start_then_continuing() {
-    let gpu = Gpu::new();
-    let (channels, tokens) = (70usize, 5usize);
-    let mut rng = Lcg(90);
-    let a_param = rng.vec(channels, -3.0, 3.0);
-    let log_a_scale: Vec<f32> = a_param.iter().map(|&a| (-8.0 * softplus(a)) as f32).collect();
-    let params = gpu.uniform(&LruParams { channels: channels as u32, _pad: [0; 3] });
-    let scale_buffer = gpu.buffer(&log_a_scale);
-    // Garbage in h: position 0 must ignore it.
-    let h0 = rng.vec(channels, -5.0, 5.0);
-    let h = gpu.buffer(&h0);
-    let mut h_formula = h0.clone();
-    let mut h_cpu = h0;
-
-    for position in [0u32, 5] {
-        let c = rng.vec(tokens * channels, -2.0, 2.0);
-        let gx = rng.vec(tokens * channels, -4.0, 4.0);
-        let ga = rng.vec(tokens * channels, -4.0, 4.0);
-        let y = rng.vec(tokens * channels, -3.0, 3.0);
-        let out = gpu.buffer(&vec![SENTINEL; tokens * channels]);
-        let step = gpu.buffer(&[StepState { position, generated: 0 }]);
-        let buffers = [
-            &params,
-            &gpu.uniform(&chunk(tokens)),
-            &step,
-            &scale_buffer,
-            &gpu.buffer(&c),
-            &gpu.buffer(&gx),
-            &gpu.buffer(&ga),
-            &gpu.buffer(&y),
-            &h,
-            &out,
-        ];
-        gpu.run(Kernel::RgLru, &buffers, ((channels as u32).div_ceil(64), 1));
-
-        // The shader header's formula, written out.
-        let mut want = vec![0.0; tokens * channels];
-        for t in 0..tokens {
-            for (ch, state) in h_formula.iter_mut().enumerate() {
-                let i = t * channels + ch;
-                let log_a = sigmoid(ga[i]) * log_a_scale[ch];
-                let normalized_x = c[i] * sigmoid(gx[i]);
-                *state = if position as usize + t == 0 {
-                    normalized_x
-                } else {
-                    log_a.exp() * *state + normalized_x * (1.0 - (2.0 * log_a).exp()).max(0.0).sqrt()
-                };
-                want[i] = *state * gelu_tanh(y[i]);
-            }
-        }
-        let what = format!("rg_lru at position {position}");
-        let got_out = gpu.read::<f32>(&out);
-        assert_close(&format!("{what}: out"), &got_out, &want, channels);
-        assert_close(&format!("{what}: h"), &gpu.read::<f32>(&h), &h_formula, channels);
-
-        // And the CPU model's own step.
-        let mut cpu_out = Vec::new();
-        for t in 0..tokens {
-            let range = t * channels..(t + 1) * channels;
-            let lru = cpu_lru(&log_a_scale, &gx[range.clone()], &ga[range.clone()]);
-            let state = lru.step(&c[range.clone()], position as usize + t, &mut h_cpu);
-            cpu_out.extend(state.iter().zip(&y[range]).map(|(h, &y)| h * gelu_tanh(y)));
-        }
-        assert_close(&format!("{what}: out against RgLru::step"), &got_out, &cpu_out, channels);
-    }
 }
 
 // ---------------------------------------------------------------- rope_kv + attention

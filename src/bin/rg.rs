@@ -350,6 +350,7 @@ fn bench(mut engine: Engine, prompt_tokens: usize, gen_tokens: &[usize], json: b
         "weight_bytes": weight_bytes,
         "state_bytes": engine.state_bytes(),
         "gpu_memory_bytes": engine.memory_bytes(),
+        "dispatches_per_token": engine.dispatches_per_token(),
     });
     if json {
         println!("{report}");
@@ -362,6 +363,7 @@ fn bench(mut engine: Engine, prompt_tokens: usize, gen_tokens: &[usize], json: b
         println!("weights            {weight_bytes} B");
         println!("state              {} B", engine.state_bytes());
         println!("GPU memory         {} B", engine.memory_bytes());
+        println!("dispatches/token   {}", engine.dispatches_per_token());
     }
     Ok(())
 }

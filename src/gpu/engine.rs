@@ -141,7 +141,7 @@ impl Engine {
             hidden: ctx.storage("hidden", f32s(c * f)),
             logits: ctx.storage("logits", f32s(c * v)),
         };
-        let layout = Layout::new(&manifest, ctx.device.limits().max_storage_buffer_binding_size.into())?;
+        let layout = Layout::new(&manifest, ctx.device.limits().max_storage_buffer_binding_size)?;
         let weights: HashMap<String, wgpu::Buffer> =
             layout.buffers.iter().map(|(name, bytes)| (name.clone(), ctx.storage(name, *bytes))).collect();
 
@@ -200,6 +200,11 @@ impl Engine {
     /// GPU memory of the state that a conversation carries: constant for a given model.
     pub fn state_bytes(&self) -> u64 {
         self.state_bytes
+    }
+
+    /// Compute dispatches in one decode step: the whole forward pass of one token plus sampling.
+    pub fn dispatches_per_token(&self) -> usize {
+        self.body.len() + self.head.len() + self.finish.len()
     }
 
     pub fn weight_bytes(&self) -> u64 {

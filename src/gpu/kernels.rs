@@ -172,7 +172,8 @@ impl Int8Rows {
         Int8Rows {
             rows: rows as u32,
             cols: cols as u32,
-            block_rows: rows as u32,
+            // One block: every row reads the same input.
+            block_rows: u32::MAX,
             x_stride: cols as u32,
             lanes: matmul_lanes(cols),
             halves: 1,
