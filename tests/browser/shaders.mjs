@@ -1,6 +1,6 @@
-// Compiles every WGSL kernel (shaders/common.wgsl + the kernel, as src/gpu/kernels.rs does) with
-// Chromium's own WebGPU (Tint, on SwiftShader without a GPU) and builds its compute pipeline with
-// an automatic layout. Tint applies WGSL's uniformity rules more strictly than naga, so this is
+// Compiles every WGSL kernel (shaders/common.wgsl [+ int8_rows.wgsl] + the kernel, as
+// src/gpu/kernels.rs does) with Chromium's own WebGPU (Tint, on SwiftShader without a GPU) and
+// builds its compute pipeline with an automatic layout. Tint applies WGSL's uniformity rules more strictly than naga, so this is
 // what proves the native-tested kernels also run in the browser. Prints one line per kernel and
 // "N passed, M failed"; exits non-zero on any failure.
 import { createServer } from 'node:http';
@@ -9,11 +9,19 @@ import { join } from 'node:path';
 import { launchContext } from './chromium.mjs';
 
 const shaderDir = new URL('../../shaders/', import.meta.url).pathname;
-const common = readFileSync(join(shaderDir, 'common.wgsl'), 'utf8');
+const read = (f) => readFileSync(join(shaderDir, f), 'utf8');
+const prefixes = ['common.wgsl', 'int8_rows.wgsl'];
+const [common, int8Rows] = prefixes.map(read);
+// As Kernel::module_source: the int8 matrix kernels (those that call tile_partials) also get
+// int8_rows.wgsl.
 const kernels = readdirSync(shaderDir)
-  .filter((f) => f.endsWith('.wgsl') && f !== 'common.wgsl')
+  .filter((f) => f.endsWith('.wgsl') && !prefixes.includes(f))
   .sort()
-  .map((f) => ({ name: f, code: `${common}\n${readFileSync(join(shaderDir, f), 'utf8')}` }));
+  .map((f) => {
+    const own = read(f);
+    const rows = own.includes('tile_partials(') ? int8Rows : '';
+    return { name: f, code: `${common}\n${rows}\n${own}` };
+  });
 
 // WebGPU needs a secure context: serve a blank page on loopback.
 const server = createServer((_, res) => res.end('<!doctype html><title>shaders</title>'));
