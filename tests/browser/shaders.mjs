@@ -1,8 +1,8 @@
 // Compiles every WGSL kernel (shaders/common.wgsl [+ int8_rows.wgsl] + the kernel, as
 // src/gpu/kernels.rs does) with Chromium's own WebGPU (Tint, on SwiftShader without a GPU) and
-// builds its compute pipeline with an automatic layout. Tint applies WGSL's uniformity rules more strictly than naga, so this is
-// what proves the native-tested kernels also run in the browser. Prints one line per kernel and
-// "N passed, M failed"; exits non-zero on any failure.
+// builds its compute pipeline with an automatic layout. Tint applies WGSL's uniformity rules more
+// strictly than naga, so this is what proves the native-tested kernels also run in the browser.
+// Prints one line per kernel and "N passed, M failed"; exits non-zero on any failure.
 import { createServer } from 'node:http';
 import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
