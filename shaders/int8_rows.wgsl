@@ -36,8 +36,9 @@ struct Int8Rows {
 @group(0) @binding(1) var<uniform> chunk: Chunk;
 @group(0) @binding(2) var<storage, read> q: array<u32>;        // [rows, cols / 4]
 @group(0) @binding(3) var<storage, read> affine: array<f32>;   // scales, then biases
-@group(0) @binding(4) var<storage, read> norm_w: array<f32>;   // [cols] (unused without norm)
-@group(0) @binding(5) var<storage, read> x: array<f32>;        // [tokens, x_stride]
+// Read as vectors of 4: cols, x_stride, x_offset and block starts are all multiples of 4.
+@group(0) @binding(4) var<storage, read> norm_w: array<vec4<f32>>;   // [cols] (unused without norm)
+@group(0) @binding(5) var<storage, read> x: array<vec4<f32>>;        // [tokens, x_stride]
 
 const TOKEN_TILE: u32 = 8u;
 // The most lanes a row can have (matmul_lanes in src/gpu/kernels.rs).
@@ -82,19 +83,24 @@ fn tile_partials(li: u32, group_row: u32, first: u32, count: u32) {
     var sq: array<f32, 8>;
     if row < params.m.rows {
         let words = params.m.cols / 4u;
-        let x_base = params.m.x_offset + ((params.m.row_offset + row) / params.m.block_rows) * params.m.cols;
+        let x_base = (params.m.x_offset + ((params.m.row_offset + row) / params.m.block_rows) * params.m.cols) / 4u;
+        let x_stride = params.m.x_stride / 4u;
         let weight_base = (row + half * params.m.pair_offset) * words;
-        for (var w = lane; w < words; w += lanes) {
-            var weights = unpack_int8(q[weight_base + w]);
-            if params.m.has_norm == 1u {
-                let c = 4u * w;
-                weights *= vec4<f32>(1.0) + vec4<f32>(norm_w[c], norm_w[c + 1u], norm_w[c + 2u], norm_w[c + 3u]);
+        if params.m.has_norm == 1u {
+            for (var w = lane; w < words; w += lanes) {
+                let weights = unpack_int8(q[weight_base + w]) * (vec4<f32>(1.0) + norm_w[w]);
+                for (var t = 0u; t < count; t++) {
+                    let xs = x[(first + t) * x_stride + x_base + w];
+                    acc[t] += dot(weights, xs);
+                    sq[t] += dot(xs, xs);
+                }
             }
-            for (var t = 0u; t < count; t++) {
-                let at = (first + t) * params.m.x_stride + x_base + 4u * w;
-                let xs = vec4<f32>(x[at], x[at + 1u], x[at + 2u], x[at + 3u]);
-                acc[t] += dot(weights, xs);
-                sq[t] += dot(xs, xs);
+        } else {
+            for (var w = lane; w < words; w += lanes) {
+                let weights = unpack_int8(q[weight_base + w]);
+                for (var t = 0u; t < count; t++) {
+                    acc[t] += dot(weights, x[(first + t) * x_stride + x_base + w]);
+                }
             }
         }
     }

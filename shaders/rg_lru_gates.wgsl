@@ -22,6 +22,11 @@ struct Params {
 @group(0) @binding(8) var<storage, read_write> h: array<f32>;       // [lru]
 @group(0) @binding(9) var<storage, read_write> out: array<f32>;     // [tokens, lru]
 
+// Element i of the input, which int8_rows.wgsl binds as vectors of 4.
+fn input(i: u32) -> f32 {
+    return x[i / 4u][i % 4u];
+}
+
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: vec3<u32>) {
     let n = params.m.rows;
@@ -39,14 +44,14 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
             for (var t = 0u; t < tile_tokens; t++) {
                 let token = tile_start + t;
                 let log_a = sigmoid(row_total(t, li, 1u, channel)) * log_a_scale[channel];
-                let normalized_x = x[token * 2u * n + n + channel] * sigmoid(row_total(t, li, 0u, channel));
+                let normalized_x = input(token * 2u * n + n + channel) * sigmoid(row_total(t, li, 0u, channel));
                 if step.position + token == 0u {
                     state = normalized_x;
                 } else {
                     let multiplier = sqrt(max(0.0, 1.0 - exp(2.0 * log_a)));
                     state = exp(log_a) * state + normalized_x * multiplier;
                 }
-                out[token * n + channel] = state * x[token * 2u * n + channel];
+                out[token * n + channel] = state * input(token * 2u * n + channel);
             }
         }
         // The next tile overwrites the partial sums.
