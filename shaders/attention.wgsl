@@ -18,7 +18,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<uniform> chunk: Chunk;
 @group(0) @binding(2) var<storage, read> step: Step;
-@group(0) @binding(3) var<storage, read> q: array<f32>;               // [tokens, heads, head_dim]
+@group(0) @binding(3) var<storage, read> qkv: array<f32>;             // [tokens, heads + 2, head_dim]
 @group(0) @binding(4) var<storage, read> ring_k: array<f32>;          // [slots, head_dim]
 @group(0) @binding(5) var<storage, read> ring_v: array<f32>;          // [slots, head_dim]
 @group(0) @binding(6) var<storage, read_write> scores: array<f32>;    // [tokens, heads, window + 1]
@@ -40,7 +40,8 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
     let first = position - min(position, params.window);
     let count = position - first + 1u;
     let hd = params.head_dim;
-    let q_base = (t * params.heads + head) * hd;
+    let q_base = (t * (params.heads + 2u) + head) * hd;
+    let out_base = (t * params.heads + head) * hd;
     let row = (t * params.heads + head) * (params.window + 1u);
 
     var local_max = -3.0e38;
@@ -48,7 +49,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
         let key = ((first + j) % params.slots) * hd;
         var dot_qk = 0.0;
         for (var d = 0u; d < hd; d++) {
-            dot_qk += q[q_base + d] * ring_k[key + d];
+            dot_qk += qkv[q_base + d] * ring_k[key + d];
         }
         let score = dot_qk * params.scale;
         scores[row + j] = score;
@@ -70,6 +71,6 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
         for (var j = 0u; j < count; j++) {
             acc += scores[row + j] * ring_v[((first + j) % params.slots) * hd + d];
         }
-        out[q_base + d] = acc / total;
+        out[out_base + d] = acc / total;
     }
 }

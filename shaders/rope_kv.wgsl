@@ -19,11 +19,10 @@ struct Params {
 @group(0) @binding(1) var<uniform> chunk: Chunk;
 @group(0) @binding(2) var<storage, read> step: Step;
 @group(0) @binding(3) var<storage, read> inv_freq: array<f32>;        // [rotary_half]
-@group(0) @binding(4) var<storage, read_write> q: array<f32>;         // [tokens, heads, head_dim]
-@group(0) @binding(5) var<storage, read> k: array<f32>;               // [tokens, head_dim]
-@group(0) @binding(6) var<storage, read> v: array<f32>;               // [tokens, head_dim]
-@group(0) @binding(7) var<storage, read_write> ring_k: array<f32>;    // [slots, head_dim]
-@group(0) @binding(8) var<storage, read_write> ring_v: array<f32>;    // [slots, head_dim]
+// Per token: the query heads, then the key, then the value (the stacked q/k/v projection).
+@group(0) @binding(4) var<storage, read_write> qkv: array<f32>;       // [tokens, heads + 2, head_dim]
+@group(0) @binding(5) var<storage, read_write> ring_k: array<f32>;    // [slots, head_dim]
+@group(0) @binding(6) var<storage, read_write> ring_v: array<f32>;    // [slots, head_dim]
 
 const TWO_PI_HI: f32 = 6.28125;
 const TWO_PI_LO: f32 = 0.0019353071795864769;
@@ -50,23 +49,25 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
     }
     let position = step.position + t;
     let hd = params.head_dim;
+    let token_base = t * (params.heads + 2u) * hd;
     if head < params.heads {
-        let base = (t * params.heads + head) * hd;
+        let base = token_base + head * hd;
         for (var i = li; i < params.rotary_half; i += 64u) {
-            let r = rotate(q[base + i], q[base + i + params.rotary_half], position, i);
-            q[base + i] = r.x;
-            q[base + i + params.rotary_half] = r.y;
+            let r = rotate(qkv[base + i], qkv[base + i + params.rotary_half], position, i);
+            qkv[base + i] = r.x;
+            qkv[base + i + params.rotary_half] = r.y;
         }
         return;
     }
     let slot = (position % params.slots) * hd;
-    let base = t * hd;
+    let k = token_base + params.heads * hd;
+    let v = k + hd;
     for (var i = li; i < hd; i += 64u) {
-        ring_v[slot + i] = v[base + i];
+        ring_v[slot + i] = qkv[v + i];
         if i >= 2u * params.rotary_half {
-            ring_k[slot + i] = k[base + i];
+            ring_k[slot + i] = qkv[k + i];
         } else if i < params.rotary_half {
-            let r = rotate(k[base + i], k[base + i + params.rotary_half], position, i);
+            let r = rotate(qkv[k + i], qkv[k + i + params.rotary_half], position, i);
             ring_k[slot + i] = r.x;
             ring_k[slot + i + params.rotary_half] = r.y;
         }

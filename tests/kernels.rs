@@ -651,6 +651,10 @@ fn check_attention(gpu: &Gpu, position: usize, seed: u64) {
     let q = rng.vec(tokens * heads * hd, -1.5, 1.5);
     let k = rng.vec(tokens * hd, -1.5, 1.5);
     let v = rng.vec(tokens * hd, -1.0, 1.0);
+    // As the stacked projection writes them: per token the query heads, the key, the value.
+    let qkv: Vec<f32> = (0..tokens)
+        .flat_map(|t| [&q[t * heads * hd..][..heads * hd], &k[t * hd..][..hd], &v[t * hd..][..hd]].concat())
+        .collect();
     // Every slot filled: the keys of earlier positions, and stale ones that must not be read.
     let ring_k = rng.vec(slots * hd, -1.5, 1.5);
     let ring_v = rng.vec(slots * hd, -1.0, 1.0);
@@ -658,20 +662,11 @@ fn check_attention(gpu: &Gpu, position: usize, seed: u64) {
 
     let step = gpu.buffer(&[StepState { position: position as u32, generated: 0 }]);
     let chunk = gpu.uniform(&chunk(tokens));
-    let (q_buffer, ring_k_buffer, ring_v_buffer) = (gpu.buffer(&q), gpu.buffer(&ring_k), gpu.buffer(&ring_v));
+    let (qkv_buffer, ring_k_buffer, ring_v_buffer) = (gpu.buffer(&qkv), gpu.buffer(&ring_k), gpu.buffer(&ring_v));
     let rope =
         RopeParams { heads: heads as u32, head_dim: hd as u32, rotary_half: rotary_half as u32, slots: slots as u32 };
-    let buffers = [
-        &gpu.uniform(&rope),
-        &chunk,
-        &step,
-        &gpu.buffer(&inv_freq),
-        &q_buffer,
-        &gpu.buffer(&k),
-        &gpu.buffer(&v),
-        &ring_k_buffer,
-        &ring_v_buffer,
-    ];
+    let buffers =
+        [&gpu.uniform(&rope), &chunk, &step, &gpu.buffer(&inv_freq), &qkv_buffer, &ring_k_buffer, &ring_v_buffer];
     gpu.run(Kernel::RopeKv, &buffers, (tokens as u32, heads as u32 + 1));
     let params = AttentionParams {
         heads: heads as u32,
@@ -683,7 +678,7 @@ fn check_attention(gpu: &Gpu, position: usize, seed: u64) {
     };
     let scores = gpu.buffer(&vec![0.0f32; tokens * heads * (window + 1)]);
     let out = gpu.buffer(&vec![SENTINEL; tokens * heads * hd]);
-    let buffers = [&gpu.uniform(&params), &chunk, &step, &q_buffer, &ring_k_buffer, &ring_v_buffer, &scores, &out];
+    let buffers = [&gpu.uniform(&params), &chunk, &step, &qkv_buffer, &ring_k_buffer, &ring_v_buffer, &scores, &out];
     gpu.run(Kernel::Attention, &buffers, (heads as u32, tokens as u32));
 
     // RoPE on every query head and the key, then keys and values into slot p mod slots.
@@ -702,7 +697,14 @@ fn check_attention(gpu: &Gpu, position: usize, seed: u64) {
         want_ring_v[slot * hd..(slot + 1) * hd].copy_from_slice(&v[t * hd..(t + 1) * hd]);
     }
     let what = format!("rope_kv at position {position}");
-    assert_close(&format!("{what}: queries"), &gpu.read::<f32>(&q_buffer), &want_q, hd);
+    // Only the queries change in qkv.
+    let got_q: Vec<f32> =
+        gpu.read::<f32>(&qkv_buffer).chunks((heads + 2) * hd).flat_map(|row| row[..heads * hd].to_vec()).collect();
+    assert_close(&format!("{what}: queries"), &got_q, &want_q, hd);
+    let unchanged: Vec<f32> =
+        gpu.read::<f32>(&qkv_buffer).chunks((heads + 2) * hd).flat_map(|row| row[heads * hd..].to_vec()).collect();
+    let want_kv: Vec<f32> = qkv.chunks((heads + 2) * hd).flat_map(|row| row[heads * hd..].to_vec()).collect();
+    assert_close(&format!("{what}: keys and values in qkv"), &unchanged, &want_kv, hd);
     assert_close(&format!("{what}: key ring"), &gpu.read::<f32>(&ring_k_buffer), &want_ring_k, hd);
     assert_close(&format!("{what}: value ring"), &gpu.read::<f32>(&ring_v_buffer), &want_ring_v, hd);
 

@@ -60,10 +60,9 @@ struct Activations {
     branches: wgpu::Buffer,
     /// `[CHUNK, lru]` RG-LRU output ⊙ GELU(y).
     lru_out: wgpu::Buffer,
-    /// `[CHUNK, H·hd]`, `[CHUNK, hd]`, `[CHUNK, hd]`, `[CHUNK, H·hd]`.
-    q: wgpu::Buffer,
-    k: wgpu::Buffer,
-    v: wgpu::Buffer,
+    /// `[CHUNK, H + 2, hd]`: per token the query heads, the key and the value.
+    qkv: wgpu::Buffer,
+    /// `[CHUNK, H·hd]`
     attention_out: wgpu::Buffer,
     /// `[CHUNK, H, W + 1]` softmax scratch.
     scores: wgpu::Buffer,
@@ -133,9 +132,7 @@ impl Engine {
             x: ctx.storage("x", f32s(c * d)),
             branches: ctx.storage("branches", f32s(c * 2 * lru)),
             lru_out: ctx.storage("lru_out", f32s(c * lru)),
-            q: ctx.storage("q", f32s(c * h * hd)),
-            k: ctx.storage("k", f32s(c * hd)),
-            v: ctx.storage("v", f32s(c * hd)),
+            qkv: ctx.storage("qkv", f32s(c * (h + 2) * hd)),
             attention_out: ctx.storage("attention_out", f32s(c * h * hd)),
             scores: ctx.storage("scores", f32s(c * h * (w + 1))),
             hidden: ctx.storage("hidden", f32s(c * f)),
@@ -557,10 +554,8 @@ impl Engine {
                 }
                 BlockType::Attention => {
                     let (keys, values) = (state.next().expect("state"), state.next().expect("state"));
-                    for (name, out) in [("q_proj", &a.q), ("k_proj", &a.k), ("v_proj", &a.v)] {
-                        let w = format!("{t}.{name}.weight");
-                        self.matmul(&mut body, &w, Some(&temporal_norm), &a.x, out, Epilogue::Store, false);
-                    }
+                    let w = format!("{t}.q_proj.weight");
+                    self.matmul(&mut body, &w, Some(&temporal_norm), &a.x, &a.qkv, Epilogue::Store, false);
                     let heads = config.num_attention_heads as u32;
                     let slots = (config.attention_window_size + CHUNK) as u32;
                     let rope = RopeParams {
@@ -570,7 +565,7 @@ impl Engine {
                         slots,
                     };
                     let rope = self.uniform("rope params", &rope);
-                    let buffers = [&rope, &self.chunk_info, step, &inv_freq_buffer, &a.q, &a.k, &a.v, keys, values];
+                    let buffers = [&rope, &self.chunk_info, step, &inv_freq_buffer, &a.qkv, keys, values];
                     self.dispatch(&mut body, Kernel::RopeKv, &buffers, Groups::TokenMajor(heads + 1));
                     let params = AttentionParams {
                         heads,
@@ -581,7 +576,7 @@ impl Engine {
                         _pad: [0; 3],
                     };
                     let params = self.uniform("attention params", &params);
-                    let buffers = [&params, &self.chunk_info, step, &a.q, keys, values, &a.scores, &a.attention_out];
+                    let buffers = [&params, &self.chunk_info, step, &a.qkv, keys, values, &a.scores, &a.attention_out];
                     self.dispatch(&mut body, Kernel::Attention, &buffers, Groups::PerToken(heads));
                     let w = format!("{t}.o_proj.weight");
                     self.matmul(&mut body, &w, None, &a.attention_out, &a.x, Epilogue::Add, false);

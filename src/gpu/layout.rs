@@ -1,8 +1,9 @@
 //! Where each piece of a web-format model lives on the GPU.
 //!
 //! Matrices that one kernel reads together are stacked by rows into one buffer, so that a single
-//! dispatch computes both within WebGPU's eight storage buffers per shader stage:
-//! `[linear_y; linear_x]`, `[input_gate; recurrent_gate]` and `[gate_proj; up_proj]`. Every int8
+//! dispatch computes them within WebGPU's eight storage buffers per shader stage:
+//! `[linear_y; linear_x]`, `[input_gate; recurrent_gate]`, `[q_proj; k_proj; v_proj]` and
+//! `[gate_proj; up_proj]`. Every int8
 //! matrix (stacked or not) gets one *affine* buffer holding the scales of all its rows, then their
 //! biases. The conv taps and the conv bias share one buffer. Everything else has a buffer of its own.
 
@@ -40,10 +41,15 @@ pub fn stacked_matrices(config: &Config) -> Vec<Vec<String>> {
     let mut stacks = Vec::new();
     for layer in 0..config.num_hidden_layers {
         let p = format!("model.layers.{layer}");
-        if config.block_type(layer) == BlockType::Recurrent {
-            let t = format!("{p}.temporal_block");
-            stacks.push(vec![format!("{t}.linear_y.weight"), format!("{t}.linear_x.weight")]);
-            stacks.push(vec![format!("{t}.rg_lru.input_gate_weight"), format!("{t}.rg_lru.recurrent_gate_weight")]);
+        let t = format!("{p}.temporal_block");
+        match config.block_type(layer) {
+            BlockType::Recurrent => {
+                stacks.push(vec![format!("{t}.linear_y.weight"), format!("{t}.linear_x.weight")]);
+                stacks.push(vec![format!("{t}.rg_lru.input_gate_weight"), format!("{t}.rg_lru.recurrent_gate_weight")]);
+            }
+            BlockType::Attention => {
+                stacks.push(["q_proj", "k_proj", "v_proj"].iter().map(|m| format!("{t}.{m}.weight")).collect());
+            }
         }
         let m = format!("{p}.mlp_block");
         stacks.push(vec![format!("{m}.gate_proj.weight"), format!("{m}.up_proj.weight")]);
