@@ -2,13 +2,19 @@
 // then advances the position by the chunk's tokens.
 //
 //   greedy (temperature 0):  argmax_i l_i, lowest index on ties
-//   otherwise:               p_i ∝ exp((l_i − max l) / T) over { i : l_i ≥ τ },
+//   otherwise:               p_i ∝ exp((l_i − max l) / T) over { i : l_i ≥ τ }, drawn by inverting
+//                            the cumulative sum in vocabulary order at u = hash(seed, n), one
+//                            uniform draw per token;
 //                            τ = max(τ_k, τ_p): τ_k the k-th largest logit (top-k), τ_p the largest
-//                            threshold keeping ≥ top_p of the remaining mass (top-p), both found by
-//                            bisection on the logit value; one uniform draw u = hash(seed, n) per token
+//                            threshold keeping ≥ top_p of the mass above τ_k (top-p), both found by
+//                            bisection on the logit value
 //   mode 0:                  no sampling, only the position advances (prefill without a draw)
 //
-// One workgroup of 256 threads. NaN logits count as −∞.
+// One workgroup of 256 threads. NaN logits count as −∞, and ±∞ as ±3·10³⁸. Each bisection step
+// counts (and weighs) the logits at or above its midpoint; as soon as at most CANDIDATES logits
+// lie at or above the lower end of the search, they are copied once, in vocabulary order, into
+// workgroup memory, and the remaining steps and the draw read only them instead of the whole
+// vocabulary (for top-k 40 over 256,000 logits: a handful of passes over the logits, not 40).
 
 struct Sampling {
     temperature: f32,
@@ -30,27 +36,40 @@ struct Sampling {
 
 const GENERATED_RING: u32 = 1024u;
 const NEG_BIG: f32 = -3.0e38;
+const BIG: f32 = 3.0e38;
+const CANDIDATES: u32 = 1024u;
 
 var<workgroup> reduce_u: array<u32, 256>;
+var<workgroup> reduce_pair: array<vec2<f32>, 256>;
+var<workgroup> candidate_logit: array<f32, CANDIDATES>;
+var<workgroup> candidate_id: array<u32, CANDIDATES>;
+var<workgroup> candidate_count: u32;
 var<workgroup> chosen: atomic<u32>;
 
 fn logit(row: u32, i: u32) -> f32 {
     let v = logits[row + i];
-    return select(NEG_BIG, v, v == v);
+    return select(NEG_BIG, clamp(v, NEG_BIG, BIG), v == v);
 }
 
-fn sum_u(li: u32, value: u32) -> u32 {
-    reduce_u[li] = value;
-    workgroupBarrier();
-    for (var stride = 128u; stride > 0u; stride /= 2u) {
-        if li < stride {
-            reduce_u[li] += reduce_u[li + stride];
-        }
-        workgroupBarrier();
+// The logits still in the running: the whole row, or the candidates once copied.
+struct Source {
+    row: u32,
+    copied: bool,
+    len: u32,
+}
+
+fn source_logit(s: Source, j: u32) -> f32 {
+    if s.copied {
+        return candidate_logit[j];
     }
-    let result = reduce_u[0];
-    workgroupBarrier();
-    return result;
+    return logit(s.row, j);
+}
+
+fn source_id(s: Source, j: u32) -> u32 {
+    if s.copied {
+        return candidate_id[j];
+    }
+    return j;
 }
 
 fn pcg(v: u32) -> u32 {
@@ -59,18 +78,67 @@ fn pcg(v: u32) -> u32 {
     return (word >> 22u) ^ word;
 }
 
-// Unnormalized probability of token i, or 0 below the threshold.
-fn weight(row: u32, i: u32, threshold: f32, max_logit: f32) -> f32 {
-    let l = logit(row, i);
+// Unnormalized probability of a logit, or 0 below the threshold.
+fn weight(l: f32, threshold: f32, max_logit: f32) -> f32 {
     return select(0.0, exp((l - max_logit) / sampling.temperature), l >= threshold);
 }
 
-fn mass_at_least(li: u32, row: u32, threshold: f32, max_logit: f32) -> f32 {
-    var local = 0.0;
-    for (var i = li; i < sampling.vocab; i += 256u) {
-        local += weight(row, i, threshold, max_logit);
+// (count, Σ weight) of the source's logits at or above `threshold`, the same in every thread.
+fn count_and_mass(li: u32, s: Source, threshold: f32, max_logit: f32) -> vec2<f32> {
+    var local = vec2<f32>(0.0);
+    for (var j = li; j < s.len; j += 256u) {
+        let l = source_logit(s, j);
+        if l >= threshold {
+            local += vec2<f32>(1.0, exp((l - max_logit) / sampling.temperature));
+        }
     }
-    return workgroup_sum(li, local);
+    reduce_pair[li] = local;
+    workgroupBarrier();
+    for (var stride = 128u; stride > 0u; stride /= 2u) {
+        if li < stride {
+            reduce_pair[li] += reduce_pair[li + stride];
+        }
+        workgroupBarrier();
+    }
+    let result = workgroupUniformLoad(&reduce_pair[0]);
+    workgroupBarrier();
+    return result;
+}
+
+// Copies the row's logits at or above `threshold` (at most CANDIDATES of them) into workgroup
+// memory in vocabulary order: each thread takes a contiguous segment, and a prefix sum over the
+// threads' counts gives each its place.
+fn copy_candidates(li: u32, row: u32, threshold: f32) -> Source {
+    let vocab = sampling.vocab;
+    let segment = (vocab + 255u) / 256u;
+    let begin = min(li * segment, vocab);
+    let end = min(begin + segment, vocab);
+    var mine = 0u;
+    for (var i = begin; i < end; i++) {
+        mine += select(0u, 1u, logit(row, i) >= threshold);
+    }
+    reduce_u[li] = mine;
+    workgroupBarrier();
+    if li == 0u {
+        var running = 0u;
+        for (var j = 0u; j < 256u; j++) {
+            let count = reduce_u[j];
+            reduce_u[j] = running;
+            running += count;
+        }
+        candidate_count = min(running, CANDIDATES);
+    }
+    workgroupBarrier();
+    var at = reduce_u[li];
+    for (var i = begin; i < end; i++) {
+        let l = logit(row, i);
+        if l >= threshold && at < CANDIDATES {
+            candidate_logit[at] = l;
+            candidate_id[at] = i;
+            at++;
+        }
+    }
+    return Source(row, true, workgroupUniformLoad(&candidate_count));
 }
 
 @compute @workgroup_size(256)
@@ -92,13 +160,18 @@ fn pick(li: u32) -> u32 {
     let vocab = sampling.vocab;
     let row = (chunk.head_count - 1u) * vocab;
 
+    // One pass: the maximum (lowest index on ties) and the lowest logit that is not −∞.
     var best = NEG_BIG;
     var best_index = 0xffffffffu;
+    var local_min = BIG;
     for (var i = li; i < vocab; i += 256u) {
         let l = logit(row, i);
         if l > best || best_index == 0xffffffffu {
             best = l;
             best_index = i;
+        }
+        if l > NEG_BIG {
+            local_min = min(local_min, l);
         }
     }
     reduction[li] = best;
@@ -115,45 +188,53 @@ fn pick(li: u32) -> u32 {
         }
         workgroupBarrier();
     }
-    let max_logit = reduction[0];
-    let argmax = reduce_u[0];
+    let max_logit = workgroupUniformLoad(&reduction[0]);
+    let argmax = workgroupUniformLoad(&reduce_u[0]);
     workgroupBarrier();
     if sampling.temperature <= 0.0 {
         return argmax;
     }
-
-    // Every branch that reaches a barrier depends only on uniforms, so browsers' uniformity
-    // analysis accepts it; the thresholds themselves are per-thread copies of one value.
-    var local_min = max_logit;
-    for (var i = li; i < vocab; i += 256u) {
-        local_min = min(local_min, logit(row, i));
-    }
     var threshold = workgroup_min(li, local_min);
+
+    // Every value below is the same in all threads (workgroupUniformLoad), so the branches
+    // around barriers are uniform, as browsers check.
+    var source = Source(row, false, vocab);
+    // The number of logits at or above the threshold, or an upper bound of it.
+    var count_above = f32(vocab);
     if sampling.top_k > 0u && sampling.top_k < vocab {
         var lo = threshold;
         var hi = max_logit;
         for (var iteration = 0u; iteration < 40u; iteration++) {
-            let mid = lo + (hi - lo) * 0.5;
-            var local_count = 0u;
-            for (var i = li; i < vocab; i += 256u) {
-                local_count += select(0u, 1u, logit(row, i) >= mid);
+            if !source.copied && count_above <= f32(CANDIDATES) {
+                source = copy_candidates(li, row, lo);
             }
-            if sum_u(li, local_count) >= sampling.top_k {
+            let mid = lo + (hi - lo) * 0.5;
+            let above = count_and_mass(li, source, mid, max_logit);
+            if above.x >= f32(sampling.top_k) {
                 lo = mid;
+                count_above = above.x;
             } else {
                 hi = mid;
             }
         }
         threshold = lo;
     }
+    if !source.copied && count_above <= f32(CANDIDATES) {
+        source = copy_candidates(li, row, threshold);
+    }
     if sampling.top_p < 1.0 {
-        let wanted = sampling.top_p * mass_at_least(li, row, threshold, max_logit);
+        let wanted = sampling.top_p * count_and_mass(li, source, threshold, max_logit).y;
         var lo = threshold;
         var hi = max_logit;
         for (var iteration = 0u; iteration < 40u; iteration++) {
+            if !source.copied && count_above <= f32(CANDIDATES) {
+                source = copy_candidates(li, row, lo);
+            }
             let mid = lo + (hi - lo) * 0.5;
-            if mass_at_least(li, row, mid, max_logit) >= wanted {
+            let above = count_and_mass(li, source, mid, max_logit);
+            if above.y >= wanted {
                 lo = mid;
+                count_above = above.x;
             } else {
                 hi = mid;
             }
@@ -162,12 +243,12 @@ fn pick(li: u32) -> u32 {
     }
 
     // Inverse-CDF draw: each thread owns a contiguous segment; thread 0 prefix-sums the segments.
-    let segment = (vocab + 255u) / 256u;
-    let begin = min(li * segment, vocab);
-    let end = min(begin + segment, vocab);
+    let segment = (source.len + 255u) / 256u;
+    let begin = min(li * segment, source.len);
+    let end = min(begin + segment, source.len);
     var own = 0.0;
-    for (var i = begin; i < end; i++) {
-        own += weight(row, i, threshold, max_logit);
+    for (var j = begin; j < end; j++) {
+        own += weight(source_logit(source, j), threshold, max_logit);
     }
     reduction[li] = own;
     if li == 0u {
@@ -190,11 +271,11 @@ fn pick(li: u32) -> u32 {
     let before = reduction[li];
     if own > 0.0 && target_mass >= before && target_mass < before + own {
         var running = before;
-        var pick_index = end - 1u;
-        for (var i = begin; i < end; i++) {
-            let w = weight(row, i, threshold, max_logit);
+        var pick_index = source_id(source, end - 1u);
+        for (var j = begin; j < end; j++) {
+            let w = weight(source_logit(source, j), threshold, max_logit);
             if w > 0.0 {
-                pick_index = i;
+                pick_index = source_id(source, j);
                 running += w;
                 if running > target_mass {
                     break;

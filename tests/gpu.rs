@@ -243,4 +243,11 @@ fn rg_bench_reports_speed_and_sizes() {
     assert_eq!(report["weight_bytes"], 17_762_560);
     assert_eq!(report["state_bytes"], 20_488);
     assert!(report["dispatches_per_token"].as_u64().unwrap() > 0);
+    assert_eq!(report["sampling"]["temperature"], 0.0, "greedy unless asked");
+    let sampled =
+        ["bench", s(&tiny().int8), "--prompt-tokens", "8", "--gen-tokens", "4", "--json", "--temperature", "0.8"];
+    let out = ok(&[&sampled[..], &["--top-k", "40", "--top-p", "0.9"]].concat());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["sampling"]["top_k"], 40);
+    assert!(report["decode"][0]["tokens_per_s"].as_f64().unwrap() > 0.0);
 }

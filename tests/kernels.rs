@@ -111,13 +111,20 @@ impl Gpu {
 
     /// One dispatch of `kernel` with `@binding(i)` = `buffers[i]`, submitted on its own.
     fn run(&self, kernel: Kernel, buffers: &[&wgpu::Buffer], groups: (u32, u32)) {
+        self.run_times(kernel, buffers, groups, 1);
+    }
+
+    /// `times` dispatches of `kernel` one after another, in one submission.
+    fn run_times(&self, kernel: Kernel, buffers: &[&wgpu::Buffer], groups: (u32, u32), times: usize) {
         let bind_group = self.kernels.bind(&self.ctx.device, kernel, buffers);
         let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             pass.set_pipeline(self.kernels.pipeline(kernel));
             pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(groups.0, groups.1, 1);
+            for _ in 0..times {
+                pass.dispatch_workgroups(groups.0, groups.1, 1);
+            }
         }
         self.ctx.queue.submit([encoder.finish()]);
     }
@@ -786,4 +793,103 @@ fn sample_greedy_ties_nans_and_prefill_mode() {
     assert!(tokens.iter().all(|&t| t == GENERATED_SENTINEL), "mode 0 writes no token");
     assert!(generated.iter().all(|&g| g == GENERATED_SENTINEL), "mode 0 records nothing");
     assert_eq!((step.position, step.generated), (4 + 7, 1030), "mode 0 only advances the position");
+}
+
+/// `pcg` in sample.wgsl.
+fn pcg(v: u32) -> u32 {
+    let state = v.wrapping_mul(747796405).wrapping_add(2891336453);
+    let word = ((state >> ((state >> 28) + 4)) ^ state).wrapping_mul(277803737);
+    (word >> 22) ^ word
+}
+
+/// What sample.wgsl's header says it draws, in f64: the threshold from the sorted logits, the
+/// inverse CDF walked in vocabulary order. Returns the allowed tokens' cumulative weights (as
+/// `(id, weight before, weight after)`), their total, and the target of draw `n`.
+fn sample_reference(logits: &[f32], params: &SampleParams, n: u32) -> (Vec<(u32, f64, f64)>, f64, f64) {
+    let value = |l: f32| if l.is_nan() { -3.0e38 } else { l };
+    let mut sorted: Vec<f32> = logits.iter().map(|&l| value(l)).collect();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let max = sorted[0];
+    let weight = |l: f32| (((l - max) / params.temperature) as f64).exp();
+    let mut threshold = *sorted.last().unwrap();
+    if params.top_k > 0 && (params.top_k as usize) < sorted.len() {
+        threshold = sorted[params.top_k as usize - 1];
+    }
+    if params.top_p < 1.0 {
+        let kept = sorted.iter().take_while(|&&l| l >= threshold);
+        let wanted = params.top_p as f64 * kept.clone().map(|&l| weight(l)).sum::<f64>();
+        // The largest logit value whose tokens at or above it carry at least `wanted`.
+        let mut mass = 0.0;
+        for (i, &l) in sorted.iter().enumerate() {
+            mass += weight(l);
+            let last_of_value = sorted.get(i + 1).is_none_or(|&next| next < l);
+            if last_of_value && mass >= wanted {
+                threshold = l;
+                break;
+            }
+        }
+    }
+    let u = (pcg(params.seed ^ pcg(n)) >> 8) as f64 / 16777216.0;
+    let mut cumulative = Vec::new();
+    let mut total = 0.0;
+    for (id, &l) in logits.iter().enumerate() {
+        if value(l) >= threshold {
+            let w = weight(value(l));
+            cumulative.push((id as u32, total, total + w));
+            total += w;
+        }
+    }
+    (cumulative, total, u * total)
+}
+
+#[test]
+fn sample_draws_follow_the_header_formula() {
+    let gpu = Gpu::new();
+    let vocab = 3001;
+    let mut rng = Lcg(120);
+    // Logits of a spread like a model's, a few NaNs, and a tied maximum.
+    let mut logits: Vec<f32> = (0..vocab).map(|_| rng.uniform(-1.0, 1.0) * rng.uniform(0.0, 8.0)).collect();
+    for i in [17, 1800, 2999] {
+        logits[i] = f32::NAN;
+    }
+    logits[400] = 9.5;
+    logits[2500] = 9.5;
+    let draws = 48;
+    let cases =
+        [(1.0, 0, 1.0), (0.7, 40, 1.0), (1.3, 0, 0.9), (1.0, 50, 0.8), (0.5, 300, 0.5), (2.0, 1, 1.0), (1.0, 0, 1e-6)];
+    for (temperature, top_k, top_p) in cases {
+        let params = SampleParams { temperature, top_k, top_p, seed: 777, mode: 1, vocab: vocab as u32, _pad: [0; 2] };
+        let chunk = ChunkInfo { n_tokens: 1, head_first: 0, head_count: 1, _pad: 0 };
+        let first_draw = 5u32;
+        let step = gpu.buffer(&[StepState { position: 9, generated: first_draw }]);
+        let tokens = gpu.buffer(&[GENERATED_SENTINEL; CHUNK]);
+        let generated = gpu.buffer(&vec![GENERATED_SENTINEL; GENERATED_RING as usize]);
+        let buffers = [&gpu.uniform(&params), &gpu.uniform(&chunk), &step, &gpu.buffer(&logits), &tokens, &generated];
+        gpu.run_times(Kernel::Sample, &buffers, (1, 1), draws);
+        let picks = gpu.read::<u32>(&generated);
+
+        let what = format!("T {temperature}, top-k {top_k}, top-p {top_p}");
+        let mut distinct = std::collections::BTreeSet::new();
+        for n in first_draw..first_draw + draws as u32 {
+            let pick = picks[n as usize];
+            let (allowed, total, target) = sample_reference(&logits, &params, n);
+            let entry = allowed.iter().find(|(id, _, _)| *id == pick);
+            let (_, before, after) =
+                *entry.unwrap_or_else(|| panic!("{what}: draw {n} picked {pick}, outside the kept set"));
+            // Summation order moves the boundaries by rounding only.
+            let slack = 1e-5 * total;
+            assert!(
+                before - slack <= target && target < after + slack,
+                "{what}: draw {n} picked {pick} (cumulative {before}..{after}) for target {target} of {total}"
+            );
+            distinct.insert(pick);
+        }
+        let kept = sample_reference(&logits, &params, 0).0.len();
+        eprintln!("{what}: {draws} draws, {} distinct tokens of {kept} kept", distinct.len());
+        if kept == 1 {
+            assert_eq!(distinct.into_iter().collect::<Vec<_>>(), [400], "{what}: only the argmax");
+        } else {
+            assert!(distinct.len() > 1, "{what}: draws vary");
+        }
+    }
 }

@@ -83,6 +83,9 @@ enum Command {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
+        /// How decode picks tokens (greedy unless a temperature is given).
+        #[command(flatten)]
+        sampling: SamplingArgs,
     },
     /// Generate text from a prompt, streamed to stdout.
     Generate {
@@ -195,9 +198,11 @@ fn run(cli: Cli) -> Result<()> {
             };
             write_npy(&out, &logits, [tokens.len(), vocab])?;
         }
-        Command::Bench { model_dir, prompt_tokens, gen_tokens, json } => {
-            let engine = load_engine(gpu_context()?, &model_dir)?;
-            bench(engine, prompt_tokens, &gen_tokens, json)?;
+        Command::Bench { model_dir, prompt_tokens, gen_tokens, json, sampling } => {
+            let mut engine = load_engine(gpu_context()?, &model_dir)?;
+            let params = sampling.params()?;
+            engine.set_sampling(&params)?;
+            bench(engine, prompt_tokens, &gen_tokens, &params, json)?;
         }
         Command::Generate { model, prompt, max_tokens, sampling, chat, print_ids } => {
             let params = sampling.params()?;
@@ -315,7 +320,13 @@ fn generate(
 }
 
 /// Prefill and decode throughput; each generation length starts from a fresh prefill.
-fn bench(mut engine: Engine, prompt_tokens: usize, gen_tokens: &[usize], json: bool) -> Result<()> {
+fn bench(
+    mut engine: Engine,
+    prompt_tokens: usize,
+    gen_tokens: &[usize],
+    sampling: &SamplingParams,
+    json: bool,
+) -> Result<()> {
     let vocab = engine.config.vocab_size as u32;
     let prompt: Vec<u32> =
         std::iter::once(BOS).chain((1..prompt_tokens as u32).map(|i| (i * 7919 + 13) % vocab)).collect();
@@ -341,6 +352,11 @@ fn bench(mut engine: Engine, prompt_tokens: usize, gen_tokens: &[usize], json: b
     let report = serde_json::json!({
         "adapter": format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type),
         "prompt_tokens": prompt.len(),
+        "sampling": serde_json::json!({
+            "temperature": sampling.temperature,
+            "top_k": sampling.top_k,
+            "top_p": sampling.top_p,
+        }),
         "prefill_tokens_per_s": prefill_tps,
         "decode": decode.iter().map(|(n, tps)| serde_json::json!({
             "gen_tokens": n,
@@ -356,6 +372,8 @@ fn bench(mut engine: Engine, prompt_tokens: usize, gen_tokens: &[usize], json: b
         println!("{report}");
     } else {
         println!("adapter            {}", report["adapter"].as_str().unwrap_or_default());
+        let p = sampling;
+        println!("sampling           temperature {}, top-k {}, top-p {}", p.temperature, p.top_k, p.top_p);
         println!("prefill            {prefill_tps:.1} tok/s ({} tokens)", prompt.len());
         for (n, tps) in &decode {
             println!("decode {n:>6} tok   {tps:.1} tok/s, {:.1} GB/s of weights", weight_bytes as f64 * tps / 1e9);
