@@ -138,7 +138,8 @@ impl Engine {
             hidden: ctx.storage("hidden", f32s(c * f)),
             logits: ctx.storage("logits", f32s(c * v)),
         };
-        let layout = Layout::new(&manifest, ctx.device.limits().max_storage_buffer_binding_size)?;
+        let limits = ctx.device.limits();
+        let layout = Layout::new(&manifest, limits.max_storage_buffer_binding_size.min(limits.max_buffer_size))?;
         let weights: HashMap<String, wgpu::Buffer> =
             layout.buffers.iter().map(|(name, bytes)| (name.clone(), ctx.storage(name, *bytes))).collect();
 

@@ -158,7 +158,7 @@ impl Layout {
                 .collect()
         } else {
             return Err(Error::Gpu(format!(
-                "{}: {bytes} bytes stacked in one binding, above the device's {binding_limit}",
+                "{}: {bytes} bytes stacked in one binding, above the device's {binding_limit}-byte limit",
                 stack.join(" + ")
             )));
         };
@@ -170,4 +170,65 @@ impl Layout {
 
 fn pieces_of<'m>(manifest: &'m Manifest, tensor: &str, role: Role) -> Vec<&'m Piece> {
     manifest.pieces.iter().filter(|p| p.tensor == tensor && p.role == role).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Preset;
+    use crate::weights::format::Quantization;
+
+    fn plan_2b() -> Manifest {
+        Manifest::plan(&Config::preset(Preset::RecurrentGemma2b), Quantization::Int8)
+    }
+
+    #[test]
+    fn stacks_share_one_buffer_and_one_affine_buffer() {
+        let manifest = plan_2b();
+        let layout = Layout::new(&manifest, 128 << 20).unwrap();
+        let t = "model.layers.0.temporal_block";
+        let (lru, d) = (2560, 2560);
+        let stack = &layout.stacks[&format!("{t}.linear_y.weight")];
+        assert_eq!(stack.parts, [(format!("{t}.linear_y.weight.values"), 0, 2 * lru)]);
+        assert_eq!((stack.rows, stack.cols, stack.bias_offset), (2 * lru, d, 2 * lru));
+        let values = format!("{t}.linear_y.weight.values");
+        let affine = format!("{t}.linear_y.weight.affine");
+        // linear_x's rows follow linear_y's; scales then biases in the affine buffer.
+        assert_eq!(layout.placement[&format!("{t}.linear_x.weight")], (values, (lru * d) as u64));
+        assert_eq!(layout.placement[&format!("{t}.linear_x.weight.scales")], (affine.clone(), lru as u64 * 4));
+        assert_eq!(layout.placement[&format!("{t}.linear_y.bias")], (affine.clone(), 2 * lru as u64 * 4));
+        assert_eq!(layout.placement[&format!("{t}.linear_x.bias")], (affine, 3 * lru as u64 * 4));
+        // q/k/v have no bias: the affine buffer holds only scales.
+        let qkv = &layout.stacks["model.layers.2.temporal_block.q_proj.weight"];
+        assert_eq!((qkv.rows, qkv.bias_offset), (10 * 256 + 2 * 256, 0));
+        // The conv taps and bias share a buffer.
+        let conv = conv_buffer(t);
+        assert_eq!(layout.placement[&format!("{t}.conv_1d.bias")], (conv, (lru * 4 * 4) as u64));
+        // Every piece has a place, every place a buffer, and no bytes are lost.
+        let buffers: HashMap<&String, u64> = layout.buffers.iter().map(|(n, b)| (n, *b)).collect();
+        for piece in &manifest.pieces {
+            let (buffer, offset) = &layout.placement[&piece.name];
+            assert!(offset + piece.bytes <= buffers[buffer], "{} overflows {buffer}", piece.name);
+        }
+        let bytes: u64 = manifest.pieces.iter().map(|p| p.bytes).sum();
+        assert!(buffers.values().sum::<u64>() >= bytes);
+    }
+
+    #[test]
+    fn the_table_is_one_buffer_only_where_the_binding_limit_allows() {
+        let manifest = plan_2b();
+        let table = "model.embed_tokens.weight";
+        let default_limits = Layout::new(&manifest, 128 << 20).unwrap();
+        let parts = &default_limits.stacks[table].parts;
+        assert_eq!(parts.len(), 10);
+        assert_eq!(parts.iter().map(|p| p.2).sum::<usize>(), 256_000);
+        let large_limits = Layout::new(&manifest, 2 << 30).unwrap();
+        assert_eq!(large_limits.stacks[table].parts, [(format!("{table}.values"), 0, 256_000)]);
+    }
+
+    #[test]
+    fn a_stack_above_the_binding_limit_is_a_clear_error() {
+        let error = Layout::new(&plan_2b(), 16 << 20).unwrap_err().to_string();
+        assert!(error.contains("gate_proj.weight + ") && error.contains("above the device's 16777216-byte"), "{error}");
+    }
 }
