@@ -2,7 +2,10 @@
 //
 //   θ_i = p · inv_freq[i], p = position + t, i < n = rotary_dims / 2 (halves layout):
 //   r[i] = x[i]·cos θ_i − x[i+n]·sin θ_i,   r[i+n] = x[i+n]·cos θ_i + x[i]·sin θ_i
-//   ring_k[p mod slots] = RoPE(k[t]),       ring_v[p mod slots] = v[t]
+//   ring_k[·][p mod slots] = RoPE(k[t]),    ring_v[p mod slots] = v[t]
+//
+// The key ring is transposed ([head_dim, slots]) so that attention's neighbouring threads, which
+// take neighbouring keys, read neighbouring addresses.
 //
 // Workgroup (t, h): h < heads rotates query head h; h = heads handles the key and value.
 // The angle is reduced to [−π, π] with a two-part 2π before sin/cos, whose GPU implementations
@@ -21,7 +24,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> inv_freq: array<f32>;        // [rotary_half]
 // Per token: the query heads, then the key, then the value (the stacked q/k/v projection).
 @group(0) @binding(4) var<storage, read_write> qkv: array<f32>;       // [tokens, heads + 2, head_dim]
-@group(0) @binding(5) var<storage, read_write> ring_k: array<f32>;    // [slots, head_dim]
+@group(0) @binding(5) var<storage, read_write> ring_k: array<f32>;    // [head_dim, slots]
 @group(0) @binding(6) var<storage, read_write> ring_v: array<f32>;    // [slots, head_dim]
 
 const TWO_PI_HI: f32 = 6.28125;
@@ -59,17 +62,18 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
         }
         return;
     }
-    let slot = (position % params.slots) * hd;
+    let slot = position % params.slots;
+    let n = params.slots;
     let k = token_base + params.heads * hd;
     let v = k + hd;
     for (var i = li; i < hd; i += 64u) {
-        ring_v[slot + i] = qkv[v + i];
+        ring_v[slot * hd + i] = qkv[v + i];
         if i >= 2u * params.rotary_half {
-            ring_k[slot + i] = qkv[k + i];
+            ring_k[i * n + slot] = qkv[k + i];
         } else if i < params.rotary_half {
             let r = rotate(qkv[k + i], qkv[k + i + params.rotary_half], position, i);
-            ring_k[slot + i] = r.x;
-            ring_k[slot + i + params.rotary_half] = r.y;
+            ring_k[i * n + slot] = r.x;
+            ring_k[(i + params.rotary_half) * n + slot] = r.y;
         }
     }
 }

@@ -646,13 +646,23 @@ fn embed_from_row_pieces() {
 #[test]
 fn rope_kv_and_attention() {
     let gpu = Gpu::new();
-    // Slots 9 ≥ window 5 + 3 tokens. Position 4: no wrap; position 10: keys wrap around the ring.
-    check_attention(&gpu, 4, 100);
-    check_attention(&gpu, 10, 101);
+    // Slots 9 ≥ window 5 + 3 tokens, one key block. Position 4: no wrap; position 10: keys wrap
+    // around the ring.
+    check_attention(&gpu, 4, 100, 5, 9);
+    check_attention(&gpu, 10, 101, 5, 9);
+    // Window 40: three key blocks of 16, the last partial; at position 20 the third is empty for
+    // the first token; at position 60 the window wraps around 45 slots.
+    check_attention(&gpu, 20, 102, 40, 45);
+    check_attention(&gpu, 60, 103, 40, 45);
 }
 
-fn check_attention(gpu: &Gpu, position: usize, seed: u64) {
-    let (heads, hd, rotary_half, window, slots, tokens) = (3usize, 20usize, 5usize, 5usize, 9usize, 3usize);
+/// `[rows, cols]` → `[cols, rows]`.
+fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    (0..cols).flat_map(|c| (0..rows).map(move |r| values[r * cols + c])).collect()
+}
+
+fn check_attention(gpu: &Gpu, position: usize, seed: u64, window: usize, slots: usize) {
+    let (heads, hd, rotary_half, tokens) = (3usize, 20usize, 5usize, 3usize);
     let (rotary_dims, theta) = (2 * rotary_half, 10_000.0f32);
     let mut rng = Lcg(seed);
     let q = rng.vec(tokens * heads * hd, -1.5, 1.5);
@@ -669,24 +679,33 @@ fn check_attention(gpu: &Gpu, position: usize, seed: u64) {
 
     let step = gpu.buffer(&[StepState { position: position as u32, generated: 0 }]);
     let chunk = gpu.uniform(&chunk(tokens));
-    let (qkv_buffer, ring_k_buffer, ring_v_buffer) = (gpu.buffer(&qkv), gpu.buffer(&ring_k), gpu.buffer(&ring_v));
+    // The key ring is stored transposed, [hd, slots].
+    let ring_k_buffer = gpu.buffer(&transpose(&ring_k, slots, hd));
+    let (qkv_buffer, ring_v_buffer) = (gpu.buffer(&qkv), gpu.buffer(&ring_v));
     let rope =
         RopeParams { heads: heads as u32, head_dim: hd as u32, rotary_half: rotary_half as u32, slots: slots as u32 };
     let buffers =
         [&gpu.uniform(&rope), &chunk, &step, &gpu.buffer(&inv_freq), &qkv_buffer, &ring_k_buffer, &ring_v_buffer];
     gpu.run(Kernel::RopeKv, &buffers, (tokens as u32, heads as u32 + 1));
+    let blocks = key_blocks(window);
     let params = AttentionParams {
         heads: heads as u32,
         head_dim: hd as u32,
         window: window as u32,
         slots: slots as u32,
         scale: (hd as f32).powf(-0.5),
-        _pad: [0; 3],
+        blocks,
+        _pad: [0; 2],
     };
-    let scores = gpu.buffer(&vec![0.0f32; tokens * heads * (window + 1)]);
+    let partial_a = gpu.buffer(&vec![SENTINEL; tokens * blocks as usize * heads * hd]);
+    let partial_ml = gpu.buffer(&vec![SENTINEL; tokens * blocks as usize * heads * 2]);
+    let buffers =
+        [&gpu.uniform(&params), &chunk, &step, &qkv_buffer, &ring_k_buffer, &ring_v_buffer, &partial_a, &partial_ml];
+    gpu.run(Kernel::Attention, &buffers, (blocks, tokens as u32));
     let out = gpu.buffer(&vec![SENTINEL; tokens * heads * hd]);
-    let buffers = [&gpu.uniform(&params), &chunk, &step, &qkv_buffer, &ring_k_buffer, &ring_v_buffer, &scores, &out];
-    gpu.run(Kernel::Attention, &buffers, (heads as u32, tokens as u32));
+    let params = AttentionCombineParams { heads: heads as u32, head_dim: hd as u32, blocks, _pad: 0 };
+    let buffers = [&gpu.uniform(&params), &chunk, &partial_a, &partial_ml, &out];
+    gpu.run(Kernel::AttentionCombine, &buffers, (heads as u32, tokens as u32));
 
     // RoPE on every query head and the key, then keys and values into slot p mod slots.
     let mut want_q = q.clone();
@@ -712,7 +731,8 @@ fn check_attention(gpu: &Gpu, position: usize, seed: u64) {
         gpu.read::<f32>(&qkv_buffer).chunks((heads + 2) * hd).flat_map(|row| row[heads * hd..].to_vec()).collect();
     let want_kv: Vec<f32> = qkv.chunks((heads + 2) * hd).flat_map(|row| row[heads * hd..].to_vec()).collect();
     assert_close(&format!("{what}: keys and values in qkv"), &unchanged, &want_kv, hd);
-    assert_close(&format!("{what}: key ring"), &gpu.read::<f32>(&ring_k_buffer), &want_ring_k, hd);
+    let got_ring_k = transpose(&gpu.read::<f32>(&ring_k_buffer), hd, slots);
+    assert_close(&format!("{what}: key ring"), &got_ring_k, &want_ring_k, hd);
     assert_close(&format!("{what}: value ring"), &gpu.read::<f32>(&ring_v_buffer), &want_ring_v, hd);
 
     // softmax over positions max(0, p − W)..=p, in f64.

@@ -64,8 +64,10 @@ struct Activations {
     qkv: wgpu::Buffer,
     /// `[CHUNK, H·hd]`
     attention_out: wgpu::Buffer,
-    /// `[CHUNK, H, W + 1]` softmax scratch.
-    scores: wgpu::Buffer,
+    /// `[CHUNK, key blocks, H, hd]` and `[CHUNK, key blocks, H, 2]`: attention's per-block partial
+    /// sums, and their maxima and normalizers.
+    partial_a: wgpu::Buffer,
+    partial_ml: wgpu::Buffer,
     /// `[CHUNK, F]` GeGLU hidden.
     hidden: wgpu::Buffer,
     /// `[CHUNK, V]`
@@ -128,13 +130,15 @@ impl Engine {
             config.vocab_size as u64,
         );
         let f32s = |n: u64| n * 4;
+        let blocks = key_blocks(config.attention_window_size) as u64;
         let acts = Activations {
             x: ctx.storage("x", f32s(c * d)),
             branches: ctx.storage("branches", f32s(c * 2 * lru)),
             lru_out: ctx.storage("lru_out", f32s(c * lru)),
             qkv: ctx.storage("qkv", f32s(c * (h + 2) * hd)),
             attention_out: ctx.storage("attention_out", f32s(c * h * hd)),
-            scores: ctx.storage("scores", f32s(c * h * (w + 1))),
+            partial_a: ctx.storage("partial_a", f32s(c * blocks * h * hd)),
+            partial_ml: ctx.storage("partial_ml", f32s(c * blocks * h * 2)),
             hidden: ctx.storage("hidden", f32s(c * f)),
             logits: ctx.storage("logits", f32s(c * v)),
         };
@@ -568,17 +572,23 @@ impl Engine {
                     let rope = self.uniform("rope params", &rope);
                     let buffers = [&rope, &self.chunk_info, step, &inv_freq_buffer, &a.qkv, keys, values];
                     self.dispatch(&mut body, Kernel::RopeKv, &buffers, Groups::TokenMajor(heads + 1));
+                    let blocks = key_blocks(config.attention_window_size);
                     let params = AttentionParams {
                         heads,
                         head_dim: config.head_dim() as u32,
                         window: config.attention_window_size as u32,
                         slots,
                         scale: (config.head_dim() as f32).powf(-0.5),
-                        _pad: [0; 3],
+                        blocks,
+                        _pad: [0; 2],
                     };
                     let params = self.uniform("attention params", &params);
-                    let buffers = [&params, &self.chunk_info, step, &a.qkv, keys, values, &a.scores, &a.attention_out];
-                    self.dispatch(&mut body, Kernel::Attention, &buffers, Groups::PerToken(heads));
+                    let buffers = [&params, &self.chunk_info, step, &a.qkv, keys, values, &a.partial_a, &a.partial_ml];
+                    self.dispatch(&mut body, Kernel::Attention, &buffers, Groups::PerToken(blocks));
+                    let params = AttentionCombineParams { heads, head_dim: config.head_dim() as u32, blocks, _pad: 0 };
+                    let params = self.uniform("attention combine params", &params);
+                    let buffers = [&params, &self.chunk_info, &a.partial_a, &a.partial_ml, &a.attention_out];
+                    self.dispatch(&mut body, Kernel::AttentionCombine, &buffers, Groups::PerToken(heads));
                     let w = format!("{t}.o_proj.weight");
                     self.matmul(&mut body, &w, None, &a.attention_out, &a.x, Epilogue::Add, false);
                 }
@@ -626,6 +636,10 @@ fn check_supported(ctx: &GpuContext, manifest: &Manifest) -> Result<()> {
     }
     if config.conv1d_width > 8 {
         return Err(Error::Gpu(format!("conv1d_width {} is above the kernel's 8", config.conv1d_width)));
+    }
+    if config.num_attention_heads > MAX_HEADS {
+        let heads = config.num_attention_heads;
+        return Err(Error::Gpu(format!("{heads} attention heads is above the kernel's {MAX_HEADS}")));
     }
     let limit = ctx.device.limits().max_storage_buffer_binding_size;
     let biggest_activation = CHUNK as u64 * config.vocab_size as u64 * 4;

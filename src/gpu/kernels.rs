@@ -17,6 +17,16 @@ pub const MATMUL_THREADS: u32 = 256;
 pub fn matmul_lanes(cols: usize) -> u32 {
     ((cols / 4 / 16).max(1) as u32).next_power_of_two().min(32)
 }
+/// Keys per workgroup in `attention.wgsl` (`KEY_BLOCK`), and the most query heads it takes
+/// (`MAX_HEADS`).
+pub const KEY_BLOCK: u32 = 16;
+pub const MAX_HEADS: usize = 32;
+
+/// Key blocks per token for an attention window of `window` keys before the token's own.
+pub fn key_blocks(window: usize) -> u32 {
+    (window as u32 + 1).div_ceil(KEY_BLOCK)
+}
+
 /// Size of the ring of sampled ids in `sample.wgsl` (`GENERATED_RING`).
 pub const GENERATED_RING: u32 = 1024;
 
@@ -29,11 +39,12 @@ pub enum Kernel {
     RgLruGates,
     RopeKv,
     Attention,
+    AttentionCombine,
     Sample,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 8] = [
+    pub const ALL: [Kernel; 9] = [
         Kernel::Embed,
         Kernel::MatmulInt8,
         Kernel::GegluInt8,
@@ -41,6 +52,7 @@ impl Kernel {
         Kernel::RgLruGates,
         Kernel::RopeKv,
         Kernel::Attention,
+        Kernel::AttentionCombine,
         Kernel::Sample,
     ];
 
@@ -54,6 +66,7 @@ impl Kernel {
             Kernel::RgLruGates => ("rg_lru_gates", include_str!("../../shaders/rg_lru_gates.wgsl")),
             Kernel::RopeKv => ("rope_kv", include_str!("../../shaders/rope_kv.wgsl")),
             Kernel::Attention => ("attention", include_str!("../../shaders/attention.wgsl")),
+            Kernel::AttentionCombine => ("attention_combine", include_str!("../../shaders/attention_combine.wgsl")),
             Kernel::Sample => ("sample", include_str!("../../shaders/sample.wgsl")),
         }
     }
@@ -255,7 +268,17 @@ pub struct AttentionParams {
     pub window: u32,
     pub slots: u32,
     pub scale: f32,
-    pub _pad: [u32; 3],
+    pub blocks: u32,
+    pub _pad: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct AttentionCombineParams {
+    pub heads: u32,
+    pub head_dim: u32,
+    pub blocks: u32,
+    pub _pad: u32,
 }
 
 #[repr(C)]
