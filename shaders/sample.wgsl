@@ -9,6 +9,8 @@
 //                            threshold keeping ≥ top_p of the mass above τ_k (top-p), both found by
 //                            bisection on the logit value
 //   mode 0:                  no sampling, only the position advances (prefill without a draw)
+//   no usable logit:         NO_TOKEN (every logit NaN or −∞: the model's output is broken, and
+//                            the host reports it as an error, as the CPU sampler does)
 //
 // One workgroup of 256 threads. NaN logits count as −∞, and ±∞ as ±3·10³⁸. Each bisection step
 // counts (and weighs) the logits at or above its midpoint; as soon as at most CANDIDATES logits
@@ -38,6 +40,8 @@ const GENERATED_RING: u32 = 1024u;
 const NEG_BIG: f32 = -3.0e38;
 const BIG: f32 = 3.0e38;
 const CANDIDATES: u32 = 1024u;
+// Matches `NO_TOKEN` in src/gpu/kernels.rs; the embedding writes nothing for it.
+const NO_TOKEN: u32 = 0xffffffffu;
 
 var<workgroup> reduce_u: array<u32, 256>;
 var<workgroup> reduce_pair: array<vec2<f32>, 256>;
@@ -191,6 +195,9 @@ fn pick(li: u32) -> u32 {
     let max_logit = workgroupUniformLoad(&reduction[0]);
     let argmax = workgroupUniformLoad(&reduce_u[0]);
     workgroupBarrier();
+    if max_logit <= NEG_BIG {
+        return NO_TOKEN;
+    }
     if sampling.temperature <= 0.0 {
         return argmax;
     }

@@ -5,6 +5,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
+// Upper bounds on a config's sizes, far above every published checkpoint (the 9B: vocabulary
+// 256,000, width 4,096, MLP 12,288, 38 layers, 16 heads, window 2,048) and low enough that every
+// tensor size fits in 64 bits and a hostile manifest cannot ask for terabytes.
+const MAX_VOCAB: usize = 1 << 20;
+const MAX_WIDTH: usize = 1 << 15;
+const MAX_MLP_WIDTH: usize = 1 << 17;
+const MAX_LAYERS: usize = 1 << 10;
+const MAX_HEADS: usize = 1 << 10;
+const MAX_WINDOW: usize = 1 << 16;
+const MAX_CONV_WIDTH: usize = 64;
+/// Four times the 9B.
+const MAX_PARAMETERS: u64 = 40_000_000_000;
+
 /// What a residual block's temporal-mixing part is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -141,27 +154,32 @@ impl Config {
         Ok(config)
     }
 
-    /// Rejects shapes the forward pass cannot run, so later code may index without checks.
+    /// Rejects shapes the forward pass cannot run, so later code may index without checks. A
+    /// config may come from an attacker-chosen manifest: every size is bounded before anything
+    /// is sized from it, so no field can make a loader allocate without limit or overflow.
     pub fn validate(&self) -> Result<()> {
         let fail = |msg: String| Err(Error::Config(msg));
         if self.model_type != "recurrent_gemma" {
             return fail(format!("model_type is '{}', expected 'recurrent_gemma'", self.model_type));
         }
-        let positive = [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("attention_window_size", self.attention_window_size),
-            ("conv1d_width", self.conv1d_width),
-            ("lru_width", self.lru_width()),
+        let sizes = [
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("hidden_size", self.hidden_size, MAX_WIDTH),
+            ("intermediate_size", self.intermediate_size, 2 * MAX_MLP_WIDTH),
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+            ("num_attention_heads", self.num_attention_heads, MAX_HEADS),
+            ("attention_window_size", self.attention_window_size, MAX_WINDOW),
+            ("conv1d_width", self.conv1d_width, MAX_CONV_WIDTH),
+            ("lru_width", self.lru_width(), MAX_WIDTH),
+            ("block_types", self.block_types.len(), MAX_LAYERS),
         ];
-        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return fail(format!("{name} must be positive"));
-        }
-        if self.block_types.is_empty() {
-            return fail("block_types is empty".into());
+        for (name, value, max) in sizes {
+            if value == 0 {
+                return fail(format!("{name} must be positive"));
+            }
+            if value > max {
+                return fail(format!("{name} is {value}, above the largest this engine accepts ({max})"));
+            }
         }
         if self.num_key_value_heads != 1 {
             return fail(format!(
@@ -178,17 +196,47 @@ impl Config {
         if !self.lru_width().is_multiple_of(self.num_attention_heads) {
             return fail("lru_width must be divisible by num_attention_heads".into());
         }
-        if !self.rotary_dims().is_multiple_of(2) || self.rotary_dims() > self.head_dim() {
+        if !(0.0..=1.0).contains(&self.partial_rotary_factor)
+            || !self.rotary_dims().is_multiple_of(2)
+            || self.rotary_dims() > self.head_dim()
+        {
             return fail(format!(
                 "partial_rotary_factor {} does not give an even number of rotated dims",
                 self.partial_rotary_factor
             ));
         }
-        let finite = [self.logits_soft_cap, self.rms_norm_eps, self.rope_theta];
-        if finite.iter().any(|v| !v.is_finite() || *v < 0.0) {
-            return fail("logits_soft_cap, rms_norm_eps and rope_theta must be finite and ≥ 0".into());
+        // The GPU divides by the cap and the CPU would read 0 as "no cap": only a positive cap
+        // means the same thing on both backends.
+        let positive = [
+            ("logits_soft_cap", self.logits_soft_cap),
+            ("rms_norm_eps", self.rms_norm_eps),
+            ("rope_theta", self.rope_theta),
+        ];
+        if let Some((name, value)) = positive.iter().find(|(_, v)| !(v.is_finite() && *v > 0.0)) {
+            return fail(format!("{name} is {value}, it must be a finite number > 0"));
+        }
+        let ids = [
+            ("pad_token_id", self.pad_token_id),
+            ("eos_token_id", self.eos_token_id),
+            ("bos_token_id", self.bos_token_id),
+        ];
+        if let Some((name, id)) = ids.iter().find(|(_, id)| *id as usize >= self.vocab_size) {
+            return fail(format!("{name} {id} is not below vocab_size {}", self.vocab_size));
+        }
+        let parameters = self.parameter_count();
+        if parameters > MAX_PARAMETERS {
+            return fail(format!("the config describes {parameters} parameters, above the {MAX_PARAMETERS} accepted"));
         }
         Ok(())
+    }
+
+    /// The number of weights, in u64 so that it cannot overflow on wasm32 (for a config whose
+    /// fields are within the bounds [`Config::validate`] checks first).
+    pub fn parameter_count(&self) -> u64 {
+        crate::weights::tensor_specs(self)
+            .iter()
+            .map(|spec| spec.shape.iter().map(|&n| n as u64).product::<u64>())
+            .sum()
     }
 
     pub fn block_type(&self, layer: usize) -> BlockType {

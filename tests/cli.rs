@@ -78,7 +78,10 @@ fn generate_streams_text_deterministically() {
     let ids: Vec<u32> = ids_line.trim().strip_prefix("ids: ").unwrap().split(',').map(|t| t.parse().unwrap()).collect();
     assert_eq!(ids.len(), 12, "random weights rarely emit <eos> within 12 tokens: {ids:?}");
     let sampled = ok(&[&args[..], &["--temperature", "1.0", "--top-p", "0.9", "--seed", "3"]].concat());
-    assert!(!sampled.stdout.is_empty());
+    let sampled_ids = String::from_utf8(sampled.stderr).unwrap();
+    assert_eq!(sampled_ids.split(',').count(), 12, "{sampled_ids}");
+    assert_ne!(sampled_ids, ids_line, "sampling at T = 1 over a random model's flat distribution is not greedy");
+    assert!(sampled.stdout.len() > 1, "the sampled text is printed, not just a newline");
 }
 
 #[test]
@@ -124,6 +127,151 @@ fn damaged_web_shards_are_detected() {
     let manifest = damaged_copy(|_| {});
     std::fs::write(manifest.path().join("manifest.json"), "{\"format\": 1").unwrap();
     fails_with(&["logits", s(manifest.path()), "--tokens", "2", "--out", "/tmp/x.npy"], "manifest.json");
+}
+
+/// A copy of the tiny int8 web-format folder with one shard's bytes edited by `edit_shard` (its
+/// sha256 in the manifest updated to match, as a hostile host would) and then the manifest's
+/// JSON edited by `edit_manifest`.
+fn rehashed_copy(
+    edit_shard: impl Fn(&mut Vec<u8>),
+    edit_manifest: impl Fn(&mut serde_json::Value),
+) -> tempfile::TempDir {
+    use sha2::{Digest, Sha256};
+    let dir = damaged_copy(&edit_shard);
+    let bytes = std::fs::read(dir.path().join("model-00000.safetensors")).unwrap();
+    let path = dir.path().join("manifest.json");
+    let mut manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    manifest["shards"][0]["sha256"] = rgweb::weights::stream::hex(&Sha256::digest(&bytes)).into();
+    edit_manifest(&mut manifest);
+    std::fs::write(&path, manifest.to_string()).unwrap();
+    dir
+}
+
+/// Where tensor `name`'s bytes lie in a shard.
+fn tensor_range(shard: &[u8], name: &str) -> std::ops::Range<usize> {
+    let entry = header_of(shard).unwrap().entries.into_iter().find(|e| e.name == name).unwrap();
+    entry.start as usize..entry.end as usize
+}
+
+fn logits_fail_with(dir: &tempfile::TempDir, message: &str) {
+    fails_with(&["logits", s(dir.path()), "--tokens", "2", "--out", "/tmp/x.npy"], message);
+}
+
+#[test]
+fn hostile_manifests_fail_before_anything_is_sized_or_opened() {
+    let config_field = |field: &'static str, value: serde_json::Value| {
+        move |m: &mut serde_json::Value| m["config"][field] = value.clone()
+    };
+    for (field, value, message) in [
+        ("num_hidden_layers", serde_json::json!(100_000_000), "num_hidden_layers is 100000000, above"),
+        ("hidden_size", serde_json::json!(1u64 << 40), "hidden_size is 1099511627776, above"),
+        ("vocab_size", serde_json::json!(0), "vocab_size must be positive"),
+        ("rope_theta", serde_json::json!(0.0), "rope_theta is 0, it must be a finite number > 0"),
+        ("rope_theta", serde_json::json!(-10.0), "rope_theta is -10"),
+        ("logits_soft_cap", serde_json::json!(0.0), "logits_soft_cap is 0"),
+        ("eos_token_id", serde_json::json!(256_000), "eos_token_id 256000 is not below vocab_size"),
+    ] {
+        logits_fail_with(&rehashed_copy(|_| {}, config_field(field, value)), message);
+    }
+    // The last check is 40 billion parameters; each field alone is within its bound.
+    logits_fail_with(
+        &rehashed_copy(
+            |_| {},
+            |m| {
+                m["config"]["hidden_size"] = 32768.into();
+                m["config"]["vocab_size"] = 1_000_000.into();
+                m["config"]["lru_width"] = 32768.into();
+            },
+        ),
+        "parameters, above",
+    );
+    for name in [
+        "../other/model-00000.safetensors",
+        "/etc/passwd",
+        "a?b.safetensors",
+        "x#.safetensors",
+        "https://evil.example/m.safetensors",
+        "..safetensors",
+    ] {
+        logits_fail_with(&rehashed_copy(|_| {}, |m| m["shards"][0]["file"] = name.into()), "is not a plain file name");
+    }
+    for digest in ["", "ABCDEF", &"A".repeat(64), &"g".repeat(64)] {
+        logits_fail_with(&rehashed_copy(|_| {}, |m| m["shards"][0]["sha256"] = digest.into()), "not 64 lower-case hex");
+    }
+    let huge = rehashed_copy(|_| {}, |_| {});
+    std::fs::write(huge.path().join("manifest.json"), vec![b' '; 17 << 20]).unwrap();
+    logits_fail_with(&huge, "larger than");
+}
+
+#[test]
+fn a_correctly_hashed_shard_must_still_be_well_formed() {
+    // A header length that claims more than the manifest's header (here 64 bytes more, which
+    // would read into the first piece): exit 0 with zeroed pieces before, an error now.
+    let longer_header = rehashed_copy(
+        |b| {
+            let len = u64::from_le_bytes(b[..8].try_into().unwrap()) + 64;
+            b[..8].copy_from_slice(&len.to_le_bytes());
+        },
+        |_| {},
+    );
+    logits_fail_with(&longer_header, "its header claims");
+    let beyond_the_shard = rehashed_copy(|b| b[..8].copy_from_slice(&(50u64 << 20).to_le_bytes()), |_| {});
+    logits_fail_with(&beyond_the_shard, "its header claims");
+
+    let scales = "model.embed_tokens.weight.scales";
+    let nan_scale = rehashed_copy(
+        |b| {
+            let at = tensor_range(b, scales).start + 4 * 1000;
+            b[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+        },
+        |_| {},
+    );
+    logits_fail_with(&nan_scale, "model.embed_tokens.weight.scales holds a non-finite value (NaN) at element 1000");
+    fails_with(
+        &["logits", s(nan_scale.path()), "--tokens", "2", "--backend", "gpu", "--out", "/tmp/x.npy"],
+        "non-finite",
+    );
+    let infinite_norm = rehashed_copy(
+        |b| {
+            let at = tensor_range(b, "model.final_norm.weight").end - 4;
+            b[at..at + 4].copy_from_slice(&f32::INFINITY.to_le_bytes());
+        },
+        |_| {},
+    );
+    logits_fail_with(&infinite_norm, "model.final_norm.weight holds a non-finite value (inf) at element 63");
+}
+
+#[test]
+fn logits_with_no_usable_value_are_an_error() {
+    // Finite weights whose products overflow: 127 · 1e38 is +inf in f32, RMSNorm of it is NaN,
+    // and so is every logit. Sampling must say so instead of streaming token 0. (Only the CPU:
+    // WGSL may assume finite maths, and lavapipe turns this NaN into −30; the GPU sampler's
+    // answer to a row with no usable logit is tested in tests/kernels.rs.)
+    let overflowing = rehashed_copy(
+        |b| {
+            let range = tensor_range(b, "model.embed_tokens.weight.scales");
+            for value in b[range].chunks_exact_mut(4) {
+                value.copy_from_slice(&1e38f32.to_le_bytes());
+            }
+        },
+        |_| {},
+    );
+    let tokenizer = common::tokenizer_path();
+    fails_with(
+        &[
+            "generate",
+            s(overflowing.path()),
+            "--prompt",
+            "Hello",
+            "--max-tokens",
+            "4",
+            "--tokenizer",
+            s(&tokenizer),
+            "--backend",
+            "cpu",
+        ],
+        "cannot sample: all 256000 logits are NaN or -inf",
+    );
 }
 
 type TensorEdit = dyn Fn(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>);

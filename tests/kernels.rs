@@ -772,6 +772,10 @@ const GENERATED_SENTINEL: u32 = 0xdead;
 fn run_sample(gpu: &Gpu, mode: u32, logits: &[f32], vocab: usize) -> (StepState, Vec<u32>, Vec<u32>) {
     let sampling =
         SampleParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 12345, mode, vocab: vocab as u32, _pad: [0; 2] };
+    run_sample_with(gpu, sampling, logits)
+}
+
+fn run_sample_with(gpu: &Gpu, sampling: SampleParams, logits: &[f32]) -> (StepState, Vec<u32>, Vec<u32>) {
     let chunk = ChunkInfo { n_tokens: 7, head_first: 5, head_count: 2, _pad: 0 };
     let step = gpu.buffer(&[StepState { position: 4, generated: 1030 }]);
     let tokens = gpu.buffer(&[GENERATED_SENTINEL; CHUNK]);
@@ -813,6 +817,21 @@ fn sample_greedy_ties_nans_and_prefill_mode() {
     assert!(tokens.iter().all(|&t| t == GENERATED_SENTINEL), "mode 0 writes no token");
     assert!(generated.iter().all(|&g| g == GENERATED_SENTINEL), "mode 0 records nothing");
     assert_eq!((step.position, step.generated), (4 + 7, 1030), "mode 0 only advances the position");
+}
+
+#[test]
+fn sample_reports_a_row_without_a_usable_logit() {
+    let gpu = Gpu::new();
+    let vocab = 700;
+    let usable_first_row = vec![1.0; vocab];
+    let broken: Vec<f32> = (0..vocab).map(|i| if i % 3 == 0 { f32::NEG_INFINITY } else { f32::NAN }).collect();
+    let logits = [usable_first_row, broken].concat();
+    for (temperature, top_k, top_p) in [(0.0, 0, 1.0), (1.0, 0, 1.0), (0.8, 40, 0.9)] {
+        let sampling = SampleParams { temperature, top_k, top_p, seed: 7, mode: 1, vocab: vocab as u32, _pad: [0; 2] };
+        let (_, tokens, generated) = run_sample_with(&gpu, sampling, &logits);
+        assert_eq!(tokens[0], NO_TOKEN, "T {temperature}, top-k {top_k}, top-p {top_p}: no token to pick");
+        assert_eq!(generated[1030 % GENERATED_RING as usize], NO_TOKEN, "the host reads NO_TOKEN as an error");
+    }
 }
 
 /// `pcg` in sample.wgsl.

@@ -317,6 +317,18 @@ impl Engine {
         self.read_generated(1).await.map(|ids| ids[0])
     }
 
+    /// Runs `tokens` through the model without sampling and waits for the GPU: a long prompt fed
+    /// this way a whole number of chunks at a time, then its rest with [`Engine::prefill`], leaves
+    /// the state exactly as one prefill would, and its caller can stop in between.
+    pub async fn feed(&mut self, tokens: &[u32]) -> Result<()> {
+        self.check_tokens(tokens)?;
+        for chunk in tokens.chunks(CHUNK) {
+            self.ctx.queue.write_buffer(&self.tokens, 0, bytemuck::cast_slice(chunk));
+            self.submit_chunk(chunk.len() as u32, None, false, 1);
+        }
+        self.ctx.read(&self.tokens, 0, 4, &self.readback).await.map(drop)
+    }
+
     /// Feeds the last sampled token and returns the next one.
     pub async fn step(&mut self) -> Result<u32> {
         self.decode(1).await.map(|ids| ids[0])
@@ -403,7 +415,11 @@ impl Engine {
         let raw = self.ctx.read(&self.generated, 0, 4 * GENERATED_RING as u64, &self.readback).await?;
         let ring: &[u32] = bytemuck::cast_slice(&raw);
         let end = self.generated_count as usize;
-        Ok((end - count..end).map(|i| ring[i % GENERATED_RING as usize]).collect())
+        let ids: Vec<u32> = (end - count..end).map(|i| ring[i % GENERATED_RING as usize]).collect();
+        if ids.contains(&NO_TOKEN) {
+            return Err(Error::Input(format!("cannot sample: all {} logits are NaN or -inf", self.config.vocab_size)));
+        }
+        Ok(ids)
     }
 
     /// A weight buffer by its [`Layout`] name.

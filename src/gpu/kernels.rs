@@ -29,6 +29,8 @@ pub fn key_blocks(window: usize) -> u32 {
 
 /// Size of the ring of sampled ids in `sample.wgsl` (`GENERATED_RING`).
 pub const GENERATED_RING: u32 = 1024;
+/// What `sample.wgsl` writes (`NO_TOKEN`) for a row with no usable logit (all NaN or −∞).
+pub const NO_TOKEN: u32 = u32::MAX;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {

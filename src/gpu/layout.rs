@@ -136,13 +136,14 @@ impl Layout {
             }
         }
 
-        let bytes = (rows * cols) as u64;
+        // u64 before multiplying: wasm32's usize is 32 bits.
+        let bytes = rows as u64 * cols as u64;
         let parts = if bytes <= binding_limit {
             let buffer = format!("{first}.values");
             self.add_buffer(&buffer, bytes);
             for (pieces, start) in values.iter().zip(&starts) {
                 for piece in pieces {
-                    let offset = ((start + piece.row_start) * cols) as u64;
+                    let offset = (start + piece.row_start) as u64 * cols as u64;
                     self.placement.insert(piece.name.clone(), (buffer.clone(), offset));
                 }
             }

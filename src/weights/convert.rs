@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use half::{bf16, f16};
 use sha2::{Digest, Sha256};
 
-use super::format::{shard_header, Manifest, Piece, Quantization, Role, MANIFEST_FILE};
+use super::format::{shard_header, FileDigest, Manifest, Piece, Quantization, Role, MANIFEST_FILE, TOKENIZER_FILE};
 use super::quant::quantize_row;
 use super::safetensors::{self, Dtype, Entry};
 use super::stream::hex;
@@ -128,7 +128,11 @@ impl HfCheckpoint {
     pub fn tensor_map(&mut self) -> Result<TensorMap> {
         let mut map = TensorMap::default();
         for spec in tensor_specs(&self.config) {
-            let data = HostData::F32(self.read_web_tensor(&spec)?);
+            let values = self.read_web_tensor(&spec)?;
+            if let Some(at) = values.iter().position(|v| !v.is_finite()) {
+                return Err(Error::Weights(format!("tensor {} has a non-finite value at element {at}", spec.name)));
+            }
+            let data = HostData::F32(values);
             map.insert(spec.name.clone(), HostTensor { shape: spec.shape.clone(), data });
         }
         Ok(map)
@@ -239,14 +243,16 @@ pub fn convert(hf_dir: &Path, out_dir: &Path, quantization: Quantization) -> Res
         info.sha256 = hex(&writer.hasher.finalize());
     }
 
+    let tokenizer = hf_dir.join(TOKENIZER_FILE);
+    if tokenizer.exists() {
+        let bytes = std::fs::read(&tokenizer).map_err(|e| Error::io(&tokenizer, e))?;
+        let target = out_dir.join(TOKENIZER_FILE);
+        std::fs::write(&target, &bytes).map_err(|e| Error::io(&target, e))?;
+        manifest.tokenizer = Some(FileDigest { bytes: bytes.len() as u64, sha256: hex(&Sha256::digest(&bytes)) });
+    }
     let manifest_path = out_dir.join(MANIFEST_FILE);
     let json = serde_json::to_string_pretty(&manifest).expect("manifest serializes");
     std::fs::write(&manifest_path, json).map_err(|e| Error::io(&manifest_path, e))?;
-    let tokenizer = hf_dir.join("tokenizer.json");
-    if tokenizer.exists() {
-        let target = out_dir.join("tokenizer.json");
-        std::fs::copy(&tokenizer, &target).map_err(|e| Error::io(&target, e))?;
-    }
     Ok(manifest)
 }
 

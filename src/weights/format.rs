@@ -19,10 +19,21 @@ use crate::{Error, Result};
 pub const FORMAT_NAME: &str = "recurrentgemma-web";
 pub const FORMAT_VERSION: u32 = 1;
 pub const MANIFEST_FILE: &str = "manifest.json";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
 /// Largest piece: half of WebGPU's default `maxStorageBufferBindingSize` (128 MiB).
 pub const MAX_PIECE_BYTES: u64 = 64 << 20;
 /// Target shard size: small enough to cache, retry and verify one at a time.
 pub const MAX_SHARD_BYTES: u64 = 64 << 20;
+/// Largest `manifest.json` a loader reads (the 9B's is about 1 MB): a hostile host must not make
+/// it buffer without bound.
+pub const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+/// Largest `tokenizer.json` a manifest may name (Gemma's is about 17 MB).
+pub const MAX_TOKENIZER_BYTES: u64 = 64 << 20;
+/// Largest shard a manifest may name: a shard holds pieces of at most [`MAX_PIECE_BYTES`] up to
+/// about [`MAX_SHARD_BYTES`], plus its header.
+const MAX_SHARD_FILE_BYTES: u64 = 4 * MAX_SHARD_BYTES;
+/// Largest safetensors header of a shard (a 64 MiB shard of the smallest pieces needs ~1 MB).
+const MAX_SHARD_HEADER_BYTES: u64 = 16 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -51,6 +62,17 @@ pub struct Manifest {
     pub config: Config,
     pub shards: Vec<ShardInfo>,
     pub pieces: Vec<Piece>,
+    /// Size and sha256 of the folder's `tokenizer.json`, verified like a shard before it is parsed
+    /// or cached. Absent when the converted checkpoint had no tokenizer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<FileDigest>,
+}
+
+/// A file's exact size and sha256 (lower-case hex).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FileDigest {
+    pub bytes: u64,
+    pub sha256: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -160,6 +182,7 @@ impl Manifest {
             config: config.clone(),
             shards: Vec::new(),
             pieces: Vec::new(),
+            tokenizer: None,
         };
         for (index, group) in groups.into_iter().enumerate() {
             let mut offset = shard_header(&group).len() as u64;
@@ -195,27 +218,47 @@ impl Manifest {
     }
 
     /// The manifest must describe exactly the pieces [`Manifest::plan`] would lay out for its
-    /// config and quantization (up to shard placement), inside shards of the stated size.
+    /// config and quantization (up to shard placement), tiling shards of the stated size from
+    /// the end of their header, with file names that stay inside the model's folder and
+    /// well-formed checksums. Everything a loader later sizes, opens or fetches is checked here,
+    /// the config's bounds first, before anything is sized from it.
     pub fn check(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::Weights(format!("{MANIFEST_FILE}: {msg}")));
         if self.format != FORMAT_NAME || self.version != FORMAT_VERSION {
             return bad(format!("format {} v{} is not {FORMAT_NAME} v{FORMAT_VERSION}", self.format, self.version));
         }
         self.config.validate()?;
+        let expected =
+            tensor_specs(&self.config).iter().flat_map(|s| pieces_of(s, self.quantization)).collect::<Vec<_>>();
+        if self.shards.is_empty() || self.shards.len() > expected.len() {
+            return bad(format!("{} shards for {} pieces", self.shards.len(), expected.len()));
+        }
+        let mut files = BTreeMap::new();
+        for shard in &self.shards {
+            check_file_name(&shard.file)?;
+            if files.insert(shard.file.as_str(), ()).is_some() {
+                return bad(format!("shard {} appears twice", shard.file));
+            }
+            check_sha256(&shard.file, &shard.sha256)?;
+            if shard.bytes > MAX_SHARD_FILE_BYTES {
+                return bad(format!("shard {} is {} bytes, above {MAX_SHARD_FILE_BYTES}", shard.file, shard.bytes));
+            }
+        }
+        if let Some(tokenizer) = &self.tokenizer {
+            check_sha256(TOKENIZER_FILE, &tokenizer.sha256)?;
+            if tokenizer.bytes == 0 || tokenizer.bytes > MAX_TOKENIZER_BYTES {
+                return bad(format!("{TOKENIZER_FILE} is {} bytes, not in 1..={MAX_TOKENIZER_BYTES}", tokenizer.bytes));
+            }
+        }
         let mut by_name: BTreeMap<&str, &Piece> = BTreeMap::new();
         for piece in &self.pieces {
-            let Some(shard) = self.shards.get(piece.shard) else {
+            if piece.shard >= self.shards.len() {
                 return bad(format!("piece {} names shard {} of {}", piece.name, piece.shard, self.shards.len()));
-            };
-            if piece.offset.checked_add(piece.bytes).is_none_or(|end| end > shard.bytes) {
-                return bad(format!("piece {} lies outside {}", piece.name, shard.file));
             }
             if by_name.insert(&piece.name, piece).is_some() {
                 return bad(format!("piece {} appears twice", piece.name));
             }
         }
-        let expected =
-            tensor_specs(&self.config).iter().flat_map(|s| pieces_of(s, self.quantization)).collect::<Vec<_>>();
         for want in &expected {
             let Some(have) = by_name.remove(want.name.as_str()) else {
                 return bad(format!("missing piece {}", want.name));
@@ -233,11 +276,75 @@ impl Manifest {
                 ));
             }
         }
-        match by_name.keys().next() {
-            Some(extra) => bad(format!("unexpected piece {extra}")),
-            None => Ok(()),
+        if let Some(extra) = by_name.keys().next() {
+            return bad(format!("unexpected piece {extra}"));
         }
+        for (index, shard) in self.shards.iter().enumerate() {
+            self.check_tiling(index, shard)?;
+        }
+        Ok(())
     }
+
+    /// A shard is its header, then its pieces back to back up to its last byte: no byte of it is
+    /// left unverified by the header check, and the header's length is fixed by the first piece.
+    fn check_tiling(&self, index: usize, shard: &ShardInfo) -> Result<()> {
+        let bad = |msg: String| Err(Error::Weights(format!("{MANIFEST_FILE}: {}: {msg}", shard.file)));
+        let mut pieces: Vec<&Piece> = self.shard_pieces(index).collect();
+        pieces.sort_by_key(|p| p.offset);
+        let Some(first) = pieces.first() else {
+            return bad("holds no piece".into());
+        };
+        if first.offset < 8 + 2 || first.offset - 8 > MAX_SHARD_HEADER_BYTES {
+            return bad(format!("its first piece starts at byte {}, leaving no room for a header", first.offset));
+        }
+        let mut cursor = first.offset;
+        for piece in pieces {
+            if piece.offset != cursor {
+                return bad(format!(
+                    "piece {} starts at {} but the previous data ends at {cursor}",
+                    piece.name, piece.offset
+                ));
+            }
+            cursor = match cursor.checked_add(piece.bytes) {
+                Some(end) => end,
+                None => return bad(format!("piece {} ends past 2^64", piece.name)),
+            };
+        }
+        if cursor != shard.bytes {
+            return bad(format!("its pieces end at byte {cursor}, but the shard is {} bytes", shard.bytes));
+        }
+        Ok(())
+    }
+
+    /// Where the data of shard `index` begins: the safetensors header is exactly this long.
+    pub fn shard_data_start(&self, index: usize) -> u64 {
+        self.shard_pieces(index).map(|p| p.offset).min().unwrap_or(0)
+    }
+}
+
+/// A shard's file name must name a file inside the model's folder, natively and as a URL
+/// relative to the model's address: no path separators, no `..`, no query, fragment or scheme.
+fn check_file_name(name: &str) -> Result<()> {
+    let safe = name.len() <= 128
+        && name.ends_with(".safetensors")
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !safe {
+        return Err(Error::Weights(format!(
+            "{MANIFEST_FILE}: shard file name {name:?} is not a plain file name (letters, digits, '.', '_', '-', \
+             ending in .safetensors)"
+        )));
+    }
+    Ok(())
+}
+
+fn check_sha256(file: &str, digest: &str) -> Result<()> {
+    if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(Error::Weights(format!(
+            "{MANIFEST_FILE}: the sha256 of {file} is {digest:?}, not 64 lower-case hex digits"
+        )));
+    }
+    Ok(())
 }
 
 /// The safetensors header of a shard holding `pieces` in order.
@@ -252,9 +359,18 @@ mod tests {
     use super::*;
     use crate::config::Preset;
 
+    /// A planned manifest with placeholder checksums, as the converter fills them in.
+    fn hashed_plan(preset: Preset) -> Manifest {
+        let mut manifest = Manifest::plan(&Config::preset(preset), Quantization::Int8);
+        for shard in &mut manifest.shards {
+            shard.sha256 = "0123456789abcdef".repeat(4);
+        }
+        manifest
+    }
+
     #[test]
     fn the_2b_int8_layout_is_about_2_69_gb_in_small_pieces() {
-        let manifest = Manifest::plan(&Config::preset(Preset::RecurrentGemma2b), Quantization::Int8);
+        let manifest = hashed_plan(Preset::RecurrentGemma2b);
         manifest.check().unwrap();
         let payload: u64 = manifest.pieces.iter().map(|p| p.bytes).sum();
         // griffin.md §5: 2,690,238,464 B of int8 weights, f32 scales and f32 vectors.
@@ -278,7 +394,8 @@ mod tests {
 
     #[test]
     fn check_rejects_tampered_manifests() {
-        let good = Manifest::plan(&Config::preset(Preset::Tiny), Quantization::Int8);
+        let good = hashed_plan(Preset::Tiny);
+        good.check().unwrap();
         let mut missing = good.clone();
         missing.pieces.pop();
         assert!(missing.check().unwrap_err().to_string().contains("missing piece"));
@@ -286,8 +403,22 @@ mod tests {
         reshaped.pieces[0].shape[1] += 1;
         assert!(reshaped.check().unwrap_err().to_string().contains("expected"));
         let mut outside = good.clone();
-        outside.pieces[0].offset = outside.shards[0].bytes;
-        assert!(outside.check().unwrap_err().to_string().contains("outside"));
+        outside.pieces[1].offset = outside.shards[0].bytes;
+        let err = outside.check().unwrap_err().to_string();
+        assert!(err.contains("starts at"), "{err}");
+        let mut past_the_end = good.clone();
+        past_the_end.shards[0].bytes += 1;
+        assert!(past_the_end.check().unwrap_err().to_string().contains("its pieces end at byte"));
+        let mut no_header = good.clone();
+        let first = no_header.pieces.iter_mut().min_by_key(|p| p.offset).unwrap();
+        first.offset = 8;
+        assert!(no_header.check().unwrap_err().to_string().contains("no room for a header"));
+        let mut twice = good.clone();
+        twice.shards.push(twice.shards[0].clone());
+        assert!(twice.check().unwrap_err().to_string().contains("appears twice"));
+        let mut tokenizer = good.clone();
+        tokenizer.tokenizer = Some(FileDigest { bytes: MAX_TOKENIZER_BYTES + 1, sha256: "0".repeat(64) });
+        assert!(tokenizer.check().unwrap_err().to_string().contains("tokenizer.json is"));
         let mut version = good;
         version.version = 99;
         assert!(version.check().unwrap_err().to_string().contains("v99"));

@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::Path;
 
 use super::convert::HfCheckpoint;
-use super::format::{Manifest, MANIFEST_FILE};
+use super::format::{Manifest, MANIFEST_FILE, MAX_MANIFEST_BYTES};
 use super::host::HostSink;
 use super::stream::{PieceSink, ShardParser};
 use crate::model::Model;
@@ -16,7 +16,13 @@ const READ_CHUNK: usize = 1 << 20;
 
 pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     let path = dir.join(MANIFEST_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+    let mut text = String::new();
+    // One byte past the limit tells an over-long file from one exactly at it.
+    file.take(MAX_MANIFEST_BYTES + 1).read_to_string(&mut text).map_err(|e| Error::io(&path, e))?;
+    if text.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(Error::Weights(format!("{MANIFEST_FILE} is larger than {MAX_MANIFEST_BYTES} bytes")));
+    }
     Manifest::from_json(&text)
 }
 

@@ -91,7 +91,9 @@ pub fn parse_header(json: &[u8]) -> Result<Header> {
             other => return Err(bad(format!("tensor {name} has unsupported dtype {other}"))),
         };
         let [start, end] = entry.data_offsets;
-        let expected = entry.shape.iter().product::<usize>() as u64 * dtype.size() as u64;
+        let Some(expected) = byte_size(dtype, &entry.shape) else {
+            return Err(bad(format!("tensor {name} {dtype:?} {:?} is larger than 2^64 bytes", entry.shape)));
+        };
         if end < start || end - start != expected {
             return Err(bad(format!(
                 "tensor {name} {:?} {:?} needs {expected} bytes, offsets give {}",
@@ -100,7 +102,10 @@ pub fn parse_header(json: &[u8]) -> Result<Header> {
                 end as i128 - start as i128
             )));
         }
-        entries.push(Entry { name, dtype, shape: entry.shape, start: data_start + start, end: data_start + end });
+        let (Some(start), Some(end)) = (data_start.checked_add(start), data_start.checked_add(end)) else {
+            return Err(bad(format!("tensor {name} lies past 2^64 bytes")));
+        };
+        entries.push(Entry { name, dtype, shape: entry.shape, start, end });
     }
     entries.sort_by_key(|e| (e.start, e.end));
     let mut cursor = data_start;
@@ -113,12 +118,18 @@ pub fn parse_header(json: &[u8]) -> Result<Header> {
     Ok(Header { entries, data_start, file_size: cursor })
 }
 
+/// The bytes of a tensor, or `None` where they do not fit in a u64 (in debug and release alike).
+pub fn byte_size(dtype: Dtype, shape: &[usize]) -> Option<u64> {
+    shape.iter().try_fold(dtype.size() as u64, |bytes, &n| bytes.checked_mul(n as u64))
+}
+
 /// The header of a whole safetensors file held in memory.
 pub fn header_of(bytes: &[u8]) -> Result<Header> {
     let truncated = || Error::Weights("safetensors file truncated inside its header".into());
     let prefix = bytes.get(..8).ok_or_else(truncated)?;
-    let len = json_len(prefix.try_into().expect("8 bytes"))? as usize;
-    parse_header(bytes.get(8..8 + len).ok_or_else(truncated)?)
+    let len = json_len(prefix.try_into().expect("8 bytes"))?;
+    let end = usize::try_from(8 + len).map_err(|_| truncated())?;
+    parse_header(bytes.get(8..end).ok_or_else(truncated)?)
 }
 
 /// The bytes of a header (length prefix + JSON, space-padded to a multiple of 8) for tensors
@@ -130,7 +141,7 @@ pub fn write_header(tensors: &[(String, Dtype, Vec<usize>)], metadata: &BTreeMap
     }
     let mut offset = 0u64;
     for (name, dtype, shape) in tensors {
-        let bytes = shape.iter().product::<usize>() as u64 * dtype.size() as u64;
+        let bytes = byte_size(*dtype, shape).expect("tensors being written fit in memory");
         map.insert(
             name.clone(),
             serde_json::json!({ "dtype": dtype, "shape": shape, "data_offsets": [offset, offset + bytes] }),
@@ -177,5 +188,16 @@ mod tests {
             assert!(err.contains(message), "{err} should mention {message}");
         }
         assert!(json_len(u64::MAX.to_le_bytes()).is_err());
+    }
+
+    #[test]
+    fn sizes_past_2_pow_64_are_errors_not_overflows() {
+        let huge = format!(r#"{{"w": {{"dtype": "F32", "shape": [{0}, {0}], "data_offsets": [0, 0]}}}}"#, 1u64 << 32);
+        let err = parse_header(huge.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("larger than 2^64"), "{err}");
+        let far =
+            format!(r#"{{"w": {{"dtype": "I8", "shape": [4], "data_offsets": [{}, {}]}}}}"#, u64::MAX - 4, u64::MAX);
+        let err = parse_header(far.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("past 2^64"), "{err}");
     }
 }

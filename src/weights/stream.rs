@@ -1,12 +1,13 @@
 //! Incremental shard parser, shared by the native loader (file reads) and the browser (fetch
 //! stream chunks): bytes go in as they arrive, in order; each piece's bytes are handed to a
 //! [`PieceSink`] at once, so nothing larger than one chunk is ever buffered. The shard's header
-//! is checked against the manifest, and its length and sha256 when the stream ends.
+//! is checked against the manifest, every f32 value is checked to be finite (a correctly hashed
+//! shard may still hold NaN), and the shard's length and sha256 when the stream ends.
 
 use sha2::{Digest, Sha256};
 
 use super::format::{Manifest, Piece};
-use super::safetensors;
+use super::safetensors::{self, Dtype};
 use crate::{Error, Result};
 
 /// Where piece bytes go: a host buffer, a GPU buffer, ...
@@ -21,8 +22,12 @@ pub struct ShardParser<'m> {
     /// This shard's pieces, by offset.
     pieces: Vec<&'m Piece>,
     position: u64,
+    /// The header's exact length (prefix included), fixed by where the manifest puts the first piece.
+    data_start: u64,
     header: Vec<u8>,
     header_done: bool,
+    /// The first bytes of an f32 value that a chunk boundary split.
+    split_value: Vec<u8>,
     hasher: Sha256,
 }
 
@@ -35,8 +40,10 @@ impl<'m> ShardParser<'m> {
             shard,
             pieces,
             position: 0,
+            data_start: manifest.shard_data_start(shard),
             header: Vec::new(),
             header_done: false,
+            split_value: Vec::with_capacity(4),
             hasher: Sha256::new(),
         }
     }
@@ -63,14 +70,52 @@ impl<'m> ShardParser<'m> {
             rest = self.take_header(rest)?;
         }
         let start = end - rest.len() as u64;
-        for piece in &self.pieces {
+        for index in 0..self.pieces.len() {
+            let piece = self.pieces[index];
             let (lo, hi) = (piece.offset.max(start), (piece.offset + piece.bytes).min(end));
             if lo < hi {
-                sink.piece_bytes(piece, lo - piece.offset, &rest[(lo - start) as usize..(hi - start) as usize])?;
+                let bytes = &rest[(lo - start) as usize..(hi - start) as usize];
+                if piece.dtype == Dtype::F32 {
+                    self.check_finite(piece, lo - piece.offset, bytes)?;
+                }
+                sink.piece_bytes(piece, lo - piece.offset, bytes)?;
             }
         }
         self.position = end;
         Ok(())
+    }
+
+    /// Fails on a NaN or infinite f32: the hash only proves the host sent what it meant to.
+    /// `bytes` start `offset` bytes into `piece`, whose values start at its offset 0.
+    fn check_finite(&mut self, piece: &Piece, offset: u64, bytes: &[u8]) -> Result<()> {
+        let head = (4 - self.split_value.len()) % 4;
+        let head = head.min(bytes.len());
+        let mut values = Vec::with_capacity(1);
+        if !self.split_value.is_empty() {
+            self.split_value.extend_from_slice(&bytes[..head]);
+            if self.split_value.len() == 4 {
+                values.push((offset / 4, f32::from_le_bytes(self.split_value[..].try_into().expect("4 bytes"))));
+                self.split_value.clear();
+            }
+        }
+        let body = &bytes[head..];
+        let words = body.chunks_exact(4);
+        self.split_value.extend_from_slice(words.remainder());
+        let first_whole = (offset + head as u64) / 4;
+        let bad = values.into_iter().find(|(_, v)| !v.is_finite()).or_else(|| {
+            words
+                .zip(first_whole..)
+                .map(|(w, i)| (i, f32::from_le_bytes(w.try_into().expect("4 bytes"))))
+                .find(|(_, v)| !v.is_finite())
+        });
+        match bad {
+            Some((index, value)) => Err(Error::Weights(format!(
+                "{}: {} holds a non-finite value ({value}) at element {index}",
+                self.file(),
+                piece.name
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Collects header bytes; once complete, checks them and returns the data bytes after them.
@@ -80,7 +125,15 @@ impl<'m> ShardParser<'m> {
                 8
             } else {
                 let prefix = self.header[..8].try_into().expect("8 bytes");
-                8 + safetensors::json_len(prefix).map_err(|e| Error::Weights(format!("{}: {e}", self.file())))? as usize
+                let len = safetensors::json_len(prefix).map_err(|e| Error::Weights(format!("{}: {e}", self.file())))?;
+                if 8 + len != self.data_start {
+                    return Err(Error::Weights(format!(
+                        "{}: its header claims {len} bytes, but the manifest puts the data at byte {}",
+                        self.file(),
+                        self.data_start
+                    )));
+                }
+                self.data_start as usize
             };
             let take = (target - self.header.len()).min(chunk.len());
             self.header.extend_from_slice(&chunk[..take]);
@@ -114,7 +167,7 @@ impl<'m> ShardParser<'m> {
     /// Ends the stream: the shard must be complete and its sha256 must match.
     pub fn finish(self) -> Result<()> {
         let info = &self.manifest.shards[self.shard];
-        if self.position != info.bytes {
+        if self.position != info.bytes || !self.header_done {
             return Err(Error::Weights(format!(
                 "{}: truncated, got {} of {} bytes",
                 info.file, self.position, info.bytes

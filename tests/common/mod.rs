@@ -20,7 +20,7 @@ pub fn ok(args: &[&str]) -> Output {
 pub fn fails_with(args: &[&str], message: &str) {
     let out = rg(args);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "rg {args:?} should fail");
+    assert_eq!(out.status.code(), Some(1), "rg {args:?} should fail with exit code 1 (not abort or succeed)");
     assert!(!stderr.contains("panicked"), "rg {args:?} panicked: {stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
     assert!(stderr.starts_with("error: ") && stderr.contains(message), "rg {args:?}: {stderr} lacks '{message}'");
