@@ -3,11 +3,13 @@
 
 mod common;
 
+use std::cell::Cell;
+
 use common::{tiny, tokenizer_path};
 use pollster::block_on;
-use rgweb::chat::session::{ChatSession, Generator};
+use rgweb::chat::session::{ChatSession, Generator, Listener};
 use rgweb::chat::{is_stop_token, GemmaTokenizer, SamplingParams};
-use rgweb::gpu::engine::load_engine;
+use rgweb::gpu::engine::{load_engine, Engine};
 use rgweb::gpu::GpuContext;
 use rgweb::weights::load::load_model;
 
@@ -19,9 +21,13 @@ fn cpu() -> Generator {
     Generator::cpu(load_model(&tiny().int8).unwrap(), SamplingParams::default()).unwrap()
 }
 
-fn gpu() -> Generator {
+fn engine() -> Engine {
     let context = block_on(GpuContext::new()).expect("a GPU adapter (Mesa lavapipe in CI)");
-    Generator::gpu(load_engine(context, &tiny().int8).unwrap(), SamplingParams::default()).unwrap()
+    load_engine(context, &tiny().int8).unwrap()
+}
+
+fn gpu() -> Generator {
+    Generator::gpu(engine(), SamplingParams::default()).unwrap()
 }
 
 const MESSAGES: [&str; 2] = ["Hello! Who are you?", "Tell me more about 東京 🤖."];
@@ -35,7 +41,7 @@ fn check_state_reuse(make: fn() -> Generator) -> Vec<Vec<u32>> {
     for message in MESSAGES {
         let turn = session.turn_ids(message).unwrap();
         let mut streamed = String::new();
-        let reply = block_on(session.send(message, 10, |text| {
+        let reply = block_on(session.send(message, 10, |text: &str| {
             streamed.push_str(text);
             true
         }))
@@ -46,7 +52,8 @@ fn check_state_reuse(make: fn() -> Generator) -> Vec<Vec<u32>> {
         if replies.len() + 1 == MESSAGES.len() {
             let mut fresh = make();
             let eos = fresh.eos_token_id();
-            let whole = block_on(fresh.generate(&conversation, 10, |id| id == eos || is_stop_token(id), |_| Ok(true)));
+            let is_stop = |id| id == eos || is_stop_token(id);
+            let whole = block_on(fresh.generate(&conversation, 10, is_stop, || false, |_| Ok(true)));
             assert_eq!(whole.unwrap(), reply.ids, "state reuse equals prefilling the whole conversation");
         }
         conversation.extend(&reply.ids);
@@ -70,7 +77,7 @@ fn turns_reuse_the_state_on_the_gpu_and_match_the_cpu() {
 fn stop_ends_the_reply_and_keeps_the_state_consistent() {
     let mut session = ChatSession::new(cpu(), tokenizer());
     let mut pieces = 0;
-    let reply = block_on(session.send(MESSAGES[0], 50, |_| {
+    let reply = block_on(session.send(MESSAGES[0], 50, |_: &str| {
         pieces += 1;
         pieces < 3
     }))
@@ -79,24 +86,24 @@ fn stop_ends_the_reply_and_keeps_the_state_consistent() {
     // Every token shown was fed, and nothing else: the state matches the visible conversation.
     let position = session.generator().position();
     assert_eq!(position, reply.prefilled + reply.ids.len());
-    let next = block_on(session.send(MESSAGES[1], 4, |_| true)).unwrap();
+    let next = block_on(session.send(MESSAGES[1], 4, |_: &str| true)).unwrap();
     assert_eq!(session.generator().position(), position + next.prefilled + next.ids.len());
 }
 
 fn check_regenerate(make: fn() -> Generator) {
     let mut session = ChatSession::new(make(), tokenizer());
-    block_on(session.send(MESSAGES[0], 6, |_| true)).unwrap();
+    block_on(session.send(MESSAGES[0], 6, |_: &str| true)).unwrap();
     let hot = SamplingParams { temperature: 1.2, top_k: 0, top_p: 1.0, seed: 1 };
     session.generator().set_sampling(hot).unwrap();
     let before = session.generator().position();
-    let first = block_on(session.send(MESSAGES[1], 8, |_| true)).unwrap();
+    let first = block_on(session.send(MESSAGES[1], 8, |_: &str| true)).unwrap();
     // Same seed again from the same state: the same reply (on the GPU the draw depends only on
     // the seed and the token count, both restored; on the CPU the sampler is made anew).
     session.generator().set_sampling(hot).unwrap();
-    let again = block_on(session.regenerate(8, |_| true)).unwrap();
+    let again = block_on(session.regenerate(8, |_: &str| true)).unwrap();
     assert_eq!((&again.ids, &again.text, again.prefilled), (&first.ids, &first.text, first.prefilled));
     session.generator().set_sampling(SamplingParams { seed: 2, ..hot }).unwrap();
-    let other = block_on(session.regenerate(8, |_| true)).unwrap();
+    let other = block_on(session.regenerate(8, |_: &str| true)).unwrap();
     assert_ne!(other.ids, first.ids, "another seed, another reply");
     assert_eq!(session.generator().position(), before + other.prefilled + other.ids.len());
 }
@@ -109,4 +116,110 @@ fn regenerate_replays_from_the_state_before_the_reply_on_the_cpu() {
 #[test]
 fn regenerate_replays_from_the_state_before_the_reply_on_the_gpu() {
     check_regenerate(gpu);
+}
+
+/// Stops when asked for the `stop_at`-th time whether to stop (1 is before the prompt), and
+/// counts the questions.
+struct StopOnAsk {
+    asked: Cell<usize>,
+    stop_at: usize,
+}
+
+impl StopOnAsk {
+    fn at(stop_at: usize) -> Self {
+        StopOnAsk { asked: Cell::new(0), stop_at }
+    }
+}
+
+impl Listener for &StopOnAsk {
+    fn text(&mut self, _: &str) -> bool {
+        true
+    }
+
+    fn stopped(&self) -> bool {
+        self.asked.set(self.asked.get() + 1);
+        self.asked.get() >= self.stop_at
+    }
+}
+
+/// A message of a few hundred tokens: more than one prefill piece.
+fn long_message() -> String {
+    "Tell me about recurrent networks, state spaces and attention. ".repeat(30)
+}
+
+#[test]
+fn max_tokens_zero_is_an_error_that_changes_nothing() {
+    let mut session = ChatSession::new(cpu(), tokenizer());
+    for result in [
+        block_on(session.send(MESSAGES[0], 0, |_: &str| true)),
+        block_on(session.complete(MESSAGES[0], 0, |_: &str| true)),
+    ] {
+        let error = result.expect_err("max tokens 0 is an error").to_string();
+        assert!(error.contains("max_tokens must be at least 1"), "{error}");
+    }
+    assert_eq!(session.generator().position(), 0, "nothing entered the state");
+    let error = block_on(session.regenerate(4, |_: &str| true)).expect_err("no turn was recorded").to_string();
+    assert!(error.contains("no reply to regenerate"), "{error}");
+    // With a recorded turn, regenerate(0) fails before it rolls the turn back.
+    let reply = block_on(session.send(MESSAGES[0], 4, |_: &str| true)).unwrap();
+    let position = session.generator().position();
+    assert!(block_on(session.regenerate(0, |_: &str| true)).is_err());
+    assert_eq!(session.generator().position(), position);
+    assert_eq!(block_on(session.regenerate(4, |_: &str| true)).unwrap().ids, reply.ids);
+}
+
+fn check_stop_before_and_during_the_prefill(make: fn() -> Generator) {
+    let mut session = ChatSession::new(make(), tokenizer());
+    let long = long_message();
+    assert!(session.turn_ids(&long).unwrap().len() > 300, "the message spans more than one prefill piece");
+    // Stopped before the prompt (an abort that came first), then after its first piece: either way
+    // nothing of the turn stays in the state.
+    for stop_at in [1, 2] {
+        let listener = StopOnAsk::at(stop_at);
+        let reply = block_on(session.send(&long, 8, &listener)).unwrap();
+        assert_eq!((reply.ids.len(), reply.prefilled), (0, 0), "stopped at question {stop_at}");
+        assert_eq!(listener.asked.get(), stop_at, "asked before the prompt and between its pieces");
+        assert_eq!(session.generator().position(), 0, "the state is as before the turn");
+    }
+    // And the state really is the empty one: the reply is a fresh session's.
+    let reply = block_on(session.send(MESSAGES[0], 6, |_: &str| true)).unwrap();
+    let mut fresh = ChatSession::new(make(), tokenizer());
+    assert_eq!(reply.ids, block_on(fresh.send(MESSAGES[0], 6, |_: &str| true)).unwrap().ids);
+}
+
+#[test]
+fn stop_before_or_during_the_prefill_leaves_the_state_as_it_was_on_the_cpu() {
+    check_stop_before_and_during_the_prefill(cpu);
+}
+
+#[test]
+fn stop_before_or_during_the_prefill_leaves_the_state_as_it_was_on_the_gpu() {
+    check_stop_before_and_during_the_prefill(gpu);
+}
+
+#[test]
+fn stop_is_asked_after_every_token_whether_or_not_it_made_text() {
+    let mut session = ChatSession::new(cpu(), tokenizer());
+    let full = block_on(session.send(MESSAGES[0], 8, |_: &str| true)).unwrap();
+    assert_eq!(full.ids.len(), 8, "the reference reply runs to max_tokens");
+    session.reset();
+    // Question 1 is before the prompt (one piece); then one after each token: the 4th stops
+    // after the 3rd token, whatever text the tokens made.
+    let listener = StopOnAsk::at(4);
+    let stopped = block_on(session.send(MESSAGES[0], 8, &listener)).unwrap();
+    assert_eq!(stopped.ids, full.ids[..3]);
+    assert_eq!(session.generator().position(), stopped.prefilled + 3, "the last token shown was fed");
+}
+
+#[test]
+fn a_long_prompt_fed_in_pieces_equals_one_engine_prefill() {
+    let mut generator = gpu();
+    let vocab = generator.vocab_size();
+    let prompt: Vec<u32> = (0..700u64).map(|i| (i * 7919 % vocab as u64) as u32).collect();
+    let ids = block_on(generator.generate(&prompt, 6, |_| false, || false, |_| Ok(true))).unwrap();
+    let mut engine = engine();
+    let mut expected = vec![block_on(engine.prefill(&prompt)).unwrap()];
+    expected.extend(block_on(engine.decode(5)).unwrap());
+    assert_eq!(ids, expected);
+    assert_eq!(generator.position(), prompt.len() + 6);
 }

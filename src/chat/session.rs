@@ -2,10 +2,13 @@
 //! its own new tokens: the state after the previous reply is kept, so the cost of a turn does not
 //! grow with the conversation, and neither does memory.
 
+use std::cell::RefCell;
+
 use super::sampler::{Sampler, SamplingParams};
 use super::template::{first_user_turn, is_stop_token, next_user_turn};
 use super::tokenizer::{GemmaTokenizer, TextStream, BOS};
 use crate::gpu::engine::{Engine, Snapshot};
+use crate::gpu::kernels::CHUNK;
 use crate::model::{Model, State};
 use crate::{Error, Result};
 use web_time::Instant;
@@ -49,6 +52,37 @@ fn rate(tokens: usize, seconds: f64) -> f64 {
     } else {
         0.0
     }
+}
+
+/// Prompts longer than this are fed in pieces of this many tokens (a whole number of the GPU
+/// engine's chunks, so the state ends exactly as after one prefill), with a chance to stop between
+/// pieces: an abort must not wait for a long prompt to finish.
+const PREFILL_PIECE: usize = 16 * CHUNK;
+
+/// Where a generation's text goes, and whether it should go on. A closure `FnMut(&str) -> bool`
+/// is one: it receives each piece of text and returns false to stop.
+pub trait Listener {
+    /// A piece of the reply's text as it completes; false stops the generation.
+    fn text(&mut self, piece: &str) -> bool;
+
+    /// Asked before the prompt is fed, between its pieces and after every token, whether or not
+    /// that token completed any text: true stops the generation there.
+    fn stopped(&self) -> bool {
+        false
+    }
+}
+
+impl<F: FnMut(&str) -> bool> Listener for F {
+    fn text(&mut self, piece: &str) -> bool {
+        self(piece)
+    }
+}
+
+fn check_max_tokens(max_tokens: usize) -> Result<()> {
+    if max_tokens == 0 {
+        return Err(Error::Input("max_tokens must be at least 1".into()));
+    }
+    Ok(())
 }
 
 /// Token-level generation: prefill some ids, then one token at a time.
@@ -194,6 +228,40 @@ impl Generator {
         }
     }
 
+    /// Feeds `ids` without sampling.
+    async fn feed(&mut self, ids: &[u32]) -> Result<()> {
+        match &mut self.backend {
+            Backend::Cpu { model, state, .. } => model.forward(ids, state).map(drop),
+            Backend::Gpu { engine, last_sampled } => {
+                // The engine's pending input is overwritten by the fed ids.
+                *last_sampled = None;
+                engine.feed(ids).await
+            }
+        }
+    }
+
+    /// [`Generator::prefill`] of `prompt` piece by piece, asking `stopped` before each piece.
+    /// None when it said stop: the state is then as it was before the call.
+    async fn prefill_unless_stopped(&mut self, prompt: &[u32], stopped: &impl Fn() -> bool) -> Result<Option<u32>> {
+        if stopped() {
+            return Ok(None);
+        }
+        // The last piece (never empty) is prefilled and sampled from; those before are only fed.
+        let last_start = prompt.len().saturating_sub(1) / PREFILL_PIECE * PREFILL_PIECE;
+        let (leading, last) = prompt.split_at(last_start);
+        if !leading.is_empty() {
+            let before = self.checkpoint();
+            for piece in leading.chunks(PREFILL_PIECE) {
+                self.feed(piece).await?;
+                if stopped() {
+                    self.restore(&before)?;
+                    return Ok(None);
+                }
+            }
+        }
+        self.prefill(last).await.map(Some)
+    }
+
     /// Feeds one token and samples the next. On the GPU the last sampled token is already
     /// waiting there as the next input, so nothing crosses the bus but the new id.
     pub async fn step(&mut self, token: u32) -> Result<u32> {
@@ -208,28 +276,36 @@ impl Generator {
         }
     }
 
-    /// Prefills `prompt`, then samples until a stop token or `max_tokens`, handing each
-    /// generated id to `on_token` (which returns false to stop early). The state ends holding
-    /// every generated token; a stop token is not fed.
+    /// Prefills `prompt`, then samples until a stop token or `max_tokens` (at least 1), handing
+    /// each generated id to `on_token` (which returns false to stop early). `stopped` is asked
+    /// before and during the prefill (a stop there leaves the state as it was) and after every
+    /// token. The state ends holding every generated token; a stop token is not fed.
     pub async fn generate(
         &mut self,
         prompt: &[u32],
         max_tokens: usize,
         is_stop: impl Fn(u32) -> bool,
+        stopped: impl Fn() -> bool,
         mut on_token: impl FnMut(u32) -> Result<bool>,
     ) -> Result<Vec<u32>> {
-        let mut generated = Vec::new();
-        self.timing = Timing { prefill_tokens: prompt.len(), ..Timing::default() };
-        if max_tokens == 0 {
-            return Ok(generated);
+        check_max_tokens(max_tokens)?;
+        // All of them before any: a bad id must not leave a prompt half fed.
+        let vocab_size = self.vocab_size();
+        if let Some(id) = prompt.iter().find(|&&id| id as usize >= vocab_size) {
+            return Err(Error::Input(format!("token id {id} is out of range: vocab size is {vocab_size}")));
         }
+        let mut generated = Vec::new();
+        self.timing = Timing::default();
         let start = Instant::now();
-        let mut next = self.prefill(prompt).await?;
+        let Some(mut next) = self.prefill_unless_stopped(prompt, &stopped).await? else {
+            return Ok(generated);
+        };
+        self.timing.prefill_tokens = prompt.len();
         self.timing.prefill_seconds = start.elapsed().as_secs_f64();
         let start = Instant::now();
         while !is_stop(next) {
             generated.push(next);
-            let wanted = on_token(next)?;
+            let wanted = on_token(next)? && !stopped();
             if !wanted || generated.len() == max_tokens {
                 // Keep the state consistent with the text shown: feed the last token too.
                 self.step(next).await?;
@@ -246,31 +322,39 @@ impl Generator {
 
 impl Generator {
     /// [`Generator::generate`] with the ids turned into text as it completes: each piece goes to
-    /// `on_text` (which returns false to stop). Returns the ids and the whole text.
+    /// `listener`, which can stop the generation. Returns the ids and the whole text.
     pub async fn generate_text(
         &mut self,
         tokenizer: &GemmaTokenizer,
         prompt: &[u32],
         max_tokens: usize,
         is_stop: impl Fn(u32) -> bool,
-        mut on_text: impl FnMut(&str) -> bool,
+        listener: impl Listener,
     ) -> Result<(Vec<u32>, String)> {
         let mut stream = TextStream::new();
         let mut text = String::new();
+        // Asked whether to stop between the pieces it is given: never borrowed twice at once.
+        let listener = RefCell::new(listener);
         let ids = self
-            .generate(prompt, max_tokens, is_stop, |id| {
-                Ok(match stream.push(tokenizer, id)? {
-                    Some(piece) => {
-                        text.push_str(&piece);
-                        on_text(&piece)
-                    }
-                    None => true,
-                })
-            })
+            .generate(
+                prompt,
+                max_tokens,
+                is_stop,
+                || listener.borrow().stopped(),
+                |id| {
+                    Ok(match stream.push(tokenizer, id)? {
+                        Some(piece) => {
+                            text.push_str(&piece);
+                            listener.borrow_mut().text(&piece)
+                        }
+                        None => true,
+                    })
+                },
+            )
             .await?;
         if let Some(rest) = stream.finish() {
             text.push_str(&rest);
-            on_text(&rest);
+            listener.into_inner().text(&rest);
         }
         Ok((ids, text))
     }
@@ -281,7 +365,8 @@ impl Generator {
 pub struct Reply {
     pub ids: Vec<u32>,
     pub text: String,
-    /// Tokens fed for this turn (its prompt), the only prefill the turn needed.
+    /// Tokens fed for this turn (its prompt), the only prefill the turn needed; 0 when it was
+    /// stopped before its prefill ended (the state is then as it was before the turn).
     pub prefilled: usize,
     pub timing: Timing,
 }
@@ -313,30 +398,21 @@ impl ChatSession {
 
     /// Continues the conversation's token stream with `text` as it is (no chat template), then
     /// generates until `<eos>` or `max_tokens`: plain completion, for base models.
-    pub async fn complete(
-        &mut self,
-        text: &str,
-        max_tokens: usize,
-        on_text: impl FnMut(&str) -> bool,
-    ) -> Result<Reply> {
+    pub async fn complete(&mut self, text: &str, max_tokens: usize, listener: impl Listener) -> Result<Reply> {
+        check_max_tokens(max_tokens)?;
         let prompt = self.tokenizer.encode(text, self.generator.position() == 0)?;
         self.last_turn = None;
-        self.reply(&prompt, max_tokens, false, on_text).await
+        self.reply(&prompt, max_tokens, false, listener).await
     }
 
     /// Feeds `prompt` and generates until `<eos>` (and, in a chat, `<end_of_turn>`).
-    async fn reply(
-        &mut self,
-        prompt: &[u32],
-        max_tokens: usize,
-        chat: bool,
-        mut on_text: impl FnMut(&str) -> bool,
-    ) -> Result<Reply> {
+    async fn reply(&mut self, prompt: &[u32], max_tokens: usize, chat: bool, listener: impl Listener) -> Result<Reply> {
         let eos = self.generator.eos_token_id();
         let is_stop = |id| id == eos || (chat && is_stop_token(id));
-        let (ids, text) =
-            self.generator.generate_text(&self.tokenizer, prompt, max_tokens, is_stop, &mut on_text).await?;
-        Ok(Reply { ids, text, prefilled: prompt.len(), timing: self.generator.timing() })
+        let (ids, text) = self.generator.generate_text(&self.tokenizer, prompt, max_tokens, is_stop, listener).await?;
+        let timing = self.generator.timing();
+        // A stop during the prefill took it back: nothing of this turn is in the state.
+        Ok(Reply { ids, text, prefilled: timing.prefill_tokens, timing })
     }
 
     /// Starts a new conversation.
@@ -347,11 +423,12 @@ impl ChatSession {
 
     /// Answers the last message again from the state before it (a new seed, set with
     /// [`Generator::set_sampling`], gives a different reply).
-    pub async fn regenerate(&mut self, max_tokens: usize, on_text: impl FnMut(&str) -> bool) -> Result<Reply> {
+    pub async fn regenerate(&mut self, max_tokens: usize, listener: impl Listener) -> Result<Reply> {
+        check_max_tokens(max_tokens)?;
         let (checkpoint, message) =
             self.last_turn.take().ok_or_else(|| Error::Input("there is no reply to regenerate".into()))?;
         self.generator.restore(&checkpoint)?;
-        self.send(&message, max_tokens, on_text).await
+        self.send(&message, max_tokens, listener).await
     }
 
     /// The ids this message adds to the conversation: the whole first turn with <bos>, or the
@@ -366,11 +443,12 @@ impl ChatSession {
         }
     }
 
-    /// Sends `message` and streams the reply's text to `on_text` as it completes (return false
-    /// to stop, as a Stop button does).
-    pub async fn send(&mut self, message: &str, max_tokens: usize, on_text: impl FnMut(&str) -> bool) -> Result<Reply> {
+    /// Sends `message` and streams the reply's text to `listener` as it completes (which can
+    /// stop it, as a Stop button does).
+    pub async fn send(&mut self, message: &str, max_tokens: usize, listener: impl Listener) -> Result<Reply> {
+        check_max_tokens(max_tokens)?;
         let prompt = self.turn_ids(message)?;
         self.last_turn = Some((self.generator.checkpoint(), message.to_string()));
-        self.reply(&prompt, max_tokens, true, on_text).await
+        self.reply(&prompt, max_tokens, true, listener).await
     }
 }
