@@ -273,6 +273,28 @@ fn logits_with_no_usable_value_are_an_error() {
     );
 }
 
+#[test]
+fn the_tokenizer_must_be_the_one_the_manifest_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hf, web) = (dir.path().join("hf"), dir.path().join("web"));
+    std::fs::create_dir(&hf).unwrap();
+    for entry in std::fs::read_dir(&tiny().hf).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), hf.join(entry.file_name())).unwrap();
+    }
+    std::fs::copy(common::tokenizer_path(), hf.join("tokenizer.json")).unwrap();
+    ok(&["convert", s(&hf), s(&web)]);
+    let generate = ["generate", s(&web), "--prompt", "Hello", "--max-tokens", "2", "--backend", "cpu"];
+    ok(&generate);
+    // What a static host's fallback page puts where the tokenizer should be.
+    std::fs::write(web.join("tokenizer.json"), "<!doctype html><title>Not found</title>").unwrap();
+    fails_with(&generate, "tokenizer.json is 39 bytes, the manifest says");
+    let mut same_size = std::fs::read(common::tokenizer_path()).unwrap();
+    same_size[100] ^= 1;
+    std::fs::write(web.join("tokenizer.json"), same_size).unwrap();
+    fails_with(&generate, "tokenizer.json: sha256 mismatch");
+}
+
 type TensorEdit = dyn Fn(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>);
 
 /// A copy of a small official-golden HF checkpoint whose tensors were changed by `edit`.

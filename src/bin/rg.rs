@@ -16,7 +16,7 @@ use rgweb::gpu::GpuContext;
 use rgweb::model::{Model, State};
 use rgweb::weights::convert::convert;
 use rgweb::weights::format::Quantization;
-use rgweb::weights::load::load_model;
+use rgweb::weights::load::{load_model, read_tokenizer_json};
 use rgweb::weights::random::write_random_checkpoint;
 use rgweb::weights::safetensors::Dtype;
 
@@ -152,8 +152,10 @@ impl SamplingArgs {
 
 impl ModelArgs {
     fn open(&self) -> Result<(Runner, GemmaTokenizer)> {
-        let path = self.tokenizer.clone().unwrap_or_else(|| self.model_dir.join("tokenizer.json"));
-        let tokenizer = GemmaTokenizer::from_file(&path)?;
+        let tokenizer = match &self.tokenizer {
+            Some(path) => GemmaTokenizer::from_file(path)?,
+            None => GemmaTokenizer::from_bytes(&read_tokenizer_json(&self.model_dir)?)?,
+        };
         Ok((open_backend(&self.model_dir, self.backend)?, tokenizer))
     }
 }

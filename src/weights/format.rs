@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 use super::safetensors::{self, Dtype};
 use super::{tensor_specs, TensorSpec};
@@ -73,6 +74,24 @@ pub struct Manifest {
 pub struct FileDigest {
     pub bytes: u64,
     pub sha256: String,
+}
+
+impl FileDigest {
+    /// `contents` of `file` must be exactly what this digest names.
+    pub fn verify(&self, file: &str, contents: &[u8]) -> Result<()> {
+        if contents.len() as u64 != self.bytes {
+            return Err(Error::Weights(format!(
+                "{file} is {} bytes, the manifest says {}",
+                contents.len(),
+                self.bytes
+            )));
+        }
+        let digest = super::stream::hex(&sha2::Sha256::digest(contents));
+        if digest != self.sha256 {
+            return Err(Error::Weights(format!("{file}: sha256 mismatch (expected {}, got {digest})", self.sha256)));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::Path;
 
 use super::convert::HfCheckpoint;
-use super::format::{Manifest, MANIFEST_FILE, MAX_MANIFEST_BYTES};
+use super::format::{Manifest, MANIFEST_FILE, MAX_MANIFEST_BYTES, MAX_TOKENIZER_BYTES, TOKENIZER_FILE};
 use super::host::HostSink;
 use super::stream::{PieceSink, ShardParser};
 use crate::model::Model;
@@ -24,6 +24,25 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
         return Err(Error::Weights(format!("{MANIFEST_FILE} is larger than {MAX_MANIFEST_BYTES} bytes")));
     }
     Manifest::from_json(&text)
+}
+
+/// The bytes of a model folder's `tokenizer.json`, verified against the manifest's size and
+/// sha256 where the folder is in the web format and its manifest names them.
+pub fn read_tokenizer_json(dir: &Path) -> Result<Vec<u8>> {
+    let path = dir.join(TOKENIZER_FILE);
+    let digest = if dir.join(MANIFEST_FILE).exists() { read_manifest(dir)?.tokenizer } else { None };
+    let limit = digest.as_ref().map_or(MAX_TOKENIZER_BYTES, |d| d.bytes);
+    let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes).map_err(|e| Error::io(&path, e))?;
+    match digest {
+        Some(digest) => digest.verify(TOKENIZER_FILE, &bytes)?,
+        None if bytes.len() as u64 > limit => {
+            return Err(Error::Tokenizer(format!("{TOKENIZER_FILE} is larger than {limit} bytes")))
+        }
+        None => {}
+    }
+    Ok(bytes)
 }
 
 /// Streams every shard of a web-format folder into `sink`.
