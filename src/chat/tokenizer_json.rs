@@ -148,6 +148,24 @@ fn section<T: serde::de::DeserializeOwned>(sections: &mut Map<String, Value>, na
     }
 }
 
+/// Fails on a SentencePiece `Precompiled` normalizer anywhere in `normalizer`: tokenizers parses
+/// its charsmap with code that panics (`expect`) or allocates gigabytes on malformed bytes, which
+/// on wasm32 aborts the module (found by fuzzing). Gemma's tokenizer has none; legacy untagged
+/// entries are recognised by their `precompiled_charsmap` field.
+fn refuse_precompiled(normalizer: &Value) -> Result<()> {
+    match normalizer {
+        Value::Object(map)
+            if map.get("type").and_then(Value::as_str) == Some("Precompiled")
+                || map.contains_key("precompiled_charsmap") =>
+        {
+            Err(invalid("normalizer: a SentencePiece Precompiled charsmap is not supported"))
+        }
+        Value::Object(map) => map.values().try_for_each(refuse_precompiled),
+        Value::Array(items) => items.iter().try_for_each(refuse_precompiled),
+        _ => Ok(()),
+    }
+}
+
 fn model_field<T: serde::de::DeserializeOwned>(model: &Map<String, Value>, name: &str) -> Result<Option<T>> {
     match model.get(name) {
         None | Some(Value::Null) => Ok(None),
@@ -190,6 +208,9 @@ pub fn read_bpe_tokenizer(reader: impl std::io::Read) -> Result<tokenizers::Toke
     let bpe = bpe.build().map_err(invalid)?;
 
     let added: Vec<AddedToken> = section(&mut sections, "added_tokens")?.unwrap_or_default();
+    if let Some(normalizer) = sections.get("normalizer") {
+        refuse_precompiled(normalizer)?;
+    }
     let mut tokenizer: TokenizerImpl<
         ModelWrapper,
         NormalizerWrapper,
@@ -202,11 +223,54 @@ pub fn read_bpe_tokenizer(reader: impl std::io::Read) -> Result<tokenizers::Toke
         .with_pre_tokenizer(section(&mut sections, "pre_tokenizer")?)
         .with_post_processor(section(&mut sections, "post_processor")?)
         .with_decoder(section(&mut sections, "decoder")?)
-        .with_truncation(section(&mut sections, "truncation")?)
-        .with_padding(section(&mut sections, "padding")?)
+        // The file's `truncation` and `padding` are not applied: the chat encodes every turn whole
+        // and never pads (Gemma's file has neither), and a fixed padding length would be an
+        // allocation of the host's choosing at every encode (found by fuzzing: 400 GB, an abort).
         .build()
         .map_err(invalid)?;
     // As tokenizers does: the added tokens take their ids from the vocabulary.
     tokenizer.add_tokens(added).map_err(invalid)?;
     Ok(tokenizer.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A BPE file with Gemma's special ids, `▁`, `a` and `▁a`, a `' '` → `▁` normalizer, then `extra`.
+    fn file(extra: &str) -> String {
+        let vocab = r#""<pad>": 0, "<eos>": 1, "<bos>": 2, "▁": 3, "a": 4, "▁a": 5, "<start_of_turn>": 106, "<end_of_turn>": 107"#;
+        format!(
+            r#"{{"model": {{"type": "BPE", "vocab": {{{vocab}}}, "merges": ["▁ a"]}},
+                "normalizer": {{"type": "Replace", "pattern": {{"String": " "}}, "content": "▁"}}{extra}}}"#
+        )
+    }
+
+    #[test]
+    fn a_precompiled_normalizer_is_refused_before_tokenizers_parses_it() {
+        // Malformed charsmaps that make tokenizers panic: a trie of 8 bytes claimed but not
+        // there, no charsmap at all, and a legacy untagged entry nested in a sequence.
+        for normalizer in [
+            r#"{"type": "Precompiled", "precompiled_charsmap": "CAAAAAEBAQEBAQEB"}"#,
+            r#"{"type": "Precompiled"}"#,
+            r#"{"type": "Sequence", "normalizers": [{"type": "NFC"}, {"precompiled_charsmap": "CAAAAAEBAQEBAQEB"}]}"#,
+        ] {
+            let json = file(&format!(r#", "normalizer": {normalizer}"#));
+            let err = read_bpe_tokenizer(json.as_bytes()).err().expect("refused").to_string();
+            assert!(err.contains("Precompiled"), "{err}");
+        }
+    }
+
+    #[test]
+    fn padding_and_truncation_in_the_file_are_not_applied() {
+        // A host's fixed padding length would be allocated at every encode (fuzzing found one of
+        // 10^11 ids); truncation would cut the conversation short.
+        let json = file(
+            r#", "padding": {"strategy": {"Fixed": 8}, "direction": "Right", "pad_to_multiple_of": null,
+                             "pad_id": 0, "pad_type_id": 0, "pad_token": "<pad>"},
+                 "truncation": {"direction": "Right", "max_length": 1, "strategy": "LongestFirst", "stride": 0}"#,
+        );
+        let tokenizer = read_bpe_tokenizer(json.as_bytes()).unwrap();
+        assert_eq!(tokenizer.encode_fast("a a a", false).unwrap().get_ids(), [4, 5, 5]);
+    }
 }
