@@ -45,6 +45,7 @@ step "the chat page end to end in Chromium (trunk build --release, served on 127
 bash scripts/demo-model.sh target/debug/rg
 trunk build --release
 (cd tests/browser && node app.mjs)
+(cd tests/browser && node downloads.mjs)
 
 step "the embeddable package and its example page, on the page thread and in a worker"
 bash scripts/build-package.sh

@@ -150,6 +150,8 @@ pub fn NoWebGpu(why: String) -> impl IntoView {
 #[component]
 pub fn LoadFailed(why: String) -> impl IntoView {
     let state = expect_context::<AppState>();
+    // One line, whatever the browser or the host put in the message.
+    let why = why.split_whitespace().collect::<Vec<_>>().join(" ");
     view! {
         <section class="problem load-failed">
             <h2>"The model could not be loaded"</h2>

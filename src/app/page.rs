@@ -351,7 +351,7 @@ fn model_from_query() -> Option<String> {
 async fn fetch_known_models() -> Vec<KnownModel> {
     let Ok(source) = Source::url("./") else { return Vec::new() };
     let fetcher = download::Fetcher::new(source).await;
-    match fetcher.whole_file("models.json", None).await {
+    match fetcher.whole_file("models.json", loader::MAX_MANIFEST_BYTES).await {
         Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
         Err(_) => Vec::new(),
     }

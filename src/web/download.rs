@@ -1,29 +1,40 @@
 //! Where model files come from: a base URL (any static host or CDN with CORS) or a folder the
-//! user picked. Network bodies are read as streams; on the way they are teed into Cache Storage,
-//! so a reload reads from disk, and a dropped connection is resumed with an HTTP Range request
-//! from the last byte received instead of starting over.
+//! user picked. Network bodies are read as streams. What a shard download has received and parsed
+//! is kept in Cache Storage in segments as it arrives, so a reload reads from disk and an
+//! interrupted download — a dropped connection or a closed tab — resumes with an HTTP Range
+//! request from the last byte kept instead of starting over.
 
 use std::collections::HashMap;
 
-use js_sys::{Array, Promise};
+use js_sys::{Array, Uint8Array};
+use sha2::{Digest, Sha256};
 use wasm_bindgen::JsCast;
 use web_sys::{AbortController, Cache, Request, RequestInit, Response, ResponseInit};
 
 use super::js::{self, ChunkReader};
+use crate::weights::format::MANIFEST_FILE;
+use crate::weights::stream::hex;
 use crate::{Error, Result};
 
-/// Cache Storage bucket for verified model files; bump the suffix if the entry layout changes.
+/// Cache Storage bucket for model files; bump the suffix if the entry layout changes.
 pub const CACHE_NAME: &str = "recurrentgemma-models-v1";
 
-/// Header on each cached entry giving its body's size.
+/// Header on each cached entry giving its body's exact size.
 const SIZE_HEADER: &str = "x-rg-bytes";
+
+/// A shard's cached copy is written in segments of about this size, each put as soon as it is
+/// complete: a closed tab loses at most this much of a download.
+pub const SEGMENT_BYTES: usize = 8 << 20;
+
+/// A network read that brings nothing for this long is a dead connection (resumed like a dropped one).
+const STALL_MS: i32 = 30_000;
 
 /// Where a model's files are read from.
 pub enum Source {
     /// Absolute base URL ending in `/`.
     Url(String),
-    /// Files the user picked (`<input type=file webkitdirectory>`), by file name.
-    Folder(HashMap<String, web_sys::File>),
+    /// Files the user picked (`<input type=file webkitdirectory>`).
+    Folder(PickedFolder),
 }
 
 impl Source {
@@ -37,44 +48,115 @@ impl Source {
     }
 
     pub fn folder(files: &web_sys::FileList) -> Self {
-        let files = (0..files.length()).filter_map(|i| files.get(i)).map(|file| (file.name(), file)).collect();
-        Source::Folder(files)
+        let files = (0..files.length()).filter_map(|i| files.get(i)).map(|file| (relative_path(&file), file)).collect();
+        Source::Folder(PickedFolder { files })
     }
 
     pub fn describe(&self) -> String {
         match self {
             Source::Url(base) => base.clone(),
-            Source::Folder(files) => format!("a local folder ({} files)", files.len()),
+            Source::Folder(folder) => format!("a local folder ({} files)", folder.files.len()),
+        }
+    }
+
+    /// Fails when the source cannot name one model (a picked folder holding none or several).
+    pub fn check(&self) -> Result<()> {
+        match self {
+            Source::Url(_) => Ok(()),
+            Source::Folder(folder) => folder.model_dir().map(|_| ()),
         }
     }
 }
 
-/// Whether verified files are being kept in Cache Storage.
+/// A file's path within the picked folder (`demo/manifest.json`); its bare name when the browser
+/// gives none (files picked without a folder).
+fn relative_path(file: &web_sys::File) -> String {
+    js_sys::Reflect::get(file, &"webkitRelativePath".into())
+        .ok()
+        .and_then(|path| path.as_string())
+        .filter(|path| !path.is_empty())
+        .unwrap_or_else(|| file.name())
+}
+
+/// Picked files by their path relative to the picked folder, so that two models in one folder
+/// never mix (both have a `model-00000.safetensors`).
+pub struct PickedFolder {
+    files: HashMap<String, web_sys::File>,
+}
+
+impl PickedFolder {
+    /// The folder (`demo/`, or `` for loose files) holding the one `manifest.json` picked.
+    fn model_dir(&self) -> Result<&str> {
+        let mut manifests: Vec<&str> = self
+            .files
+            .keys()
+            .filter(|path| path.rsplit('/').next() == Some(MANIFEST_FILE))
+            .map(|path| &path[..path.len() - MANIFEST_FILE.len()])
+            .collect();
+        manifests.sort_unstable();
+        match manifests[..] {
+            [dir] => Ok(dir),
+            [] => {
+                Err(Error::Input(format!("the picked folder has no {MANIFEST_FILE}: pick a converted model's folder")))
+            }
+            _ => Err(Error::Input(format!(
+                "the picked folder holds {} models ({}): pick the folder of one of them",
+                manifests.len(),
+                manifests.iter().map(|dir| format!("{dir}{MANIFEST_FILE}")).collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+
+    fn get(&self, file: &str) -> Result<&web_sys::File> {
+        let path = format!("{}{file}", self.model_dir()?);
+        self.files.get(&path).ok_or_else(|| Error::Input(format!("{file} is not in the picked folder")))
+    }
+}
+
+/// Whether verified files are being written to Cache Storage (they are read from it whenever it exists).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum CacheState {
     #[default]
     On,
     /// No Cache Storage here (a local folder, an insecure origin, a private window that refuses it).
     Unavailable,
-    /// The origin's storage quota ran out: loading goes on without caching.
+    /// The origin's storage quota ran out: loading goes on without writing to the cache.
     QuotaExceeded,
 }
 
-/// One file being read from the network (or a picked file), possibly teed into the cache.
+/// Why a file could not be opened.
+pub enum OpenError {
+    /// Worth another try: the network failed, or the host said it was busy (408, 429, 5xx).
+    Transient(Error),
+    /// The host answered a Range request with bytes that do not continue the shard at the asked
+    /// offset (or cannot be shown to): the shard has to start over from byte 0.
+    CannotResume(String),
+    /// Trying again will not help (404, an HTML page where a model file should be, ...).
+    Fatal(Error),
+}
+
+impl From<OpenError> for Error {
+    fn from(error: OpenError) -> Self {
+        match error {
+            OpenError::Transient(e) | OpenError::Fatal(e) => e,
+            OpenError::CannotResume(reason) => Error::Network(reason),
+        }
+    }
+}
+
+/// One file being read from the network (or a picked file).
 pub struct Download {
     reader: ChunkReader,
     abort: Option<AbortController>,
-    /// `cache.put` of the teed copy, settling once the whole body has been written.
-    store: Option<Promise>,
-    /// Bytes to drop first: a server that ignored our Range header sent the file from byte 0.
+    /// Bytes to drop first: the host sent the file from before the offset asked for.
     skip: u64,
 }
 
 impl Download {
-    /// The next chunk, or `None` at the end; an error is the transport's (worth a retry).
+    /// The next chunk, or `None` at the end; an error is the transport's (worth a resume).
     pub async fn next(&mut self) -> std::result::Result<Option<Vec<u8>>, String> {
         loop {
-            let Some(mut chunk) = self.reader.next().await? else {
+            let Some(mut chunk) = self.reader.next_within(STALL_MS).await? else {
                 return Ok(None);
             };
             if self.skip >= chunk.len() as u64 {
@@ -89,30 +171,16 @@ impl Download {
         }
     }
 
-    /// Stops the transfer; whatever the cache received is not kept.
-    pub async fn abandon(self) {
+    /// Stops the transfer.
+    pub fn abandon(self) {
         self.reader.cancel();
         if let Some(abort) = &self.abort {
             abort.abort();
         }
-        if let Some(store) = self.store {
-            let _ = js::await_promise(store).await;
-        }
-    }
-
-    /// Waits for the cached copy to be written. `Ok(false)` means it was not (there was none, or
-    /// a resumed transfer could not be teed); `Err` is the quota running out.
-    pub async fn stored(self) -> std::result::Result<bool, CacheState> {
-        let Some(store) = self.store else { return Ok(false) };
-        match js::await_promise(store).await {
-            Ok(_) => Ok(true),
-            Err(e) if js::exception_name(&e).as_deref() == Some("QuotaExceededError") => Err(CacheState::QuotaExceeded),
-            Err(_) => Ok(false),
-        }
     }
 }
 
-/// Reads a model's files, from the cache when a verified copy is there.
+/// Reads a model's files, from the cache when a copy is there.
 pub struct Fetcher {
     pub source: Source,
     cache: Option<Cache>,
@@ -129,10 +197,14 @@ impl Fetcher {
         Fetcher { source, cache, cache_state }
     }
 
-    /// Stops caching for the rest of this load, e.g. when the files will not fit in the quota.
-    pub fn stop_caching(&mut self, why: CacheState) {
-        self.cache = None;
+    /// Stops writing to the cache for the rest of this load (the quota is too small); what is
+    /// cached already is still read.
+    pub fn stop_writing(&mut self, why: CacheState) {
         self.cache_state = why;
+    }
+
+    fn writable_cache(&self) -> Option<&Cache> {
+        self.cache.as_ref().filter(|_| self.cache_state == CacheState::On)
     }
 
     fn url(&self, file: &str) -> String {
@@ -150,117 +222,226 @@ impl Fetcher {
         format!("{url}{separator}rg-version={version}")
     }
 
-    /// The cached copy under `key`, as a stream.
-    pub async fn cached(&self, key: &str) -> Option<ChunkReader> {
+    /// The key of the cached segment of a file version that starts at byte `from`.
+    pub fn segment_key(&self, file: &str, version: &str, from: u64) -> String {
+        let key = self.cache_key(file, version);
+        if from == 0 {
+            key
+        } else {
+            format!("{key}&rg-from={from}")
+        }
+    }
+
+    async fn cached_response(&self, key: &str) -> Option<Response> {
         let cache = self.cache.as_ref()?;
         let found = js::await_promise(cache.match_with_str(key)).await.ok()?;
-        let response: Response = found.dyn_into().ok()?;
-        Some(ChunkReader::new(response.body()?))
+        found.dyn_into().ok()
     }
 
-    pub async fn evict(&self, key: &str) {
-        if let Some(cache) = &self.cache {
-            let _ = js::await_promise(cache.delete_with_str(key)).await;
-        }
+    /// The cached copy under `key`, as a stream.
+    pub async fn cached(&self, key: &str) -> Option<ChunkReader> {
+        Some(ChunkReader::new(self.cached_response(key).await?.body()?))
     }
 
-    /// Opens `file` from byte `offset`; from byte 0 with a `cache_key` the body is also teed
-    /// into the cache under that key.
-    pub async fn download(&self, file: &str, offset: u64, cache_key: Option<&str>) -> Result<Download> {
-        match &self.source {
-            Source::Folder(files) => {
-                let picked =
-                    files.get(file).ok_or_else(|| Error::Weights(format!("{file} is not in the picked folder")))?;
-                let blob = picked
-                    .slice_with_f64(offset as f64)
-                    .map_err(|e| Error::Browser(format!("{file}: {}", js::describe(&e))))?;
-                Ok(Download { reader: ChunkReader::new(blob.stream()), abort: None, store: None, skip: 0 })
+    /// How many bytes of a file version the cache holds from byte 0 on, going by the sizes its
+    /// segments were stored with (the bodies are not read).
+    pub async fn cached_prefix_bytes(&self, file: &str, version: &str, size: u64) -> u64 {
+        let mut end = 0;
+        while end < size {
+            let Some(response) = self.cached_response(&self.segment_key(file, version, end)).await else { break };
+            match stored_size(&response) {
+                Some(bytes) if bytes > 0 => end += bytes,
+                _ => break,
             }
-            Source::Url(_) => self.download_url(file, offset, cache_key).await,
+        }
+        end.min(size)
+    }
+
+    /// Deletes every cached copy of `file`: all its versions and segments.
+    pub async fn evict(&self, file: &str) {
+        let Some(cache) = &self.cache else { return };
+        let Ok(keys) = js::await_promise(cache.keys()).await else { return };
+        let prefix = self.cache_key(file, "");
+        for request in Array::from(&keys).iter() {
+            let request: Request = request.unchecked_into();
+            if request.url().starts_with(&prefix) {
+                let _ = js::await_promise(cache.delete_with_request(&request)).await;
+            }
         }
     }
 
-    async fn download_url(&self, file: &str, offset: u64, cache_key: Option<&str>) -> Result<Download> {
+    /// Stores `chunks` (`Uint8Array`s, `bytes` in all) under `key`. A full quota stops all further
+    /// writes for this load; any other failure only loses this entry.
+    pub async fn put(&mut self, key: &str, chunks: &Array, bytes: u64) {
+        let Some(cache) = self.writable_cache() else { return };
+        let Ok(response) = blob_response(chunks, bytes) else { return };
+        if let Err(e) = js::await_promise(cache.put_with_str(key, &response)).await {
+            if js::exception_name(&e).as_deref() == Some("QuotaExceededError") {
+                self.stop_writing(CacheState::QuotaExceeded);
+            }
+        }
+    }
+
+    /// Sends a GET for `file` (from byte `offset` when > 0) and checks what kind of answer it is.
+    async fn request(&self, file: &str, offset: u64) -> std::result::Result<(Response, AbortController), OpenError> {
         let url = self.url(file);
-        let abort = AbortController::new().map_err(|e| Error::Browser(js::describe(&e)))?;
+        let browser = |e: wasm_bindgen::JsValue| OpenError::Fatal(Error::Browser(js::describe(&e)));
+        let abort = AbortController::new().map_err(browser)?;
         let init = RequestInit::new();
         init.set_signal(Some(&abort.signal()));
         let request = Request::new_with_str_and_init(&url, &init)
-            .map_err(|e| Error::Network(format!("{url}: {}", js::describe(&e))))?;
+            .map_err(|e| OpenError::Fatal(Error::Network(format!("{url}: {}", js::describe(&e)))))?;
         if offset > 0 {
-            request
-                .headers()
-                .set("Range", &format!("bytes={offset}-"))
-                .map_err(|e| Error::Browser(js::describe(&e)))?;
+            request.headers().set("Range", &format!("bytes={offset}-")).map_err(browser)?;
         }
-        let response = js::fetch(&request).await?;
+        let response = js::fetch(&request).await.map_err(OpenError::Transient)?;
         let status = response.status();
-        let skip = match (offset, status) {
-            (0, 200) => 0,
-            (_, 206) => {
-                let range = response.headers().get("Content-Range").ok().flatten().unwrap_or_default();
-                if !range.starts_with(&format!("bytes {offset}-")) {
-                    return Err(Error::Network(format!("{url}: asked for bytes {offset}- and got '{range}'")));
-                }
-                0
-            }
-            (_, 200) => offset,
-            _ => return Err(Error::Network(format!("{url}: HTTP {status} {}", response.status_text()))),
-        };
-        let body = response.body().ok_or_else(|| Error::Network(format!("{url}: empty response")))?;
-        let (body, store) = match (&self.cache, cache_key, offset) {
-            (Some(cache), Some(key), 0) => {
-                let branches: Array = body.tee();
-                let copy = ResponseInit::new();
-                copy.set_status(200);
-                let headers = web_sys::Headers::new().map_err(|e| Error::Browser(js::describe(&e)))?;
-                let length = response.headers().get("Content-Length").ok().flatten().unwrap_or_default();
-                headers.set(SIZE_HEADER, &length).map_err(|e| Error::Browser(js::describe(&e)))?;
-                copy.set_headers(&headers);
-                let copy =
-                    Response::new_with_opt_readable_stream_and_init(Some(&branches.get(1).unchecked_into()), &copy)
-                        .map_err(|e| Error::Browser(js::describe(&e)))?;
-                (branches.get(0).unchecked_into(), Some(cache.put_with_str(key, &copy)))
-            }
-            _ => (body, None),
-        };
-        Ok(Download { reader: ChunkReader::new(body), abort: Some(abort), store, skip })
+        let http_error = || Error::Network(format!("{url}: HTTP {status} {}", response.status_text()));
+        match status {
+            200 | 206 => {}
+            408 | 429 | 500..=599 => return Err(OpenError::Transient(http_error())),
+            416 if offset > 0 => return Err(OpenError::CannotResume(format!("{url}: HTTP 416 for bytes {offset}-"))),
+            _ => return Err(OpenError::Fatal(http_error())),
+        }
+        // A host that serves its index page for missing paths (a single-page app, a CDN's error
+        // page) answers 200 with HTML: no model file is HTML.
+        let content_type = header(&response, "Content-Type").unwrap_or_default();
+        if content_type.trim_start().to_ascii_lowercase().starts_with("text/html") {
+            abort.abort();
+            return Err(OpenError::Fatal(Error::Network(format!(
+                "{url}: the host answered with an HTML page, not the model file (is the URL a converted model folder?)"
+            ))));
+        }
+        Ok((response, abort))
     }
 
-    /// A small file (manifest, tokenizer) read whole, from the cache under `cache_key` if given
-    /// and there, else from the source (and then cached).
-    pub async fn whole_file(&self, file: &str, cache_key: Option<&str>) -> Result<Vec<u8>> {
+    /// Opens shard `file` (`size` bytes) from byte `offset`.
+    pub async fn download(&self, file: &str, offset: u64, size: u64) -> std::result::Result<Download, OpenError> {
+        let url = self.url(file);
+        let (response, abort) = match &self.source {
+            Source::Folder(folder) => {
+                let picked = folder.get(file).map_err(OpenError::Fatal)?;
+                let blob = picked
+                    .slice_with_f64(offset as f64)
+                    .map_err(|e| OpenError::Fatal(Error::Browser(format!("{file}: {}", js::describe(&e)))))?;
+                return Ok(Download { reader: ChunkReader::new(blob.stream()), abort: None, skip: 0 });
+            }
+            Source::Url(_) => self.request(file, offset).await?,
+        };
+        let skip = match response.status() {
+            // The host ignored the Range header and sends the whole file.
+            200 => offset,
+            _ => match content_range_start(&response) {
+                Some(start) if start <= offset => offset - start,
+                Some(start) => {
+                    abort.abort();
+                    return Err(OpenError::CannotResume(format!(
+                        "{url}: asked for bytes {offset}- and got bytes {start}-"
+                    )));
+                }
+                // Content-Range is not a CORS-safelisted header: a CDN that does not expose it
+                // hides it from us. Content-Length is safelisted; when it is there it must be
+                // exactly what is left, and when it is not the parser counts the bytes.
+                None => match header(&response, "Content-Length").and_then(|length| length.parse::<u64>().ok()) {
+                    Some(length) if length != size - offset => {
+                        abort.abort();
+                        return Err(OpenError::CannotResume(format!(
+                            "{url}: asked for the {} bytes from {offset} on and got {length}",
+                            size - offset
+                        )));
+                    }
+                    _ => 0,
+                },
+            },
+        };
+        let body =
+            response.body().ok_or_else(|| OpenError::Transient(Error::Network(format!("{url}: empty response"))))?;
+        Ok(Download { reader: ChunkReader::new(body), abort: Some(abort), skip })
+    }
+
+    /// A small file read whole from the source (never from the cache), failing as soon as it
+    /// turns out longer than `max_bytes`: a hostile host must not make the page allocate without bound.
+    pub async fn small_file(&self, file: &str, max_bytes: u64) -> Result<ChunkQueue> {
+        let too_long = || Error::Network(format!("{}: longer than the {max_bytes} bytes allowed", self.url(file)));
+        let (reader, abort) = match &self.source {
+            Source::Folder(folder) => {
+                let picked = folder.get(file)?;
+                if picked.size() > max_bytes as f64 {
+                    return Err(too_long());
+                }
+                (ChunkReader::new(picked.stream()), None)
+            }
+            Source::Url(_) => {
+                let (response, abort) = self.request(file, 0).await.map_err(Error::from)?;
+                let announced = header(&response, "Content-Length").and_then(|length| length.parse::<u64>().ok());
+                if announced.is_some_and(|length| length > max_bytes) {
+                    abort.abort();
+                    return Err(too_long());
+                }
+                let body =
+                    response.body().ok_or_else(|| Error::Network(format!("{}: empty response", self.url(file))))?;
+                (ChunkReader::new(body), Some(abort))
+            }
+        };
+        let download = Download { reader, abort, skip: 0 };
+        read_capped(download, max_bytes).await.map_err(|failure| match failure {
+            ReadFailure::TooLong => too_long(),
+            ReadFailure::Transport(reason) => Error::Network(format!("{}: {reason}", self.url(file))),
+        })
+    }
+
+    /// [`Fetcher::small_file`] as one buffer.
+    pub async fn whole_file(&self, file: &str, max_bytes: u64) -> Result<Vec<u8>> {
         let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut self.file_chunks(file, cache_key).await?, &mut bytes)
+        std::io::Read::read_to_end(&mut self.small_file(file, max_bytes).await?, &mut bytes)
             .map_err(|e| Error::Browser(format!("{file}: {e}")))?;
         Ok(bytes)
     }
 
-    /// [`Fetcher::whole_file`] as the chunks it arrived in: no copy into one buffer, which
-    /// [`ChunkQueue`] can then hand to a parser and free as it goes.
-    pub async fn file_chunks(&self, file: &str, cache_key: Option<&str>) -> Result<ChunkQueue> {
-        if let Some(key) = cache_key {
-            if let Some(reader) = self.cached(key).await {
-                if let Ok(chunks) = read_all(reader).await {
-                    return Ok(chunks);
-                }
-                self.evict(key).await;
-            }
+    /// The cached entry under `key` read whole, if there and no longer than `max_bytes`.
+    pub async fn cached_small_file(&self, key: &str, max_bytes: u64) -> Option<ChunkQueue> {
+        let reader = self.cached(key).await?;
+        read_capped(Download { reader, abort: None, skip: 0 }, max_bytes).await.ok()
+    }
+}
+
+/// Collects the bytes a shard download delivers (after the parser accepted them) and puts them
+/// in the cache a segment at a time, each under the key of the offset it starts at.
+pub struct SegmentWriter {
+    file: String,
+    version: String,
+    /// Where the segment being collected starts in the file.
+    start: u64,
+    chunks: Array,
+    bytes: usize,
+}
+
+impl SegmentWriter {
+    pub fn new(file: &str, version: &str, start: u64) -> Self {
+        SegmentWriter { file: file.to_string(), version: version.to_string(), start, chunks: Array::new(), bytes: 0 }
+    }
+
+    pub async fn push(&mut self, fetcher: &mut Fetcher, chunk: &[u8]) {
+        if fetcher.writable_cache().is_none() {
+            return;
         }
-        let mut download = self.download(file, 0, cache_key).await?;
-        let mut chunks = ChunkQueue::default();
-        loop {
-            match download.next().await {
-                Ok(Some(chunk)) => chunks.push(chunk),
-                Ok(None) => break,
-                Err(reason) => {
-                    download.abandon().await;
-                    return Err(Error::Network(format!("{}: {reason}", self.url(file))));
-                }
-            }
+        self.chunks.push(&Uint8Array::from(chunk));
+        self.bytes += chunk.len();
+        if self.bytes >= SEGMENT_BYTES {
+            self.flush(fetcher).await;
         }
-        let _ = download.stored().await;
-        Ok(chunks)
+    }
+
+    /// Puts what was collected into the cache, so a later load can resume after it.
+    pub async fn flush(&mut self, fetcher: &mut Fetcher) {
+        if self.bytes == 0 {
+            return;
+        }
+        let key = fetcher.segment_key(&self.file, &self.version, self.start);
+        fetcher.put(&key, &self.chunks, self.bytes as u64).await;
+        self.start += self.bytes as u64;
+        self.chunks = Array::new();
+        self.bytes = 0;
     }
 }
 
@@ -275,6 +456,23 @@ pub struct ChunkQueue {
 impl ChunkQueue {
     fn push(&mut self, chunk: Vec<u8>) {
         self.chunks.push_back(chunk);
+    }
+
+    /// Size in bytes (of an unread queue).
+    pub fn bytes(&self) -> u64 {
+        self.chunks.iter().map(|c| c.len() as u64).sum()
+    }
+
+    /// Lower-case hex sha256 of the contents (of an unread queue).
+    pub fn sha256(&self) -> String {
+        let mut hasher = Sha256::new();
+        self.chunks.iter().for_each(|chunk| hasher.update(chunk));
+        hex(&hasher.finalize())
+    }
+
+    /// The contents as `Uint8Array`s, for [`Fetcher::put`].
+    pub fn to_js(&self) -> Array {
+        self.chunks.iter().map(|chunk| Uint8Array::from(&chunk[..])).collect()
     }
 }
 
@@ -294,12 +492,57 @@ impl std::io::Read for ChunkQueue {
     }
 }
 
-async fn read_all(reader: ChunkReader) -> std::result::Result<ChunkQueue, String> {
+enum ReadFailure {
+    TooLong,
+    Transport(String),
+}
+
+async fn read_capped(mut download: Download, max_bytes: u64) -> std::result::Result<ChunkQueue, ReadFailure> {
     let mut chunks = ChunkQueue::default();
-    while let Some(chunk) = reader.next().await? {
-        chunks.push(chunk);
+    let mut bytes = 0u64;
+    loop {
+        match download.next().await {
+            Ok(Some(chunk)) => {
+                bytes += chunk.len() as u64;
+                if bytes > max_bytes {
+                    download.abandon();
+                    return Err(ReadFailure::TooLong);
+                }
+                chunks.push(chunk);
+            }
+            Ok(None) => return Ok(chunks),
+            Err(reason) => {
+                download.abandon();
+                return Err(ReadFailure::Transport(reason));
+            }
+        }
     }
-    Ok(chunks)
+}
+
+fn header(response: &Response, name: &str) -> Option<String> {
+    response.headers().get(name).ok().flatten()
+}
+
+/// The first byte of a 206's `Content-Range: bytes START-END/TOTAL`, when the host lets us read it.
+fn content_range_start(response: &Response) -> Option<u64> {
+    header(response, "Content-Range")?.strip_prefix("bytes ")?.split('-').next()?.trim().parse().ok()
+}
+
+/// The size an entry was stored with.
+fn stored_size(response: &Response) -> Option<u64> {
+    header(response, SIZE_HEADER)?.parse().ok()
+}
+
+/// A cache entry holding `chunks`, tagged with its size so it can be counted without reading it.
+fn blob_response(chunks: &Array, bytes: u64) -> Result<Response> {
+    let browser = |e: wasm_bindgen::JsValue| Error::Browser(js::describe(&e));
+    let blob = web_sys::Blob::new_with_u8_array_sequence(chunks).map_err(browser)?;
+    let headers = web_sys::Headers::new().map_err(browser)?;
+    headers.set(SIZE_HEADER, &bytes.to_string()).map_err(browser)?;
+    let init = ResponseInit::new();
+    init.set_status(200);
+    init.set_headers(&headers);
+    Response::new_with_opt_blob_and_init(Some(&blob), &init).map_err(browser)
 }
 
 async fn open_cache() -> Option<Cache> {
@@ -317,8 +560,7 @@ pub async fn cached_bytes() -> Result<u64> {
         let request: Request = request.unchecked_into();
         let Ok(found) = js::await_promise(cache.match_with_request(&request)).await else { continue };
         let Ok(response) = found.dyn_into::<Response>() else { continue };
-        let size = response.headers().get(SIZE_HEADER).ok().flatten().and_then(|s| s.parse::<u64>().ok());
-        total += size.unwrap_or(0);
+        total += stored_size(&response).unwrap_or(0);
     }
     Ok(total)
 }

@@ -107,36 +107,73 @@ impl ChunkReader {
     /// The next chunk, or `None` at the end. A failure is the transport's (a dropped connection).
     pub async fn next(&self) -> std::result::Result<Option<Vec<u8>>, String> {
         let result = await_promise(self.reader.read()).await.map_err(|e| describe(&e))?;
-        let done = Reflect::get(&result, &"done".into()).map(|d| d.is_truthy()).unwrap_or(true);
-        if done {
-            return Ok(None);
+        chunk_of(&result)
+    }
+
+    /// [`ChunkReader::next`], failing when nothing arrives for `ms` milliseconds: a connection
+    /// that stalls without closing would otherwise hang the load for good.
+    pub async fn next_within(&self, ms: i32) -> std::result::Result<Option<Vec<u8>>, String> {
+        let read = self.reader.read();
+        let (timeout, timer_id) = timer(ms);
+        let first = await_promise(Promise::race(&js_sys::Array::of2(&read, &timeout))).await;
+        // Tens of thousands of chunks arrive within one timeout: do not leave a timer behind for each.
+        clear_timer(timer_id);
+        let first = first.map_err(|e| describe(&e))?;
+        // A read resolves to `{ done, value }`; the timer to `undefined`.
+        if first.is_undefined() {
+            return Err(format!("no data for {} s", ms / 1000));
         }
-        let value = Reflect::get(&result, &"value".into()).map_err(|e| describe(&e))?;
-        Ok(Some(value.unchecked_into::<Uint8Array>().to_vec()))
+        chunk_of(&first)
     }
 
     /// Stops reading; the stream's source is told to stop sending.
     pub fn cancel(&self) {
-        let _ = self.reader.cancel();
+        // The promise rejects when the stream had already failed (a dropped connection): await it
+        // anyway, or the page reports an unhandled rejection.
+        let cancelled = self.reader.cancel();
+        wasm_bindgen_futures::spawn_local(async move {
+            let _ = await_promise(cancelled).await;
+        });
     }
 }
 
-/// Resolves after `ms` milliseconds (`setTimeout`), in a page or a worker.
-pub async fn sleep_ms(ms: i32) {
-    let promise = Promise::new(&mut |resolve, _| {
-        let set_timeout = Reflect::get(&js_sys::global(), &"setTimeout".into())
-            .ok()
-            .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
-        match set_timeout {
-            Some(set_timeout) => {
-                let _ = set_timeout.call2(&JsValue::NULL, &resolve, &JsValue::from(ms));
-            }
-            None => {
-                let _ = resolve.call0(&JsValue::NULL);
-            }
+/// A reader's `{ done, value }` as the chunk it holds, or `None` at the end.
+fn chunk_of(result: &JsValue) -> std::result::Result<Option<Vec<u8>>, String> {
+    let done = Reflect::get(result, &"done".into()).map(|d| d.is_truthy()).unwrap_or(true);
+    if done {
+        return Ok(None);
+    }
+    let value = Reflect::get(result, &"value".into()).map_err(|e| describe(&e))?;
+    let chunk = value.dyn_into::<Uint8Array>().map_err(|_| "a stream chunk is not bytes".to_string())?;
+    Ok(Some(chunk.to_vec()))
+}
+
+fn global_function(name: &str) -> Option<js_sys::Function> {
+    Reflect::get(&js_sys::global(), &name.into()).ok().and_then(|f| f.dyn_into().ok())
+}
+
+/// A promise that resolves to `undefined` after `ms` milliseconds (`setTimeout`), in a page or a
+/// worker, and the timer's id.
+fn timer(ms: i32) -> (Promise, JsValue) {
+    let mut id = JsValue::UNDEFINED;
+    let promise = Promise::new(&mut |resolve, _| match global_function("setTimeout") {
+        Some(set_timeout) => id = set_timeout.call2(&JsValue::NULL, &resolve, &JsValue::from(ms)).unwrap_or_default(),
+        None => {
+            let _ = resolve.call0(&JsValue::NULL);
         }
     });
-    let _ = await_promise(promise).await;
+    (promise, id)
+}
+
+fn clear_timer(id: JsValue) {
+    if let Some(clear_timeout) = global_function("clearTimeout") {
+        let _ = clear_timeout.call1(&JsValue::NULL, &id);
+    }
+}
+
+/// Resolves after `ms` milliseconds.
+pub async fn sleep_ms(ms: i32) {
+    let _ = await_promise(timer(ms).0).await;
 }
 
 /// `url` made absolute against the page's (or worker's) own address.

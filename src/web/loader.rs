@@ -1,21 +1,29 @@
 //! Loading a model in the browser: manifest, tokenizer, then every shard streamed chunk by chunk
 //! through the [`ShardParser`] into the engine's GPU buffers. The wasm heap only ever holds one
 //! network chunk of weights; each shard's sha256 is checked as it streams, and a shard whose
-//! check fails is never kept in the cache.
+//! check fails is evicted from the cache. The tokenizer is checked against the manifest's size
+//! and sha256 before it is parsed or cached.
 
 use web_time::Instant;
 
-use super::download::{CacheState, Download, Fetcher, Source};
+use super::download::{CacheState, ChunkQueue, Fetcher, OpenError, SegmentWriter, Source};
 use super::js;
 use crate::chat::GemmaTokenizer;
 use crate::gpu::engine::Engine;
 use crate::gpu::GpuContext;
-use crate::weights::format::Manifest;
+use crate::weights::format::{Manifest, MANIFEST_FILE, TOKENIZER_FILE};
 use crate::weights::stream::ShardParser;
 use crate::{Error, Result};
 
-/// Attempts per shard before a dropped connection becomes an error.
+/// Failed requests in a row (none bringing a byte) before a shard's download becomes an error.
 const MAX_ATTEMPTS: u32 = 6;
+/// Times a shard starts over from byte 0 when the pieces it was put together from (a cached
+/// prefix, resumed ranges) do not verify, before that becomes an error.
+const MAX_RESTARTS: u32 = 2;
+/// Largest `manifest.json` read: the 9B's is well under 1 MiB.
+pub const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+/// Largest `tokenizer.json` a manifest may name: Gemma's 256k-token one is 17 MB.
+pub const MAX_TOKENIZER_BYTES: u64 = 64 << 20;
 /// How often progress is reported while bytes stream in.
 const PROGRESS_INTERVAL_MS: f64 = 100.0;
 
@@ -107,10 +115,10 @@ impl Reporter<'_> {
         self.report(false);
     }
 
-    /// Takes back bytes counted for a cached copy that turned out bad.
-    fn discard(&mut self, count: u64) {
-        self.progress.bytes_done -= count;
-        self.progress.bytes_from_cache -= count;
+    /// Takes back the bytes counted for a pass over a shard that is started over.
+    fn take_back(&mut self, counted: Counted) {
+        self.progress.bytes_done -= counted.from_cache + counted.from_network;
+        self.progress.bytes_from_cache -= counted.from_cache;
     }
 }
 
@@ -132,8 +140,20 @@ pub async fn gpu_context() -> Result<GpuContext> {
     })
 }
 
-/// Loads the model at `source` onto `ctx`'s device, reporting progress as it goes.
+/// Loads the model at `source` onto `ctx`'s device, reporting progress as it goes. On failure the
+/// device is destroyed, which frees every buffer made on it at once: a failed load must not hold
+/// gigabytes of GPU memory until garbage collection, next to the copy "Try again" makes.
 pub async fn load(ctx: GpuContext, source: Source, on_progress: &mut dyn FnMut(&LoadProgress)) -> Result<LoadedModel> {
+    let device = ctx.device.clone();
+    let loaded = load_onto(ctx, source, on_progress).await;
+    if loaded.is_err() {
+        device.destroy();
+    }
+    loaded
+}
+
+async fn load_onto(ctx: GpuContext, source: Source, on_progress: &mut dyn FnMut(&LoadProgress)) -> Result<LoadedModel> {
+    source.check()?;
     let mut fetcher = Fetcher::new(source).await;
     let mut reporter = Reporter {
         progress: LoadProgress { cache: fetcher.cache_state.clone(), ..LoadProgress::default() },
@@ -142,41 +162,14 @@ pub async fn load(ctx: GpuContext, source: Source, on_progress: &mut dyn FnMut(&
         callback: on_progress,
     };
     reporter.stage(Stage::Manifest);
-    let manifest_bytes = fetcher.whole_file("manifest.json", None).await?;
-    let manifest_text =
-        std::str::from_utf8(&manifest_bytes).map_err(|_| Error::Weights("manifest.json is not UTF-8 text".into()))?;
-    let manifest = Manifest::from_json(manifest_text)?;
-    let total = manifest.total_bytes();
-    reporter.progress.bytes_total = total;
+    let manifest = read_manifest(&fetcher).await?;
+    reporter.progress.bytes_total = manifest.total_bytes();
     reporter.progress.shards_total = manifest.shards.len();
-
-    if fetcher.cache_state == CacheState::On {
-        if let Some((usage, quota)) = js::storage_estimate().await {
-            if usage + total as f64 > quota {
-                fetcher.stop_caching(CacheState::QuotaExceeded);
-                reporter.progress.cache = CacheState::QuotaExceeded;
-            }
-        }
-    }
+    budget_cache(&mut fetcher, &manifest).await;
+    reporter.progress.cache = fetcher.cache_state.clone();
 
     reporter.stage(Stage::Tokenizer);
-    // The first shard's hash names this model version for the tokenizer's cache entry too.
-    let version = manifest.shards.first().map(|s| s.sha256.clone()).unwrap_or_default();
-    let tokenizer_key = fetcher.cache_key("tokenizer.json", &version);
-    let tokenizer_json = fetcher.file_chunks("tokenizer.json", Some(&tokenizer_key)).await?;
-    reporter.report(true);
-    // Parsing blocks this thread for a moment: let the page paint its progress first.
-    js::sleep_ms(0).await;
-    // serde_json reads byte by byte from a reader: buffer it.
-    let tokenizer = GemmaTokenizer::from_reader(std::io::BufReader::with_capacity(1 << 16, tokenizer_json))?;
-    reporter.report(true);
-    if tokenizer.vocab_size() > manifest.config.vocab_size {
-        return Err(Error::Tokenizer(format!(
-            "tokenizer.json has {} tokens but the model only {}",
-            tokenizer.vocab_size(),
-            manifest.config.vocab_size
-        )));
-    }
+    let tokenizer = load_tokenizer(&mut fetcher, &manifest, &mut reporter).await?;
 
     reporter.stage(Stage::Weights);
     js::sleep_ms(0).await;
@@ -192,8 +185,116 @@ pub async fn load(ctx: GpuContext, source: Source, on_progress: &mut dyn FnMut(&
     Ok(LoadedModel { engine, tokenizer, manifest, progress })
 }
 
-/// Streams shard `index` into the engine: from the cache if a copy is there and verifies, else
-/// from the source, resuming after dropped connections.
+/// The source's `manifest.json`, read with a size cap and checked.
+pub async fn read_manifest(fetcher: &Fetcher) -> Result<Manifest> {
+    let bytes = fetcher.whole_file(MANIFEST_FILE, MAX_MANIFEST_BYTES).await?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| Error::Weights(format!("{MANIFEST_FILE} is not UTF-8 text")))?;
+    if text.trim_start().starts_with('<') {
+        return Err(Error::Weights(format!(
+            "{MANIFEST_FILE} is an HTML page, not a manifest (is the URL a converted model folder?)"
+        )));
+    }
+    Manifest::from_json(text)
+}
+
+/// Stops cache writes when what is not cached yet will not fit in the storage quota. This
+/// model's cached files are already counted in the usage; they are read either way.
+async fn budget_cache(fetcher: &mut Fetcher, manifest: &Manifest) {
+    if fetcher.cache_state != CacheState::On {
+        return;
+    }
+    let Some((usage, quota)) = js::storage_estimate().await else { return };
+    let mut missing = 0;
+    for shard in &manifest.shards {
+        missing += shard.bytes - fetcher.cached_prefix_bytes(&shard.file, &shard.sha256, shard.bytes).await;
+    }
+    if let Some(digest) = &manifest.tokenizer {
+        missing += digest.bytes - fetcher.cached_prefix_bytes(TOKENIZER_FILE, &digest.sha256, digest.bytes).await;
+    }
+    if usage + missing as f64 > quota {
+        fetcher.stop_writing(CacheState::QuotaExceeded);
+    }
+}
+
+/// The tokenizer the manifest names, from the cache or the source; whatever copy fails its size,
+/// sha256 or parse is evicted, so a bad answer from the host is never read again.
+async fn load_tokenizer(
+    fetcher: &mut Fetcher,
+    manifest: &Manifest,
+    reporter: &mut Reporter<'_>,
+) -> Result<GemmaTokenizer> {
+    let digest = manifest.tokenizer.as_ref().ok_or_else(|| {
+        Error::Tokenizer(format!(
+            "{MANIFEST_FILE} gives no size and sha256 for {TOKENIZER_FILE}: convert the model again with a current `rg convert`"
+        ))
+    })?;
+    if digest.bytes > MAX_TOKENIZER_BYTES {
+        return Err(Error::Tokenizer(format!(
+            "{MANIFEST_FILE} says {TOKENIZER_FILE} is {} bytes; at most {MAX_TOKENIZER_BYTES} are allowed",
+            digest.bytes
+        )));
+    }
+    let key = fetcher.cache_key(TOKENIZER_FILE, &digest.sha256);
+    let verify = |json: &ChunkQueue| -> Result<()> {
+        let (bytes, sha256) = (json.bytes(), json.sha256());
+        if bytes != digest.bytes || sha256 != digest.sha256 {
+            return Err(Error::Tokenizer(format!(
+                "{TOKENIZER_FILE} is not the file the manifest names ({bytes} bytes with sha256 {sha256}, expected {} \
+                 bytes with sha256 {})",
+                digest.bytes, digest.sha256
+            )));
+        }
+        Ok(())
+    };
+    let cached = fetcher.cached_small_file(&key, digest.bytes).await;
+    let json = match cached.filter(|json| verify(json).is_ok()) {
+        Some(json) => json,
+        None => {
+            fetcher.evict(TOKENIZER_FILE).await;
+            let json = fetcher.small_file(TOKENIZER_FILE, digest.bytes).await?;
+            verify(&json)?;
+            fetcher.put(&key, &json.to_js(), json.bytes()).await;
+            json
+        }
+    };
+    reporter.report(true);
+    // Parsing blocks this thread for a moment: let the page paint its progress first.
+    js::sleep_ms(0).await;
+    // serde_json reads byte by byte from a reader: buffer it.
+    let parsed = GemmaTokenizer::from_reader(std::io::BufReader::with_capacity(1 << 16, json)).and_then(|tokenizer| {
+        if tokenizer.vocab_size() > manifest.config.vocab_size {
+            return Err(Error::Tokenizer(format!(
+                "{TOKENIZER_FILE} has {} tokens but the model only {}",
+                tokenizer.vocab_size(),
+                manifest.config.vocab_size
+            )));
+        }
+        Ok(tokenizer)
+    });
+    if parsed.is_err() {
+        fetcher.evict(TOKENIZER_FILE).await;
+    }
+    reporter.report(true);
+    parsed
+}
+
+/// Bytes a pass over a shard has counted as done.
+#[derive(Clone, Copy, Default)]
+struct Counted {
+    from_cache: u64,
+    from_network: u64,
+}
+
+/// How a pass over a shard ended, when it did not fail for good.
+enum Pass {
+    Done,
+    /// The bytes did not add up; the reason, for the user. The shard's cached copy is evicted
+    /// and it is loaded again from byte 0.
+    StartOver(String),
+}
+
+/// Streams shard `index` into the engine: what the cache holds of it, then the rest from the
+/// source, resuming after dropped connections.
 async fn load_shard(
     fetcher: &mut Fetcher,
     manifest: &Manifest,
@@ -201,99 +302,147 @@ async fn load_shard(
     engine: &Engine,
     reporter: &mut Reporter<'_>,
 ) -> Result<()> {
-    let info = &manifest.shards[index];
-    let key = fetcher.cache_key(&info.file, &info.sha256);
+    let file = &manifest.shards[index].file;
+    let mut restarts = 0;
+    loop {
+        match shard_pass(fetcher, manifest, index, engine, reporter).await? {
+            Pass::Done => return Ok(()),
+            Pass::StartOver(reason) => {
+                fetcher.evict(file).await;
+                restarts += 1;
+                if restarts > MAX_RESTARTS {
+                    return Err(Error::Network(format!(
+                        "{file}: {reason}, after starting it over {MAX_RESTARTS} times"
+                    )));
+                }
+                reporter.note(format!("{file}: {reason}; loading it again from byte 0."));
+            }
+        }
+    }
+}
 
-    if let Some(reader) = fetcher.cached(&key).await {
-        let mut parser = ShardParser::new(manifest, index);
-        let mut sink = engine.weight_sink();
-        let mut outcome = Ok(());
+/// Ends a pass that has to start over, taking back the bytes it counted.
+fn start_over(reporter: &mut Reporter<'_>, counted: Counted, reason: String) -> Result<Pass> {
+    reporter.take_back(counted);
+    Ok(Pass::StartOver(reason))
+}
+
+/// One pass over a shard from byte 0: its cached segments (the whole shard, or the prefix an
+/// interrupted download kept), then the rest from the source, each new byte kept in the cache.
+async fn shard_pass(
+    fetcher: &mut Fetcher,
+    manifest: &Manifest,
+    index: usize,
+    engine: &Engine,
+    reporter: &mut Reporter<'_>,
+) -> Result<Pass> {
+    let info = &manifest.shards[index];
+    let mut parser = ShardParser::new(manifest, index);
+    // One sink for the whole pass: it holds the partial words of pieces between chunks.
+    let mut sink = engine.weight_sink();
+    let mut counted = Counted::default();
+
+    while parser.position() < info.bytes {
+        let from = parser.position();
+        let Some(reader) = fetcher.cached(&fetcher.segment_key(&info.file, &info.sha256, from)).await else { break };
         loop {
             match reader.next().await {
                 Ok(Some(chunk)) => {
                     if let Err(e) = parser.push(&chunk, &mut sink) {
-                        outcome = Err(e);
-                        break;
+                        reader.cancel();
+                        return start_over(reporter, counted, format!("the cached copy was damaged ({e})"));
                     }
                     reporter.bytes(chunk.len(), true);
+                    counted.from_cache += chunk.len() as u64;
                 }
                 Ok(None) => break,
-                Err(reason) => {
-                    outcome = Err(Error::Browser(reason));
-                    break;
-                }
+                Err(reason) => return start_over(reporter, counted, format!("the cached copy was damaged ({reason})")),
             }
         }
-        let read = parser.position();
-        match outcome.and_then(|()| parser.finish()) {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                reader.cancel();
-                reporter.discard(read);
-                fetcher.evict(&key).await;
-                reporter.note(format!("The cached copy of {} was damaged ({e}); downloading it again.", info.file));
-            }
+        if parser.position() == from {
+            break;
         }
+    }
+    let cached = parser.position();
+    if cached == info.bytes {
+        return match parser.finish() {
+            Ok(()) => Ok(Pass::Done),
+            Err(e) => start_over(reporter, counted, format!("the cached copy was damaged ({e})")),
+        };
+    }
+    if cached > 0 {
+        reporter.note(format!("{}: resuming after the {cached} bytes kept from an earlier download", info.file));
     }
 
-    let mut parser = ShardParser::new(manifest, index);
-    let mut sink = engine.weight_sink();
-    let mut attempts = 0;
-    let mut download: Option<Download> = None;
-    loop {
-        let current = match download.as_mut() {
-            Some(current) => current,
-            None => {
-                attempts += 1;
-                let offset = parser.position();
-                let cache_key = (offset == 0).then_some(key.as_str());
-                match fetcher.download(&info.file, offset, cache_key).await {
-                    Ok(opened) => download.insert(opened),
-                    Err(e @ Error::Network(_)) if attempts < MAX_ATTEMPTS => {
-                        reporter.note(format!("{e}; retrying"));
-                        js::sleep_ms(250 << attempts.min(5)).await;
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                }
+    let mut writer = SegmentWriter::new(&info.file, &info.sha256, cached);
+    // Whether the bytes came from more than one response: then a shard that fails its check may
+    // be right on a fresh start, where one whole response that fails it is the host's error.
+    let mut pieced = cached > 0;
+    let mut failures = 0;
+    while parser.position() < info.bytes {
+        let offset = parser.position();
+        pieced |= offset > 0;
+        let mut download = match fetcher.download(&info.file, offset, info.bytes).await {
+            Ok(download) => download,
+            Err(OpenError::Transient(e)) if failures + 1 < MAX_ATTEMPTS => {
+                failures += 1;
+                reporter.note(format!("{e}; retrying"));
+                js::sleep_ms(250 << failures.min(5)).await;
+                continue;
+            }
+            Err(OpenError::CannotResume(reason)) => return start_over(reporter, counted, reason),
+            Err(e) => {
+                writer.flush(fetcher).await;
+                return Err(e.into());
             }
         };
-        match current.next().await {
-            Ok(Some(chunk)) => {
-                if let Err(e) = parser.push(&chunk, &mut sink) {
-                    if let Some(current) = download.take() {
-                        current.abandon().await;
+        let dropped = loop {
+            match download.next().await {
+                Ok(Some(chunk)) => {
+                    if let Err(e) = parser.push(&chunk, &mut sink) {
+                        download.abandon();
+                        if pieced {
+                            return start_over(reporter, counted, format!("the resumed download did not fit ({e})"));
+                        }
+                        fetcher.evict(&info.file).await;
+                        return Err(e);
                     }
-                    fetcher.evict(&key).await;
-                    return Err(e);
+                    reporter.bytes(chunk.len(), false);
+                    counted.from_network += chunk.len() as u64;
+                    writer.push(fetcher, &chunk).await;
                 }
-                reporter.bytes(chunk.len(), false);
+                Ok(None) if parser.position() == info.bytes => break None,
+                // A response that ends cleanly before the shard does is a dropped connection too.
+                Ok(None) => break Some("the response ended early".to_string()),
+                Err(reason) => break Some(reason),
             }
-            Ok(None) => break,
-            Err(reason) => {
-                let at = parser.position();
-                if let Some(current) = download.take() {
-                    current.abandon().await;
-                }
-                if attempts >= MAX_ATTEMPTS {
-                    return Err(Error::Network(format!(
-                        "{}: the download kept failing ({reason}) after {attempts} attempts",
-                        info.file
-                    )));
-                }
-                reporter.note(format!("{}: connection dropped at byte {at} ({reason}); resuming", info.file));
-            }
+        };
+        let Some(reason) = dropped else { break };
+        download.abandon();
+        // What arrived is kept, so a reload resumes after it too.
+        writer.flush(fetcher).await;
+        let at = parser.position();
+        failures = if at > offset { 1 } else { failures + 1 };
+        if failures >= MAX_ATTEMPTS {
+            return Err(Error::Network(format!(
+                "{}: the download kept failing ({reason}) after {failures} attempts",
+                info.file
+            )));
+        }
+        reporter.note(format!("{}: connection dropped at byte {at} ({reason}); resuming", info.file));
+        if at == offset {
+            js::sleep_ms(250 << failures.min(5)).await;
         }
     }
-    let finished = download.take().expect("the loop ends while reading a download");
-    if let Err(e) = parser.finish() {
-        finished.abandon().await;
-        fetcher.evict(&key).await;
-        return Err(e);
+    match parser.finish() {
+        Ok(()) => {
+            writer.flush(fetcher).await;
+            Ok(Pass::Done)
+        }
+        Err(e) if pieced => start_over(reporter, counted, format!("the resumed download did not verify ({e})")),
+        Err(e) => {
+            fetcher.evict(&info.file).await;
+            Err(e)
+        }
     }
-    if let Err(state) = finished.stored().await {
-        fetcher.evict(&key).await;
-        fetcher.stop_caching(state);
-    }
-    Ok(())
 }
