@@ -256,7 +256,7 @@ mod tests {
             r#"{"type": "Sequence", "normalizers": [{"type": "NFC"}, {"precompiled_charsmap": "CAAAAAEBAQEBAQEB"}]}"#,
         ] {
             let json = file(&format!(r#", "normalizer": {normalizer}"#));
-            let err = read_bpe_tokenizer(json.as_bytes()).err().expect("refused").to_string();
+            let err = read_bpe_tokenizer(json.as_bytes()).expect_err("refused").to_string();
             assert!(err.contains("Precompiled"), "{err}");
         }
     }
