@@ -30,6 +30,7 @@ bash scripts/fetch-tokenizer.sh
 
 step "format and lints"
 cargo fmt --check
+rustfmt --check --edition 2021 fuzz/src/*.rs fuzz/fuzz_targets/*.rs
 cargo clippy --all-targets --quiet -- -D warnings
 
 step "the library and the page build for the browser, lint-clean (wasm32-unknown-unknown)"
@@ -45,8 +46,12 @@ step "the chat page end to end in Chromium (trunk build --release, served on 127
 bash scripts/demo-model.sh target/debug/rg
 trunk build --release
 (cd tests/browser && node app.mjs)
+(cd tests/browser && node csp.mjs)
 (cd tests/browser && node downloads.mjs)
 
 step "the embeddable package and its example page, on the page thread and in a worker"
 bash scripts/build-package.sh
 (cd tests/browser && node package.mjs)
+
+step "fuzzing: every parser of network bytes for a minute each (fuzz/, its own build in fuzz/target)"
+bash scripts/fuzz.sh 60

@@ -19,6 +19,8 @@ pub enum Phase {
     Choose,
     /// No WebGPU, or no usable adapter: why, and what to do.
     NoWebGpu(String),
+    /// A model from a host this page does not list: wait for the visitor's yes.
+    Confirm(PendingDownload),
     Loading(LoadProgress),
     Ready,
     Failed(String),
@@ -35,10 +37,29 @@ pub struct KnownModel {
     pub note: String,
 }
 
+/// A link's download from another site, waiting for the visitor's yes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PendingDownload {
+    pub url: String,
+    /// The host it would come from, as the browser names origins (`https://cdn.example`).
+    pub origin: String,
+    /// The weights' and the tokenizer's bytes, as the manifest lists them.
+    pub bytes: u64,
+}
+
 /// What to load, kept so a lost device can reload the same model.
 #[derive(Clone)]
 pub enum ModelChoice {
-    Url { name: String, url: String, note: String },
+    /// Chosen on the page: a `models.json` entry or a URL the visitor typed.
+    Url {
+        name: String,
+        url: String,
+        note: String,
+    },
+    /// A `?model=URL` link: someone else chose it, so a link must not silently make a visitor
+    /// download gigabytes. It loads at once only from this page's origin, an origin
+    /// `models.json` lists, or one the visitor agreed to; otherwise the visitor is asked first.
+    Link(String),
     Folder(web_sys::FileList),
 }
 
@@ -111,6 +132,8 @@ pub struct AppState {
     pub cached_bytes: RwSignal<Option<u64>>,
     /// How the last load went (cache use, notes), shown beside the chat.
     pub last_load: RwSignal<Option<LoadProgress>>,
+    /// Origins the visitor agreed to download from, so a reload does not ask again.
+    pub approved_origins: StoredValue<Vec<String>>,
 }
 
 impl AppState {
@@ -131,6 +154,7 @@ impl AppState {
             chat_error: RwSignal::new(None),
             cached_bytes: RwSignal::new(None),
             last_load: RwSignal::new(None),
+            approved_origins: StoredValue::new(Vec::new()),
         }
     }
 
@@ -155,6 +179,7 @@ impl AppState {
         self.chat_error.set(None);
         let (label, note) = match &choice {
             ModelChoice::Url { name, note, .. } => (name.clone(), note.clone()),
+            ModelChoice::Link(url) => (url.clone(), String::new()),
             ModelChoice::Folder(files) => (format!("local folder ({} files)", files.length()), String::new()),
         };
         self.model_label.set(label);
@@ -162,6 +187,18 @@ impl AppState {
         self.choice.set_value(Some(choice.clone()));
         self.phase.set(Phase::Loading(LoadProgress::default()));
         spawn_local(async move {
+            // Before the GPU is touched: a visitor who declines gets nothing set up.
+            match self.pending_download(&choice).await {
+                Ok(None) => {}
+                Ok(Some(pending)) => {
+                    self.phase.set(Phase::Confirm(pending));
+                    return;
+                }
+                Err(e) => {
+                    self.phase.set(Phase::Failed(e.to_string()));
+                    return;
+                }
+            }
             let ctx = match loader::gpu_context().await {
                 Ok(ctx) => ctx,
                 Err(e) => {
@@ -170,7 +207,7 @@ impl AppState {
                 }
             };
             let source = match &choice {
-                ModelChoice::Url { url, .. } => Source::url(url),
+                ModelChoice::Url { url, .. } | ModelChoice::Link(url) => Source::url(url),
                 ModelChoice::Folder(files) => Ok(Source::folder(files)),
             };
             let phase = self.phase;
@@ -204,6 +241,29 @@ impl AppState {
                 Err(e) => self.phase.set(Phase::Failed(e.to_string())),
             }
         });
+    }
+
+    /// `None` when `choice` loads without asking (see [`ModelChoice::Link`]). Otherwise reads the
+    /// (small) manifest so the question can say how much would be downloaded.
+    async fn pending_download(self, choice: &ModelChoice) -> crate::Result<Option<PendingDownload>> {
+        let ModelChoice::Link(url) = choice else { return Ok(None) };
+        let origin = origin_of(url)?;
+        if origin == origin_of("./")? || self.approved_origins.with_value(|o| o.contains(&origin)) {
+            return Ok(None);
+        }
+        let known = fetch_known_models().await;
+        if known.iter().any(|m| origin_of(&m.url).is_ok_and(|o| o == origin)) {
+            return Ok(None);
+        }
+        let manifest = loader::read_manifest(&download::Fetcher::new(Source::url(url)?).await).await?;
+        let tokenizer = manifest.tokenizer.as_ref().map_or(0, |t| t.bytes);
+        Ok(Some(PendingDownload { url: url.clone(), origin, bytes: manifest.total_bytes() + tokenizer }))
+    }
+
+    /// The visitor agreed: remember the origin and load.
+    pub fn approve(self, pending: PendingDownload) {
+        self.approved_origins.update_value(|o| o.push(pending.origin));
+        self.load(ModelChoice::Link(pending.url));
     }
 
     /// Reloads the model chosen last (after a lost device: from the cache, so it is quick).
@@ -342,6 +402,12 @@ fn stats_of(session: &ChatSession, previous: Stats) -> Stats {
     }
 }
 
+/// The origin `url` (absolute, or relative to the page) belongs to.
+fn origin_of(url: &str) -> crate::Result<String> {
+    let url = web_sys::Url::new(&js::absolute_url(url)?).map_err(|_| Error::Input(format!("{url} is not a URL")))?;
+    Ok(url.origin())
+}
+
 /// The `?model=URL` of the page's address, if any.
 fn model_from_query() -> Option<String> {
     let search = web_sys::window()?.location().search().ok()?;
@@ -364,7 +430,7 @@ pub fn App() -> impl IntoView {
     if !js::has_webgpu() {
         state.phase.set(Phase::NoWebGpu("This browser does not offer WebGPU (navigator.gpu is missing).".into()));
     } else if let Some(url) = model_from_query() {
-        state.load(ModelChoice::Url { name: url.clone(), url, note: String::new() });
+        state.load(ModelChoice::Link(url));
     }
     spawn_local(async move {
         state.known_models.set(fetch_known_models().await);
@@ -380,11 +446,37 @@ pub fn App() -> impl IntoView {
             {move || match state.phase.get() {
                 Phase::Choose => view! { <loading::ModelPicker /> }.into_any(),
                 Phase::NoWebGpu(why) => view! { <loading::NoWebGpu why=why /> }.into_any(),
+                Phase::Confirm(pending) => view! { <ConfirmDownload pending=pending /> }.into_any(),
                 Phase::Loading(progress) => view! { <loading::LoadProgressView progress=progress /> }.into_any(),
                 Phase::Failed(why) => view! { <loading::LoadFailed why=why /> }.into_any(),
                 Phase::DeviceLost(why) => view! { <loading::DeviceLost why=why /> }.into_any(),
                 Phase::Ready => view! { <chat::ChatView /> }.into_any(),
             }}
         </main>
+    }
+}
+
+/// Asks before downloading from a host this page does not list: where from, and how much.
+#[component]
+fn ConfirmDownload(pending: PendingDownload) -> impl IntoView {
+    let state = expect_context::<AppState>();
+    let size = if pending.bytes >= 1_000_000_000 {
+        format!("{:.2} GB", pending.bytes as f64 / 1e9)
+    } else {
+        loading::megabytes(pending.bytes)
+    };
+    let (origin, url, bytes) = (pending.origin.clone(), pending.url.clone(), pending.bytes);
+    view! {
+        <section class="confirm-download">
+            <h2>"Download this model?"</h2>
+            <p>
+                "The model comes from " <strong class="origin">{origin}</strong>
+                ", a site this page does not list. Loading it downloads " <strong class="size" data-bytes=bytes.to_string()>{size}</strong>
+                " into this browser (kept in its cache for next time)."
+            </p>
+            <p class="url">{url}</p>
+            <button class="download" on:click=move |_| state.approve(pending.clone())>"Download"</button>
+            <button class="cancel" on:click=move |_| state.phase.set(Phase::Choose)>"Cancel"</button>
+        </section>
     }
 }

@@ -1,0 +1,142 @@
+// The chat page's Content-Security-Policy and its question before a download from another site,
+// in Chromium (WebGPU on SwiftShader):
+// 1. the built page carries the policy; a same-origin ?model= loads and replies with not one
+//    policy violation; a script or event handler injected into the page is refused;
+// 2. ?model= naming a second origin shows that origin and the download size and fetches no
+//    tokenizer and no shard until the visitor says Download; Cancel goes back to the picker.
+//
+// Usage: node csp.mjs   (after `trunk build --release` with the demo model in www/models/demo)
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { launchContext, root } from './chromium.mjs';
+import { startServer } from './server.mjs';
+
+const dist = path.join(root, 'dist');
+const screenshots = process.env.SCREENSHOTS ?? path.join(root, 'target/screenshots');
+const LOAD_TIMEOUT = 300_000;
+const DIRECTIVES = ["default-src 'self'", "script-src 'self' 'wasm-unsafe-eval'", "object-src 'none'", "base-uri 'none'"];
+
+function log(message) {
+    console.log(`[csp e2e] ${message}`);
+}
+
+/** A page that records every CSP violation (in window.__violations) and every page error. */
+async function openPage(context) {
+    const page = context.pages()[0] ?? await context.newPage();
+    const errors = [];
+    page.on('pageerror', (e) => errors.push(String(e)));
+    page.on('console', (m) => { if (m.type() === 'error') errors.push(m.text()); });
+    await page.addInitScript(() => {
+        window.__violations = [];
+        document.addEventListener('securitypolicyviolation',
+            (e) => window.__violations.push(`${e.effectiveDirective} ${e.blockedURI}`));
+    });
+    return { page, errors };
+}
+
+async function violations(page) {
+    return page.evaluate(() => window.__violations);
+}
+
+async function sendAndWait(page, text) {
+    await page.locator('textarea.prompt').fill(text);
+    await page.locator('textarea.prompt').press('Enter');
+    await page.waitForFunction(() => {
+        const m = document.querySelector('.message.model');
+        return m && m.dataset.done === 'true' && !document.querySelector('button.stop');
+    }, null, { timeout: LOAD_TIMEOUT });
+}
+
+async function samePage(server) {
+    const context = await launchContext();
+    try {
+        const { page, errors } = await openPage(context);
+        await page.goto(`${server.url}/?model=models/demo/`);
+        await page.waitForSelector('section.chat', { timeout: LOAD_TIMEOUT });
+        const policy = await page.getAttribute('meta[http-equiv="Content-Security-Policy"]', 'content');
+        for (const directive of DIRECTIVES) assert.ok(policy.includes(directive), `${directive} in ${policy}`);
+        assert.equal(await page.locator('script:not([src])').count(), 0, 'no inline script in the page');
+        await page.locator('.settings .max-tokens input').fill('8');
+        await page.locator('.settings .max-tokens input').dispatchEvent('change');
+        await sendAndWait(page, 'Hello there.');
+        assert.deepEqual(await violations(page), [], 'loading and a reply break no rule of the policy');
+        assert.deepEqual(errors, [], 'no page errors');
+        log('same-origin model loads and replies under the policy with no violation');
+
+        // What an injection would try: an inline script, an inline event handler, an object.
+        await page.evaluate(() => {
+            const script = document.createElement('script');
+            script.textContent = 'window.__injected = "script"';
+            document.body.append(script);
+            document.body.insertAdjacentHTML('beforeend',
+                '<img src="/no-such-image.png" onerror="window.__injected = \'handler\'">'
+                + '<object data="/models.json" type="text/html"></object>');
+        });
+        await page.waitForFunction(() => window.__violations.length >= 3, null, { timeout: 10_000 });
+        assert.equal(await page.evaluate(() => window.__injected), undefined, 'no injected code ran');
+        const refused = (await violations(page)).join('\n');
+        for (const directive of ['script-src-elem inline', 'script-src-attr inline', 'object-src']) {
+            assert.ok(refused.includes(directive), `${directive} refused:\n${refused}`);
+        }
+        log('an injected script, event handler and object are refused');
+    } finally {
+        await context.close();
+    }
+}
+
+async function otherOrigin(server) {
+    // The demo model, served from a second origin (another port: another origin to the browser).
+    const host = await startServer({ '/': path.join(dist, 'models') });
+    const manifest = JSON.parse(fs.readFileSync(path.join(dist, 'models/demo/manifest.json'), 'utf8'));
+    const total = manifest.shards.reduce((sum, s) => sum + s.bytes, manifest.tokenizer?.bytes ?? 0);
+    const context = await launchContext();
+    try {
+        const { page, errors } = await openPage(context);
+        const link = `${server.url}/?model=${encodeURIComponent(`${host.url}/demo/`)}`;
+        await page.goto(link);
+        const ask = page.locator('section.confirm-download');
+        await ask.waitFor({ timeout: 60_000 });
+        assert.equal(await ask.locator('.origin').innerText(), host.url, 'the question names the origin');
+        assert.equal(Number(await ask.locator('.size').getAttribute('data-bytes')), total, 'and the size');
+        const fetched = () => host.requests.map((r) => r.path);
+        assert.deepEqual(fetched(), ['/demo/manifest.json'], 'only the manifest is read before the yes');
+        await page.screenshot({ path: path.join(screenshots, 'confirm-download.png') });
+
+        await ask.locator('button.cancel').click();
+        await page.waitForSelector('.picker', { timeout: 10_000 });
+        assert.deepEqual(fetched(), ['/demo/manifest.json'], 'Cancel downloads nothing');
+        log(`a link to ${host.url} asks first (${total} B), and Cancel downloads nothing`);
+
+        await page.goto(link);
+        await ask.waitFor({ timeout: 60_000 });
+        await ask.locator('button.download').click();
+        await page.waitForSelector('section.chat', { timeout: LOAD_TIMEOUT });
+        assert.ok(fetched().some((p) => p.endsWith('.safetensors')), `shards come after the yes: ${fetched()}`);
+        assert.deepEqual(await violations(page), [], 'a model from another origin loads under the policy');
+        assert.deepEqual(errors, [], 'no page errors');
+        log('after Download the model loads from the other origin');
+    } finally {
+        await context.close();
+        await host.close();
+    }
+}
+
+async function main() {
+    assert.ok(fs.existsSync(path.join(dist, 'index.html')), 'dist/ is missing: run trunk build --release first');
+    assert.ok(fs.existsSync(path.join(dist, 'models/demo/manifest.json')), 'the demo model is missing from dist/');
+    fs.mkdirSync(screenshots, { recursive: true });
+    const server = await startServer({ '/': dist });
+    try {
+        await samePage(server);
+        await otherOrigin(server);
+    } finally {
+        await server.close();
+    }
+    log('all passed');
+}
+
+main().catch((e) => {
+    console.error(e);
+    process.exit(1);
+});
