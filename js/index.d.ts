@@ -25,20 +25,28 @@ export interface LoadOptions {
     onProgress?: (progress: LoadProgress) => void;
 }
 
+/**
+ * Options of a generation. Each value is checked before anything changes: one out of range (NaN,
+ * a negative or fractional count, top-p outside (0, 1]) rejects the call with an Error naming it.
+ */
 export interface GenerateOptions {
-    /** 0 (the default) is greedy. */
+    /** A finite number >= 0; 0 (the default) is greedy. */
     temperature?: number;
-    /** 0 (the default) turns top-k off. */
+    /** A whole number >= 0; 0 (the default) turns top-k off. */
     topK?: number;
-    /** 1 (the default) turns top-p off. */
+    /** In (0, 1]; 1 (the default) turns top-p off. */
     topP?: number;
-    /** Default 0. */
+    /** A whole number >= 0. Default 0. */
     seed?: number;
-    /** Longest reply, in tokens. Default 256. */
+    /** Longest reply, in tokens: a whole number >= 1. Default 256. */
     maxTokens?: number;
     /** Each piece of text as it is generated. */
     onToken?: (piece: string) => void;
-    /** Aborting it stops the generation, like `engine.abort()`. */
+    /**
+     * Aborting it stops the generation, like `engine.abort()`, even mid-prompt: the reply resolves
+     * with what was generated (nothing, and the state as before the call, if the prompt was not
+     * done). A signal aborted before the call rejects it with a DOMException named 'AbortError'.
+     */
     signal?: AbortSignal;
 }
 
@@ -73,6 +81,11 @@ export interface Snapshot {
     free(): void | Promise<void>;
 }
 
+/**
+ * One call at a time: a call made while a reply is being generated is rejected ("busy"), and the
+ * reply goes on. After `dispose()` (or, for a `WorkerEngine`, after its worker failed) every call
+ * still waiting and every later one is rejected with an Error that says so.
+ */
 export interface RecurrentGemmaEngine {
     chat(message: string, options?: GenerateOptions): Promise<Reply>;
     generate(prompt: string, options?: GenerateOptions): Promise<Reply>;
@@ -83,10 +96,11 @@ export interface RecurrentGemmaEngine {
     abort(): void;
     reset(): Promise<void>;
     snapshot(): Promise<Snapshot>;
+    /** Only a snapshot this engine took: one of another engine or model is rejected, and the state stays. */
     restore(snapshot: Snapshot): Promise<void>;
     stats(): Promise<Stats>;
     gpuBytes(): Promise<number>;
-    /** Frees the GPU memory (and ends the worker in worker mode). */
+    /** Frees the GPU memory (and ends the worker in worker mode); the reply in progress is rejected. */
     dispose(): Promise<void>;
 }
 

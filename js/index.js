@@ -6,7 +6,9 @@
 //
 // `Engine` runs the model on this thread; `WorkerEngine` runs the same engine in a dedicated Web
 // Worker and has the same (all-async) API, so the page never janks.
-import init, { RecurrentGemma } from './rgweb.js';
+import init, { RecurrentGemma, StateSnapshot } from './rgweb.js';
+
+const OTHER_ENGINE = 'this snapshot was taken by another engine: restore it into the engine that made it';
 
 let initialized;
 function initOnce() {
@@ -47,7 +49,6 @@ async function* streamOf(engine, start, options) {
 
 function withSignal(engine, signal) {
     if (!signal) return () => {};
-    if (signal.aborted) engine.abort();
     const onAbort = () => engine.abort();
     signal.addEventListener('abort', onAbort, { once: true });
     return () => signal.removeEventListener('abort', onAbort);
@@ -56,7 +57,10 @@ function withSignal(engine, signal) {
 /** What both engines offer on top of `invoke(method, args, onToken)`. */
 class EngineApi {
     async #run(method, first, options = {}) {
-        const { onToken, signal, ...sampling } = options;
+        const { onToken, signal, ...sampling } = options ?? {};
+        // Nothing starts for a signal aborted already: the caller meant it not to.
+        if (signal?.aborted) throw new DOMException('the signal was aborted before the call started', 'AbortError');
+        if (onToken != null && typeof onToken !== 'function') throw new TypeError('options.onToken must be a function');
         const release = withSignal(this, signal);
         try {
             return await this.invoke(method, first === undefined ? [sampling] : [first, sampling], onToken);
@@ -107,7 +111,10 @@ export class Engine extends EngineApi {
     /** The conversation state (fixed size). Call `free()` on it when done. */
     async snapshot() { return this.#model.snapshot(); }
 
-    async restore(snapshot) { this.#model.restore(snapshot); }
+    async restore(snapshot) {
+        if (!(snapshot instanceof StateSnapshot)) throw new Error(OTHER_ENGINE);
+        this.#model.restore(snapshot);
+    }
 
     async stats() { return this.#model.stats(); }
 
@@ -125,17 +132,23 @@ export class Engine extends EngineApi {
 
 /** A snapshot held by the worker. */
 class WorkerSnapshot {
-    constructor(engine, id) { this.engine = engine; this.id = id; }
+    #free;
 
-    free() { return this.engine.call('freeSnapshot', [this.id]); }
+    constructor(engine, id, free) { this.engine = engine; this.id = id; this.#free = free; }
+
+    free() { return this.#free(); }
 }
+
+/** How long `dispose()` waits for the worker to free the GPU memory before it ends the worker anyway. */
+const DISPOSE_WAIT_MS = 5000;
 
 /** The same engine in a dedicated Web Worker. */
 export class WorkerEngine extends EngineApi {
     #worker;
     #pending = new Map();
     #nextId = 1;
-    #disposed = false;
+    /** Why no call can be made any more (disposed, or the worker failed); null while usable. */
+    #closed = null;
 
     constructor(worker) {
         super();
@@ -151,11 +164,19 @@ export class WorkerEngine extends EngineApi {
                 else call.resolve(data.result);
             }
         };
+        // A worker that failed cannot answer: every call waiting, and every later one, gets the error.
         worker.onerror = (event) => {
-            const error = new Error(`the engine's worker failed: ${event.message ?? 'unknown error'}`);
-            for (const call of this.#pending.values()) call.reject(error);
-            this.#pending.clear();
+            event.preventDefault();
+            this.#close(`the engine's worker failed: ${event.message || 'unknown error'}`);
+            worker.terminate();
         };
+    }
+
+    /** Makes every pending call and every later one fail with `reason`. */
+    #close(reason) {
+        this.#closed ??= reason;
+        for (const call of this.#pending.values()) call.reject(new Error(reason));
+        this.#pending.clear();
     }
 
     /** Starts a worker (`worker.js` beside this module unless `workerUrl` is given) and loads the model there. */
@@ -172,7 +193,11 @@ export class WorkerEngine extends EngineApi {
     }
 
     call(method, args = [], callbacks = {}) {
-        if (this.#disposed) return Promise.reject(new Error('this model was disposed'));
+        if (this.#closed) return Promise.reject(new Error(this.#closed));
+        return this.#send(method, args, callbacks);
+    }
+
+    #send(method, args = [], callbacks = {}) {
         const id = this.#nextId++;
         return new Promise((resolve, reject) => {
             this.#pending.set(id, { resolve, reject, ...callbacks });
@@ -182,24 +207,43 @@ export class WorkerEngine extends EngineApi {
 
     invoke(method, args, onToken) { return this.call(method, args, { onToken }); }
 
-    abort() { this.#worker.postMessage({ id: 0, method: 'abort', args: [] }); }
+    abort() {
+        if (!this.#closed) this.#worker.postMessage({ id: 0, method: 'abort', args: [] });
+    }
 
     reset() { return this.call('reset'); }
 
-    async snapshot() { return new WorkerSnapshot(this, await this.call('snapshot')); }
+    async snapshot() {
+        const id = await this.call('snapshot');
+        // Freeing a snapshot of a closed engine has nothing left to free.
+        return new WorkerSnapshot(this, id, async () => { if (!this.#closed) await this.call('freeSnapshot', [id]); });
+    }
 
-    restore(snapshot) { return this.call('restore', [snapshot.id]); }
+    async restore(snapshot) {
+        // Snapshot ids are per worker: another engine's id could name one of this engine's snapshots.
+        if (!(snapshot instanceof WorkerSnapshot) || snapshot.engine !== this) throw new Error(OTHER_ENGINE);
+        return this.call('restore', [snapshot.id]);
+    }
 
     stats() { return this.call('stats'); }
 
-    async gpuBytes() { return this.#disposed ? 0 : this.call('gpuBytes'); }
+    async gpuBytes() { return this.#closed ? 0 : this.call('gpuBytes'); }
 
-    /** Frees the GPU memory and ends the worker. */
+    /** Frees the GPU memory and ends the worker; every call still waiting is rejected now. */
     async dispose() {
-        if (this.#disposed) return;
-        await this.call('dispose');
-        this.#disposed = true;
+        if (this.#closed) {
+            this.#worker.terminate();
+            return;
+        }
+        this.#close('this model was disposed');
+        // The worker frees the GPU memory now (not whenever it is collected), stopping the reply in
+        // progress; one that does not answer in time is ended all the same.
+        let timer;
+        const timeout = new Promise((resolve) => { timer = setTimeout(resolve, DISPOSE_WAIT_MS); });
+        await Promise.race([this.#send('dispose').catch(() => {}), timeout]);
+        clearTimeout(timer);
         this.#worker.terminate();
+        this.#close('this model was disposed');
     }
 }
 

@@ -10,12 +10,13 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use js_sys::{Function, Object, Reflect};
+use sha2::{Digest, Sha256};
 use wasm_bindgen::prelude::*;
 
 use super::download::{self, CacheState, Source};
 use super::js;
 use super::loader::{self, LoadProgress, Stage};
-use crate::chat::session::{Backend, ChatSession, Checkpoint, Generator, Reply};
+use crate::chat::session::{Backend, ChatSession, Checkpoint, Generator, Listener, Reply};
 use crate::chat::SamplingParams;
 use crate::weights::format::Manifest;
 use crate::Error;
@@ -68,38 +69,130 @@ pub fn progress_object(progress: &LoadProgress) -> JsValue {
     ])
 }
 
+/// The largest whole number a JS number holds exactly.
+const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
+
+/// `value` as the caller would recognise it in an error message.
+fn describe(value: &JsValue) -> String {
+    match (value.as_f64(), value.as_string()) {
+        (Some(number), _) => number.to_string(),
+        (None, Some(text)) => format!("{text:?}"),
+        _ => value.js_typeof().as_string().unwrap_or_default(),
+    }
+}
+
 /// Reads the generation options a caller may pass (`{ temperature, topK, topP, seed, maxTokens }`);
-/// what is left out is greedy decoding and 256 tokens, whatever earlier calls passed.
+/// what is left out is greedy decoding and 256 tokens, whatever earlier calls passed. Every value
+/// is checked here, before anything changes; a bad one is an error that names it.
 fn options(value: &JsValue) -> Result<(SamplingParams, usize), JsError> {
+    let given = !(value.is_undefined() || value.is_null());
+    if given && !value.is_object() {
+        return Err(JsError::new(&format!("options must be an object, got {}", describe(value))));
+    }
     let field = |name: &str| -> Result<Option<f64>, JsError> {
-        if value.is_undefined() || value.is_null() {
+        if !given {
             return Ok(None);
         }
         let v = Reflect::get(value, &name.into()).map_err(|_| JsError::new("options must be an object"))?;
         if v.is_undefined() || v.is_null() {
             return Ok(None);
         }
-        v.as_f64()
-            .filter(|x| x.is_finite())
-            .map(Some)
-            .ok_or_else(|| JsError::new(&format!("options.{name} must be a number")))
+        match v.as_f64() {
+            Some(x) if x.is_finite() => Ok(Some(x)),
+            _ => Err(JsError::new(&format!("options.{name} must be a finite number, got {}", describe(&v)))),
+        }
+    };
+    let whole = |name: &str, least: f64| -> Result<Option<f64>, JsError> {
+        match field(name)? {
+            Some(x) if x.fract() != 0.0 || x < least || x > MAX_SAFE_INTEGER => {
+                Err(JsError::new(&format!("options.{name} must be a whole number >= {least}, got {x}")))
+            }
+            x => Ok(x),
+        }
     };
     let mut params = SamplingParams::default();
     if let Some(t) = field("temperature")? {
+        if t < 0.0 {
+            return Err(JsError::new(&format!("options.temperature must be >= 0 (0 is greedy), got {t}")));
+        }
         params.temperature = t as f32;
     }
-    if let Some(k) = field("topK")? {
-        params.top_k = k.max(0.0) as usize;
+    if let Some(k) = whole("topK", 0.0)? {
+        params.top_k = k as usize;
     }
     if let Some(p) = field("topP")? {
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(JsError::new(&format!("options.topP must be in (0, 1], got {p}")));
+        }
         params.top_p = p as f32;
     }
-    if let Some(seed) = field("seed")? {
-        params.seed = seed.max(0.0) as u64;
+    if let Some(seed) = whole("seed", 0.0)? {
+        params.seed = seed as u64;
     }
-    let max_tokens = field("maxTokens")?.map(|m| m.max(0.0) as usize).unwrap_or(256);
+    let max_tokens = whole("maxTokens", 1.0)?.map(|m| m as usize).unwrap_or(256);
     params.validate().map_err(to_js)?;
     Ok((params, max_tokens))
+}
+
+/// What tells one engine's snapshots from another's.
+#[derive(Clone, PartialEq)]
+struct Stamp {
+    /// Unique among the engines of this wasm instance: another engine has another GPU device,
+    /// whose buffers this one cannot copy.
+    engine: u64,
+    /// The sha256 of the model's manifest (which holds every shard's sha256): its identity.
+    model: String,
+}
+
+thread_local! {
+    static NEXT_ENGINE: Cell<u64> = const { Cell::new(1) };
+}
+
+impl Stamp {
+    fn new(manifest: &Manifest) -> Result<Stamp, JsError> {
+        let json = serde_json::to_vec(manifest).map_err(|e| JsError::new(&format!("manifest: {e}")))?;
+        let model = Sha256::digest(&json).iter().map(|b| format!("{b:02x}")).collect();
+        let engine = NEXT_ENGINE.with(|next| next.replace(next.get() + 1));
+        Ok(Stamp { engine, model })
+    }
+
+    /// Whether a snapshot stamped `snapshot` can be restored into the engine stamped `self`.
+    fn admit(&self, snapshot: &Stamp) -> Result<(), JsError> {
+        if snapshot.model != self.model {
+            return Err(JsError::new(&format!(
+                "this snapshot is of another model (manifest sha256 {}…, this model's is {}…): nothing was restored",
+                &snapshot.model[..12],
+                &self.model[..12]
+            )));
+        }
+        if snapshot.engine != self.engine {
+            return Err(JsError::new(
+                "this snapshot was taken by another engine (each has its own GPU device): restore it into the \
+                 engine that made it; nothing was restored",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One call's listener: the text goes to the caller's `onToken`, and the call stops once its own
+/// flag is set (by `abort()` or `dispose()`).
+struct CallListener {
+    on_token: Option<Function>,
+    stop: Rc<Cell<bool>>,
+}
+
+impl Listener for CallListener {
+    fn text(&mut self, piece: &str) -> bool {
+        if let Some(callback) = &self.on_token {
+            let _ = callback.call1(&JsValue::NULL, &JsValue::from_str(piece));
+        }
+        !self.stop.get()
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.get()
+    }
 }
 
 struct Loaded {
@@ -115,8 +208,11 @@ pub struct RecurrentGemma {
     loaded: RefCell<Option<Loaded>>,
     generating: Cell<bool>,
     disposed: Cell<bool>,
-    stop: Rc<Cell<bool>>,
+    /// The stop flag of the call in progress (or of the last one): each call makes its own, so an
+    /// abort meant for one call never reaches the next.
+    stop: RefCell<Rc<Cell<bool>>>,
     gpu_bytes: Cell<u64>,
+    stamp: Stamp,
 }
 
 /// A saved conversation state (`model.snapshot()`), restorable with `model.restore(s)`. Call
@@ -124,6 +220,7 @@ pub struct RecurrentGemma {
 #[wasm_bindgen]
 pub struct StateSnapshot {
     checkpoint: Checkpoint,
+    stamp: Stamp,
 }
 
 #[wasm_bindgen]
@@ -139,6 +236,7 @@ impl RecurrentGemma {
             }
         };
         let model = loader::load(ctx, source, &mut report).await.map_err(to_js)?;
+        let stamp = Stamp::new(&model.manifest)?;
         let gpu_bytes = model.engine.memory_bytes();
         let generator = Generator::gpu(model.engine, SamplingParams::default()).map_err(to_js)?;
         let loaded = Loaded {
@@ -150,8 +248,9 @@ impl RecurrentGemma {
             loaded: RefCell::new(Some(loaded)),
             generating: Cell::new(false),
             disposed: Cell::new(false),
-            stop: Rc::new(Cell::new(false)),
+            stop: RefCell::new(Rc::new(Cell::new(false))),
             gpu_bytes: Cell::new(gpu_bytes),
+            stamp,
         })
     }
 
@@ -164,8 +263,8 @@ impl RecurrentGemma {
         options: JsValue,
         on_token: Option<Function>,
     ) -> Result<JsValue, JsError> {
-        self.run(options, on_token, |session, max, on_text| {
-            Box::pin(async move { session.send(&message, max, on_text).await })
+        self.run(options, on_token, |session, max, listener| {
+            Box::pin(async move { session.send(&message, max, listener).await })
         })
         .await
     }
@@ -177,23 +276,24 @@ impl RecurrentGemma {
         options: JsValue,
         on_token: Option<Function>,
     ) -> Result<JsValue, JsError> {
-        self.run(options, on_token, |session, max, on_text| {
-            Box::pin(async move { session.complete(&prompt, max, on_text).await })
+        self.run(options, on_token, |session, max, listener| {
+            Box::pin(async move { session.complete(&prompt, max, listener).await })
         })
         .await
     }
 
     /// Answers the last chat message again (pass a new `seed` for a different reply).
     pub async fn regenerate(&self, options: JsValue, on_token: Option<Function>) -> Result<JsValue, JsError> {
-        self.run(options, on_token, |session, max, on_text| {
-            Box::pin(async move { session.regenerate(max, on_text).await })
+        self.run(options, on_token, |session, max, listener| {
+            Box::pin(async move { session.regenerate(max, listener).await })
         })
         .await
     }
 
-    /// Stops the generation in progress; its promise resolves with what was generated so far.
+    /// Stops the generation in progress, even mid-prompt or between tokens that make no text; its
+    /// promise resolves with what was generated so far.
     pub fn abort(&self) {
-        self.stop.set(true);
+        self.stop.borrow().set(true);
     }
 
     /// Starts a new conversation.
@@ -206,10 +306,14 @@ impl RecurrentGemma {
 
     /// A copy of the conversation state (fixed size, whatever the conversation's length).
     pub fn snapshot(&self) -> Result<StateSnapshot, JsError> {
-        self.with(|loaded| Ok(StateSnapshot { checkpoint: loaded.session.generator().checkpoint() }))
+        self.with(|loaded| {
+            Ok(StateSnapshot { checkpoint: loaded.session.generator().checkpoint(), stamp: self.stamp.clone() })
+        })
     }
 
+    /// Returns to a snapshot this engine took; one of another engine or model is refused.
     pub fn restore(&self, snapshot: &StateSnapshot) -> Result<(), JsError> {
+        self.stamp.admit(&snapshot.stamp)?;
         self.with(|loaded| loaded.session.generator().restore(&snapshot.checkpoint).map_err(to_js))
     }
 
@@ -243,10 +347,10 @@ impl RecurrentGemma {
         })
     }
 
-    /// Frees the model's GPU memory now (after the reply in progress, which it stops). The
-    /// object cannot be used afterwards.
+    /// Frees the model's GPU memory now (after the reply in progress, which it stops and whose
+    /// promise it rejects). The object cannot be used afterwards.
     pub fn dispose(&self) {
-        self.stop.set(true);
+        self.stop.borrow().set(true);
         self.disposed.set(true);
         self.gpu_bytes.set(0);
         if let Some(loaded) = self.loaded.borrow_mut().take() {
@@ -297,7 +401,7 @@ impl RecurrentGemma {
         &self,
         options_value: JsValue,
         on_token: Option<Function>,
-        turn: impl for<'s> FnOnce(&'s mut ChatSession, usize, &'s mut dyn FnMut(&str) -> bool) -> Turn<'s>,
+        turn: impl for<'s> FnOnce(&'s mut ChatSession, usize, CallListener) -> Turn<'s>,
     ) -> Result<JsValue, JsError> {
         let (params, max_tokens) = options(&options_value)?;
         self.check_usable()?;
@@ -306,29 +410,24 @@ impl RecurrentGemma {
             *self.loaded.borrow_mut() = Some(loaded);
             return Err(to_js(e));
         }
-        self.stop.set(false);
-        let stop = self.stop.clone();
-        let mut on_text = move |piece: &str| {
-            if let Some(callback) = &on_token {
-                let _ = callback.call1(&JsValue::NULL, &JsValue::from_str(piece));
-            }
-            !stop.get()
-        };
+        let stop = Rc::new(Cell::new(false));
+        *self.stop.borrow_mut() = stop.clone();
+        let listener = CallListener { on_token, stop: stop.clone() };
         self.generating.set(true);
-        let reply = turn(&mut loaded.session, max_tokens, &mut on_text).await;
+        let reply = turn(&mut loaded.session, max_tokens, listener).await;
         self.generating.set(false);
         if self.disposed.get() {
             loaded.session.into_generator().destroy();
-        } else {
-            *self.loaded.borrow_mut() = Some(loaded);
+            return Err(JsError::new("this model was disposed during the call"));
         }
+        *self.loaded.borrow_mut() = Some(loaded);
         let reply = reply.map_err(to_js)?;
         let ids = reply.ids.iter().map(|&id| JsValue::from(id)).collect::<js_sys::Array>();
         let result = object(&[
             ("text", JsValue::from_str(&reply.text)),
             ("tokenIds", ids.into()),
             ("promptTokens", number(reply.prefilled as f64)),
-            ("stopped", self.stop.get().into()),
+            ("stopped", stop.get().into()),
         ]);
         Ok(result)
     }
