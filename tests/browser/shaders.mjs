@@ -2,7 +2,8 @@
 // src/gpu/kernels.rs does) with Chromium's own WebGPU (Tint, on SwiftShader without a GPU) and
 // builds its compute pipeline with an automatic layout. Tint applies WGSL's uniformity rules more
 // strictly than naga, so this is what proves the native-tested kernels also run in the browser.
-// Prints one line per kernel and "N passed, M failed"; exits non-zero on any failure.
+// Prints one line per kernel and "N passed, M failed"; exits non-zero on any failure, and unless
+// every kernel of shaders/ compiled — as many as src/gpu/kernels.rs lists in Kernel::ALL.
 import { createServer } from 'node:http';
 import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -22,6 +23,11 @@ const kernels = readdirSync(shaderDir)
     const rows = own.includes('tile_partials(') ? int8Rows : '';
     return { name: f, code: `${common}\n${rows}\n${own}` };
   });
+
+// The kernels the engine builds: a kernel file missing from shaders/, or a listing that finds
+// none, must fail the run rather than pass with nothing compiled.
+const kernelsRs = readFileSync(new URL('../../src/gpu/kernels.rs', import.meta.url), 'utf8');
+const listed = Number(/pub const ALL: \[Kernel; (\d+)\]/.exec(kernelsRs)?.[1] ?? 0);
 
 // WebGPU needs a secure context: serve a blank page on loopback.
 const server = createServer((_, res) => res.end('<!doctype html><title>shaders</title>'));
@@ -63,7 +69,15 @@ try {
     if (error) failed += 1;
     console.log(`${error ? 'FAIL' : 'ok  '} ${name}${error ? `: ${error}` : ''}`);
   }
-  console.log(`${results.length - failed} passed, ${failed} failed`);
+  const passed = results.length - failed;
+  console.log(`${passed} passed, ${failed} failed`);
+  const names = new Set(results.filter((r) => !r.error).map((r) => r.name));
+  const missing = kernels.filter((k) => !names.has(k.name)).map((k) => k.name);
+  if (listed === 0 || kernels.length !== listed || passed !== listed || missing.length) {
+    console.log(`FAIL expected ${listed} kernels (Kernel::ALL), found ${kernels.length} in shaders/, compiled ${passed}`
+      + `${missing.length ? `; not compiled: ${missing.join(', ')}` : ''}`);
+    failed += 1;
+  }
 } finally {
   await context.close();
   server.close();
