@@ -148,22 +148,43 @@ fn section<T: serde::de::DeserializeOwned>(sections: &mut Map<String, Value>, na
     }
 }
 
-/// Fails on a SentencePiece `Precompiled` normalizer anywhere in `normalizer`: tokenizers parses
-/// its charsmap with code that panics (`expect`) or allocates gigabytes on malformed bytes, which
-/// on wasm32 aborts the module (found by fuzzing). Gemma's tokenizer has none; legacy untagged
-/// entries are recognised by their `precompiled_charsmap` field.
-fn refuse_precompiled(normalizer: &Value) -> Result<()> {
-    match normalizer {
-        Value::Object(map)
-            if map.get("type").and_then(Value::as_str) == Some("Precompiled")
-                || map.contains_key("precompiled_charsmap") =>
-        {
-            Err(invalid("normalizer: a SentencePiece Precompiled charsmap is not supported"))
+/// The pipeline parts a Gemma `tokenizer.json` is made of, per section (with the key that lists
+/// a `Sequence`'s parts). tokenizers builds every other kind too, but a hostile file reaches code
+/// there that panics or allocates what the file says (fuzzing found a `Precompiled` charsmap
+/// parsed with `expect` and a length that asks for 8 GB, `BPEDecoder` subtracting past zero), and
+/// on wasm32 a panic aborts the module: only these kinds are handed to it.
+const PARTS: [(&str, &str, &[&str]); 4] = [
+    ("normalizer", "normalizers", &["Replace", "Prepend", "Strip", "NFC", "NFKC"]),
+    ("pre_tokenizer", "pretokenizers", &["Split", "Metaspace"]),
+    ("post_processor", "processors", &["TemplateProcessing"]),
+    ("decoder", "decoders", &["Replace", "ByteFallback", "Fuse", "Strip"]),
+];
+
+/// Fails unless every part of every section is a typed entry of a kind [`PARTS`] allows (one
+/// level of `Sequence`; legacy untagged entries would be matched against every kind).
+fn check_parts(sections: &Map<String, Value>) -> Result<()> {
+    for (name, list, allowed) in PARTS {
+        let Some(section) = sections.get(name).filter(|v| !v.is_null()) else { continue };
+        let parts = match section.get("type").and_then(Value::as_str) {
+            Some("Sequence") => {
+                section.get(list).and_then(Value::as_array).map(|a| a.iter().collect()).unwrap_or_default()
+            }
+            _ => vec![section],
+        };
+        for part in parts {
+            match part.get("type").and_then(Value::as_str) {
+                Some(kind) if allowed.contains(&kind) => {}
+                kind => {
+                    return Err(invalid(format!(
+                        "{name}: {} is not supported (a Gemma tokenizer uses {})",
+                        kind.unwrap_or("an entry without a type"),
+                        allowed.join(", ")
+                    )))
+                }
+            }
         }
-        Value::Object(map) => map.values().try_for_each(refuse_precompiled),
-        Value::Array(items) => items.iter().try_for_each(refuse_precompiled),
-        _ => Ok(()),
     }
+    Ok(())
 }
 
 fn model_field<T: serde::de::DeserializeOwned>(model: &Map<String, Value>, name: &str) -> Result<Option<T>> {
@@ -183,6 +204,12 @@ pub fn read_bpe_tokenizer(reader: impl std::io::Read) -> Result<tokenizers::Toke
         Some("BPE") | None => {}
         Some(other) => return Err(invalid(format!("model type {other} is not BPE"))),
     }
+    let prefix = model_field::<String>(&model, "continuing_subword_prefix")?;
+    // tokenizers cuts the prefix off every merge's second part unchecked: one that does not start
+    // with it panics (or is cut inside a character) while the model is built.
+    if let Some((_, part)) = prefix.as_ref().and_then(|p| merges.iter().find(|(_, b)| !b.starts_with(p.as_str()))) {
+        return Err(invalid(format!("merge part '{part}' does not start with the continuing_subword_prefix")));
+    }
     let mut bpe = BPE::builder().vocab_and_merges(vocab, merges);
     if let Some(dropout) = model_field::<f32>(&model, "dropout")? {
         bpe = bpe.dropout(dropout);
@@ -190,7 +217,7 @@ pub fn read_bpe_tokenizer(reader: impl std::io::Read) -> Result<tokenizers::Toke
     if let Some(unk) = model_field::<String>(&model, "unk_token")? {
         bpe = bpe.unk_token(unk);
     }
-    if let Some(prefix) = model_field::<String>(&model, "continuing_subword_prefix")? {
+    if let Some(prefix) = prefix {
         bpe = bpe.continuing_subword_prefix(prefix);
     }
     if let Some(suffix) = model_field::<String>(&model, "end_of_word_suffix")? {
@@ -208,9 +235,7 @@ pub fn read_bpe_tokenizer(reader: impl std::io::Read) -> Result<tokenizers::Toke
     let bpe = bpe.build().map_err(invalid)?;
 
     let added: Vec<AddedToken> = section(&mut sections, "added_tokens")?.unwrap_or_default();
-    if let Some(normalizer) = sections.get("normalizer") {
-        refuse_precompiled(normalizer)?;
-    }
+    check_parts(&sections)?;
     let mut tokenizer: TokenizerImpl<
         ModelWrapper,
         NormalizerWrapper,
@@ -247,18 +272,32 @@ mod tests {
     }
 
     #[test]
-    fn a_precompiled_normalizer_is_refused_before_tokenizers_parses_it() {
-        // Malformed charsmaps that make tokenizers panic: a trie of 8 bytes claimed but not
-        // there, no charsmap at all, and a legacy untagged entry nested in a sequence.
-        for normalizer in [
-            r#"{"type": "Precompiled", "precompiled_charsmap": "CAAAAAEBAQEBAQEB"}"#,
-            r#"{"type": "Precompiled"}"#,
-            r#"{"type": "Sequence", "normalizers": [{"type": "NFC"}, {"precompiled_charsmap": "CAAAAAEBAQEBAQEB"}]}"#,
+    fn parts_gemma_does_not_use_are_refused_before_tokenizers_builds_them() {
+        // Each made tokenizers panic: a charsmap claiming 8 bytes it does not hold, none at all,
+        // a legacy untagged entry in a sequence, a BPEDecoder handed no tokens by the CTC before it.
+        for (section, part, message) in [
+            ("normalizer", r#"{"type": "Precompiled", "precompiled_charsmap": "CAAAAAEBAQEBAQEB"}"#, "Precompiled"),
+            ("normalizer", r#"{"type": "Precompiled"}"#, "Precompiled"),
+            (
+                "normalizer",
+                r#"{"type": "Sequence", "normalizers": [{"type": "NFC"}, {"precompiled_charsmap": "CAAAAAEBAQEBAQEB"}]}"#,
+                "without a type",
+            ),
+            (
+                "decoder",
+                r#"{"type": "Sequence", "decoders": [{"type": "CTC", "pad_token": "<pad>", "word_delimiter_token": "|",
+                    "cleanup": true}, {"type": "BPEDecoder", "suffix": "</w>"}]}"#,
+                "CTC",
+            ),
         ] {
-            let json = file(&format!(r#", "normalizer": {normalizer}"#));
+            let json = file(&format!(r#", "{section}": {part}"#));
             let err = read_bpe_tokenizer(json.as_bytes()).expect_err("refused").to_string();
-            assert!(err.contains("Precompiled"), "{err}");
+            assert!(err.contains(message), "{err}");
         }
+        // The merge `▁ a` does not start with the prefix tokenizers would cut off it.
+        let json = file("").replace(r#""merges""#, r###""continuing_subword_prefix": "##", "merges""###);
+        let err = read_bpe_tokenizer(json.as_bytes()).expect_err("refused").to_string();
+        assert!(err.contains("continuing_subword_prefix"), "{err}");
     }
 
     #[test]
