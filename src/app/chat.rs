@@ -150,32 +150,87 @@ fn Composer() -> impl IntoView {
     }
 }
 
-/// A labelled number input bound to one field of the settings.
+/// A setting's value if it is one the model can use, else what is wrong with it.
+type Check = fn(f64) -> Result<(), &'static str>;
+
+fn non_negative(value: f64) -> Result<(), &'static str> {
+    // Kept as an f32: it must be finite as one.
+    if value >= 0.0 && (value as f32).is_finite() {
+        Ok(())
+    } else {
+        Err("must be a number >= 0")
+    }
+}
+
+fn whole(value: f64) -> Result<(), &'static str> {
+    if value.is_finite() && value >= 0.0 && value.fract() == 0.0 {
+        Ok(())
+    } else {
+        Err("must be a whole number >= 0")
+    }
+}
+
+fn probability(value: f64) -> Result<(), &'static str> {
+    if value > 0.0 && value <= 1.0 {
+        Ok(())
+    } else {
+        Err("must be greater than 0 and at most 1")
+    }
+}
+
+fn at_least_one(value: f64) -> Result<(), &'static str> {
+    if value.is_finite() && value >= 1.0 && value.fract() == 0.0 {
+        Ok(())
+    } else {
+        Err("must be a whole number >= 1")
+    }
+}
+
+fn parse_setting(typed: &str, check: Check) -> Result<f64, &'static str> {
+    let value = typed.trim().parse::<f64>().map_err(|_| "must be a number")?;
+    check(value).map(|()| value)
+}
+
+/// A labelled number input bound to one field of the settings. A value that fails `check` is
+/// refused where it is typed, with the reason beside the field: the settings only ever hold values
+/// a reply can start with, so no message is sent that then fails.
 #[component]
 fn NumberSetting(
     label: &'static str,
     class: &'static str,
     step: &'static str,
+    min: &'static str,
+    check: Check,
     get: fn(&Settings) -> f64,
     set: fn(&mut Settings, f64),
 ) -> impl IntoView {
     let state = expect_context::<AppState>();
+    let error = RwSignal::new(None::<String>);
     view! {
         <label class=class>
             {label}
             <input
                 type="number"
                 step=step
-                min="0"
+                min=min
                 prop:value=move || state.settings.with(get).to_string()
                 on:change=move |ev| {
-                    if let Ok(value) = event_target_value(&ev).parse::<f64>() {
-                        if value.is_finite() && value >= 0.0 {
+                    let typed = event_target_value(&ev);
+                    match parse_setting(&typed, check) {
+                        Ok(value) => {
+                            error.set(None);
                             state.settings.update(|s| set(s, value));
+                        }
+                        Err(reason) => {
+                            let kept = state.settings.with_untracked(get).to_string();
+                            error.set(Some(format!("{label}: {typed:?} {reason}; kept {kept}.")));
+                            // The field shows the value kept, not the one refused.
+                            event_target::<web_sys::HtmlInputElement>(&ev).set_value(&kept);
                         }
                     }
                 }
             />
+            {move || error.get().map(|e| view! { <span class="setting-error">{e}</span> })}
         </label>
     }
 }
@@ -190,16 +245,16 @@ fn SettingsPanel() -> impl IntoView {
     view! {
         <details class="settings" open=true>
             <summary>"Settings"</summary>
-            <NumberSetting label="Temperature (0 = greedy)" class="temperature" step="0.05"
-                get=|s| rounded(s.temperature) set=|s, v| s.temperature = v as f32 />
-            <NumberSetting label="Top-k (0 = off)" class="top-k" step="1"
-                get=|s| s.top_k as f64 set=|s, v| s.top_k = v as usize />
-            <NumberSetting label="Top-p" class="top-p" step="0.01"
-                get=|s| rounded(s.top_p) set=|s, v| s.top_p = v.clamp(0.0, 1.0) as f32 />
-            <NumberSetting label="Max new tokens" class="max-tokens" step="1"
-                get=|s| s.max_tokens as f64 set=|s, v| s.max_tokens = v as usize />
-            <NumberSetting label="Seed" class="seed" step="1"
-                get=|s| s.seed as f64 set=|s, v| s.seed = v as u64 />
+            <NumberSetting label="Temperature (0 = greedy)" class="temperature" step="0.05" min="0"
+                check=non_negative get=|s| rounded(s.temperature) set=|s, v| s.temperature = v as f32 />
+            <NumberSetting label="Top-k (0 = off)" class="top-k" step="1" min="0"
+                check=whole get=|s| s.top_k as f64 set=|s, v| s.top_k = v as usize />
+            <NumberSetting label="Top-p" class="top-p" step="0.01" min="0.01"
+                check=probability get=|s| rounded(s.top_p) set=|s, v| s.top_p = v as f32 />
+            <NumberSetting label="Max new tokens" class="max-tokens" step="1" min="1"
+                check=at_least_one get=|s| s.max_tokens as f64 set=|s, v| s.max_tokens = v as usize />
+            <NumberSetting label="Seed" class="seed" step="1" min="0"
+                check=whole get=|s| s.seed as f64 set=|s, v| s.seed = v as u64 />
         </details>
     }
 }

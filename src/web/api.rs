@@ -159,10 +159,9 @@ impl Stamp {
     /// Whether a snapshot stamped `snapshot` can be restored into the engine stamped `self`.
     fn admit(&self, snapshot: &Stamp) -> Result<(), JsError> {
         if snapshot.model != self.model {
+            let (theirs, ours) = (&snapshot.model[..12], &self.model[..12]);
             return Err(JsError::new(&format!(
-                "this snapshot is of another model (manifest sha256 {}…, this model's is {}…): nothing was restored",
-                &snapshot.model[..12],
-                &self.model[..12]
+                "this snapshot is of another model (manifest sha256 {theirs}…, this one's {ours}…): nothing was restored"
             )));
         }
         if snapshot.engine != self.engine {

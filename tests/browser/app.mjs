@@ -105,7 +105,20 @@ async function main() {
         const gpuBytes = await page.locator('.gpu-bytes').getAttribute('data-bytes');
         assert.ok(Number(stateBytes) > 0 && Number(gpuBytes) > Number(stateBytes));
 
-        // 2. Shift+Enter makes a new line; markup in a message is shown as text, never run.
+        // 2. A setting the model cannot use is refused where it is typed, with the reason; the
+        // field keeps the old value and the next message goes through.
+        for (const [cls, value, kept] of [['top-p', 0, '0.95'], ['top-p', 1.5, '0.95'], ['max-tokens', 0, String(MAX_TOKENS)],
+            ['temperature', -1, '0'], ['top-k', 2.5, '40']]) {
+            await setNumber(page, cls, value);
+            const error = page.locator(`.settings .${cls} .setting-error`);
+            assert.match(await error.innerText(), /must be/, `${cls} = ${value} is refused`);
+            assert.equal(await page.locator(`.settings .${cls} input`).inputValue(), kept, `${cls} keeps ${kept}`);
+        }
+        await setNumber(page, 'top-p', 0.95);
+        assert.equal(await page.locator('.settings .top-p .setting-error').count(), 0, 'a good value clears the error');
+        log('settings out of range are refused before anything is sent');
+
+        // Shift+Enter makes a new line; markup in a message is shown as text, never run.
         await page.locator('textarea.prompt').fill('line one');
         await page.locator('textarea.prompt').press('Shift+Enter');
         await page.locator('textarea.prompt').type('line two');
@@ -157,6 +170,19 @@ async function main() {
         assert.equal(await page.locator('.message.model').count(), 1, 'the reply was replaced, not added');
         const again = (await page.locator('.message.model').last().getAttribute('data-token-ids')).split(',').map(Number);
         assert.deepEqual(again, expected, 'greedy regenerate repeats the reply');
+        // New chat, sampled with a seed at T > 0 (the GPU's draw depends on the seed and the
+        // tokens generated so far): after New chat the same message gets the same reply, and
+        // without it another one, so this fails if New chat leaves anything behind.
+        await setNumber(page, 'temperature', 1);
+        await setNumber(page, 'top-k', 0);
+        await setNumber(page, 'top-p', 1);
+        await setNumber(page, 'seed', 11);
+        await page.locator('button.new-chat').click();
+        const sampled = await chat(page, PROMPT);
+        const continued = await chat(page, PROMPT);
+        assert.notDeepEqual(continued.ids, sampled.ids, 'without New chat the sampled reply differs');
+        await page.locator('button.new-chat').click();
+        assert.deepEqual((await chat(page, PROMPT)).ids, sampled.ids, 'after New chat the sampled reply repeats');
         log('new chat and regenerate ok');
 
         // 5. Reload: every weight byte comes from Cache Storage, none from the network.
