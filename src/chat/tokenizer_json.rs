@@ -151,7 +151,8 @@ fn section<T: serde::de::DeserializeOwned>(sections: &mut Map<String, Value>, na
 /// The pipeline parts a Gemma `tokenizer.json` is made of, per section (with the key that lists
 /// a `Sequence`'s parts). tokenizers builds every other kind too, but a hostile file reaches code
 /// there that panics or allocates what the file says (fuzzing found a `Precompiled` charsmap
-/// parsed with `expect` and a length that asks for 8 GB, `BPEDecoder` subtracting past zero), and
+/// parsed with `expect` and a length that asks for 8 GB, `BPEDecoder` subtracting past zero, the
+/// `Strip` decoder indexing past a token), and
 /// on wasm32 a panic aborts the module: only these kinds are handed to it.
 const PARTS: [(&str, &str, &[&str]); 4] = [
     ("normalizer", "normalizers", &["Replace", "Prepend", "Strip", "NFC", "NFKC"]),
@@ -173,6 +174,11 @@ fn check_parts(sections: &Map<String, Value>) -> Result<()> {
         };
         for part in parts {
             match part.get("type").and_then(Value::as_str) {
+                // Its `stop` loop indexes before a token's first character (a panic) when the token
+                // is shorter; Gemma's strips the start only.
+                Some("Strip") if name == "decoder" && part.get("stop").and_then(Value::as_u64) != Some(0) => {
+                    return Err(invalid("decoder: Strip must have stop 0"));
+                }
                 Some(kind) if allowed.contains(&kind) => {}
                 kind => {
                     return Err(invalid(format!(
@@ -205,10 +211,19 @@ pub fn read_bpe_tokenizer(reader: impl std::io::Read) -> Result<tokenizers::Toke
         Some(other) => return Err(invalid(format!("model type {other} is not BPE"))),
     }
     let prefix = model_field::<String>(&model, "continuing_subword_prefix")?;
-    // tokenizers cuts the prefix off every merge's second part unchecked: one that does not start
-    // with it panics (or is cut inside a character) while the model is built.
-    if let Some((_, part)) = prefix.as_ref().and_then(|p| merges.iter().find(|(_, b)| !b.starts_with(p.as_str()))) {
-        return Err(invalid(format!("merge part '{part}' does not start with the continuing_subword_prefix")));
+    // tokenizers joins every merge, its second part's continuing_subword_prefix cut off, in a
+    // buffer as long as the longest vocabulary entry, unchecked: a merge whose result is no entry
+    // (longer than any), or whose second part lacks the prefix, panics while the model is built
+    // (or is cut inside a character). It would refuse such a merge anyway: refuse it first.
+    let mut joined = String::new();
+    for (a, b) in &merges {
+        let rest = b.strip_prefix(prefix.as_deref().unwrap_or(""));
+        joined.clear();
+        joined.push_str(a);
+        joined.push_str(rest.unwrap_or(b));
+        if rest.is_none() || !vocab.contains_key(&joined) {
+            return Err(invalid(format!("merge '{a} {b}' does not join into a vocabulary entry")));
+        }
     }
     let mut bpe = BPE::builder().vocab_and_merges(vocab, merges);
     if let Some(dropout) = model_field::<f32>(&model, "dropout")? {
@@ -289,15 +304,20 @@ mod tests {
                     "cleanup": true}, {"type": "BPEDecoder", "suffix": "</w>"}]}"#,
                 "CTC",
             ),
+            ("decoder", r#"{"type": "Strip", "content": " ", "start": 1, "stop": 5}"#, "stop 0"),
         ] {
             let json = file(&format!(r#", "{section}": {part}"#));
             let err = read_bpe_tokenizer(json.as_bytes()).expect_err("refused").to_string();
             assert!(err.contains(message), "{err}");
         }
-        // The merge `▁ a` does not start with the prefix tokenizers would cut off it.
-        let json = file("").replace(r#""merges""#, r###""continuing_subword_prefix": "##", "merges""###);
-        let err = read_bpe_tokenizer(json.as_bytes()).expect_err("refused").to_string();
-        assert!(err.contains("continuing_subword_prefix"), "{err}");
+        // Merges tokenizers would join past its buffer: the second part without the prefix it cuts
+        // off, and a result longer than any vocabulary entry.
+        let prefixed = file("").replace(r#""merges""#, r###""continuing_subword_prefix": "##", "merges""###);
+        let too_long = file("").replace(r#""▁ a""#, r#""▁a ▁a""#);
+        for json in [prefixed, too_long] {
+            let err = read_bpe_tokenizer(json.as_bytes()).expect_err("refused").to_string();
+            assert!(err.contains("does not join into a vocabulary entry"), "{err}");
+        }
     }
 
     #[test]
