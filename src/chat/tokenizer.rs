@@ -37,12 +37,11 @@ pub struct GemmaTokenizer {
 }
 
 impl GemmaTokenizer {
-    /// Parses the contents of a `tokenizer.json`. This is the constructor the browser uses: it has
-    /// the bytes from a fetch, not a path.
+    /// Parses the contents of a `tokenizer.json` through the same guarded reader as the browser
+    /// ([`GemmaTokenizer::from_reader`]): `tokenizers`' own parser panics or allocates without
+    /// bound on some hostile files.
     pub fn from_bytes(json: &[u8]) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_bytes(json)
-            .map_err(|e| Error::Tokenizer(format!("invalid tokenizer.json: {e}")))?;
-        Self::checked(inner)
+        Self::from_reader(json)
     }
 
     /// Parses a `tokenizer.json` as it is read: a reader that frees what it has handed over keeps
