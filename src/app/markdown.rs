@@ -7,6 +7,8 @@ use pulldown_cmark::HeadingLevel;
 
 use crate::chat::markdown::{parse, Block, Node};
 
+/// Recurses once per level: the tree is at most [`crate::chat::markdown::MAX_DEPTH`] deep, however
+/// deeply the model nests its Markdown.
 fn render(node: Node) -> AnyView {
     match node {
         Node::Text(text) => text.into_any(),

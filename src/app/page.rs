@@ -5,7 +5,7 @@ use leptos::task::spawn_local;
 use serde::Deserialize;
 
 use super::{chat, loading};
-use crate::chat::session::{ChatSession, Generator, Timing};
+use crate::chat::session::{ChatSession, Generator, Stoppable, Timing};
 use crate::chat::SamplingParams;
 use crate::web::download::{self, Source};
 use crate::web::js;
@@ -333,10 +333,7 @@ impl AppState {
         });
     }
 
-    fn generate(
-        self,
-        turn: impl for<'s> FnOnce(&'s mut ChatSession, usize, &'s mut dyn FnMut(&str) -> bool) -> Turn<'s> + 'static,
-    ) {
+    fn generate(self, turn: impl for<'s> FnOnce(&'s mut ChatSession, usize, PageListener<'s>) -> Turn<'s> + 'static) {
         let Some(mut session) = self.session.try_update_value(|s| s.take()).flatten() else {
             return;
         };
@@ -353,7 +350,12 @@ impl AppState {
                 !stop.get_untracked()
             };
             let result = match session.generator().set_sampling(settings.sampling()) {
-                Ok(()) => turn(&mut session, settings.max_tokens, &mut on_text).await,
+                Ok(()) => {
+                    // Stop is also asked mid-prompt and after tokens that make no text.
+                    let stopped = || stop.get_untracked();
+                    turn(&mut session, settings.max_tokens, Stoppable { on_text: &mut on_text, stopped: &stopped })
+                        .await
+                }
                 Err(e) => Err(e),
             };
             match result {
@@ -384,6 +386,9 @@ impl AppState {
         }
     }
 }
+
+/// What a reply streams to: its message's text, and the Stop button's flag.
+type PageListener<'s> = Stoppable<&'s mut dyn FnMut(&str) -> bool, &'s dyn Fn() -> bool>;
 
 type Turn<'s> = std::pin::Pin<Box<dyn std::future::Future<Output = crate::Result<crate::chat::session::Reply>> + 's>>;
 

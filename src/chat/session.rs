@@ -78,6 +78,23 @@ impl<F: FnMut(&str) -> bool> Listener for F {
     }
 }
 
+/// A [`Listener`] of two closures: the text goes to `on_text`, and `stopped` is asked whenever
+/// the generation may stop (it reads a Stop button's flag, say).
+pub struct Stoppable<T, S> {
+    pub on_text: T,
+    pub stopped: S,
+}
+
+impl<T: FnMut(&str) -> bool, S: Fn() -> bool> Listener for Stoppable<T, S> {
+    fn text(&mut self, piece: &str) -> bool {
+        (self.on_text)(piece)
+    }
+
+    fn stopped(&self) -> bool {
+        (self.stopped)()
+    }
+}
+
 fn check_max_tokens(max_tokens: usize) -> Result<()> {
     if max_tokens == 0 {
         return Err(Error::Input("max_tokens must be at least 1".into()));

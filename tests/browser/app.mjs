@@ -152,6 +152,16 @@ async function main() {
         const stoppedIds = (await page.locator('.message.model').last().getAttribute('data-token-ids')).split(',');
         assert.ok(stoppedIds.length < 2000, `stopped after ${stoppedIds.length} tokens`);
         log(`Stop halted the reply after ${stoppedIds.length} tokens`);
+        // Stop during a long message's prefill: the reply ends before its first token, and the
+        // conversation is as it was before the message.
+        const tokensBefore = await page.locator('.conversation-tokens').innerText();
+        await page.locator('textarea.prompt').fill('Tell me about recurrent networks and attention. '.repeat(300));
+        await page.locator('textarea.prompt').press('Enter');
+        await page.locator('button.stop').click();
+        await page.waitForSelector('.message.model:last-child[data-stopped="true"][data-done="true"]', { timeout: 60_000 });
+        assert.equal(await page.locator('.message.model').last().getAttribute('data-token-ids'), '', 'no token after Stop');
+        assert.equal(await page.locator('.conversation-tokens').innerText(), tokensBefore, 'the prompt was taken back');
+        log('Stop during a long prompt ended it before the first token');
 
         // 4. New chat, then Regenerate (greedy: the same reply again).
         await page.locator('button.new-chat').click();
