@@ -199,6 +199,18 @@ impl AppState {
                     return;
                 }
             }
+            // The source first: a bad address must not leave a GPU device behind.
+            let source = match &choice {
+                ModelChoice::Url { url, .. } | ModelChoice::Link(url) => Source::url(url),
+                ModelChoice::Folder(files) => Ok(Source::folder(files)),
+            };
+            let source = match source {
+                Ok(source) => source,
+                Err(e) => {
+                    self.phase.set(Phase::Failed(e.to_string()));
+                    return;
+                }
+            };
             let ctx = match loader::gpu_context().await {
                 Ok(ctx) => ctx,
                 Err(e) => {
@@ -206,16 +218,9 @@ impl AppState {
                     return;
                 }
             };
-            let source = match &choice {
-                ModelChoice::Url { url, .. } | ModelChoice::Link(url) => Source::url(url),
-                ModelChoice::Folder(files) => Ok(Source::folder(files)),
-            };
             let phase = self.phase;
             let mut report = |progress: &LoadProgress| phase.set(Phase::Loading(progress.clone()));
-            let loaded = match source {
-                Ok(source) => loader::load(ctx, source, &mut report).await,
-                Err(e) => Err(e),
-            };
+            let loaded = loader::load(ctx, source, &mut report).await;
             let model = match loaded {
                 Ok(model) => model,
                 Err(e) => {

@@ -118,7 +118,11 @@ impl Generator {
     }
 
     pub fn gpu(mut engine: Engine, params: SamplingParams) -> Result<Self> {
-        engine.set_sampling(&params)?;
+        if let Err(e) = engine.set_sampling(&params) {
+            // The engine is consumed here: free its GPU memory now (on the web, dropping it does not).
+            engine.destroy();
+            return Err(e);
+        }
         Ok(Generator {
             backend: Backend::Gpu { engine: Box::new(engine), last_sampled: None },
             timing: Timing::default(),

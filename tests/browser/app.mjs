@@ -227,7 +227,13 @@ async function main() {
 
         // 7. A connection dropped mid-shard resumes with a Range request.
         await page.locator('button.clear-cache').click();
-        await page.waitForFunction(async () => (await (await caches.open('recurrentgemma-models-v1')).keys()).length === 0);
+        // waitForFunction does not await an async predicate (a Promise is truthy): poll instead.
+        for (let tries = 0; ; tries++) {
+            const cached = await page.evaluate(async () => (await (await caches.open('recurrentgemma-models-v1')).keys()).length);
+            if (cached === 0) break;
+            assert.ok(tries < 100, `the cache still holds ${cached} entries after Clear`);
+            await new Promise((resolve) => setTimeout(resolve, 100));
+        }
         server.cutOnce(shard, 3_000_000);
         mark = server.requests.length;
         await page.reload();
