@@ -10,6 +10,7 @@ use crate::chat::SamplingParams;
 use crate::web::download::{self, Source};
 use crate::web::js;
 use crate::web::loader::{self, LoadProgress};
+use crate::weights::format::MAX_MANIFEST_BYTES;
 use crate::Error;
 
 /// Where the page is in its life.
@@ -427,7 +428,7 @@ fn model_from_query() -> Option<String> {
 async fn fetch_known_models() -> Vec<KnownModel> {
     let Ok(source) = Source::url("./") else { return Vec::new() };
     let fetcher = download::Fetcher::new(source).await;
-    match fetcher.whole_file("models.json", loader::MAX_MANIFEST_BYTES).await {
+    match fetcher.whole_file("models.json", MAX_MANIFEST_BYTES).await {
         Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
         Err(_) => Vec::new(),
     }

@@ -11,7 +11,7 @@ use super::js;
 use crate::chat::GemmaTokenizer;
 use crate::gpu::engine::Engine;
 use crate::gpu::GpuContext;
-use crate::weights::format::{Manifest, MANIFEST_FILE, TOKENIZER_FILE};
+use crate::weights::format::{Manifest, MANIFEST_FILE, MAX_MANIFEST_BYTES, TOKENIZER_FILE};
 use crate::weights::stream::ShardParser;
 use crate::{Error, Result};
 
@@ -20,10 +20,6 @@ const MAX_ATTEMPTS: u32 = 6;
 /// Times a shard starts over from byte 0 when the pieces it was put together from (a cached
 /// prefix, resumed ranges) do not verify, before that becomes an error.
 const MAX_RESTARTS: u32 = 2;
-/// Largest `manifest.json` read: the 9B's is well under 1 MiB.
-pub const MAX_MANIFEST_BYTES: u64 = 16 << 20;
-/// Largest `tokenizer.json` a manifest may name: Gemma's 256k-token one is 17 MB.
-pub const MAX_TOKENIZER_BYTES: u64 = 64 << 20;
 /// How often progress is reported while bytes stream in.
 const PROGRESS_INTERVAL_MS: f64 = 100.0;
 
@@ -228,12 +224,6 @@ async fn load_tokenizer(
             "{MANIFEST_FILE} gives no size and sha256 for {TOKENIZER_FILE}: convert the model again with a current `rg convert`"
         ))
     })?;
-    if digest.bytes > MAX_TOKENIZER_BYTES {
-        return Err(Error::Tokenizer(format!(
-            "{MANIFEST_FILE} says {TOKENIZER_FILE} is {} bytes; at most {MAX_TOKENIZER_BYTES} are allowed",
-            digest.bytes
-        )));
-    }
     let key = fetcher.cache_key(TOKENIZER_FILE, &digest.sha256);
     let verify = |json: &ChunkQueue| -> Result<()> {
         let (bytes, sha256) = (json.bytes(), json.sha256());
