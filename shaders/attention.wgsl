@@ -32,15 +32,13 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> partial_a: array<f32>;      // [tokens, blocks, heads, head_dim]
 @group(0) @binding(7) var<storage, read_write> partial_ml: array<vec2<f32>>; // [tokens, blocks, heads]
 
-const KEY_BLOCK: u32 = 16u;
-const MAX_HEADS: u32 = 32u;
 const NONE: f32 = -3.0e38;
 
 var<workgroup> start_position: u32;
 // [heads, KEY_BLOCK]: the scores, then e^(s − m).
-var<workgroup> weights: array<f32, 512>;
+var<workgroup> weights: array<f32, MAX_HEADS * KEY_BLOCK>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS)
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: vec3<u32>) {
     let block = group.x;
     let t = group.y;
@@ -60,13 +58,13 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
     let hd = params.head_dim;
     let out = (t * params.blocks + block) * heads;
     if keys == 0u {
-        for (var h = li; h < heads; h += 256u) {
+        for (var h = li; h < heads; h += THREADS) {
             partial_ml[out + h] = vec2<f32>(NONE, 0.0);
         }
         return;
     }
 
-    for (var pair = li; pair < heads * KEY_BLOCK; pair += 256u) {
+    for (var pair = li; pair < heads * KEY_BLOCK; pair += THREADS) {
         let h = pair / KEY_BLOCK;
         let j = pair % KEY_BLOCK;
         var score = NONE;
@@ -82,7 +80,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
         weights[pair] = score;
     }
     workgroupBarrier();
-    for (var h = li; h < heads; h += 256u) {
+    for (var h = li; h < heads; h += THREADS) {
         var m = NONE;
         for (var j = 0u; j < keys; j++) {
             m = max(m, weights[h * KEY_BLOCK + j]);
@@ -96,7 +94,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
         partial_ml[out + h] = vec2<f32>(m, l);
     }
     workgroupBarrier();
-    for (var d = li; d < hd; d += 256u) {
+    for (var d = li; d < hd; d += THREADS) {
         var a: array<f32, MAX_HEADS>;
         for (var j = 0u; j < keys; j++) {
             let v = ring_v[((first_key + j) % params.slots) * hd + d];

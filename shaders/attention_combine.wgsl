@@ -18,7 +18,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> partial_ml: array<vec2<f32>>;   // [tokens, blocks, heads]
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;          // [tokens, heads, head_dim]
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS)
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: vec3<u32>) {
     let h = group.x;
     let t = group.y;
@@ -37,7 +37,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
         let ml = partial_ml[first + b * heads];
         l += exp(ml.x - m) * ml.y;
     }
-    for (var d = li; d < hd; d += 256u) {
+    for (var d = li; d < hd; d += THREADS) {
         var a = 0.0;
         for (var b = 0u; b < params.blocks; b++) {
             a += exp(partial_ml[first + b * heads].x - m) * partial_a[(first + b * heads) * hd + d];

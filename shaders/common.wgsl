@@ -1,5 +1,6 @@
 // Shared by every kernel: src/gpu/kernels.rs prepends this file to each shader. It holds the
-// per-submission blocks, the activation functions and 256-thread workgroup reductions.
+// per-submission blocks, the matrix row parameters, the activation functions and workgroup
+// reductions over THREADS threads. Constants such as THREADS come from src/gpu/kernels.rs.
 //
 //   gelu_tanh(z) = 0.5·z·(1 + tanh(√(2/π)·(z + 0.044715·z³)))   (tanh argument clamped to ±10,
 //                                                                where f32 tanh is already ±1)
@@ -19,6 +20,26 @@ struct Step {
     generated: u32,
 }
 
+// Which rows of which matrix a matrix kernel computes, over which input (see matrix_rows.wgsl).
+struct MatrixRows {
+    // Rows of this dispatch (per half in a pair kernel).
+    rows: u32,
+    cols: u32,
+    block_rows: u32,
+    x_stride: u32,
+    x_offset: u32,
+    // First row of this dispatch in `affine` and in block numbering (a row piece of a larger
+    // tensor); the weights buffer holds only the dispatch's rows.
+    row_offset: u32,
+    pair_offset: u32,
+    // Where the biases start in `affine` (in 4-byte words); 0 when the matrix has none.
+    bias_offset: u32,
+    lanes: u32,
+    has_norm: u32,
+    eps: f32,
+    halves: u32,
+}
+
 fn gelu_tanh(z: f32) -> f32 {
     let inner = 0.7978846 * (z + 0.044715 * z * z * z);
     return 0.5 * z * (1.0 + tanh(clamp(inner, -10.0, 10.0)));
@@ -28,13 +49,13 @@ fn sigmoid(x: f32) -> f32 {
     return 1.0 / (1.0 + exp(-clamp(x, -80.0, 80.0)));
 }
 
-var<workgroup> reduction: array<f32, 256>;
+var<workgroup> reduction: array<f32, THREADS>;
 
-// The sum over a workgroup of 256 threads; every thread gets it.
+// The sum over a workgroup of THREADS threads; every thread gets it.
 fn workgroup_sum(li: u32, value: f32) -> f32 {
     reduction[li] = value;
     workgroupBarrier();
-    for (var stride = 128u; stride > 0u; stride /= 2u) {
+    for (var stride = THREADS / 2u; stride > 0u; stride /= 2u) {
         if li < stride {
             reduction[li] += reduction[li + stride];
         }
@@ -48,7 +69,7 @@ fn workgroup_sum(li: u32, value: f32) -> f32 {
 fn workgroup_max(li: u32, value: f32) -> f32 {
     reduction[li] = value;
     workgroupBarrier();
-    for (var stride = 128u; stride > 0u; stride /= 2u) {
+    for (var stride = THREADS / 2u; stride > 0u; stride /= 2u) {
         if li < stride {
             reduction[li] = max(reduction[li], reduction[li + stride]);
         }

@@ -1,5 +1,5 @@
-// The recurrent block's two input branches from one stacked int8 matrix [linear_y; linear_x]
-// (RMSNorm fused in front, see int8_rows.wgsl), with the causal depthwise Conv1D on the x branch:
+// The recurrent block's two input branches from one stacked matrix [linear_y; linear_x]
+// (RMSNorm fused in front, see matrix_rows.wgsl), with the causal depthwise Conv1D on the x branch:
 //
 //   y[t][ch] = total[t][ch] · scale + bias,   x[t][ch] = the same for row ch + lru
 //   out[t][ch]       = gelu_tanh(y[t][ch])                              (the gate branch)
@@ -7,11 +7,11 @@
 //
 // x[s] for s before the chunk comes from `history` (the last K−1 inputs, oldest first), taken as
 // zero when the chunk starts the document (position 0) and updated after the chunk. A pair
-// kernel: each workgroup owns 128 / lanes channels for the whole chunk, and one thread per
+// kernel: each workgroup owns THREADS / 2 / lanes channels for the whole chunk, and one thread per
 // channel walks the tokens in order, tile after tile.
 
 struct Params {
-    m: Int8Rows,
+    m: MatrixRows,
     width: u32,
 }
 
@@ -20,9 +20,8 @@ struct Params {
 @group(0) @binding(8) var<storage, read_write> history: array<f32>;   // [K − 1, lru]
 @group(0) @binding(9) var<storage, read_write> out: array<f32>;       // [tokens, 2·lru]
 
-const MAX_WIDTH: u32 = 8u;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS)
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: vec3<u32>) {
     let n = params.m.rows;
     let width = params.width;
@@ -30,7 +29,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
     let channel = group.x * rows_per_group() + li;
     let owner = li < rows_per_group() && channel < n;
 
-    var window: array<f32, MAX_WIDTH>;
+    var window: array<f32, MAX_CONV_WIDTH>;
     if owner {
         for (var k = 0u; k < k_last; k++) {
             window[k] = select(history[k * n + channel], 0.0, step.position == 0u);

@@ -1,5 +1,5 @@
-// Real-Gated Linear Recurrent Unit with its two block-diagonal gates from one stacked int8
-// matrix [input_gate; recurrent_gate] (see int8_rows.wgsl), times the GELU gate branch:
+// Real-Gated Linear Recurrent Unit with its two block-diagonal gates from one stacked
+// matrix [input_gate; recurrent_gate] (see matrix_rows.wgsl), times the GELU gate branch:
 //
 //   gate_x = σ(gx[t]), gate_a = σ(ga[t])     gx, ga = total · scale + bias of rows ch, ch + lru
 //   log_a  = gate_a · log_a_scale            (log_a_scale = −8·softplus(a_param), made on upload)
@@ -10,11 +10,11 @@
 // The input is recurrent_in's output [tokens, 2·lru]: g = gelu(y) in the first half, the conv
 // output c (which the gates read too) in the second. h stays f32. The max(0, ·) guards against exp
 // rounding 2·log_a ≈ 0 to a value above 1, which would give sqrt of a negative number. A pair
-// kernel: each workgroup owns 128 / lanes channels for the whole chunk, and one thread per channel
+// kernel: each workgroup owns THREADS / 2 / lanes channels for the whole chunk, and one thread per channel
 // walks the tokens in order, tile after tile.
 
 struct Params {
-    m: Int8Rows,
+    m: MatrixRows,
 }
 
 @group(0) @binding(6) var<storage, read> step: Step;
@@ -22,12 +22,12 @@ struct Params {
 @group(0) @binding(8) var<storage, read_write> h: array<f32>;       // [lru]
 @group(0) @binding(9) var<storage, read_write> out: array<f32>;     // [tokens, lru]
 
-// Element i of the input, which int8_rows.wgsl binds as vectors of 4.
+// Element i of the input, which matrix_rows.wgsl binds as vectors of 4.
 fn input(i: u32) -> f32 {
     return x[i / 4u][i % 4u];
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS)
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: vec3<u32>) {
     let n = params.m.rows;
     let channel = group.x * rows_per_group() + li;

@@ -43,7 +43,7 @@ fn rotate(a: f32, b: f32, position: u32, i: u32) -> vec2<f32> {
     return vec2<f32>(a * c - b * s, b * c + a * s);
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(SMALL_THREADS)
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: vec3<u32>) {
     let t = group.x;
     let head = group.y;

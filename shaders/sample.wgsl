@@ -36,15 +36,12 @@ struct Sampling {
 @group(0) @binding(4) var<storage, read_write> tokens: array<u32>;    // [0] = next input token
 @group(0) @binding(5) var<storage, read_write> generated: array<u32>; // ring of sampled ids
 
-const GENERATED_RING: u32 = 1024u;
 const NEG_BIG: f32 = -3.0e38;
 const BIG: f32 = 3.0e38;
 const CANDIDATES: u32 = 1024u;
-// Matches `NO_TOKEN` in src/gpu/kernels.rs; the embedding writes nothing for it.
-const NO_TOKEN: u32 = 0xffffffffu;
 
-var<workgroup> reduce_u: array<u32, 256>;
-var<workgroup> reduce_pair: array<vec2<f32>, 256>;
+var<workgroup> reduce_u: array<u32, THREADS>;
+var<workgroup> reduce_pair: array<vec2<f32>, THREADS>;
 var<workgroup> candidate_logit: array<f32, CANDIDATES>;
 var<workgroup> candidate_id: array<u32, CANDIDATES>;
 var<workgroup> candidate_count: u32;
@@ -90,7 +87,7 @@ fn weight(l: f32, threshold: f32, max_logit: f32) -> f32 {
 // (count, Σ weight) of the source's logits at or above `threshold`, the same in every thread.
 fn count_and_mass(li: u32, s: Source, threshold: f32, max_logit: f32) -> vec2<f32> {
     var local = vec2<f32>(0.0);
-    for (var j = li; j < s.len; j += 256u) {
+    for (var j = li; j < s.len; j += THREADS) {
         let l = source_logit(s, j);
         if l >= threshold {
             local += vec2<f32>(1.0, exp((l - max_logit) / sampling.temperature));
@@ -98,7 +95,7 @@ fn count_and_mass(li: u32, s: Source, threshold: f32, max_logit: f32) -> vec2<f3
     }
     reduce_pair[li] = local;
     workgroupBarrier();
-    for (var stride = 128u; stride > 0u; stride /= 2u) {
+    for (var stride = THREADS / 2u; stride > 0u; stride /= 2u) {
         if li < stride {
             reduce_pair[li] += reduce_pair[li + stride];
         }
@@ -114,7 +111,7 @@ fn count_and_mass(li: u32, s: Source, threshold: f32, max_logit: f32) -> vec2<f3
 // threads' counts gives each its place.
 fn copy_candidates(li: u32, row: u32, threshold: f32) -> Source {
     let vocab = sampling.vocab;
-    let segment = (vocab + 255u) / 256u;
+    let segment = (vocab + THREADS - 1u) / THREADS;
     let begin = min(li * segment, vocab);
     let end = min(begin + segment, vocab);
     var mine = 0u;
@@ -125,7 +122,7 @@ fn copy_candidates(li: u32, row: u32, threshold: f32) -> Source {
     workgroupBarrier();
     if li == 0u {
         var running = 0u;
-        for (var j = 0u; j < 256u; j++) {
+        for (var j = 0u; j < THREADS; j++) {
             let count = reduce_u[j];
             reduce_u[j] = running;
             running += count;
@@ -145,7 +142,7 @@ fn copy_candidates(li: u32, row: u32, threshold: f32) -> Source {
     return Source(row, true, workgroupUniformLoad(&candidate_count));
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS)
 fn main(@builtin(local_invocation_index) li: u32) {
     if sampling.mode == 1u {
         let choice = pick(li);
@@ -168,7 +165,7 @@ fn pick(li: u32) -> u32 {
     var best = NEG_BIG;
     var best_index = 0xffffffffu;
     var local_min = BIG;
-    for (var i = li; i < vocab; i += 256u) {
+    for (var i = li; i < vocab; i += THREADS) {
         let l = logit(row, i);
         if l > best || best_index == 0xffffffffu {
             best = l;
@@ -181,7 +178,7 @@ fn pick(li: u32) -> u32 {
     reduction[li] = best;
     reduce_u[li] = best_index;
     workgroupBarrier();
-    for (var stride = 128u; stride > 0u; stride /= 2u) {
+    for (var stride = THREADS / 2u; stride > 0u; stride /= 2u) {
         if li < stride {
             let other = reduction[li + stride];
             let other_index = reduce_u[li + stride];
@@ -250,7 +247,7 @@ fn pick(li: u32) -> u32 {
     }
 
     // Inverse-CDF draw: each thread owns a contiguous segment; thread 0 prefix-sums the segments.
-    let segment = (source.len + 255u) / 256u;
+    let segment = (source.len + THREADS - 1u) / THREADS;
     let begin = min(li * segment, source.len);
     let end = min(begin + segment, source.len);
     var own = 0.0;
@@ -264,7 +261,7 @@ fn pick(li: u32) -> u32 {
     workgroupBarrier();
     if li == 0u {
         var running = 0.0;
-        for (var j = 0u; j < 256u; j++) {
+        for (var j = 0u; j < THREADS; j++) {
             let value = reduction[j];
             reduction[j] = running;
             running += value;

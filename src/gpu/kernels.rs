@@ -2,41 +2,71 @@
 //! `#[repr(C)]` struct mirrors the `Params` struct at the top of its shader, field for field.
 //! Bindings are positional: `bind(kernel, [b0, b1, …])` binds `@binding(i)` to the i-th buffer.
 
+//! One compute pipeline per WGSL file in `shaders/`, the constants they share, and the uniform
+//! blocks they take. Each `#[repr(C)]` struct mirrors the `Params` struct at the top of its
+//! shader, field for field. Which buffer goes to which `@binding` is written once, in the shader
+//! and in its op constructor in [`super::ops`].
+
+use std::collections::HashMap;
+
 use bytemuck::{Pod, Zeroable};
+
+use super::matrix::MatrixFormat;
 
 /// Tokens per prefill submission, and the extra ring slots that let a whole chunk's keys be
 /// written before its queries attend.
 pub const CHUNK: usize = 16;
-/// Tokens per workgroup in `matmul_int8.wgsl` (`TOKEN_TILE`).
+/// Threads per workgroup of the row, attention and sampling kernels (`THREADS`).
+pub const THREADS: u32 = 256;
+/// Threads per workgroup of the elementwise kernels, embed and rope_kv (`SMALL_THREADS`).
+pub const SMALL_THREADS: u32 = 64;
+/// Tokens per workgroup in the row kernels (`TOKEN_TILE`): each weight is read once per tile.
 pub const TOKEN_TILE: u32 = 8;
-/// Threads per workgroup in `matmul_int8.wgsl`.
-pub const MATMUL_THREADS: u32 = 256;
-
-/// Threads that share one matrix row in `matmul_int8.wgsl`: enough to keep each busy with about
-/// 16 packed words, at most 32. Short rows get one thread each, which CPU drivers need.
-pub fn matmul_lanes(cols: usize) -> u32 {
-    ((cols / 4 / 16).max(1) as u32).next_power_of_two().min(32)
-}
+/// The most threads that share one matrix row (`MAX_LANES`).
+pub const MAX_LANES: u32 = 32;
 /// Keys per workgroup in `attention.wgsl` (`KEY_BLOCK`), and the most query heads it takes
 /// (`MAX_HEADS`).
 pub const KEY_BLOCK: u32 = 16;
-pub const MAX_HEADS: usize = 32;
+pub const MAX_HEADS: u32 = 32;
+/// The widest Conv1D `recurrent_in.wgsl` keeps in registers (`MAX_CONV_WIDTH`).
+pub const MAX_CONV_WIDTH: u32 = 8;
+/// Size of the ring of sampled ids in `sample.wgsl` (`GENERATED_RING`).
+pub const GENERATED_RING: u32 = 1024;
+/// What `sample.wgsl` writes (`NO_TOKEN`) for a row with no usable logit (all NaN or −∞).
+pub const NO_TOKEN: u32 = u32::MAX;
+
+/// The constants above as WGSL, prepended to every shader: the one place they are written.
+fn constants_wgsl() -> String {
+    let constants = [
+        ("THREADS", THREADS),
+        ("SMALL_THREADS", SMALL_THREADS),
+        ("TOKEN_TILE", TOKEN_TILE),
+        ("MAX_LANES", MAX_LANES),
+        ("KEY_BLOCK", KEY_BLOCK),
+        ("MAX_HEADS", MAX_HEADS),
+        ("MAX_CONV_WIDTH", MAX_CONV_WIDTH),
+        ("GENERATED_RING", GENERATED_RING),
+        ("NO_TOKEN", NO_TOKEN),
+    ];
+    constants.iter().map(|(name, value)| format!("const {name}: u32 = {value}u;\n")).collect()
+}
+
+/// Threads that share one matrix row: enough to keep each busy with about 64 weights, at most
+/// [`MAX_LANES`]. Short rows get one thread each, which CPU drivers need.
+pub fn matmul_lanes(cols: usize) -> u32 {
+    ((cols / 64).max(1) as u32).next_power_of_two().min(MAX_LANES)
+}
 
 /// Key blocks per token for an attention window of `window` keys before the token's own.
 pub fn key_blocks(window: usize) -> u32 {
     (window as u32 + 1).div_ceil(KEY_BLOCK)
 }
 
-/// Size of the ring of sampled ids in `sample.wgsl` (`GENERATED_RING`).
-pub const GENERATED_RING: u32 = 1024;
-/// What `sample.wgsl` writes (`NO_TOKEN`) for a row with no usable logit (all NaN or −∞).
-pub const NO_TOKEN: u32 = u32::MAX;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {
     Embed,
-    MatmulInt8,
-    GegluInt8,
+    Matmul,
+    Geglu,
     RecurrentIn,
     RgLruGates,
     RopeKv,
@@ -45,11 +75,21 @@ pub enum Kernel {
     Sample,
 }
 
+/// What a kernel's module is made of besides its own file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Needs {
+    Nothing,
+    /// The weight format's storage and dequantization.
+    Format,
+    /// The format and the shared row loop (`matrix_rows.wgsl`).
+    Rows,
+}
+
 impl Kernel {
     pub const ALL: [Kernel; 9] = [
         Kernel::Embed,
-        Kernel::MatmulInt8,
-        Kernel::GegluInt8,
+        Kernel::Matmul,
+        Kernel::Geglu,
         Kernel::RecurrentIn,
         Kernel::RgLruGates,
         Kernel::RopeKv,
@@ -62,8 +102,8 @@ impl Kernel {
     pub fn source(self) -> (&'static str, &'static str) {
         match self {
             Kernel::Embed => ("embed", include_str!("../../shaders/embed.wgsl")),
-            Kernel::MatmulInt8 => ("matmul_int8", include_str!("../../shaders/matmul_int8.wgsl")),
-            Kernel::GegluInt8 => ("geglu_int8", include_str!("../../shaders/geglu_int8.wgsl")),
+            Kernel::Matmul => ("matmul", include_str!("../../shaders/matmul.wgsl")),
+            Kernel::Geglu => ("geglu", include_str!("../../shaders/geglu.wgsl")),
             Kernel::RecurrentIn => ("recurrent_in", include_str!("../../shaders/recurrent_in.wgsl")),
             Kernel::RgLruGates => ("rg_lru_gates", include_str!("../../shaders/rg_lru_gates.wgsl")),
             Kernel::RopeKv => ("rope_kv", include_str!("../../shaders/rope_kv.wgsl")),
@@ -73,67 +113,78 @@ impl Kernel {
         }
     }
 
-    /// Whether the kernel builds on `int8_rows.wgsl`.
-    fn uses_int8_rows(self) -> bool {
-        matches!(self, Kernel::MatmulInt8 | Kernel::GegluInt8 | Kernel::RecurrentIn | Kernel::RgLruGates)
+    fn needs(self) -> Needs {
+        match self {
+            Kernel::Embed => Needs::Format,
+            Kernel::Matmul | Kernel::Geglu | Kernel::RecurrentIn | Kernel::RgLruGates => Needs::Rows,
+            Kernel::RopeKv | Kernel::Attention | Kernel::AttentionCombine | Kernel::Sample => Needs::Nothing,
+        }
     }
 
-    /// The whole WGSL module: the shared prefixes, then the kernel's own file.
-    pub fn module_source(self) -> String {
-        let rows = if self.uses_int8_rows() { INT8_ROWS } else { "" };
-        format!("{COMMON}\n{rows}\n{}", self.source().1)
+    /// The whole WGSL module for weights in `format`: the constants, the shared prefixes, then
+    /// the kernel's own file.
+    pub fn module_source(self, format: MatrixFormat) -> String {
+        let needs = self.needs();
+        let format_source = if needs == Needs::Nothing { "" } else { format.source() };
+        let rows = if needs == Needs::Rows { MATRIX_ROWS } else { "" };
+        format!("{}\n{COMMON}\n{format_source}\n{rows}\n{}", constants_wgsl(), self.source().1)
     }
 }
 
 /// Structs, activations and reductions shared by every kernel.
 pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
-/// The int8 row dot products, RMSNorm fused in, shared by the int8 matrix kernels.
-pub const INT8_ROWS: &str = include_str!("../../shaders/int8_rows.wgsl");
+/// The row dot products, RMSNorm fused in, shared by the matrix kernels.
+pub const MATRIX_ROWS: &str = include_str!("../../shaders/matrix_rows.wgsl");
 
-/// Every pipeline, compiled once.
+/// Every pipeline, compiled once: the format-neutral kernels once, the matrix kernels once per
+/// weight format asked for.
 pub struct Kernels {
-    pipelines: Vec<wgpu::ComputePipeline>,
+    pipelines: HashMap<(Kernel, Option<MatrixFormat>), wgpu::ComputePipeline>,
 }
 
 impl Kernels {
-    pub fn new(device: &wgpu::Device) -> Self {
-        let pipelines = Kernel::ALL
-            .iter()
-            .map(|kernel| {
+    pub fn new(device: &wgpu::Device, formats: &[MatrixFormat]) -> Self {
+        let mut pipelines = HashMap::new();
+        for kernel in Kernel::ALL {
+            let variants: Vec<Option<MatrixFormat>> =
+                if kernel.needs() == Needs::Nothing { vec![None] } else { formats.iter().copied().map(Some).collect() };
+            for format in variants {
                 let name = kernel.source().0;
+                let source = kernel.module_source(format.unwrap_or(MatrixFormat::Int8));
                 let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(name),
-                    source: wgpu::ShaderSource::Wgsl(kernel.module_source().into()),
+                    source: wgpu::ShaderSource::Wgsl(source.into()),
                 });
-                device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                     label: Some(name),
                     layout: None,
                     module: &module,
                     entry_point: Some("main"),
                     compilation_options: Default::default(),
                     cache: None,
-                })
-            })
-            .collect();
+                });
+                pipelines.insert((kernel, format), pipeline);
+            }
+        }
         Kernels { pipelines }
     }
 
-    pub fn pipeline(&self, kernel: Kernel) -> &wgpu::ComputePipeline {
-        &self.pipelines[Kernel::ALL.iter().position(|k| *k == kernel).expect("listed")]
+    /// `kernel`'s pipeline; for a matrix kernel, its variant for weights in `format`.
+    pub fn pipeline(&self, kernel: Kernel, format: MatrixFormat) -> PipelineKey {
+        let key = if kernel.needs() == Needs::Nothing { (kernel, None) } else { (kernel, Some(format)) };
+        match self.pipelines.get(&key) {
+            Some(pipeline) => PipelineKey { key, pipeline: pipeline.clone() },
+            None => panic!("{} was not compiled for {format:?} weights", kernel.source().0),
+        }
     }
+}
 
-    pub fn bind(&self, device: &wgpu::Device, kernel: Kernel, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
-        let entries: Vec<wgpu::BindGroupEntry> = buffers
-            .iter()
-            .enumerate()
-            .map(|(i, buffer)| wgpu::BindGroupEntry { binding: i as u32, resource: buffer.as_entire_binding() })
-            .collect();
-        device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(kernel.source().0),
-            layout: &self.pipeline(kernel).get_bind_group_layout(0),
-            entries: &entries,
-        })
-    }
+/// A compiled pipeline and which kernel variant it is (so a command list sets it only when it
+/// changes).
+#[derive(Clone, Debug)]
+pub struct PipelineKey {
+    pub key: (Kernel, Option<MatrixFormat>),
+    pub pipeline: wgpu::ComputePipeline,
 }
 
 /// `Chunk` in every shader: how many tokens this submission carries, and which rows get logits.
@@ -162,10 +213,11 @@ pub enum Epilogue {
     SoftCap = 2,
 }
 
-/// `Int8Rows` in `int8_rows.wgsl`: which rows of which int8 matrix, over which input.
+/// `MatrixRows` in `common.wgsl`: which rows of which matrix, over which input. Built by
+/// [`super::matrix::GpuMatrix`], which knows its format's bias offset and lanes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
-pub struct Int8Rows {
+pub struct MatrixRows {
     pub rows: u32,
     pub cols: u32,
     pub block_rows: u32,
@@ -173,7 +225,7 @@ pub struct Int8Rows {
     pub x_offset: u32,
     pub row_offset: u32,
     pub pair_offset: u32,
-    /// 0: no bias.
+    /// In 4-byte words of the affine buffer; 0: no bias.
     pub bias_offset: u32,
     pub lanes: u32,
     pub has_norm: u32,
@@ -181,46 +233,17 @@ pub struct Int8Rows {
     pub halves: u32,
 }
 
-impl Int8Rows {
-    /// `rows` rows of `cols` columns over an input of rows `cols` long: no norm, no bias, no pair.
-    pub fn new(rows: usize, cols: usize) -> Self {
-        Int8Rows {
-            rows: rows as u32,
-            cols: cols as u32,
-            // One block: every row reads the same input.
-            block_rows: u32::MAX,
-            x_stride: cols as u32,
-            lanes: matmul_lanes(cols),
-            halves: 1,
-            ..Zeroable::zeroed()
-        }
-    }
-
-    /// Rows `r` and `r + rows` of a stacked matrix `[2·rows, cols]`, computed in one workgroup.
-    pub fn pair(rows: usize, cols: usize) -> Self {
-        Int8Rows { pair_offset: rows as u32, halves: 2, ..Int8Rows::new(rows, cols) }
-    }
-
-    /// RMSNorm (zero-centred weight) of each input row in front of the matrix.
-    pub fn with_norm(self, eps: f32) -> Self {
-        Int8Rows { has_norm: 1, eps, ..self }
-    }
-
-    /// Biases at `offset` in the affine buffer.
-    pub fn with_bias(self, offset: usize) -> Self {
-        Int8Rows { bias_offset: offset as u32, ..self }
-    }
-
+impl MatrixRows {
     /// Workgroups along x for all rows.
     pub fn row_groups(&self) -> u32 {
-        self.rows.div_ceil(MATMUL_THREADS / self.halves / self.lanes)
+        self.rows.div_ceil(THREADS / self.halves / self.lanes)
     }
 }
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct MatmulParams {
-    pub m: Int8Rows,
+    pub m: MatrixRows,
     pub y_stride: u32,
     pub y_offset: u32,
     pub epilogue: u32,
@@ -229,17 +252,17 @@ pub struct MatmulParams {
     pub _pad: [u32; 3],
 }
 
-/// The parameters of `geglu_int8.wgsl` and `rg_lru_gates.wgsl`: the rows alone.
+/// The parameters of `geglu.wgsl` and `rg_lru_gates.wgsl`: the rows alone.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct PairParams {
-    pub m: Int8Rows,
+    pub m: MatrixRows,
 }
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct RecurrentInParams {
-    pub m: Int8Rows,
+    pub m: MatrixRows,
     pub width: u32,
     pub _pad: [u32; 3],
 }
@@ -247,10 +270,9 @@ pub struct RecurrentInParams {
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct EmbedParams {
-    pub rows: u32,
-    pub cols: u32,
-    pub row_start: u32,
+    pub m: MatrixRows,
     pub embedding_scale: f32,
+    pub _pad: [u32; 3],
 }
 
 #[repr(C)]
@@ -303,17 +325,32 @@ mod tests {
     /// Each shader's bindings, in order, must be what the engine binds: count the declarations.
     #[test]
     fn shaders_declare_contiguous_bindings() {
-        for kernel in Kernel::ALL {
-            let (name, own) = kernel.source();
-            let source = kernel.module_source();
-            let bindings: Vec<u32> = source
-                .lines()
-                .filter_map(|line| line.split("@binding(").nth(1))
-                .map(|rest| rest.split(')').next().unwrap().parse().unwrap())
-                .collect();
-            let expected: Vec<u32> = (0..bindings.len() as u32).collect();
-            assert_eq!(bindings, expected, "{name}.wgsl bindings");
-            assert!(own.starts_with("//"), "{name}.wgsl starts with its formula");
+        for format in MatrixFormat::ALL {
+            for kernel in Kernel::ALL {
+                let (name, own) = kernel.source();
+                let source = kernel.module_source(format);
+                let mut bindings: Vec<u32> = source
+                    .lines()
+                    .filter_map(|line| line.split("@binding(").nth(1))
+                    .map(|rest| rest.split(')').next().unwrap().parse().unwrap())
+                    .collect();
+                bindings.sort();
+                let expected: Vec<u32> = (0..bindings.len() as u32).collect();
+                assert_eq!(bindings, expected, "{name}.wgsl bindings with {format:?}");
+                assert!(own.starts_with("//"), "{name}.wgsl starts with its formula");
+            }
+        }
+    }
+
+    /// Every constant the shaders share comes from Rust: no shader defines one of them itself.
+    #[test]
+    fn shared_constants_are_defined_once() {
+        let generated = constants_wgsl();
+        for (_, own) in Kernel::ALL.map(Kernel::source).into_iter().chain([("", COMMON), ("", MATRIX_ROWS)]) {
+            for line in generated.lines() {
+                let name = line.split(':').next().unwrap();
+                assert!(!own.contains(&format!("{name}:")), "{name} is defined again in a shader");
+            }
         }
     }
 }

@@ -3,17 +3,20 @@
 //! Matrices that one kernel reads together are stacked by rows into one buffer, so that a single
 //! dispatch computes them within WebGPU's eight storage buffers per shader stage:
 //! `[linear_y; linear_x]`, `[input_gate; recurrent_gate]`, `[q_proj; k_proj; v_proj]` and
-//! `[gate_proj; up_proj]`. Every int8
-//! matrix (stacked or not) gets one *affine* buffer holding the scales of all its rows, then their
-//! biases. The conv taps and the conv bias share one buffer. Everything else has a buffer of its own.
+//! `[gate_proj; up_proj]`. Every quantized
+//! matrix (stacked or not) gets one *affine* buffer holding the scales of all its rows (their
+//! size per row is the [`MatrixFormat`]'s), then their f32 biases. The conv taps and the conv bias
+//! share one buffer. Everything else has a buffer of its own.
 
 use std::collections::{HashMap, HashSet};
 
+use super::matrix::MatrixFormat;
 use crate::config::{BlockType, Config};
 use crate::weights::format::{Manifest, Piece, Role};
+use crate::weights::tensor_specs;
 use crate::{Error, Result};
 
-/// One int8 matrix, or several stacked by rows, as the matrix kernels bind it.
+/// One quantized matrix, or several stacked by rows, as the matrix kernels bind it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Stack {
     /// Values buffers as `(buffer, first row, rows)`: one for a stack that fits a storage binding,
@@ -22,12 +25,13 @@ pub struct Stack {
     pub affine: String,
     pub rows: usize,
     pub cols: usize,
-    /// Where the biases start in the affine buffer (in f32s); 0 when the stack has none.
-    pub bias_offset: usize,
+    /// Whether the affine buffer holds biases after the scales.
+    pub has_bias: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Layout {
+    pub format: MatrixFormat,
     /// Every buffer with its size in bytes, in creation order.
     pub buffers: Vec<(String, u64)>,
     /// Piece name → (buffer, byte offset).
@@ -71,7 +75,12 @@ impl Layout {
     /// Places every piece of `manifest`; a stack of several matrices must fit in one binding of
     /// `binding_limit` bytes.
     pub fn new(manifest: &Manifest, binding_limit: u64) -> Result<Layout> {
-        let mut layout = Layout::default();
+        let mut layout = Layout {
+            format: MatrixFormat::of(manifest.quantization)?,
+            buffers: Vec::new(),
+            placement: HashMap::new(),
+            stacks: HashMap::new(),
+        };
         let stacked = stacked_matrices(&manifest.config);
         let in_stacks: HashSet<&String> = stacked.iter().flatten().collect();
         let mut matrices: Vec<String> = Vec::new();
@@ -80,8 +89,10 @@ impl Layout {
                 matrices.push(piece.tensor.clone());
             }
         }
+        let columns: HashMap<String, usize> =
+            tensor_specs(&manifest.config).into_iter().filter(|s| s.is_matrix).map(|s| (s.name, s.shape[1])).collect();
         for stack in stacked.iter().cloned().chain(matrices.into_iter().map(|m| vec![m])) {
-            layout.place_stack(manifest, &stack, binding_limit)?;
+            layout.place_stack(manifest, &columns, &stack, binding_limit)?;
         }
         for piece in manifest.pieces.iter().filter(|p| p.tensor.ends_with("conv_1d.weight")) {
             let block = piece.tensor.trim_end_matches(".conv_1d.weight");
@@ -106,44 +117,55 @@ impl Layout {
         self.buffers.push((name.to_string(), bytes));
     }
 
-    fn place_stack(&mut self, manifest: &Manifest, stack: &[String], binding_limit: u64) -> Result<()> {
+    fn place_stack(
+        &mut self,
+        manifest: &Manifest,
+        columns: &HashMap<String, usize>,
+        stack: &[String],
+        binding_limit: u64,
+    ) -> Result<()> {
         let first = &stack[0];
         let values: Vec<Vec<&Piece>> = stack.iter().map(|t| pieces_of(manifest, t, Role::Values)).collect();
         if let Some(missing) = stack.iter().zip(&values).find(|(_, pieces)| pieces.is_empty()) {
             return Err(Error::Weights(format!("{}: the model has no such matrix", missing.0)));
         }
-        let cols = values[0][0].shape[1];
-        if let Some(other) = values.iter().flatten().find(|p| p.shape[1] != cols) {
-            return Err(Error::Gpu(format!("{}: {} columns, but {first} has {cols}", other.name, other.shape[1])));
+        let cols_of = |tensor: &String| columns.get(tensor).copied().unwrap_or(0);
+        let cols = cols_of(first);
+        if let Some(other) = stack.iter().find(|t| cols_of(t) != cols) {
+            return Err(Error::Gpu(format!("{other}: {} columns, but {first} has {cols}", cols_of(other))));
         }
+        let format = self.format;
+        let scale_row_bytes = format.scale_row_bytes(cols);
         let rows_of: Vec<usize> = values.iter().map(|pieces| pieces.iter().map(|p| p.rows()).sum()).collect();
         let starts: Vec<usize> = rows_of.iter().scan(0, |row, &n| Some(std::mem::replace(row, *row + n))).collect();
         let rows: usize = rows_of.iter().sum();
         let biases: Vec<Vec<&Piece>> = stack.iter().map(|t| pieces_of(manifest, &bias_of(t), Role::Values)).collect();
         let has_bias = biases.iter().any(|b| !b.is_empty());
 
+        // u64 before multiplying: wasm32's usize is 32 bits.
         let affine = format!("{first}.affine");
-        self.add_buffer(&affine, rows as u64 * 4 * if has_bias { 2 } else { 1 });
+        let scale_bytes = rows as u64 * scale_row_bytes;
+        self.add_buffer(&affine, scale_bytes + if has_bias { rows as u64 * 4 } else { 0 });
         for (tensor, start) in stack.iter().zip(&starts) {
             for scales in pieces_of(manifest, tensor, Role::Scales) {
-                self.placement.insert(scales.name.clone(), (affine.clone(), (start + scales.row_start) as u64 * 4));
+                let offset = (start + scales.row_start) as u64 * scale_row_bytes;
+                self.placement.insert(scales.name.clone(), (affine.clone(), offset));
             }
         }
         for (pieces, start) in biases.iter().zip(&starts) {
             for bias in pieces {
-                let offset = (rows + start + bias.row_start) as u64 * 4;
+                let offset = scale_bytes + (start + bias.row_start) as u64 * 4;
                 self.placement.insert(bias.name.clone(), (affine.clone(), offset));
             }
         }
 
-        // u64 before multiplying: wasm32's usize is 32 bits.
-        let bytes = rows as u64 * cols as u64;
+        let bytes = format.value_bytes(rows, cols);
         let parts = if bytes <= binding_limit {
             let buffer = format!("{first}.values");
             self.add_buffer(&buffer, bytes);
             for (pieces, start) in values.iter().zip(&starts) {
                 for piece in pieces {
-                    let offset = (start + piece.row_start) as u64 * cols as u64;
+                    let offset = format.value_bytes(start + piece.row_start, cols);
                     self.placement.insert(piece.name.clone(), (buffer.clone(), offset));
                 }
             }
@@ -163,8 +185,7 @@ impl Layout {
                 stack.join(" + ")
             )));
         };
-        let bias_offset = if has_bias { rows } else { 0 };
-        self.stacks.insert(first.clone(), Stack { parts, affine, rows, cols, bias_offset });
+        self.stacks.insert(first.clone(), Stack { parts, affine, rows, cols, has_bias });
         Ok(())
     }
 }
@@ -191,7 +212,7 @@ mod tests {
         let (lru, d) = (2560, 2560);
         let stack = &layout.stacks[&format!("{t}.linear_y.weight")];
         assert_eq!(stack.parts, [(format!("{t}.linear_y.weight.values"), 0, 2 * lru)]);
-        assert_eq!((stack.rows, stack.cols, stack.bias_offset), (2 * lru, d, 2 * lru));
+        assert_eq!((stack.rows, stack.cols, stack.has_bias), (2 * lru, d, true));
         let values = format!("{t}.linear_y.weight.values");
         let affine = format!("{t}.linear_y.weight.affine");
         // linear_x's rows follow linear_y's; scales then biases in the affine buffer.
@@ -201,7 +222,7 @@ mod tests {
         assert_eq!(layout.placement[&format!("{t}.linear_x.bias")], (affine, 3 * lru as u64 * 4));
         // q/k/v have no bias: the affine buffer holds only scales.
         let qkv = &layout.stacks["model.layers.2.temporal_block.q_proj.weight"];
-        assert_eq!((qkv.rows, qkv.bias_offset), (10 * 256 + 2 * 256, 0));
+        assert_eq!((qkv.rows, qkv.has_bias), (10 * 256 + 2 * 256, false));
         // The conv taps and bias share a buffer.
         let conv = conv_buffer(t);
         assert_eq!(layout.placement[&format!("{t}.conv_1d.bias")], (conv, (lru * 4 * 4) as u64));

@@ -2,14 +2,24 @@
 //! the browser through WebGPU.
 //!
 //! - [`GpuContext`]: the device and queue, the buffer allocator that counts every byte, readback.
-//! - [`kernels`]: one pipeline per file in `shaders/`, and the small typed parameter blocks.
-//! - [`layout`]: where each weight piece goes, matrices read together stacked in one buffer.
-//! - [`engine`]: the model on the GPU: weights streamed into buffers, the fixed-size state, and the
-//!   per-chunk command list that mirrors [`crate::model::Model::forward`] block by block.
+//! - [`kernels`]: one pipeline per file in `shaders/`, the constants the shaders share, and the
+//!   small typed parameter blocks.
+//! - [`matrix`]: the weight-format seam: a [`matrix::GpuMatrix`] in int8 or int4 picks its
+//!   kernels' variant.
+//! - [`ops`]: one typed constructor per kernel, which binds its buffers in its shader's order.
+//! - [`layout`] and [`weights`]: where each weight piece goes (matrices read together stacked in
+//!   one buffer), and the buffers they are streamed into.
+//! - [`forward`]: the per-chunk command list, step by step beside
+//!   [`crate::model::Model::forward`].
+//! - [`engine`]: buffers, submission and the public API.
 
 pub mod engine;
+pub mod forward;
 pub mod kernels;
 pub mod layout;
+pub mod matrix;
+pub mod ops;
+pub mod weights;
 
 use std::cell::Cell;
 use std::rc::Rc;

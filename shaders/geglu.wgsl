@@ -1,18 +1,18 @@
-// The MLP's gated GELU from one stacked int8 matrix [gate; up] (RMSNorm fused in front, see
-// int8_rows.wgsl):
+// The MLP's gated GELU from one stacked matrix [gate; up] (RMSNorm fused in front, see
+// matrix_rows.wgsl):
 //
 //   hidden[t][r] = gelu_tanh(gate[t][r]) · up[t][r]
 //   gate[t][r]   = total[t][r] · scale[r] + bias[r],   up[t][r] = the same for row r + F
 //
-// A pair kernel: each workgroup computes 128 / lanes rows of both halves for up to 8 tokens.
+// A pair kernel: each workgroup computes THREADS / 2 / lanes rows of both halves for up to TOKEN_TILE tokens.
 
 struct Params {
-    m: Int8Rows,
+    m: MatrixRows,
 }
 
 @group(0) @binding(6) var<storage, read_write> hidden: array<f32>;   // [tokens, F]
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS)
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: vec3<u32>) {
     let tile_start = group.y * TOKEN_TILE;
     if tile_start >= chunk.n_tokens {
@@ -22,7 +22,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
     tile_partials(li, group.x, tile_start, tile_tokens);
 
     let rows = rows_per_group();
-    for (var job = li; job < rows * tile_tokens; job += 256u) {
+    for (var job = li; job < rows * tile_tokens; job += THREADS) {
         let t = job / rows;
         let local_row = job % rows;
         let row = group.x * rows + local_row;

@@ -1,16 +1,16 @@
-// Int8 matrix × a chunk of activation vectors (RMSNorm optionally fused in front, see
-// int8_rows.wgsl), f32 accumulation, with a fused epilogue:
+// Matrix × a chunk of activation vectors (RMSNorm optionally fused in front, see
+// matrix_rows.wgsl), f32 accumulation, with a fused epilogue:
 //
 //   v[t][r] = total[t][r] · scale[r] + bias[r]
 //   epilogue 0: y[t][r] = v            1: y[t][r] += v   (residual add)
 //            2: y[t][r] = cap · tanh(v / cap)            (logit soft-cap)
 //
-// y rows are y_offset + r in rows y_stride long. A workgroup computes 256 / lanes rows for up to
-// 8 tokens (its tile, group.y), so weights are read once per 8 tokens during prefill and decode
+// y rows are y_offset + r in rows y_stride long. A workgroup computes THREADS / lanes rows for up to
+// TOKEN_TILE tokens (its tile, group.y), so weights are read once per tile during prefill and decode
 // reads each weight exactly once. token_source 1 takes only the tokens whose logits are wanted.
 
 struct Params {
-    m: Int8Rows,
+    m: MatrixRows,
     y_stride: u32,
     y_offset: u32,
     epilogue: u32,
@@ -21,7 +21,7 @@ struct Params {
 
 @group(0) @binding(6) var<storage, read_write> y: array<f32>;   // [tokens, y_stride]
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS)
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: vec3<u32>) {
     var first = 0u;
     var count = chunk.n_tokens;
@@ -37,7 +37,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
     tile_partials(li, group.x, first + tile_start, tile_tokens);
 
     let rows = rows_per_group();
-    for (var job = li; job < rows * tile_tokens; job += 256u) {
+    for (var job = li; job < rows * tile_tokens; job += THREADS) {
         let t = job / rows;
         let local_row = job % rows;
         let row = group.x * rows + local_row;

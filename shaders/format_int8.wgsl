@@ -1,0 +1,34 @@
+// The int8 weight format (src/gpu/matrix.rs, MatrixFormat::Int8), for the matrix kernels:
+//
+//   w[r][c] = q[r][c] · scale[r]
+//
+// q is row-major [rows, cols] int8, four per u32 (little-endian); `affine` holds one f32 scale
+// per row, then (at bias_offset) one f32 bias per row. A block is one packed word: 4 columns.
+
+@group(0) @binding(2) var<storage, read> q: array<u32>;        // [rows, cols / 4]
+@group(0) @binding(3) var<storage, read> affine: array<f32>;   // scales, then biases
+
+const BLOCK: u32 = 1u;
+
+fn unpack_int8(word: u32) -> vec4<f32> {
+    let w = bitcast<i32>(word);
+    return vec4<f32>(
+        f32(extractBits(w, 0u, 8u)),
+        f32(extractBits(w, 8u, 8u)),
+        f32(extractBits(w, 16u, 8u)),
+        f32(extractBits(w, 24u, 8u)),
+    );
+}
+
+// Block b of the weights buffer's row `local_row`, before the row's scale.
+fn block_weights(local_row: u32, affine_row: u32, cols: u32, b: u32) -> array<vec4<f32>, BLOCK> {
+    return array<vec4<f32>, BLOCK>(unpack_int8(q[local_row * (cols / 4u) + b]));
+}
+
+fn row_scale(affine_row: u32) -> f32 {
+    return affine[affine_row];
+}
+
+fn row_bias(i: u32) -> f32 {
+    return affine[i];
+}

@@ -1,0 +1,311 @@
+//! One typed constructor per kernel. Each takes its inputs by name (buffers, shapes, the
+//! matrix), builds its uniform block, binds its buffers in its shader's `@binding` order (written
+//! here and in the shader, nowhere else) and says how many workgroups a chunk needs. The command
+//! list ([`super::forward`]) and the kernel tests both build their dispatches through these.
+
+use super::kernels::*;
+use super::matrix::GpuMatrix;
+use super::GpuContext;
+
+/// How many workgroups a dispatch needs for a chunk of `n` tokens (of which `head` get logits).
+#[derive(Clone, Copy, Debug)]
+pub enum Groups {
+    Fixed(u32, u32),
+    /// `(x, n)`: one workgroup row per token.
+    PerToken(u32),
+    /// `(n, y)`: one workgroup column per token.
+    TokenMajor(u32),
+    /// `(x, ⌈n / TOKEN_TILE⌉)` for matmuls over the chunk's tokens.
+    TokenTiles(u32),
+    /// `(x, ⌈head / TOKEN_TILE⌉)` for the logits matmuls.
+    HeadTiles(u32),
+}
+
+impl Groups {
+    pub fn size(self, n: u32, head: u32) -> (u32, u32) {
+        match self {
+            Groups::Fixed(x, y) => (x, y),
+            Groups::PerToken(x) => (x, n),
+            Groups::TokenMajor(y) => (n, y),
+            Groups::TokenTiles(x) => (x, n.div_ceil(TOKEN_TILE)),
+            Groups::HeadTiles(x) => (x, head.div_ceil(TOKEN_TILE)),
+        }
+    }
+}
+
+/// One dispatch, ready to record.
+pub struct Op {
+    pipeline: PipelineKey,
+    bind_group: wgpu::BindGroup,
+    groups: Groups,
+}
+
+/// Records `ops` for a chunk of `n` tokens of which `head` get logits, skipping empty dispatches
+/// and pipeline switches that change nothing.
+pub fn record<'o>(pass: &mut wgpu::ComputePass, ops: impl IntoIterator<Item = &'o Op>, n: u32, head: u32) {
+    let mut current = None;
+    for op in ops {
+        let (x, y) = op.groups.size(n, head);
+        if x == 0 || y == 0 {
+            continue;
+        }
+        if current != Some(op.pipeline.key) {
+            pass.set_pipeline(&op.pipeline.pipeline);
+            current = Some(op.pipeline.key);
+        }
+        pass.set_bind_group(0, &op.bind_group, &[]);
+        pass.dispatch_workgroups(x, y, 1);
+    }
+}
+
+/// RMSNorm in front of a matrix: its (zero-centred) weight and ε.
+#[derive(Clone, Copy)]
+pub struct Norm<'a> {
+    pub weight: &'a wgpu::Buffer,
+    pub eps: f32,
+}
+
+/// What a matmul does with `v = W·x̂ + b` (`matmul.wgsl`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Output {
+    /// `y = v`
+    Store,
+    /// `y += v` (the residual stream)
+    Add,
+    /// `y = cap · tanh(v / cap)`, for the tokens that get logits only
+    SoftCapLogits(f32),
+}
+
+/// The recurrent block's input branches (`recurrent_in.wgsl`).
+pub struct RecurrentIn<'a> {
+    /// `[linear_y; linear_x]`
+    pub linear_y_x: &'a GpuMatrix,
+    pub norm: Norm<'a>,
+    pub x: &'a wgpu::Buffer,
+    pub step: &'a wgpu::Buffer,
+    /// The conv taps `[lru, K]`, then its bias.
+    pub conv: &'a wgpu::Buffer,
+    pub conv_width: usize,
+    pub history: &'a wgpu::Buffer,
+    pub branches: &'a wgpu::Buffer,
+}
+
+/// The RG-LRU with its gates (`rg_lru_gates.wgsl`).
+pub struct RgLru<'a> {
+    /// `[input_gate; recurrent_gate]`, block-diagonal with blocks `gates.cols` wide.
+    pub gates: &'a GpuMatrix,
+    pub branches: &'a wgpu::Buffer,
+    pub step: &'a wgpu::Buffer,
+    pub log_a_scale: &'a wgpu::Buffer,
+    pub h: &'a wgpu::Buffer,
+    pub out: &'a wgpu::Buffer,
+}
+
+/// The local attention's shape and key/value ring.
+#[derive(Clone, Copy)]
+pub struct AttentionShape {
+    pub heads: usize,
+    pub head_dim: usize,
+    pub window: usize,
+    /// Ring slots: at least the window plus a chunk.
+    pub slots: usize,
+}
+
+/// A layer's key and value rings.
+#[derive(Clone, Copy)]
+pub struct KeyValueRing<'a> {
+    pub keys: &'a wgpu::Buffer,
+    pub values: &'a wgpu::Buffer,
+}
+
+/// The activation buffers of attention over a chunk (`attention.wgsl`, `attention_combine.wgsl`).
+pub struct AttentionBuffers<'a> {
+    pub qkv: &'a wgpu::Buffer,
+    pub partial_a: &'a wgpu::Buffer,
+    pub partial_ml: &'a wgpu::Buffer,
+    pub out: &'a wgpu::Buffer,
+}
+
+/// Builds ops on one device, against one `Chunk` block shared by every op of a command list.
+pub struct Ops<'a> {
+    pub ctx: &'a GpuContext,
+    pub kernels: &'a Kernels,
+    pub chunk: &'a wgpu::Buffer,
+    /// Bound where an optional input (the norm weight) is absent.
+    pub unused: &'a wgpu::Buffer,
+}
+
+impl Ops<'_> {
+    fn op<T: bytemuck::Pod>(
+        &self,
+        kernel: Kernel,
+        w: Option<&GpuMatrix>,
+        params: &T,
+        rest: &[&wgpu::Buffer],
+        groups: Groups,
+    ) -> Op {
+        let params = self.ctx.uniform(kernel.source().0, bytemuck::bytes_of(params));
+        let mut buffers = vec![&params, self.chunk];
+        buffers.extend(rest);
+        let format = w.map(|w| w.format).unwrap_or(super::matrix::MatrixFormat::Int8);
+        let pipeline = self.kernels.pipeline(kernel, format);
+        let bind_group = bind(&self.ctx.device, &pipeline, kernel, &buffers);
+        Op { pipeline, bind_group, groups }
+    }
+
+    /// `x[t] = table[token_t] · embedding_scale` (`embed.wgsl`): one op per row piece.
+    pub fn embed(&self, table: &GpuMatrix, tokens: &wgpu::Buffer, x: &wgpu::Buffer, embedding_scale: f32) -> Vec<Op> {
+        let blocks = (table.cols / table.format.block_columns()) as u32;
+        table
+            .parts
+            .iter()
+            .map(|part| {
+                let params = EmbedParams { m: table.part_rows(part), embedding_scale, _pad: [0; 3] };
+                let buffers = [&part.values, &table.affine, tokens, x];
+                self.op(Kernel::Embed, Some(table), &params, &buffers, Groups::PerToken(blocks.div_ceil(SMALL_THREADS)))
+            })
+            .collect()
+    }
+
+    /// `y ⟵ W · x̂ + b` for the chunk's tokens, x̂ = RMSNorm(x) with `norm` if given (`matmul.wgsl`):
+    /// one op per row piece of `w`.
+    pub fn matmul(
+        &self,
+        w: &GpuMatrix,
+        norm: Option<Norm>,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        output: Output,
+    ) -> Vec<Op> {
+        let (epilogue, cap, head) = match output {
+            Output::Store => (Epilogue::Store, 0.0, false),
+            Output::Add => (Epilogue::Add, 0.0, false),
+            Output::SoftCapLogits(cap) => (Epilogue::SoftCap, cap, true),
+        };
+        w.parts
+            .iter()
+            .map(|part| {
+                let mut m = w.part_rows(part);
+                if let Some(norm) = norm {
+                    m = m.with_norm(norm.eps);
+                }
+                let params = MatmulParams {
+                    m,
+                    y_stride: w.rows as u32,
+                    y_offset: part.row_start as u32,
+                    epilogue: epilogue as u32,
+                    token_source: head as u32,
+                    cap,
+                    _pad: [0; 3],
+                };
+                let norm = norm.map(|n| n.weight).unwrap_or(self.unused);
+                let buffers = [&part.values, &w.affine, norm, x, y];
+                let groups = if head { Groups::HeadTiles(m.row_groups()) } else { Groups::TokenTiles(m.row_groups()) };
+                self.op(Kernel::Matmul, Some(w), &params, &buffers, groups)
+            })
+            .collect()
+    }
+
+    /// `hidden = GELU(gate(x̂)) ⊙ up(x̂)` from the stack `[gate; up]` (`geglu.wgsl`).
+    pub fn geglu(&self, gate_up: &GpuMatrix, norm: Norm, x: &wgpu::Buffer, hidden: &wgpu::Buffer) -> Op {
+        let m = gate_up.pair_rows().with_norm(norm.eps);
+        let buffers = [gate_up.values(), &gate_up.affine, norm.weight, x, hidden];
+        self.op(Kernel::Geglu, Some(gate_up), &PairParams { m }, &buffers, Groups::TokenTiles(m.row_groups()))
+    }
+
+    /// `branches = [GELU(linear_y(x̂)), Conv1D(linear_x(x̂))]` (`recurrent_in.wgsl`).
+    pub fn recurrent_in(&self, r: RecurrentIn) -> Op {
+        let m = r.linear_y_x.pair_rows().with_norm(r.norm.eps);
+        let params = RecurrentInParams { m, width: r.conv_width as u32, _pad: [0; 3] };
+        let w = r.linear_y_x;
+        let buffers = [w.values(), &w.affine, r.norm.weight, r.x, r.step, r.conv, r.history, r.branches];
+        self.op(Kernel::RecurrentIn, Some(w), &params, &buffers, Groups::Fixed(m.row_groups(), 1))
+    }
+
+    /// `out = RG-LRU(conv, gates(conv)) ⊙ GELU(y)` over `branches = [GELU(y), conv]`
+    /// (`rg_lru_gates.wgsl`).
+    pub fn rg_lru(&self, r: RgLru) -> Op {
+        let lru = r.gates.rows / 2;
+        let m = r.gates.pair_rows().block_diagonal(r.gates.cols, 2 * lru, lru);
+        let buffers = [r.gates.values(), &r.gates.affine, self.unused, r.branches, r.step, r.log_a_scale, r.h, r.out];
+        self.op(Kernel::RgLruGates, Some(r.gates), &PairParams { m }, &buffers, Groups::Fixed(m.row_groups(), 1))
+    }
+
+    /// RoPE on the chunk's queries and key, then the key and value into the ring (`rope_kv.wgsl`).
+    pub fn rope_kv(
+        &self,
+        shape: AttentionShape,
+        rotary_half: usize,
+        step: &wgpu::Buffer,
+        inv_freq: &wgpu::Buffer,
+        qkv: &wgpu::Buffer,
+        ring: KeyValueRing,
+    ) -> Op {
+        let params = RopeParams {
+            heads: shape.heads as u32,
+            head_dim: shape.head_dim as u32,
+            rotary_half: rotary_half as u32,
+            slots: shape.slots as u32,
+        };
+        let buffers = [step, inv_freq, qkv, ring.keys, ring.values];
+        self.op(Kernel::RopeKv, None, &params, &buffers, Groups::TokenMajor(shape.heads as u32 + 1))
+    }
+
+    /// Local multi-query attention of the chunk's queries over the window's keys, in key blocks
+    /// (`attention.wgsl`), then the blocks combined (`attention_combine.wgsl`).
+    pub fn attention(
+        &self,
+        shape: AttentionShape,
+        step: &wgpu::Buffer,
+        ring: KeyValueRing,
+        a: AttentionBuffers,
+    ) -> [Op; 2] {
+        let blocks = key_blocks(shape.window);
+        let (heads, head_dim) = (shape.heads as u32, shape.head_dim as u32);
+        let params = AttentionParams {
+            heads,
+            head_dim,
+            window: shape.window as u32,
+            slots: shape.slots as u32,
+            scale: (shape.head_dim as f32).powf(-0.5),
+            blocks,
+            _pad: [0; 2],
+        };
+        let buffers = [step, a.qkv, ring.keys, ring.values, a.partial_a, a.partial_ml];
+        let attention = self.op(Kernel::Attention, None, &params, &buffers, Groups::PerToken(blocks));
+        let params = AttentionCombineParams { heads, head_dim, blocks, _pad: 0 };
+        let buffers = [a.partial_a, a.partial_ml, a.out];
+        let combine = self.op(Kernel::AttentionCombine, None, &params, &buffers, Groups::PerToken(heads));
+        [attention, combine]
+    }
+
+    /// The next token from the last row of logits, into `tokens[0]` and the ring of generated
+    /// ids; advances the step (`sample.wgsl`). `sampling` is the uniform the caller rewrites per
+    /// submission.
+    pub fn sample(
+        &self,
+        sampling: &wgpu::Buffer,
+        step: &wgpu::Buffer,
+        logits: &wgpu::Buffer,
+        tokens: &wgpu::Buffer,
+        generated: &wgpu::Buffer,
+    ) -> Op {
+        let pipeline = self.kernels.pipeline(Kernel::Sample, super::matrix::MatrixFormat::Int8);
+        let buffers = [sampling, self.chunk, step, logits, tokens, generated];
+        let bind_group = bind(&self.ctx.device, &pipeline, Kernel::Sample, &buffers);
+        Op { pipeline, bind_group, groups: Groups::Fixed(1, 1) }
+    }
+}
+
+fn bind(device: &wgpu::Device, pipeline: &PipelineKey, kernel: Kernel, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry> = buffers
+        .iter()
+        .enumerate()
+        .map(|(i, buffer)| wgpu::BindGroupEntry { binding: i as u32, resource: buffer.as_entire_binding() })
+        .collect();
+    device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(kernel.source().0),
+        layout: &pipeline.pipeline.get_bind_group_layout(0),
+        entries: &entries,
+    })
+}

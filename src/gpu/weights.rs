@@ -1,0 +1,95 @@
+//! The model's weights on the GPU: one buffer per [`Layout`] entry, filled piece by piece as the
+//! loader streams them in ([`WeightSink`]), and handed to the forward pass as [`GpuMatrix`]es and
+//! vectors by tensor name.
+
+use std::collections::HashMap;
+
+use super::layout::Layout;
+use super::matrix::{GpuMatrix, MatrixPart};
+use super::GpuContext;
+use crate::model::layers::softplus;
+use crate::weights::format::{Manifest, Piece};
+use crate::weights::stream::PieceSink;
+use crate::Result;
+
+pub struct GpuWeights {
+    layout: Layout,
+    /// Buffer name (see [`Layout`]) → the buffer.
+    buffers: HashMap<String, wgpu::Buffer>,
+}
+
+impl GpuWeights {
+    /// Allocates (zeroed) every weight buffer of `manifest`'s model.
+    pub fn new(ctx: &GpuContext, manifest: &Manifest) -> Result<Self> {
+        let limits = ctx.device.limits();
+        let layout = Layout::new(manifest, limits.max_storage_buffer_binding_size.min(limits.max_buffer_size))?;
+        let buffers = layout.buffers.iter().map(|(name, bytes)| (name.clone(), ctx.storage(name, *bytes))).collect();
+        Ok(GpuWeights { layout, buffers })
+    }
+
+    /// The matrix, or the stack of matrices, whose first tensor is `tensor`.
+    pub fn matrix(&self, tensor: &str) -> GpuMatrix {
+        let stack = &self.layout.stacks[tensor];
+        GpuMatrix {
+            format: self.layout.format,
+            parts: stack
+                .parts
+                .iter()
+                .map(|(buffer, row_start, rows)| MatrixPart {
+                    values: self.buffers[buffer].clone(),
+                    row_start: *row_start,
+                    rows: *rows,
+                })
+                .collect(),
+            affine: self.buffers[&stack.affine].clone(),
+            rows: stack.rows,
+            cols: stack.cols,
+            has_bias: stack.has_bias,
+        }
+    }
+
+    /// The buffer of a vector such as a norm weight (for the conv taps: the taps, then the bias).
+    pub fn vector(&self, tensor: &str) -> &wgpu::Buffer {
+        &self.buffers[&self.layout.placement[tensor].0]
+    }
+
+    /// Where the loader sends each piece's bytes as they arrive.
+    pub fn sink<'w>(&'w self, queue: &'w wgpu::Queue) -> WeightSink<'w> {
+        WeightSink { weights: self, queue, pending: HashMap::new() }
+    }
+}
+
+/// Writes each piece's bytes into its place in a GPU buffer (see [`Layout`]) as they arrive.
+/// `queue.write_buffer` needs 4-byte multiples, so up to 3 bytes per piece wait for the next
+/// chunk. The RG-LRU `a_param` is turned into `−8·softplus(a_param)` (in f64, as the CPU
+/// reference) on its way in.
+pub struct WeightSink<'w> {
+    weights: &'w GpuWeights,
+    queue: &'w wgpu::Queue,
+    pending: HashMap<String, (u64, Vec<u8>)>,
+}
+
+impl PieceSink for WeightSink<'_> {
+    fn piece_bytes(&mut self, piece: &Piece, offset: u64, data: &[u8]) -> Result<()> {
+        let (buffer, base) = &self.weights.layout.placement[&piece.name];
+        let (buffer, base) = (&self.weights.buffers[buffer], *base);
+        let (start, held) = self.pending.entry(piece.name.clone()).or_insert((offset, Vec::new()));
+        held.extend_from_slice(data);
+        if piece.tensor.ends_with("rg_lru.recurrent_param") {
+            if *start + held.len() as u64 == piece.bytes {
+                let a_param: Vec<f32> = bytemuck::pod_collect_to_vec(held);
+                let log_a_scale: Vec<f32> = a_param.iter().map(|&a| (-8.0 * softplus(a)) as f32).collect();
+                self.queue.write_buffer(buffer, base, bytemuck::cast_slice(&log_a_scale));
+                self.pending.remove(&piece.name);
+            }
+            return Ok(());
+        }
+        let aligned = held.len() / 4 * 4;
+        if aligned > 0 {
+            self.queue.write_buffer(buffer, base + *start, &held[..aligned]);
+            *start += aligned as u64;
+            held.drain(..aligned);
+        }
+        Ok(())
+    }
+}
