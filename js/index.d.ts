@@ -66,6 +66,8 @@ export interface Stats {
     generatedTokens: number;
     conversationTokens: number;
     weightBytes: number;
+    /** How the model's matrices are stored: `"int8"` or `"int4"`. */
+    weightFormat: string;
     /** The conversation state: fixed, however long the conversation. */
     stateBytes: number;
     /** Every GPU buffer the engine holds. */

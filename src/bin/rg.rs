@@ -350,6 +350,8 @@ fn bench(
         decode.push((n, n as f64 / start.elapsed().as_secs_f64()));
     }
     let weight_bytes = engine.weight_bytes();
+    let per_decoded_token = engine.weight_bytes_read(1, 1);
+    let per_prompt_token = engine.weight_bytes_read(prompt.len(), 1) as f64 / prompt.len() as f64;
     let info = &engine.context().adapter_info;
     let report = serde_json::json!({
         "adapter": format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type),
@@ -363,9 +365,12 @@ fn bench(
         "decode": decode.iter().map(|(n, tps)| serde_json::json!({
             "gen_tokens": n,
             "tokens_per_s": tps,
-            "effective_gb_per_s": weight_bytes as f64 * tps / 1e9,
+            "effective_gb_per_s": per_decoded_token as f64 * tps / 1e9,
         })).collect::<Vec<_>>(),
+        "quantization": engine.quantization().name(),
         "weight_bytes": weight_bytes,
+        "weight_bytes_per_decoded_token": per_decoded_token,
+        "weight_bytes_per_prompt_token": per_prompt_token,
         "state_bytes": engine.state_bytes(),
         "gpu_memory_bytes": engine.memory_bytes(),
         "dispatches_per_token": engine.dispatches_per_token(),
@@ -378,9 +383,12 @@ fn bench(
         println!("sampling           temperature {}, top-k {}, top-p {}", p.temperature, p.top_k, p.top_p);
         println!("prefill            {prefill_tps:.1} tok/s ({} tokens)", prompt.len());
         for (n, tps) in &decode {
-            println!("decode {n:>6} tok   {tps:.1} tok/s, {:.1} GB/s of weights", weight_bytes as f64 * tps / 1e9);
+            println!("decode {n:>6} tok   {tps:.1} tok/s, {:.1} GB/s of weights", per_decoded_token as f64 * tps / 1e9);
         }
-        println!("weights            {weight_bytes} B");
+        println!("weights            {weight_bytes} B, {}", engine.quantization().name());
+        println!(
+            "weights read       {per_decoded_token} B per decoded token, {per_prompt_token:.0} B per prompt token"
+        );
         println!("state              {} B", engine.state_bytes());
         println!("GPU memory         {} B", engine.memory_bytes());
         println!("dispatches/token   {}", engine.dispatches_per_token());

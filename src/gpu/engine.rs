@@ -14,7 +14,7 @@ use super::weights::{GpuWeights, WeightSink};
 use super::GpuContext;
 use crate::chat::SamplingParams;
 use crate::config::{BlockType, Config};
-use crate::weights::format::Manifest;
+use crate::weights::format::{Manifest, Quantization};
 use crate::weights::tensor_specs;
 use crate::{Error, Result};
 
@@ -132,6 +132,17 @@ impl Engine {
     /// Compute dispatches in one decode step: the whole forward pass of one token plus sampling.
     pub fn dispatches_per_token(&self) -> usize {
         self.plan.body.len() + self.plan.head.len() + self.plan.finish.len()
+    }
+
+    /// How the model's matrices are stored: `int8` or `int4`.
+    pub fn quantization(&self) -> Quantization {
+        self.manifest.quantization
+    }
+
+    /// Bytes of weights the command list reads for a chunk of `n` tokens of which `head` get
+    /// logits, counted from its ops: a decoded token is `(1, 1)`, a prompt of n tokens `(n, 1)`.
+    pub fn weight_bytes_read(&self, n: usize, head: usize) -> u64 {
+        self.plan.weight_bytes_read(n as u32, head as u32)
     }
 
     pub fn weight_bytes(&self) -> u64 {

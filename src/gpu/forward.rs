@@ -89,6 +89,15 @@ pub struct Plan {
     pub finish: Vec<Op>,
 }
 
+impl Plan {
+    /// Bytes of weights read by one submission of `n` tokens of which `head` get logits.
+    pub fn weight_bytes_read(&self, n: u32, head: u32) -> u64 {
+        let body: u64 = self.body.iter().chain(&self.finish).map(|op| op.weight_bytes_read(n)).sum();
+        let head = if head > 0 { self.head.iter().map(|op| op.weight_bytes_read(head)).sum() } else { 0 };
+        body + head
+    }
+}
+
 pub fn plan(ops: &Ops, config: &Config, w: &GpuWeights, a: &Activations, io: &Io) -> Plan {
     let eps = config.rms_norm_eps;
     let norm = |tensor: &str| Norm { weight: w.vector(tensor), eps };

@@ -123,6 +123,17 @@ impl GpuMatrix {
         MatrixRows { rows: half, pair_offset: half, halves: 2, ..self.part_rows(&self.parts[0]) }
     }
 
+    /// Bytes of one row: its values, its scales and its bias.
+    pub fn row_bytes(&self) -> u64 {
+        let bias = if self.has_bias { 4 } else { 0 };
+        self.format.value_bytes(1, self.cols) + self.format.scale_row_bytes(self.cols) + bias
+    }
+
+    /// Bytes of the whole matrix.
+    pub fn bytes(&self) -> u64 {
+        self.row_bytes() * self.rows as u64
+    }
+
     /// The values buffer of a one-part matrix (pairs).
     pub fn values(&self) -> &wgpu::Buffer {
         &self.parts[0].values

@@ -33,11 +33,33 @@ impl Groups {
     }
 }
 
+/// How much of the weights a dispatch reads.
+#[derive(Clone, Copy, Debug)]
+enum Reads {
+    Nothing,
+    /// These bytes once per tile of [`TOKEN_TILE`] tokens (the row kernels).
+    PerTile(u64),
+    /// These bytes once per token (the embedding lookup: one row).
+    PerToken(u64),
+}
+
 /// One dispatch, ready to record.
 pub struct Op {
     pipeline: PipelineKey,
     bind_group: wgpu::BindGroup,
     groups: Groups,
+    reads: Reads,
+}
+
+impl Op {
+    /// Bytes of weights this dispatch reads over `n` tokens.
+    pub fn weight_bytes_read(&self, n: u32) -> u64 {
+        match self.reads {
+            Reads::Nothing => 0,
+            Reads::PerTile(bytes) => bytes * n.div_ceil(TOKEN_TILE) as u64,
+            Reads::PerToken(bytes) => bytes * n as u64,
+        }
+    }
 }
 
 /// Records `ops` for a chunk of `n` tokens of which `head` get logits, skipping empty dispatches
@@ -150,7 +172,7 @@ impl Ops<'_> {
         let format = w.map(|w| w.format).unwrap_or(super::matrix::MatrixFormat::Int8);
         let pipeline = self.kernels.pipeline(kernel, format);
         let bind_group = bind(&self.ctx.device, &pipeline, kernel, &buffers);
-        Op { pipeline, bind_group, groups }
+        Op { pipeline, bind_group, groups, reads: Reads::Nothing }
     }
 
     /// `x[t] = table[token_t] · embedding_scale` (`embed.wgsl`): one op per row piece.
@@ -162,7 +184,16 @@ impl Ops<'_> {
             .map(|part| {
                 let params = EmbedParams { m: table.part_rows(part), embedding_scale, _pad: [0; 3] };
                 let buffers = [&part.values, &table.affine, tokens, x];
-                self.op(Kernel::Embed, Some(table), &params, &buffers, Groups::PerToken(blocks.div_ceil(SMALL_THREADS)))
+                let op = self.op(
+                    Kernel::Embed,
+                    Some(table),
+                    &params,
+                    &buffers,
+                    Groups::PerToken(blocks.div_ceil(SMALL_THREADS)),
+                );
+                // Only the piece holding the token reads its row: count the row once.
+                let row = if part.row_start == 0 { table.row_bytes() } else { 0 };
+                Op { reads: Reads::PerToken(row), ..op }
             })
             .collect()
     }
@@ -201,7 +232,9 @@ impl Ops<'_> {
                 let norm = norm.map(|n| n.weight).unwrap_or(self.unused);
                 let buffers = [&part.values, &w.affine, norm, x, y];
                 let groups = if head { Groups::HeadTiles(m.row_groups()) } else { Groups::TokenTiles(m.row_groups()) };
-                self.op(Kernel::Matmul, Some(w), &params, &buffers, groups)
+                let op = self.op(Kernel::Matmul, Some(w), &params, &buffers, groups);
+                let norm_bytes = if m.has_norm == 1 { norm.size() } else { 0 };
+                Op { reads: Reads::PerTile(w.row_bytes() * part.rows as u64 + norm_bytes), ..op }
             })
             .collect()
     }
@@ -210,7 +243,8 @@ impl Ops<'_> {
     pub fn geglu(&self, gate_up: &GpuMatrix, norm: Norm, x: &wgpu::Buffer, hidden: &wgpu::Buffer) -> Op {
         let m = gate_up.pair_rows().with_norm(norm.eps);
         let buffers = [gate_up.values(), &gate_up.affine, norm.weight, x, hidden];
-        self.op(Kernel::Geglu, Some(gate_up), &PairParams { m }, &buffers, Groups::TokenTiles(m.row_groups()))
+        let op = self.op(Kernel::Geglu, Some(gate_up), &PairParams { m }, &buffers, Groups::TokenTiles(m.row_groups()));
+        Op { reads: Reads::PerTile(gate_up.bytes() + norm.weight.size()), ..op }
     }
 
     /// `branches = [GELU(linear_y(x̂)), Conv1D(linear_x(x̂))]` (`recurrent_in.wgsl`).
@@ -219,7 +253,8 @@ impl Ops<'_> {
         let params = RecurrentInParams { m, width: r.conv_width as u32, _pad: [0; 3] };
         let w = r.linear_y_x;
         let buffers = [w.values(), &w.affine, r.norm.weight, r.x, r.step, r.conv, r.history, r.branches];
-        self.op(Kernel::RecurrentIn, Some(w), &params, &buffers, Groups::Fixed(m.row_groups(), 1))
+        let op = self.op(Kernel::RecurrentIn, Some(w), &params, &buffers, Groups::Fixed(m.row_groups(), 1));
+        Op { reads: Reads::PerTile(w.bytes() + r.norm.weight.size() + r.conv.size()), ..op }
     }
 
     /// `out = RG-LRU(conv, gates(conv)) ⊙ GELU(y)` over `branches = [GELU(y), conv]`
@@ -228,7 +263,9 @@ impl Ops<'_> {
         let lru = r.gates.rows / 2;
         let m = r.gates.pair_rows().block_diagonal(r.gates.cols, 2 * lru, lru);
         let buffers = [r.gates.values(), &r.gates.affine, self.unused, r.branches, r.step, r.log_a_scale, r.h, r.out];
-        self.op(Kernel::RgLruGates, Some(r.gates), &PairParams { m }, &buffers, Groups::Fixed(m.row_groups(), 1))
+        let op =
+            self.op(Kernel::RgLruGates, Some(r.gates), &PairParams { m }, &buffers, Groups::Fixed(m.row_groups(), 1));
+        Op { reads: Reads::PerTile(r.gates.bytes() + r.log_a_scale.size()), ..op }
     }
 
     /// RoPE on the chunk's queries and key, then the key and value into the ring (`rope_kv.wgsl`).
@@ -293,7 +330,7 @@ impl Ops<'_> {
         let pipeline = self.kernels.pipeline(Kernel::Sample, super::matrix::MatrixFormat::Int8);
         let buffers = [sampling, self.chunk, step, logits, tokens, generated];
         let bind_group = bind(&self.ctx.device, &pipeline, Kernel::Sample, &buffers);
-        Op { pipeline, bind_group, groups: Groups::Fixed(1, 1) }
+        Op { pipeline, bind_group, groups: Groups::Fixed(1, 1), reads: Reads::Nothing }
     }
 }
 

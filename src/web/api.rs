@@ -317,8 +317,8 @@ impl RecurrentGemma {
     }
 
     /// `{ prefillTokensPerSecond, decodeTokensPerSecond, promptTokens, generatedTokens,
-    ///   conversationTokens, weightBytes, stateBytes, gpuBytes, wasmBytes, loadSeconds,
-    ///   bytesFromCache, adapter }`
+    ///   conversationTokens, weightBytes, weightFormat, stateBytes, gpuBytes, wasmBytes,
+    ///   loadSeconds, bytesFromCache, adapter }`
     pub fn stats(&self) -> Result<JsValue, JsError> {
         self.with(|loaded| {
             let generator = loaded.session.generator_ref();
@@ -335,6 +335,7 @@ impl RecurrentGemma {
                 ("generatedTokens", number(timing.decoded_tokens as f64)),
                 ("conversationTokens", number(generator.position() as f64)),
                 ("weightBytes", number(weight_bytes as f64)),
+                ("weightFormat", loaded.manifest.quantization.name().into()),
                 ("stateBytes", number(generator.state_bytes() as f64)),
                 ("gpuBytes", number(gpu_bytes as f64)),
                 ("wasmBytes", number(js::wasm_memory_bytes() as f64)),
