@@ -274,7 +274,13 @@ fn StatsPanel() -> impl IntoView {
                 <dt>"Tokens in the conversation"</dt>
                 <dd class="conversation-tokens">{move || stats.get().conversation_tokens}</dd>
                 <dt>"GPU memory: weights"</dt>
-                <dd class="weight-bytes">{move || mebibytes(stats.get().weight_bytes)}</dd>
+                <dd class="weight-bytes" data-format=move || stats.get().weight_format.map(|q| q.name()).unwrap_or_default()>
+                    {move || {
+                        let stats = stats.get();
+                        let format = stats.weight_format.map(|q| format!(", {}", q.name())).unwrap_or_default();
+                        format!("{}{format}", mebibytes(stats.weight_bytes))
+                    }}
+                </dd>
                 <dt>"GPU memory: conversation state"</dt>
                 <dd class="state-bytes" data-bytes=move || stats.get().state_bytes.to_string()>
                     {move || mebibytes(stats.get().state_bytes)}

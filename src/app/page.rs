@@ -10,7 +10,7 @@ use crate::chat::SamplingParams;
 use crate::web::download::{self, Source};
 use crate::web::js;
 use crate::web::loader::{self, LoadProgress};
-use crate::weights::format::MAX_MANIFEST_BYTES;
+use crate::weights::format::{Quantization, MAX_MANIFEST_BYTES};
 use crate::Error;
 
 /// Where the page is in its life.
@@ -107,6 +107,8 @@ pub struct Stats {
     pub last_turn: Timing,
     pub conversation_tokens: usize,
     pub weight_bytes: u64,
+    /// How the loaded model's matrices are stored.
+    pub weight_format: Option<Quantization>,
     pub state_bytes: u64,
     pub gpu_bytes: u64,
     pub wasm_bytes: u64,
@@ -234,6 +236,7 @@ impl AppState {
                 Ok(generator) => {
                     let session = ChatSession::new(generator, model.tokenizer);
                     let load = Stats {
+                        weight_format: Some(model.manifest.quantization),
                         load_seconds: model.progress.seconds,
                         load_peak_wasm_bytes: model.progress.peak_wasm_bytes,
                         ..Stats::default()
