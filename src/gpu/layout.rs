@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use super::matrix::MatrixFormat;
 use crate::config::{BlockType, Config};
 use crate::weights::format::{Manifest, Piece, Role};
-use crate::weights::tensor_specs;
+use crate::weights::{names, tensor_specs};
 use crate::{Error, Result};
 
 /// One quantized matrix, or several stacked by rows, as the matrix kernels bind it.
@@ -44,19 +44,19 @@ pub struct Layout {
 pub fn stacked_matrices(config: &Config) -> Vec<Vec<String>> {
     let mut stacks = Vec::new();
     for layer in 0..config.num_hidden_layers {
-        let p = format!("model.layers.{layer}");
-        let t = format!("{p}.temporal_block");
+        let n = names::layer(layer);
+        let t = &n.temporal;
         match config.block_type(layer) {
             BlockType::Recurrent => {
-                stacks.push(vec![format!("{t}.linear_y.weight"), format!("{t}.linear_x.weight")]);
-                stacks.push(vec![format!("{t}.rg_lru.input_gate_weight"), format!("{t}.rg_lru.recurrent_gate_weight")]);
+                stacks.push(vec![t.pp("linear_y").weight(), t.pp("linear_x").weight()]);
+                let lru = t.pp("rg_lru");
+                stacks.push(vec![lru.get("input_gate_weight"), lru.get("recurrent_gate_weight")]);
             }
             BlockType::Attention => {
-                stacks.push(["q_proj", "k_proj", "v_proj"].iter().map(|m| format!("{t}.{m}.weight")).collect());
+                stacks.push(["q_proj", "k_proj", "v_proj"].iter().map(|m| t.pp(m).weight()).collect());
             }
         }
-        let m = format!("{p}.mlp_block");
-        stacks.push(vec![format!("{m}.gate_proj.weight"), format!("{m}.up_proj.weight")]);
+        stacks.push(vec![n.mlp.pp("gate_proj").weight(), n.mlp.pp("up_proj").weight()]);
     }
     stacks
 }

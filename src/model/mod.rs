@@ -14,6 +14,7 @@ pub mod recurrent;
 pub mod state;
 
 use crate::config::{BlockType, Config};
+use crate::weights::names::{self, Prefix};
 use crate::weights::TensorMap;
 use crate::{Error, Result};
 use attention::LocalAttentionBlock;
@@ -114,8 +115,8 @@ impl Model {
     pub fn from_tensors(config: Config, tensors: &mut TensorMap) -> Result<Self> {
         config.validate()?;
         let (d, v) = (config.hidden_size, config.vocab_size);
-        let embed_tokens = tensors.take_matrix("model.embed_tokens.weight", v, d)?;
-        let final_norm = tensors.take_vector("model.final_norm.weight", d)?;
+        let embed_tokens = tensors.take_matrix(names::EMBEDDING, v, d)?;
+        let final_norm = tensors.take_vector(names::FINAL_NORM, d)?;
         let layers = (0..config.num_hidden_layers)
             .map(|layer| ResidualBlock::load(&config, layer, tensors))
             .collect::<Result<Vec<_>>>()?;
@@ -135,48 +136,45 @@ impl MlpBlock {
 
 impl ResidualBlock {
     fn load(config: &Config, layer: usize, tensors: &mut TensorMap) -> Result<Self> {
-        let prefix = format!("model.layers.{layer}");
+        let n = names::layer(layer);
+        let (t, m) = (&n.temporal, &n.mlp);
         let (d, f, lru) = (config.hidden_size, config.mlp_width(), config.lru_width());
-        let mut linear = |name: &str, rows: usize, cols: usize, bias: bool| -> Result<Linear> {
-            let name = format!("{prefix}.{name}");
+        let mut linear = |name: Prefix, rows: usize, cols: usize, bias: bool| -> Result<Linear> {
             Ok(Linear {
-                weight: tensors.take_matrix(&format!("{name}.weight"), rows, cols)?,
-                bias: if bias { Some(tensors.take_vector(&format!("{name}.bias"), rows)?) } else { None },
+                weight: tensors.take_matrix(&name.weight(), rows, cols)?,
+                bias: if bias { Some(tensors.take_vector(&name.bias(), rows)?) } else { None },
             })
         };
         let mlp_block = MlpBlock {
-            gate_proj: linear("mlp_block.gate_proj", f, d, true)?,
-            up_proj: linear("mlp_block.up_proj", f, d, true)?,
-            down_proj: linear("mlp_block.down_proj", d, f, true)?,
+            gate_proj: linear(m.pp("gate_proj"), f, d, true)?,
+            up_proj: linear(m.pp("up_proj"), f, d, true)?,
+            down_proj: linear(m.pp("down_proj"), d, f, true)?,
         };
         let temporal_block = match config.block_type(layer) {
             BlockType::Recurrent => {
-                let linear_x = linear("temporal_block.linear_x", lru, d, true)?;
-                let linear_y = linear("temporal_block.linear_y", lru, d, true)?;
-                let linear_out = linear("temporal_block.linear_out", d, lru, true)?;
+                let linear_x = linear(t.pp("linear_x"), lru, d, true)?;
+                let linear_y = linear(t.pp("linear_y"), lru, d, true)?;
+                let linear_out = linear(t.pp("linear_out"), d, lru, true)?;
                 TemporalBlock::Recurrent(RecurrentBlock {
                     linear_x,
                     linear_y,
                     linear_out,
                     conv_1d: Conv1D {
-                        weight: tensors.take_f32(
-                            &format!("{prefix}.temporal_block.conv_1d.weight"),
-                            &[lru, config.conv1d_width],
-                        )?,
-                        bias: tensors.take_vector(&format!("{prefix}.temporal_block.conv_1d.bias"), lru)?,
+                        weight: tensors.take_f32(&t.pp("conv_1d").weight(), &[lru, config.conv1d_width])?,
+                        bias: tensors.take_vector(&t.pp("conv_1d").bias(), lru)?,
                         width: config.conv1d_width,
                     },
-                    rg_lru: RgLru::load(config, &format!("{prefix}.temporal_block.rg_lru"), tensors)?,
+                    rg_lru: RgLru::load(config, &t.pp("rg_lru"), tensors)?,
                 })
             }
             BlockType::Attention => {
                 let hd = config.head_dim();
                 let heads = config.num_attention_heads;
                 TemporalBlock::Attention(LocalAttentionBlock {
-                    q_proj: linear("temporal_block.q_proj", heads * hd, d, false)?,
-                    k_proj: linear("temporal_block.k_proj", hd, d, false)?,
-                    v_proj: linear("temporal_block.v_proj", hd, d, false)?,
-                    o_proj: linear("temporal_block.o_proj", d, heads * hd, true)?,
+                    q_proj: linear(t.pp("q_proj"), heads * hd, d, false)?,
+                    k_proj: linear(t.pp("k_proj"), hd, d, false)?,
+                    v_proj: linear(t.pp("v_proj"), hd, d, false)?,
+                    o_proj: linear(t.pp("o_proj"), d, heads * hd, true)?,
                     num_heads: heads,
                     head_dim: hd,
                     rotary_dims: config.rotary_dims(),
@@ -186,26 +184,26 @@ impl ResidualBlock {
             }
         };
         Ok(ResidualBlock {
-            temporal_pre_norm: tensors.take_vector(&format!("{prefix}.temporal_pre_norm.weight"), d)?,
+            temporal_pre_norm: tensors.take_vector(&n.temporal_pre_norm, d)?,
             temporal_block,
-            channel_pre_norm: tensors.take_vector(&format!("{prefix}.channel_pre_norm.weight"), d)?,
+            channel_pre_norm: tensors.take_vector(&n.channel_pre_norm, d)?,
             mlp_block,
         })
     }
 }
 
 impl RgLru {
-    fn load(config: &Config, prefix: &str, tensors: &mut TensorMap) -> Result<Self> {
+    fn load(config: &Config, prefix: &Prefix, tensors: &mut TensorMap) -> Result<Self> {
         let (lru, bw) = (config.lru_width(), config.lru_block_width());
         let mut gate = |name: &str| -> Result<BlockDiagonal> {
             Ok(BlockDiagonal {
-                weight: tensors.take_matrix(&format!("{prefix}.{name}_weight"), lru, bw)?,
-                bias: tensors.take_vector(&format!("{prefix}.{name}_bias"), lru)?,
+                weight: tensors.take_matrix(&prefix.get(&format!("{name}_weight")), lru, bw)?,
+                bias: tensors.take_vector(&prefix.get(&format!("{name}_bias")), lru)?,
             })
         };
         let input_gate = gate("input_gate")?;
         let recurrent_gate = gate("recurrent_gate")?;
-        let a_param = tensors.take_vector(&format!("{prefix}.recurrent_param"), lru)?;
+        let a_param = tensors.take_vector(&prefix.get("recurrent_param"), lru)?;
         let log_a_scale = a_param.iter().map(|&a| (-8.0 * softplus(a)) as f32).collect();
         Ok(RgLru { input_gate, recurrent_gate, log_a_scale })
     }
