@@ -183,7 +183,7 @@ fn to_f32(bytes: &[u8], dtype: Dtype) -> Vec<f32> {
         Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4"))).collect(),
         Dtype::BF16 => bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
         Dtype::F16 => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        Dtype::I8 | Dtype::I32 => unreachable!("checked: checkpoints hold floats"),
+        Dtype::I8 | Dtype::I32 | Dtype::U32 => unreachable!("checked: checkpoints hold floats"),
     }
 }
 

@@ -3,9 +3,25 @@
 //! every piece's shard, absolute byte offset, shape and dtype, and each shard's size and sha256, so
 //! a loader can route bytes to their tensors as they arrive and verify every shard.
 //!
-//! A matrix (embedding included) is stored either as f32 or as int8 with one f32 scale per row
-//! (`{name}.scales`); vectors are f32. A tensor whose bytes exceed [`MAX_PIECE_BYTES`] is split by
-//! rows into pieces `{name}.part{k}`, so every piece fits WebGPU's default 128 MiB storage binding.
+//! A matrix (embedding and RG-LRU gate blocks included) is stored in one of three ways, named by
+//! the manifest's `quantization`; vectors are always f32:
+//!
+//! - `f32`: the values as they are.
+//! - `int8`: I8 values `[rows, cols]` and one f32 scale per row (`{name}.scales`, F32 `[rows]`);
+//!   `w[r][c] = q[r][c] · scale[r]`.
+//! - `int4`: symmetric 4-bit in groups of [`INT4_GROUP`] consecutive columns of one row, every
+//!   matrix's column count a multiple of it. Values are U32 `[rows, cols / 8]`: word `w` of a row
+//!   holds columns `8w..8w + 7`, column `8w + k` in bits `4k..4k + 3` (low nibble first), each a
+//!   4-bit two's complement integer (the quantizer writes −7..7; a reader sign-extends, so −8 reads
+//!   as −8). Scales (`{name}.scales`) are F16 `[rows, S]`: the scale of group `g = c / 32` of row
+//!   `r` at `[r][g]`, with `S` = the group count rounded up to even ([`int4_scale_stride`]) so a
+//!   row of scales is whole u32 words (two f16 per word, read with `unpack2x16float`); a padding
+//!   slot holds 0. `w[r][c] = f32(q[r][c]) · f32(scale[r][c / 32])`, and a row's dot product is
+//!   `Σ_g scale_g · (Σ_{c in g} q_c · x_c)` in f32. See [`super::quant`] for how groups are quantized.
+//!
+//! A tensor whose bytes exceed [`MAX_PIECE_BYTES`] is split by whole rows into pieces
+//! `{name}.part{k}` (and `{name}.scales.part{k}`), so every piece fits WebGPU's default 128 MiB
+//! storage binding and an int4 group never straddles two pieces.
 
 use std::collections::BTreeMap;
 
@@ -35,6 +51,27 @@ pub const MAX_TOKENIZER_BYTES: u64 = 64 << 20;
 const MAX_SHARD_FILE_BYTES: u64 = 4 * MAX_SHARD_BYTES;
 /// Largest safetensors header of a shard (a 64 MiB shard of the smallest pieces needs ~1 MB).
 const MAX_SHARD_HEADER_BYTES: u64 = 16 << 20;
+/// Weights per int4 group: consecutive columns of one row sharing one f16 scale.
+pub const INT4_GROUP: usize = 32;
+/// int4 weights per packed u32 word.
+pub const INT4_PER_WORD: usize = 8;
+
+/// int4 groups in a row of `cols` columns (a multiple of [`INT4_GROUP`]).
+pub fn int4_groups(cols: usize) -> usize {
+    cols / INT4_GROUP
+}
+
+/// f16 scale slots per row of an int4 matrix: its groups rounded up to even, so every row of
+/// scales is a whole number of u32 words (the odd group count's last slot is padding, 0).
+pub fn int4_scale_stride(cols: usize) -> usize {
+    let groups = int4_groups(cols);
+    groups + groups % 2
+}
+
+/// Packed u32 words per row of an int4 matrix.
+pub fn int4_words_per_row(cols: usize) -> usize {
+    cols / INT4_PER_WORD
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -43,16 +80,45 @@ pub enum Quantization {
     F32,
     /// Matrices int8 with per-output-row f32 scales; vectors f32.
     Int8,
+    /// Matrices int4 in groups of [`INT4_GROUP`] columns with f16 scales; vectors f32.
+    Int4,
 }
 
 impl Quantization {
     pub fn parse(name: &str) -> Result<Self> {
         match name {
             "int8" => Ok(Quantization::Int8),
+            "int4" => Ok(Quantization::Int4),
             "f32" => Ok(Quantization::F32),
-            other => Err(Error::Input(format!("unknown quantization '{other}' (expected int8 or f32)"))),
+            other => Err(Error::Input(format!("unknown quantization '{other}' (expected int8, int4 or f32)"))),
         }
     }
+
+    /// The name in `manifest.json` and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Quantization::F32 => "f32",
+            Quantization::Int8 => "int8",
+            Quantization::Int4 => "int4",
+        }
+    }
+}
+
+/// Every tensor of `config` can be stored as `quantization`: for int4, every matrix's column
+/// count is a multiple of [`INT4_GROUP`] (a group never spans two rows).
+pub fn check_quantization(config: &Config, quantization: Quantization) -> Result<()> {
+    quantization_problem(config, quantization).map_or(Ok(()), |msg| Err(Error::Weights(msg)))
+}
+
+fn quantization_problem(config: &Config, quantization: Quantization) -> Option<String> {
+    if quantization != Quantization::Int4 {
+        return None;
+    }
+    tensor_specs(config).iter().filter(|s| s.is_matrix).find_map(|spec| {
+        let cols: usize = spec.shape[1..].iter().product();
+        (!cols.is_multiple_of(INT4_GROUP))
+            .then(|| format!("{}: {cols} columns is not a multiple of the int4 group ({INT4_GROUP})", spec.name))
+    })
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -105,9 +171,10 @@ pub struct ShardInfo {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// The tensor's values (f32 or int8).
+    /// The tensor's values (f32, int8, or int4 packed in u32 words).
     Values,
-    /// The per-row f32 scales of an int8 matrix.
+    /// The scales of a quantized matrix: one f32 per row (int8), or one f16 per group of
+    /// [`INT4_GROUP`] columns, [`int4_scale_stride`] per row (int4).
     Scales,
 }
 
@@ -146,24 +213,31 @@ fn split_rows(base: &str, rows: usize, row_bytes: u64) -> Vec<(String, usize, us
         .collect()
 }
 
-/// The pieces one tensor becomes, not yet placed in shards.
+/// The pieces one tensor becomes, not yet placed in shards. (For int4 the matrix's columns must
+/// be a multiple of [`INT4_GROUP`]; [`check_quantization`] says so.)
 pub fn pieces_of(spec: &TensorSpec, quantization: Quantization) -> Vec<Piece> {
     let rows = spec.shape[0];
     let cols: usize = spec.shape[1..].iter().product();
-    let quantized = spec.is_matrix && quantization == Quantization::Int8;
-    let value_dtype = if quantized { Dtype::I8 } else { Dtype::F32 };
-    let mut arrays = vec![(spec.name.clone(), Role::Values, value_dtype, cols)];
-    if quantized {
-        arrays.push((format!("{}.scales", spec.name), Role::Scales, Dtype::F32, 1));
+    // (array name, role, dtype, shape after the row axis)
+    let mut arrays = Vec::with_capacity(2);
+    let scales = format!("{}.scales", spec.name);
+    match quantization {
+        Quantization::Int8 if spec.is_matrix => {
+            arrays.push((spec.name.clone(), Role::Values, Dtype::I8, spec.shape[1..].to_vec()));
+            arrays.push((scales, Role::Scales, Dtype::F32, vec![]));
+        }
+        Quantization::Int4 if spec.is_matrix => {
+            arrays.push((spec.name.clone(), Role::Values, Dtype::U32, vec![int4_words_per_row(cols)]));
+            arrays.push((scales, Role::Scales, Dtype::F16, vec![int4_scale_stride(cols)]));
+        }
+        _ => arrays.push((spec.name.clone(), Role::Values, Dtype::F32, spec.shape[1..].to_vec())),
     }
     let mut pieces = Vec::new();
-    for (base, role, dtype, cols) in arrays {
-        let row_bytes = (cols * dtype.size()) as u64;
+    for (base, role, dtype, row_shape) in arrays {
+        let row_bytes = (row_shape.iter().product::<usize>() * dtype.size()) as u64;
         for (name, row_start, n) in split_rows(&base, rows, row_bytes) {
             let mut shape = vec![n];
-            if role == Role::Values {
-                shape.extend(&spec.shape[1..]);
-            }
+            shape.extend(&row_shape);
             pieces.push(Piece {
                 name,
                 tensor: spec.name.clone(),
@@ -178,6 +252,28 @@ pub fn pieces_of(spec: &TensorSpec, quantization: Quantization) -> Vec<Piece> {
         }
     }
     pieces
+}
+
+/// Why a piece differs from the plan, in the terms of its format.
+fn piece_mismatch(have: &Piece, want: &Piece, quantization: Quantization) -> String {
+    let mut message = format!(
+        "piece {} is {:?} {:?} at row {}, expected {:?} {:?} at row {}",
+        want.name, have.dtype, have.shape, have.row_start, want.dtype, want.shape, want.row_start
+    );
+    if quantization == Quantization::Int4 && have.shape.get(1) != want.shape.get(1) {
+        let width = *want.shape.get(1).unwrap_or(&0);
+        match want.role {
+            Role::Scales => message.push_str(&format!(
+                " (int4 scales: one f16 per group of {INT4_GROUP} columns, {width} per row padded to even)"
+            )),
+            Role::Values if want.dtype == Dtype::U32 => message.push_str(&format!(
+                " (int4 values: {INT4_PER_WORD} weights per u32, {width} words per row of {} columns)",
+                width * INT4_PER_WORD
+            )),
+            Role::Values => {}
+        }
+    }
+    message
 }
 
 impl Manifest {
@@ -247,6 +343,9 @@ impl Manifest {
             return bad(format!("format {} v{} is not {FORMAT_NAME} v{FORMAT_VERSION}", self.format, self.version));
         }
         self.config.validate()?;
+        if let Some(problem) = quantization_problem(&self.config, self.quantization) {
+            return bad(problem);
+        }
         let expected =
             tensor_specs(&self.config).iter().flat_map(|s| pieces_of(s, self.quantization)).collect::<Vec<_>>();
         if self.shards.is_empty() || self.shards.len() > expected.len() {
@@ -289,10 +388,7 @@ impl Manifest {
                 && have.shape == want.shape
                 && have.bytes == want.bytes;
             if !same {
-                return bad(format!(
-                    "piece {} is {:?} {:?} at row {}, expected {:?} {:?} at row {}",
-                    want.name, have.dtype, have.shape, have.row_start, want.dtype, want.shape, want.row_start
-                ));
+                return bad(piece_mismatch(have, want, self.quantization));
             }
         }
         if let Some(extra) = by_name.keys().next() {
@@ -380,7 +476,11 @@ mod tests {
 
     /// A planned manifest with placeholder checksums, as the converter fills them in.
     fn hashed_plan(preset: Preset) -> Manifest {
-        let mut manifest = Manifest::plan(&Config::preset(preset), Quantization::Int8);
+        hashed_plan_of(&Config::preset(preset), Quantization::Int8)
+    }
+
+    fn hashed_plan_of(config: &Config, quantization: Quantization) -> Manifest {
+        let mut manifest = Manifest::plan(config, quantization);
         for shard in &mut manifest.shards {
             shard.sha256 = "0123456789abcdef".repeat(4);
         }
@@ -441,5 +541,108 @@ mod tests {
         let mut version = good;
         version.version = 99;
         assert!(version.check().unwrap_err().to_string().contains("v99"));
+    }
+
+    #[test]
+    fn the_2b_int4_layout_is_4_5_bits_per_weight_in_small_pieces() {
+        let config = Config::preset(Preset::RecurrentGemma2b);
+        let manifest = hashed_plan_of(&config, Quantization::Int4);
+        manifest.check().unwrap();
+        assert_eq!(serde_json::to_value(&manifest).unwrap()["quantization"], "int4");
+        let mut expected = 0;
+        for spec in tensor_specs(&config) {
+            let (rows, cols) = (spec.shape[0], spec.elements() / spec.shape[0]);
+            let pieces: Vec<_> = manifest.pieces.iter().filter(|p| p.tensor == spec.name).collect();
+            if spec.is_matrix {
+                expected += rows * cols / 2 + rows * int4_scale_stride(cols) * 2;
+                for p in &pieces {
+                    let (dtype, width) = match p.role {
+                        Role::Values => (Dtype::U32, cols / 8),
+                        Role::Scales => (Dtype::F16, int4_scale_stride(cols)),
+                    };
+                    assert_eq!((p.dtype, p.shape[1]), (dtype, width), "{}", p.name);
+                    assert_eq!(p.bytes % 4, 0, "{}: whole u32 words", p.name);
+                }
+                for role in [Role::Values, Role::Scales] {
+                    assert_eq!(pieces.iter().filter(|p| p.role == role).map(|p| p.rows()).sum::<usize>(), rows);
+                }
+            } else {
+                expected += spec.elements() * 4;
+                assert!(pieces.iter().all(|p| p.dtype == Dtype::F32));
+            }
+        }
+        let payload: u64 = manifest.pieces.iter().map(|p| p.bytes).sum();
+        assert_eq!(payload, expected as u64);
+        // 2,682,862,080 weights at 4.5 bits (plus f32 vectors): the issue's ≤ 1.55 GB.
+        assert_eq!(payload, 1_512_990_720);
+        assert!(manifest.total_bytes() < 1_550_000_000);
+        assert!(manifest.pieces.iter().all(|p| p.bytes <= MAX_PIECE_BYTES));
+        let table =
+            |role| manifest.pieces.iter().filter(move |p| p.tensor == "model.embed_tokens.weight" && p.role == role);
+        assert_eq!(table(Role::Values).count(), 5, "the 328 MB int4 embedding is split by rows");
+        assert_eq!(table(Role::Scales).next().unwrap().shape, [256_000, 80]);
+        // The gate blocks of the 2B are 256 wide: 8 groups, no padding; an odd group count pads.
+        assert_eq!((int4_scale_stride(256), int4_scale_stride(96), int4_scale_stride(32)), (8, 4, 2));
+        assert_eq!(int4_words_per_row(96), 12);
+    }
+
+    #[test]
+    fn int4_needs_columns_in_whole_groups() {
+        let mut config = Config::preset(Preset::Tiny);
+        config.hidden_size = 48;
+        config.intermediate_size = 6 * 48;
+        config.validate().unwrap();
+        let err = check_quantization(&config, Quantization::Int4).unwrap_err().to_string();
+        assert_eq!(err, "weights: model.embed_tokens.weight: 48 columns is not a multiple of the int4 group (32)");
+        check_quantization(&config, Quantization::Int8).unwrap();
+        let mut manifest = hashed_plan_of(&Config::preset(Preset::Tiny), Quantization::Int4);
+        manifest.check().unwrap();
+        manifest.config = config;
+        let err = manifest.check().unwrap_err().to_string();
+        assert!(
+            err.ends_with(
+                "manifest.json: model.embed_tokens.weight: 48 columns is not a multiple of the int4 group (32)"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn int4_pieces_that_differ_from_the_plan_say_how() {
+        let good = hashed_plan_of(&Config::preset(Preset::Tiny), Quantization::Int4);
+        good.check().unwrap();
+        let gate = "model.layers.0.temporal_block.rg_lru.input_gate_weight";
+        let edit = |name: String, f: &dyn Fn(&mut Piece)| {
+            let mut manifest = good.clone();
+            f(manifest.pieces.iter_mut().find(|p| p.name == name).unwrap());
+            manifest.check().unwrap_err().to_string()
+        };
+        // The tiny gates are 32 wide: one group, one scale and one padding slot per row.
+        let err = edit(format!("{gate}.scales"), &|p| {
+            p.shape[1] = 1;
+            p.bytes /= 2;
+        });
+        assert!(
+            err.ends_with(&format!(
+                "piece {gate}.scales is F16 [64, 1] at row 0, expected F16 [64, 2] at row 0 (int4 scales: one f16 \
+                 per group of 32 columns, 2 per row padded to even)"
+            )),
+            "{err}"
+        );
+        let err = edit(format!("{gate}.scales"), &|p| p.dtype = Dtype::F32);
+        assert!(err.contains("is F32 [64, 2] at row 0, expected F16 [64, 2]"), "{err}");
+        let err = edit(gate.to_string(), &|p| p.shape[1] = 8);
+        assert!(
+            err.ends_with(&format!(
+                "piece {gate} is U32 [64, 8] at row 0, expected U32 [64, 4] at row 0 (int4 values: 8 weights per \
+                 u32, 4 words per row of 32 columns)"
+            )),
+            "{err}"
+        );
+        let err = edit(gate.to_string(), &|p| p.dtype = Dtype::I8);
+        assert!(err.contains("is I8 [64, 4] at row 0, expected U32 [64, 4]"), "{err}");
+        let mut int8 = good.clone();
+        int8.quantization = Quantization::Int8;
+        assert!(int8.check().unwrap_err().to_string().contains("expected I8"));
     }
 }

@@ -21,12 +21,14 @@ pub enum Dtype {
     BF16,
     I8,
     I32,
+    /// Packed int4 weights: eight 4-bit values per little-endian word.
+    U32,
 }
 
 impl Dtype {
     pub fn size(self) -> usize {
         match self {
-            Dtype::F32 | Dtype::I32 => 4,
+            Dtype::F32 | Dtype::I32 | Dtype::U32 => 4,
             Dtype::F16 | Dtype::BF16 => 2,
             Dtype::I8 => 1,
         }
@@ -88,6 +90,7 @@ pub fn parse_header(json: &[u8]) -> Result<Header> {
             "BF16" => Dtype::BF16,
             "I8" => Dtype::I8,
             "I32" => Dtype::I32,
+            "U32" => Dtype::U32,
             other => return Err(bad(format!("tensor {name} has unsupported dtype {other}"))),
         };
         let [start, end] = entry.data_offsets;
@@ -173,6 +176,11 @@ mod tests {
         assert_eq!((header.entries[0].start, header.entries[0].end), (start, start + 15));
         assert_eq!((header.entries[1].start, header.entries[1].end), (start + 15, start + 23));
         assert_eq!(header.file_size, start + 23);
+        let packed = write_header(&[("p".to_string(), Dtype::U32, vec![2, 4])], &BTreeMap::new());
+        let len = json_len(packed[..8].try_into().unwrap()).unwrap();
+        let header = parse_header(&packed[8..8 + len as usize]).unwrap();
+        assert!(std::str::from_utf8(&packed[8..]).unwrap().contains(r#""dtype":"U32""#));
+        assert_eq!((header.entries[0].dtype, header.entries[0].end - header.entries[0].start), (Dtype::U32, 32));
     }
 
     #[test]
