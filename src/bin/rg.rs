@@ -57,7 +57,9 @@ enum Command {
     Convert {
         hf_dir: PathBuf,
         out_dir: PathBuf,
-        #[arg(long, default_value = "int8", value_parser = ["int8", "f32"])]
+        /// int8: one f32 scale per row; int4: one f16 scale per group of 32 columns (every
+        /// matrix's column count a multiple of 32); f32: exact.
+        #[arg(long, default_value = "int8", value_parser = ["int8", "int4", "f32"])]
         quant: String,
     },
     /// Write the logits of every position as a float32 .npy of shape [n_tokens, vocab].

@@ -1,8 +1,14 @@
 //! The small building blocks every block uses: weights (`Matrix`, `Linear`, `BlockDiagonal`)
 //! and the pointwise functions of `shared/spec/griffin.md` §3 with their numerical guards (§6).
 
-/// A weight matrix stored `[rows = out, cols = in]`, either plain f32 or int8 with one f32
-/// scale per output row (`w[r][c] = q[r][c] * scale[r]`), the layout of the web format.
+use half::f16;
+
+use crate::weights::format::{int4_scale_stride, int4_words_per_row, INT4_GROUP, INT4_PER_WORD};
+use crate::weights::quant::int4_value;
+
+/// A weight matrix stored `[rows = out, cols = in]` in a layout of the web format: plain f32,
+/// int8 with one f32 scale per output row (`w[r][c] = q[r][c] · scale[r]`), or int4 with one
+/// f16 scale per group of 32 columns (`w[r][c] = q[r][c] · scale[r][c / 32]`).
 #[derive(Clone, Debug)]
 pub struct Matrix {
     pub rows: usize,
@@ -13,11 +19,21 @@ pub struct Matrix {
 #[derive(Clone, Debug)]
 pub enum MatrixValues {
     F32(Vec<f32>),
-    Int8 { q: Vec<i8>, scales: Vec<f32> },
+    Int8 {
+        q: Vec<i8>,
+        scales: Vec<f32>,
+    },
+    /// `packed`: `[rows, cols / 8]` words, column `8w + k` in bits `4k..4k + 3` of word `w`
+    /// (sign-extended); `scales`: `[rows, int4_scale_stride(cols)]`, see `weights::format`.
+    Int4 {
+        packed: Vec<u32>,
+        scales: Vec<f16>,
+    },
 }
 
 impl Matrix {
-    /// `Σ_c w[r][c] · x[c]`, accumulated in f32; int8 rows are scaled once after the sum.
+    /// `Σ_c w[r][c] · x[c]`, accumulated in f32; int8 rows are scaled once after the sum, int4
+    /// groups once after each group's sum: `Σ_g scale_g · (Σ_{c in g} q_c · x_c)`.
     pub fn row_dot(&self, row: usize, x: &[f32]) -> f32 {
         let range = row * self.cols..(row + 1) * self.cols;
         match &self.values {
@@ -25,6 +41,21 @@ impl Matrix {
             MatrixValues::Int8 { q, scales } => {
                 let dot: f32 = q[range].iter().zip(x).map(|(&q, x)| q as f32 * x).sum();
                 dot * scales[row]
+            }
+            MatrixValues::Int4 { packed, scales } => {
+                let (words, scales) = self.int4_row(packed, scales, row);
+                let per_group = INT4_GROUP / INT4_PER_WORD;
+                let mut dot = 0.0f32;
+                for ((group, scale), x) in words.chunks_exact(per_group).zip(scales).zip(x.chunks_exact(INT4_GROUP)) {
+                    let mut sum = 0.0f32;
+                    for (&word, x) in group.iter().zip(x.chunks_exact(INT4_PER_WORD)) {
+                        for (k, x) in x.iter().enumerate() {
+                            sum += int4_value(word, k) as f32 * x;
+                        }
+                    }
+                    dot += scale.to_f32() * sum;
+                }
+                dot
             }
         }
     }
@@ -35,7 +66,21 @@ impl Matrix {
         match &self.values {
             MatrixValues::F32(w) => w[range].to_vec(),
             MatrixValues::Int8 { q, scales } => q[range].iter().map(|&q| q as f32 * scales[row]).collect(),
+            MatrixValues::Int4 { packed, scales } => {
+                let (words, scales) = self.int4_row(packed, scales, row);
+                (0..self.cols)
+                    .map(|c| {
+                        int4_value(words[c / INT4_PER_WORD], c % INT4_PER_WORD) as f32 * scales[c / INT4_GROUP].to_f32()
+                    })
+                    .collect()
+            }
         }
+    }
+
+    /// Row `r`'s packed words and its groups' scales (the padding slot left out).
+    fn int4_row<'a>(&self, packed: &'a [u32], scales: &'a [f16], row: usize) -> (&'a [u32], &'a [f16]) {
+        let (words, stride) = (int4_words_per_row(self.cols), int4_scale_stride(self.cols));
+        (&packed[row * words..][..words], &scales[row * stride..][..self.cols / INT4_GROUP])
     }
 
     /// `y = W · x`.
@@ -165,6 +210,36 @@ mod tests {
         let y = m.matvec(&[1.0, 2.0, 3.0]);
         assert_eq!(y, vec![(1.0 - 4.0 + 9.0) * 0.5, (127.0 - 381.0) * 0.01]);
         assert_eq!(m.row(1), vec![1.27, 0.0, -1.27]);
+    }
+
+    #[test]
+    fn int4_matrix_applies_group_scales() {
+        use crate::weights::quant::quantize_row_int4;
+        // Two rows of 96 columns: 3 groups, so 4 scale slots per row, the last one padding.
+        let weights: Vec<f32> = (0..192).map(|i| ((i * 37 % 101) as f32 - 50.0) / 10.0 * (1 + i / 32) as f32).collect();
+        let (mut packed, mut scales) = (vec![0u32; 24], vec![f16::ZERO; 8]);
+        for r in 0..2 {
+            let row = &weights[r * 96..][..96];
+            quantize_row_int4("w", row, &mut packed[r * 12..][..12], &mut scales[r * 4..][..4]).unwrap();
+        }
+        // A padding slot never reaches a value.
+        scales[3] = f16::from_f32(1e4);
+        let m =
+            Matrix { rows: 2, cols: 96, values: MatrixValues::Int4 { packed: packed.clone(), scales: scales.clone() } };
+        let x: Vec<f32> = (0..96).map(|i| (i as f32 * 0.37).sin()).collect();
+        for r in 0..2 {
+            // The format's formula, written out: w = q · scale[c / 32], summed per group.
+            let q = |c: usize| int4_value(packed[r * 12 + c / 8], c % 8) as f32;
+            let scale = |g: usize| scales[r * 4 + g].to_f32();
+            let expected: f32 =
+                (0..3).map(|g| scale(g) * (0..32).map(|i| q(32 * g + i) * x[32 * g + i]).sum::<f32>()).sum();
+            assert_eq!(m.row_dot(r, &x), expected, "row {r}");
+            let row = m.row(r);
+            assert_eq!(row, (0..96).map(|c| q(c) * scale(c / 32)).collect::<Vec<_>>());
+            for (c, (w, original)) in row.iter().zip(&weights[r * 96..]).enumerate() {
+                assert!((w - original).abs() <= scale(c / 32) / 2.0 * (1.0 + 1e-6), "row {r} column {c}");
+            }
+        }
     }
 
     #[test]

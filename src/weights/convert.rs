@@ -10,8 +10,11 @@ use std::path::{Path, PathBuf};
 use half::{bf16, f16};
 use sha2::{Digest, Sha256};
 
-use super::format::{shard_header, FileDigest, Manifest, Piece, Quantization, Role, MANIFEST_FILE, TOKENIZER_FILE};
-use super::quant::quantize_row;
+use super::format::{
+    check_quantization, int4_scale_stride, int4_words_per_row, shard_header, FileDigest, Manifest, Piece, Quantization,
+    Role, MANIFEST_FILE, TOKENIZER_FILE,
+};
+use super::quant::{quantize_row, quantize_row_int4};
 use super::safetensors::{self, Dtype, Entry};
 use super::stream::hex;
 use super::{tensor_specs, HfLayout, HostData, HostTensor, TensorMap, TensorSpec};
@@ -203,14 +206,19 @@ impl ShardWriter {
 }
 
 /// Converts the checkpoint in `hf_dir` into the web format in `out_dir`, returning the manifest.
+/// A checkpoint the quantization cannot store (int4: columns not in whole groups) is refused
+/// before anything is written.
 pub fn convert(hf_dir: &Path, out_dir: &Path, quantization: Quantization) -> Result<Manifest> {
     let mut checkpoint = HfCheckpoint::open(hf_dir)?;
+    check_quantization(&checkpoint.config, quantization)?;
     let mut manifest = Manifest::plan(&checkpoint.config, quantization);
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     let specs: HashMap<String, TensorSpec> =
         tensor_specs(&checkpoint.config).into_iter().map(|s| (s.name.clone(), s)).collect();
-    // Scales are computed with the values and written when their own piece comes up.
-    let mut scales: HashMap<String, Vec<f32>> = HashMap::new();
+    // Scales are computed with the values and written when their own pieces come up (after all
+    // the tensor's value pieces): each tensor's, row-major as they are stored, until its last
+    // scales piece is written.
+    let mut scales: HashMap<String, Scales> = HashMap::new();
 
     for shard in 0..manifest.shards.len() {
         let path = out_dir.join(&manifest.shards[shard].file);
@@ -226,9 +234,12 @@ pub fn convert(hf_dir: &Path, out_dir: &Path, quantization: Quantization) -> Res
                     write_values(&mut checkpoint, spec, piece, quantization, &mut scales, &mut writer, &path)?
                 }
                 Role::Scales => {
-                    let all = &scales[&piece.tensor];
-                    let rows = &all[piece.row_start..piece.row_start + piece.rows()];
-                    writer.write(bytemuck::cast_slice(rows), &path)?;
+                    let all = scales[&piece.tensor].bytes();
+                    let row_bytes = piece.bytes as usize / piece.rows();
+                    writer.write(&all[piece.row_start * row_bytes..][..piece.bytes as usize], &path)?;
+                    if piece.row_start + piece.rows() == spec.shape[0] {
+                        scales.remove(&piece.tensor);
+                    }
                 }
             }
         }
@@ -256,17 +267,33 @@ pub fn convert(hf_dir: &Path, out_dir: &Path, quantization: Quantization) -> Res
     Ok(manifest)
 }
 
+/// One tensor's scales, row-major as stored: f32 per row (int8) or f16 per group (int4).
+enum Scales {
+    Int8(Vec<f32>),
+    Int4(Vec<f16>),
+}
+
+impl Scales {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Scales::Int8(scales) => bytemuck::cast_slice(scales),
+            Scales::Int4(scales) => bytemuck::cast_slice(scales),
+        }
+    }
+}
+
 fn write_values(
     checkpoint: &mut HfCheckpoint,
     spec: &TensorSpec,
     piece: &Piece,
     quantization: Quantization,
-    scales: &mut HashMap<String, Vec<f32>>,
+    scales: &mut HashMap<String, Scales>,
     writer: &mut ShardWriter,
     path: &Path,
 ) -> Result<()> {
+    let rows = spec.shape[0];
     let cols: usize = spec.shape[1..].iter().product();
-    let quantized = spec.is_matrix && quantization == Quantization::Int8;
+    let quantization = if spec.is_matrix { quantization } else { Quantization::F32 };
     let batch_rows = (ROW_BATCH_ELEMENTS / cols).max(1);
     let mut row = piece.row_start;
     let end = piece.row_start + piece.rows();
@@ -276,15 +303,29 @@ fn write_values(
         if !values.iter().all(|v| v.is_finite()) {
             return Err(Error::Weights(format!("tensor {} has non-finite values near row {row}", spec.name)));
         }
-        if quantized {
-            let tensor_scales = scales.entry(spec.name.clone()).or_insert_with(|| vec![0.0; spec.shape[0]]);
-            let mut q = vec![0i8; values.len()];
-            for (r, (row_values, row_q)) in values.chunks(cols).zip(q.chunks_mut(cols)).enumerate() {
-                tensor_scales[row + r] = quantize_row(row_values, row_q);
+        match quantization {
+            Quantization::F32 => writer.write(bytemuck::cast_slice(&values), path)?,
+            Quantization::Int8 => {
+                let entry = scales.entry(spec.name.clone()).or_insert_with(|| Scales::Int8(vec![0.0; rows]));
+                let Scales::Int8(tensor_scales) = entry else { unreachable!("one quantization per tensor") };
+                let mut q = vec![0i8; values.len()];
+                for (r, (row_values, row_q)) in values.chunks(cols).zip(q.chunks_mut(cols)).enumerate() {
+                    tensor_scales[row + r] = quantize_row(row_values, row_q);
+                }
+                writer.write(bytemuck::cast_slice(&q), path)?;
             }
-            writer.write(bytemuck::cast_slice(&q), path)?;
-        } else {
-            writer.write(bytemuck::cast_slice(&values), path)?;
+            Quantization::Int4 => {
+                let (words, stride) = (int4_words_per_row(cols), int4_scale_stride(cols));
+                let entry =
+                    scales.entry(spec.name.clone()).or_insert_with(|| Scales::Int4(vec![f16::ZERO; rows * stride]));
+                let Scales::Int4(tensor_scales) = entry else { unreachable!("one quantization per tensor") };
+                let mut packed = vec![0u32; n * words];
+                for (r, (row_values, row_packed)) in values.chunks(cols).zip(packed.chunks_mut(words)).enumerate() {
+                    let row_scales = &mut tensor_scales[(row + r) * stride..][..stride];
+                    quantize_row_int4(&spec.name, row_values, row_packed, row_scales)?;
+                }
+                writer.write(bytemuck::cast_slice(&packed), path)?;
+            }
         }
         row += n;
     }

@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 
-use super::format::{Manifest, Quantization, Role};
+use half::f16;
+
+use super::format::{int4_scale_stride, int4_words_per_row, Manifest, Quantization, Role};
 use super::stream::PieceSink;
 use super::{tensor_specs, HostData, HostTensor, TensorMap};
 use crate::weights::format::Piece;
@@ -19,10 +21,16 @@ impl HostSink {
         let tensors = tensor_specs(&manifest.config)
             .into_iter()
             .map(|spec| {
-                let data = if spec.is_matrix && manifest.quantization == Quantization::Int8 {
-                    HostData::Int8 { q: vec![0; spec.elements()], scales: vec![0.0; spec.shape[0]] }
-                } else {
-                    HostData::F32(vec![0.0; spec.elements()])
+                let (rows, cols) = (spec.shape[0], spec.elements() / spec.shape[0]);
+                let data = match manifest.quantization {
+                    Quantization::Int8 if spec.is_matrix => {
+                        HostData::Int8 { q: vec![0; spec.elements()], scales: vec![0.0; rows] }
+                    }
+                    Quantization::Int4 if spec.is_matrix => HostData::Int4 {
+                        packed: vec![0; rows * int4_words_per_row(cols)],
+                        scales: vec![f16::ZERO; rows * int4_scale_stride(cols)],
+                    },
+                    _ => HostData::F32(vec![0.0; spec.elements()]),
                 };
                 (spec.name, HostTensor { shape: spec.shape, data })
             })
@@ -47,6 +55,8 @@ impl PieceSink for HostSink {
             (HostData::F32(values), Role::Values) => bytemuck::cast_slice_mut(values),
             (HostData::Int8 { q, .. }, Role::Values) => bytemuck::cast_slice_mut(q),
             (HostData::Int8 { scales, .. }, Role::Scales) => bytemuck::cast_slice_mut(scales),
+            (HostData::Int4 { packed, .. }, Role::Values) => bytemuck::cast_slice_mut(packed),
+            (HostData::Int4 { scales, .. }, Role::Scales) => bytemuck::cast_slice_mut(scales),
             (HostData::F32(_), Role::Scales) => unreachable!("checked manifest: f32 tensors have no scales"),
         };
         let row_bytes = target.len() / tensor.shape[0];

@@ -130,6 +130,12 @@ pub enum HostData {
         q: Vec<i8>,
         scales: Vec<f32>,
     },
+    /// Row-major int4 values packed eight per u32 and f16 scales per group of 32 columns, laid
+    /// out as the web format stores them (`format::int4_scale_stride` scales per row).
+    Int4 {
+        packed: Vec<u32>,
+        scales: Vec<half::f16>,
+    },
 }
 
 /// Named tensors on their way into a model; taking one checks its shape.
@@ -163,6 +169,7 @@ impl TensorMap {
         let values = match self.take(name, &[rows, cols])?.data {
             HostData::F32(w) => MatrixValues::F32(w),
             HostData::Int8 { q, scales } => MatrixValues::Int8 { q, scales },
+            HostData::Int4 { packed, scales } => MatrixValues::Int4 { packed, scales },
         };
         Ok(Matrix { rows, cols, values })
     }
@@ -171,6 +178,7 @@ impl TensorMap {
         match self.take(name, shape)?.data {
             HostData::F32(v) => Ok(v),
             HostData::Int8 { .. } => Err(Error::Weights(format!("tensor {name} is int8, expected f32"))),
+            HostData::Int4 { .. } => Err(Error::Weights(format!("tensor {name} is int4, expected f32"))),
         }
     }
 

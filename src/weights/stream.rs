@@ -1,8 +1,9 @@
 //! Incremental shard parser, shared by the native loader (file reads) and the browser (fetch
 //! stream chunks): bytes go in as they arrive, in order; each piece's bytes are handed to a
 //! [`PieceSink`] at once, so nothing larger than one chunk is ever buffered. The shard's header
-//! is checked against the manifest, every f32 value is checked to be finite (a correctly hashed
-//! shard may still hold NaN), and the shard's length and sha256 when the stream ends.
+//! is checked against the manifest, every f32 and f16 value (f16: int4 scales) is checked to be
+//! finite (a correctly hashed shard may still hold NaN), and the shard's length and sha256 when
+//! the stream ends.
 
 use sha2::{Digest, Sha256};
 
@@ -26,7 +27,7 @@ pub struct ShardParser<'m> {
     data_start: u64,
     header: Vec<u8>,
     header_done: bool,
-    /// The first bytes of an f32 value that a chunk boundary split.
+    /// The first bytes of an f32 or f16 value that a chunk boundary split.
     split_value: Vec<u8>,
     hasher: Sha256,
 }
@@ -75,7 +76,7 @@ impl<'m> ShardParser<'m> {
             let (lo, hi) = (piece.offset.max(start), (piece.offset + piece.bytes).min(end));
             if lo < hi {
                 let bytes = &rest[(lo - start) as usize..(hi - start) as usize];
-                if piece.dtype == Dtype::F32 {
+                if matches!(piece.dtype, Dtype::F32 | Dtype::F16) {
                     self.check_finite(piece, lo - piece.offset, bytes)?;
                 }
                 sink.piece_bytes(piece, lo - piece.offset, bytes)?;
@@ -85,29 +86,32 @@ impl<'m> ShardParser<'m> {
         Ok(())
     }
 
-    /// Fails on a NaN or infinite f32: the hash only proves the host sent what it meant to.
+    /// Fails on a NaN or infinite f32 or f16: the hash only proves the host sent what it meant to.
     /// `bytes` start `offset` bytes into `piece`, whose values start at its offset 0.
     fn check_finite(&mut self, piece: &Piece, offset: u64, bytes: &[u8]) -> Result<()> {
-        let head = (4 - self.split_value.len()) % 4;
+        let size = piece.dtype.size();
+        let value = |b: &[u8]| match piece.dtype {
+            Dtype::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
+            _ => f32::from_le_bytes(b.try_into().expect("4 bytes")),
+        };
+        let head = (size - self.split_value.len()) % size;
         let head = head.min(bytes.len());
         let mut values = Vec::with_capacity(1);
         if !self.split_value.is_empty() {
             self.split_value.extend_from_slice(&bytes[..head]);
-            if self.split_value.len() == 4 {
-                values.push((offset / 4, f32::from_le_bytes(self.split_value[..].try_into().expect("4 bytes"))));
+            if self.split_value.len() == size {
+                values.push((offset / size as u64, value(&self.split_value)));
                 self.split_value.clear();
             }
         }
         let body = &bytes[head..];
-        let words = body.chunks_exact(4);
+        let words = body.chunks_exact(size);
         self.split_value.extend_from_slice(words.remainder());
-        let first_whole = (offset + head as u64) / 4;
-        let bad = values.into_iter().find(|(_, v)| !v.is_finite()).or_else(|| {
-            words
-                .zip(first_whole..)
-                .map(|(w, i)| (i, f32::from_le_bytes(w.try_into().expect("4 bytes"))))
-                .find(|(_, v)| !v.is_finite())
-        });
+        let first_whole = (offset + head as u64) / size as u64;
+        let bad = values
+            .into_iter()
+            .find(|(_, v)| !v.is_finite())
+            .or_else(|| words.zip(first_whole..).map(|(w, i)| (i, value(w))).find(|(_, v)| !v.is_finite()));
         match bad {
             Some((index, value)) => Err(Error::Weights(format!(
                 "{}: {} holds a non-finite value ({value}) at element {index}",
@@ -186,4 +190,71 @@ impl<'m> ShardParser<'m> {
 
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Preset};
+    use crate::weights::format::{shard_header, Quantization, Role};
+
+    struct Discard;
+
+    impl PieceSink for Discard {
+        fn piece_bytes(&mut self, _: &Piece, _: u64, _: &[u8]) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A small int4 model's manifest and its first shard: f32 values 0.5, f16 scales 1.0, and
+    /// `edit` applied before the shard is hashed.
+    fn int4_shard(edit: impl Fn(&Manifest, &mut Vec<u8>)) -> (Manifest, Vec<u8>) {
+        let mut config = Config::preset(Preset::Tiny);
+        config.vocab_size = 512;
+        let mut manifest = Manifest::plan(&config, Quantization::Int4);
+        let pieces: Vec<Piece> = manifest.shard_pieces(0).cloned().collect();
+        let mut bytes = shard_header(&pieces);
+        for piece in &pieces {
+            let value: &[u8] = match piece.dtype {
+                Dtype::F32 => &0.5f32.to_le_bytes(),
+                Dtype::F16 => &half::f16::ONE.to_le_bytes(),
+                _ => &[0x97],
+            };
+            bytes.extend(value.iter().cycle().take(piece.bytes as usize));
+        }
+        edit(&manifest, &mut bytes);
+        manifest.shards[0].sha256 = hex(&Sha256::digest(&bytes));
+        (manifest, bytes)
+    }
+
+    fn parse(manifest: &Manifest, bytes: &[u8], chunk: usize) -> Result<()> {
+        let mut parser = ShardParser::new(manifest, 0);
+        for piece in bytes.chunks(chunk) {
+            parser.push(piece, &mut Discard)?;
+        }
+        parser.finish()
+    }
+
+    #[test]
+    fn non_finite_f16_scales_are_found_wherever_chunks_split_them() {
+        let (manifest, bytes) = int4_shard(|_, _| {});
+        for chunk in [1, 3, 4096, bytes.len()] {
+            parse(&manifest, &bytes, chunk).unwrap();
+        }
+        let scales = |m: &Manifest| m.shard_pieces(0).find(|p| p.role == Role::Scales).unwrap().clone();
+        let name = scales(&manifest).name;
+        for (bits, shown) in [(0x7e00u16, "NaN"), (0x7c00, "inf"), (0xfc00, "-inf")] {
+            let (manifest, bytes) = int4_shard(|m, b| {
+                let at = scales(m).offset as usize + 2 * 37;
+                b[at..at + 2].copy_from_slice(&bits.to_le_bytes());
+            });
+            // One-byte chunks split every value across two pushes; the others take most whole.
+            for chunk in [1, 3, 4096, bytes.len()] {
+                let err = parse(&manifest, &bytes, chunk).unwrap_err().to_string();
+                let expected =
+                    format!("model-00000.safetensors: {name} holds a non-finite value ({shown}) at element 37");
+                assert!(err.ends_with(&expected), "chunk {chunk}: {err}");
+            }
+        }
+    }
 }
