@@ -1,12 +1,22 @@
 //! Each WGSL kernel on its own, against the plain Rust computation of its header comment, on odd
 //! shapes: sizes that are not multiples of the workgroup size or of the matmul tiles, partial token
-//! tiles, row pieces with offsets, document starts. Runs through wgpu on whatever adapter there is
-//! (Mesa's lavapipe, Vulkan on the CPU, in CI). Bindings and workgroup counts are the engine's
-//! (`build_dispatches` in `src/gpu/engine.rs`).
+//! tiles, row pieces with offsets, document starts. The matrix kernels (matmul, geglu,
+//! recurrent_in, rg_lru_gates, embed) run in both weight formats, int8 and int4, from one test
+//! body per kernel; int4 rows are whole groups of 32 columns but never a multiple of 256, with an
+//! odd group count so that the padding of each row's scales matters. Runs through wgpu on whatever
+//! adapter there is (Mesa's lavapipe, Vulkan on the CPU, in CI).
+//!
+//! Every dispatch is built by the engine's own op constructors (`src/gpu/ops.rs`) and recorded
+//! with `ops::record`, so bindings and workgroup counts are the engine's: no test spells them.
+//! What the tests spell is the weight formats, bit for bit (`shaders/format_int8.wgsl`,
+//! `shaders/format_int4.wgsl`), as the buffers of a [`GpuMatrix`].
 
 use bytemuck::Pod;
+use half::f16;
 use pollster::block_on;
 use rgweb::gpu::kernels::*;
+use rgweb::gpu::matrix::{GpuMatrix, MatrixFormat, MatrixFormat::Int4, MatrixFormat::Int8, MatrixPart};
+use rgweb::gpu::ops::{self, AttentionBuffers, AttentionShape, KeyValueRing, Norm, Op, Ops, Output, RecurrentIn};
 use rgweb::gpu::GpuContext;
 use rgweb::model::layers::{
     apply_rope, gelu_tanh, rms_norm, sigmoid, soft_cap, softplus, BlockDiagonal, Matrix, MatrixValues,
@@ -41,8 +51,9 @@ impl Lcg {
         (0..n).map(|_| self.uniform(lo, hi)).collect()
     }
 
-    /// Multiples of 1/64 in [−1, 1]: their int8 dot products are exact in f32 in any order, so the
-    /// GPU's summation order cannot matter.
+    /// Multiples of 1/64 in [−1, 1]: their dot products with int8 weights, or with int4 weights
+    /// scaled as [`TestMatrix::random`] scales them, are exact in f32 in any order, so the GPU's
+    /// summation order cannot matter.
     fn sixty_fourths(&mut self, n: usize) -> Vec<f32> {
         (0..n).map(|_| (self.next_u32() % 129) as f32 / 64.0 - 1.0).collect()
     }
@@ -50,12 +61,11 @@ impl Lcg {
     fn int8s(&mut self, n: usize) -> Vec<i8> {
         (0..n).map(|_| (self.next_u32() % 255) as i32 - 127).map(|v| v as i8).collect()
     }
-}
 
-/// Int8 values four per u32, little-endian, as the web format stores them.
-fn pack_int8(values: &[i8]) -> Vec<u32> {
-    assert_eq!(values.len() % 4, 0);
-    values.chunks(4).map(|c| u32::from_le_bytes([c[0] as u8, c[1] as u8, c[2] as u8, c[3] as u8])).collect()
+    /// Uniform in −8..=7: every 4-bit two's complement value.
+    fn int4s(&mut self, n: usize) -> Vec<i8> {
+        (0..n).map(|_| (self.next_u32() % 16) as i8 - 8).collect()
+    }
 }
 
 /// Every element within [`TOLERANCE`]; names the first that is not, as an index and as
@@ -80,6 +90,7 @@ fn assert_close_within(what: &str, got: &[f32], want: &[f32], width: usize, tole
     eprintln!("{what}: {} values, worst error {worst:.1e}", got.len());
 }
 
+/// A chunk of `n_tokens` tokens, all of which get logits.
 fn chunk(n_tokens: usize) -> ChunkInfo {
     ChunkInfo { n_tokens: n_tokens as u32, head_first: 0, head_count: n_tokens as u32, _pad: 0 }
 }
@@ -87,14 +98,17 @@ fn chunk(n_tokens: usize) -> ChunkInfo {
 struct Gpu {
     ctx: GpuContext,
     kernels: Kernels,
+    /// The ops' filler for an absent optional input.
+    unused: wgpu::Buffer,
 }
 
 impl Gpu {
     fn new() -> Self {
         let ctx = block_on(GpuContext::new())
             .expect("a GPU adapter: install Mesa's lavapipe (apt-get install mesa-vulkan-drivers) to run on the CPU");
-        let kernels = Kernels::new(&ctx.device);
-        Gpu { ctx, kernels }
+        let kernels = Kernels::new(&ctx.device, &MatrixFormat::ALL);
+        let unused = ctx.storage("unused", 16);
+        Gpu { ctx, kernels, unused }
     }
 
     /// A storage buffer holding `data`.
@@ -109,21 +123,22 @@ impl Gpu {
         self.ctx.uniform("test uniform", bytemuck::bytes_of(value))
     }
 
-    /// One dispatch of `kernel` with `@binding(i)` = `buffers[i]`, submitted on its own.
-    fn run(&self, kernel: Kernel, buffers: &[&wgpu::Buffer], groups: (u32, u32)) {
-        self.run_times(kernel, buffers, groups, 1);
+    /// The ops `build` makes over a `Chunk` block holding `chunk`, recorded as the engine records
+    /// them and submitted on their own.
+    fn run(&self, chunk: ChunkInfo, build: impl FnOnce(&Ops) -> Vec<Op>) {
+        self.run_times(chunk, 1, build);
     }
 
-    /// `times` dispatches of `kernel` one after another, in one submission.
-    fn run_times(&self, kernel: Kernel, buffers: &[&wgpu::Buffer], groups: (u32, u32), times: usize) {
-        let bind_group = self.kernels.bind(&self.ctx.device, kernel, buffers);
+    /// The same, the whole list recorded `times` over, one after another, in one submission.
+    fn run_times(&self, chunk: ChunkInfo, times: usize, build: impl FnOnce(&Ops) -> Vec<Op>) {
+        let chunk_buffer = self.uniform(&chunk);
+        let ops = Ops { ctx: &self.ctx, kernels: &self.kernels, chunk: &chunk_buffer, unused: &self.unused };
+        let list = build(&ops);
         let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
-            pass.set_pipeline(self.kernels.pipeline(kernel));
-            pass.set_bind_group(0, &bind_group, &[]);
             for _ in 0..times {
-                pass.dispatch_workgroups(groups.0, groups.1, 1);
+                ops::record(&mut pass, &list, chunk.n_tokens, chunk.head_count);
             }
         }
         self.ctx.queue.submit([encoder.finish()]);
@@ -139,45 +154,158 @@ impl Gpu {
     }
 }
 
-// ---------------------------------------------------------------- int8 rows: shared reference
+// ---------------------------------------------------------------- the weight formats
 
-/// A random int8 matrix with its affine buffer as the engine lays it out: scales of all rows,
-/// then (if `bias`) their biases.
-struct Int8Matrix {
-    rows: usize,
-    cols: usize,
-    q: Vec<i8>,
-    affine: Vec<f32>,
-    bias: bool,
+/// Columns per int4 group: one f16 scale each.
+const GROUP: usize = 32;
+
+/// Int8 values four per u32, little-endian, as the web format stores them.
+fn pack_int8(values: &[i8]) -> Vec<u32> {
+    assert_eq!(values.len() % 4, 0);
+    values.chunks(4).map(|c| u32::from_le_bytes([c[0] as u8, c[1] as u8, c[2] as u8, c[3] as u8])).collect()
 }
 
-impl Int8Matrix {
-    fn random(rng: &mut Lcg, rows: usize, cols: usize, scale: f32, bias: bool) -> Self {
-        let q = rng.int8s(rows * cols);
-        let mut affine: Vec<f32> = (0..rows).map(|_| scale * rng.uniform(0.5, 1.5)).collect();
-        if bias {
-            affine.extend(rng.sixty_fourths(rows));
-        }
-        Int8Matrix { rows, cols, q, affine, bias }
+/// Int4 values (−8..=7) eight per u32: value 8w + k in bits 4k..4k + 3 of word w, two's
+/// complement.
+fn pack_int4(values: &[i8]) -> Vec<u32> {
+    assert_eq!(values.len() % 8, 0);
+    values
+        .chunks(8)
+        .map(|c| c.iter().enumerate().fold(0, |word, (k, &q)| word | ((q as u8 & 0xf) as u32) << (4 * k)))
+        .collect()
+}
+
+/// f16 scale slots per int4 row: the groups, rounded up to even so that every row's scales start
+/// on a word.
+fn int4_scale_slots(cols: usize) -> usize {
+    (cols / GROUP).next_multiple_of(2)
+}
+
+/// A random quantized matrix, kept as its integers and scales for the reference and laid out
+/// for the GPU as its format says.
+struct TestMatrix {
+    format: MatrixFormat,
+    rows: usize,
+    cols: usize,
+    /// `[rows, cols]`: int8 in −127..=127, int4 in −8..=7.
+    q: Vec<i8>,
+    /// int8: one per row; int4: `[rows, cols / 32]`, one per group.
+    scales: Vec<f32>,
+    biases: Option<Vec<f32>>,
+}
+
+impl TestMatrix {
+    /// Weights about `scale · 127` in magnitude. int8: row scales `scale · U(0.5, 1.5)`. int4: the
+    /// same magnitude with 16 times fewer levels, `16·scale` rounded to a power of two `u`, each
+    /// group's scale `u · k / 32` for k in 16..=48: exact in f16, and with a 6-bit mantissa, so
+    /// that a row of up to 352 products q · scale · x (x a multiple of 1/64) sums exactly in f32.
+    fn random(rng: &mut Lcg, format: MatrixFormat, rows: usize, cols: usize, scale: f32, bias: bool) -> Self {
+        let (q, scales) = match format {
+            Int8 => {
+                let q = rng.int8s(rows * cols);
+                (q, (0..rows).map(|_| scale * rng.uniform(0.5, 1.5)).collect())
+            }
+            Int4 => {
+                assert_eq!(cols % GROUP, 0, "int4 rows are whole groups");
+                let q = rng.int4s(rows * cols);
+                let unit = (16.0 * scale).log2().round().exp2();
+                (q, (0..rows * cols / GROUP).map(|_| unit * (16 + rng.next_u32() % 33) as f32 / 32.0).collect())
+            }
+        };
+        let biases = bias.then(|| rng.sixty_fourths(rows));
+        TestMatrix { format, rows, cols, q, scales, biases }
     }
 
-    fn bias_offset(&self) -> usize {
-        if self.bias {
-            self.rows
-        } else {
-            0
+    /// The dequantized weight w[r][c]: `q · scale[r]` (int8), `q · scale[r][c / 32]` (int4).
+    fn weight(&self, r: usize, c: usize) -> f32 {
+        let q = self.q[r * self.cols + c] as f32;
+        match self.format {
+            Int8 => q * self.scales[r],
+            Int4 => q * self.scales[r * self.cols / GROUP + c / GROUP],
         }
     }
 
-    /// `scale[r] · Σ_c q[r][c] · input[c] + bias[r]`.
+    /// Row r times `input`, plus its bias, in the format's order: int8 `scale[r] · Σ_c q · x`
+    /// (the scale after the sum), int4 `Σ_c (q · scale[r][c / 32]) · x`.
     fn row(&self, r: usize, input: &[f32]) -> f32 {
-        let dot: f32 = self.q[r * self.cols..][..self.cols].iter().zip(input).map(|(&q, &x)| q as f32 * x).sum();
-        dot * self.affine[r] + if self.bias { self.affine[self.rows + r] } else { 0.0 }
+        let value = match self.format {
+            Int8 => {
+                let q = &self.q[r * self.cols..][..self.cols];
+                q.iter().zip(input).map(|(&q, &x)| q as f32 * x).sum::<f32>() * self.scales[r]
+            }
+            Int4 => input.iter().enumerate().map(|(c, &x)| self.weight(r, c) * x).sum(),
+        };
+        value + self.biases.as_ref().map_or(0.0, |b| b[r])
     }
 
-    /// The values of rows `rows`, as their own buffer.
-    fn values(&self, gpu: &Gpu, rows: std::ops::Range<usize>) -> wgpu::Buffer {
-        gpu.buffer(&pack_int8(&self.q[rows.start * self.cols..rows.end * self.cols]))
+    /// The values of rows `rows`, packed as the format stores them.
+    fn values(&self, rows: std::ops::Range<usize>) -> Vec<u32> {
+        let q = &self.q[rows.start * self.cols..rows.end * self.cols];
+        match self.format {
+            Int8 => pack_int8(q),
+            Int4 => pack_int4(q),
+        }
+    }
+
+    /// The affine buffer: the scales of all rows (int8: one f32 each; int4: `[rows, S]` f16, two
+    /// per u32, low half first, padded with 0 to S = the groups rounded up to even), then the f32
+    /// biases if any.
+    fn affine(&self) -> Vec<u32> {
+        let mut words: Vec<u32> = match self.format {
+            Int8 => self.scales.iter().map(|s| s.to_bits()).collect(),
+            Int4 => {
+                let groups = self.cols / GROUP;
+                let slots = int4_scale_slots(self.cols);
+                let halves: Vec<u16> = (0..self.rows * slots)
+                    .map(|i| {
+                        let (r, g) = (i / slots, i % slots);
+                        let scale = if g < groups { self.scales[r * groups + g] } else { 0.0 };
+                        let half = f16::from_f32(scale);
+                        assert_eq!(half.to_f32(), scale, "int4 test scales are exact in f16");
+                        half.to_bits()
+                    })
+                    .collect();
+                halves.chunks(2).map(|pair| pair[0] as u32 | (pair[1] as u32) << 16).collect()
+            }
+        };
+        if let Some(biases) = &self.biases {
+            words.extend(biases.iter().map(|b| b.to_bits()));
+        }
+        words
+    }
+
+    /// The matrix on the GPU, its values in the row pieces `parts` (first row, rows): rows in no
+    /// piece are not dispatched.
+    fn upload(&self, gpu: &Gpu, parts: &[(usize, usize)]) -> GpuMatrix {
+        GpuMatrix {
+            format: self.format,
+            parts: parts
+                .iter()
+                .map(|&(row_start, rows)| MatrixPart {
+                    values: gpu.buffer(&self.values(row_start..row_start + rows)),
+                    row_start,
+                    rows,
+                })
+                .collect(),
+            affine: gpu.buffer(&self.affine()),
+            rows: self.rows,
+            cols: self.cols,
+            has_bias: self.biases.is_some(),
+        }
+    }
+
+    /// The matrix on the GPU in one piece.
+    fn upload_whole(&self, gpu: &Gpu) -> GpuMatrix {
+        self.upload(gpu, &[(0, self.rows)])
+    }
+}
+
+/// Row lengths for each format: one lane per row, a few lanes, many lanes. int8 as before; int4
+/// multiples of 32 but not of 256, each an odd number of groups (3, 5, 11).
+fn widths(format: MatrixFormat) -> [usize; 3] {
+    match format {
+        Int8 => [20, 192, 1028],
+        Int4 => [96, 160, 352],
     }
 }
 
@@ -192,26 +320,25 @@ fn input_row(x: &[f32], t: usize, stride: usize, offset: usize, cols: usize, nor
 
 const EPS: f32 = 1e-6;
 
-// ---------------------------------------------------------------- matmul_int8
+// ---------------------------------------------------------------- matmul
 
-/// One `matmul_int8` dispatch: a piece of `rows` rows starting at `row_start` of a tensor of
-/// `tensor_rows` rows, over `n_tokens` tokens (or the head range) of a 16-token chunk buffer.
-#[derive(Clone, Copy, Debug)]
+/// One `Ops::matmul`: a tensor of `rows` rows whose row pieces `parts` are uploaded and
+/// dispatched (rows in no piece must be left alone), over `n_tokens` tokens of a 16-token chunk
+/// buffer, or over the head range for the logits' soft-cap.
+#[derive(Clone, Debug)]
 struct Matmul {
+    format: MatrixFormat,
     rows: usize,
     cols: usize,
-    tensor_rows: usize,
-    row_start: usize,
-    /// `None`: an ordinary matrix.
-    block_rows: Option<usize>,
-    x_stride: usize,
-    epilogue: Epilogue,
+    /// `(first row, rows)` of each piece.
+    parts: Vec<(usize, usize)>,
+    output: Output,
     bias: bool,
     norm: bool,
     /// Magnitude of the row scales: large for the soft-cap case, so values pass ±cap.
     scale: f32,
     n_tokens: usize,
-    /// `(head_first, head_count)`: `token_source = 1`.
+    /// `(head_first, head_count)` for [`Output::SoftCapLogits`]; `None`: every token.
     head: Option<(usize, usize)>,
 }
 
@@ -219,16 +346,14 @@ const CAP: f32 = 30.0;
 const BUFFER_TOKENS: usize = CHUNK;
 
 impl Matmul {
-    fn plain(rows: usize, cols: usize, epilogue: Epilogue, bias: bool) -> Self {
-        let scale = if epilogue == Epilogue::SoftCap { 0.3 } else { 0.01 };
+    fn plain(format: MatrixFormat, rows: usize, cols: usize, output: Output, bias: bool) -> Self {
+        let scale = if matches!(output, Output::SoftCapLogits(_)) { 0.3 } else { 0.01 };
         Matmul {
+            format,
             rows,
             cols,
-            tensor_rows: rows,
-            row_start: 0,
-            block_rows: None,
-            x_stride: cols,
-            epilogue,
+            parts: vec![(0, rows)],
+            output,
             bias,
             norm: false,
             scale,
@@ -238,19 +363,17 @@ impl Matmul {
     }
 
     fn check(&self, gpu: &Gpu, seed: u64) {
+        assert!(self.head.is_none() || matches!(self.output, Output::SoftCapLogits(_)), "only logits take the head");
         let what = format!("matmul {self:?}");
         let mut rng = Lcg(seed);
-        let (rows, cols, y_stride) = (self.rows, self.cols, self.tensor_rows);
-        let matrix = Int8Matrix::random(&mut rng, self.tensor_rows, cols, self.scale, self.bias);
+        let (cols, y_stride) = (self.cols, self.rows);
+        let matrix = TestMatrix::random(&mut rng, self.format, self.rows, cols, self.scale, self.bias);
         let norm_w = rng.vec(cols, -0.5, 0.5);
         let norm = self.norm.then_some(&norm_w[..]);
-        let x = if self.norm {
-            rng.vec(BUFFER_TOKENS * self.x_stride, -2.0, 2.0)
-        } else {
-            rng.sixty_fourths(BUFFER_TOKENS * self.x_stride)
-        };
-        let y_before = match self.epilogue {
-            Epilogue::Add => rng.vec(BUFFER_TOKENS * y_stride, -3.0, 3.0),
+        let x =
+            if self.norm { rng.vec(BUFFER_TOKENS * cols, -2.0, 2.0) } else { rng.sixty_fourths(BUFFER_TOKENS * cols) };
+        let y_before = match self.output {
+            Output::Add => rng.vec(BUFFER_TOKENS * y_stride, -3.0, 3.0),
             _ => vec![SENTINEL; BUFFER_TOKENS * y_stride],
         };
 
@@ -258,66 +381,43 @@ impl Matmul {
         let (first, count) = self.head.unwrap_or((0, self.n_tokens));
         let mut want = y_before.clone();
         for j in 0..count {
-            for r in self.row_start..self.row_start + rows {
-                let block = self.block_rows.map_or(0, |b| r / b);
-                let input = input_row(&x, first + j, self.x_stride, block * cols, cols, norm);
+            let input = input_row(&x, first + j, cols, 0, cols, norm);
+            for r in self.parts.iter().flat_map(|&(start, rows)| start..start + rows) {
                 let value = matrix.row(r, &input);
                 let out = j * y_stride + r;
-                want[out] = match self.epilogue {
-                    Epilogue::Store => value,
-                    Epilogue::Add => want[out] + value,
-                    Epilogue::SoftCap => {
+                want[out] = match self.output {
+                    Output::Store => value,
+                    Output::Add => want[out] + value,
+                    Output::SoftCapLogits(cap) => {
                         let mut capped = [value];
-                        soft_cap(&mut capped, CAP);
+                        soft_cap(&mut capped, cap);
                         capped[0]
                     }
                 };
             }
         }
 
-        let mut m = Int8Rows {
-            row_offset: self.row_start as u32,
-            x_stride: self.x_stride as u32,
-            ..Int8Rows::new(rows, cols).with_bias(matrix.bias_offset())
-        };
-        if let Some(block_rows) = self.block_rows {
-            m.block_rows = block_rows as u32;
-        }
-        if self.norm {
-            m = m.with_norm(EPS);
-        }
-        let params = MatmulParams {
-            m,
-            y_stride: y_stride as u32,
-            y_offset: self.row_start as u32,
-            epilogue: self.epilogue as u32,
-            token_source: self.head.is_some() as u32,
-            cap: CAP,
-            _pad: [0; 3],
-        };
+        let w = matrix.upload(gpu, &self.parts);
+        let (norm_w, x, y) = (gpu.buffer(&norm_w), gpu.buffer(&x), gpu.buffer(&y_before));
         let chunk =
             ChunkInfo { n_tokens: self.n_tokens as u32, head_first: first as u32, head_count: count as u32, _pad: 0 };
-        let (params, chunk) = (gpu.uniform(&params), gpu.uniform(&chunk));
-        let values = matrix.values(gpu, self.row_start..self.row_start + rows);
-        let (affine, norm_w, x, y) =
-            (gpu.buffer(&matrix.affine), gpu.buffer(&norm_w), gpu.buffer(&x), gpu.buffer(&y_before));
-        let groups = (m.row_groups(), (count as u32).div_ceil(TOKEN_TILE));
-        gpu.run(Kernel::MatmulInt8, &[&params, &chunk, &values, &affine, &norm_w, &x, &y], groups);
+        let norm = self.norm.then_some(Norm { weight: &norm_w, eps: EPS });
+        gpu.run(chunk, |ops| ops.matmul(&w, norm, &x, &y, self.output));
         let tolerance = if self.norm { ROUNDED_TOLERANCE } else { TOLERANCE };
         assert_close_within(&what, &gpu.read::<f32>(&y), &want, y_stride, tolerance);
     }
 }
 
-#[test]
-fn matmul_int8_every_epilogue_on_odd_shapes() {
+fn every_epilogue_on_odd_shapes(format: MatrixFormat) {
     let gpu = Gpu::new();
-    assert_eq!(matmul_lanes(20), 1);
-    assert!(matmul_lanes(192) > 1);
+    let [narrow, wide, _] = widths(format);
+    assert_eq!(matmul_lanes(narrow), 1);
+    assert!(matmul_lanes(wide) > 1);
     let mut seed = 1;
-    for (rows, cols) in [(13, 20), (37, 192)] {
-        for epilogue in [Epilogue::Store, Epilogue::Add, Epilogue::SoftCap] {
+    for (rows, cols) in [(13, narrow), (37, wide)] {
+        for output in [Output::Store, Output::Add, Output::SoftCapLogits(CAP)] {
             for bias in [true, false] {
-                Matmul::plain(rows, cols, epilogue, bias).check(&gpu, seed);
+                Matmul::plain(format, rows, cols, output, bias).check(&gpu, seed);
                 seed += 1;
             }
         }
@@ -325,79 +425,133 @@ fn matmul_int8_every_epilogue_on_odd_shapes() {
 }
 
 #[test]
-fn matmul_int8_with_rms_norm_in_front() {
+fn matmul_int8_every_epilogue_on_odd_shapes() {
+    every_epilogue_on_odd_shapes(Int8);
+}
+
+#[test]
+fn matmul_int4_every_epilogue_on_odd_shapes() {
+    every_epilogue_on_odd_shapes(Int4);
+}
+
+fn rms_norm_in_front(format: MatrixFormat) {
     let gpu = Gpu::new();
-    // Widths 20 (one lane per row) and 1028 (16 lanes); 11 tokens span two token tiles.
-    for (seed, (rows, cols)) in [(13, 20), (37, 1028)].into_iter().enumerate() {
-        for epilogue in [Epilogue::Store, Epilogue::Add] {
-            Matmul { norm: true, ..Matmul::plain(rows, cols, epilogue, true) }.check(&gpu, 10 + seed as u64);
+    // One lane per row, and many (int8: 16 lanes; int4: 8 lanes over 11 groups, so the lanes
+    // take unequal shares); 11 tokens span two token tiles.
+    let [narrow, wide, widest] = widths(format);
+    for (seed, (rows, cols)) in [(13, narrow), (37, widest)].into_iter().enumerate() {
+        for output in [Output::Store, Output::Add] {
+            Matmul { norm: true, ..Matmul::plain(format, rows, cols, output, true) }.check(&gpu, 10 + seed as u64);
         }
     }
     // The head's configuration: final norm, soft-cap, only the wanted tokens.
-    let head =
-        Matmul { norm: true, n_tokens: 6, head: Some((3, 2)), ..Matmul::plain(37, 192, Epilogue::SoftCap, false) };
+    let head = Matmul {
+        norm: true,
+        n_tokens: 6,
+        head: Some((3, 2)),
+        ..Matmul::plain(format, 37, wide, Output::SoftCapLogits(CAP), false)
+    };
     head.check(&gpu, 12);
 }
 
 #[test]
-fn matmul_int8_several_row_workgroups() {
+fn matmul_int8_with_rms_norm_in_front() {
+    rms_norm_in_front(Int8);
+}
+
+#[test]
+fn matmul_int4_with_rms_norm_in_front() {
+    rms_norm_in_front(Int4);
+}
+
+fn several_row_workgroups(format: MatrixFormat, short_row: usize) {
     let gpu = Gpu::new();
-    // 16 lanes per row: 16 rows per workgroup, 3 workgroups for 37 rows.
-    assert_eq!(matmul_lanes(1028), 16);
-    Matmul::plain(37, 1028, Epilogue::Store, true).check(&gpu, 20);
+    // Many lanes per row: 37 rows over several workgroups, the last partial (int8: 16 lanes, 16
+    // rows per workgroup, 3 workgroups; int4: 8 lanes, 32 rows per workgroup, 2 workgroups).
+    let widest = widths(format)[2];
+    let rows_per_group = THREADS / matmul_lanes(widest);
+    assert!(37 > rows_per_group && 37 % rows_per_group != 0);
+    Matmul::plain(format, 37, widest, Output::Store, true).check(&gpu, 20);
     // One lane per row: 256 rows per workgroup, the second one partial.
-    Matmul::plain(301, 12, Epilogue::Add, true).check(&gpu, 21);
+    assert_eq!(matmul_lanes(short_row), 1);
+    Matmul::plain(format, 301, short_row, Output::Add, true).check(&gpu, 21);
 }
 
 #[test]
-fn matmul_int8_block_diagonal() {
-    let gpu = Gpu::new();
-    // Three blocks of 4 rows; row r reads x[(r / 4)·8 .. +8] of a 24-wide input.
-    let case = Matmul { block_rows: Some(4), x_stride: 24, ..Matmul::plain(12, 8, Epilogue::Store, true) };
-    case.check(&gpu, 30);
+fn matmul_int8_several_row_workgroups() {
+    assert_eq!(matmul_lanes(1028), 16);
+    several_row_workgroups(Int8, 12);
 }
 
 #[test]
-fn matmul_int8_row_piece() {
+fn matmul_int4_several_row_workgroups() {
+    assert_eq!(matmul_lanes(352), 8);
+    several_row_workgroups(Int4, 96);
+}
+
+fn row_pieces(format: MatrixFormat) {
     let gpu = Gpu::new();
-    // Rows 4..9 of a 9-row tensor: scales and bias at tensor rows, y rows 0..4 left alone.
-    let case = Matmul { tensor_rows: 9, row_start: 4, ..Matmul::plain(5, 20, Epilogue::Store, true) };
-    case.check(&gpu, 40);
-    let case = Matmul { tensor_rows: 9, row_start: 4, norm: true, ..Matmul::plain(5, 192, Epilogue::Add, true) };
-    case.check(&gpu, 41);
-    // Rows 4..12 of a block-diagonal tensor (blocks of 4 rows): the block counts tensor rows.
-    let split_gates = Matmul {
-        tensor_rows: 12,
-        block_rows: Some(4),
-        row_start: 4,
-        x_stride: 24,
-        ..Matmul::plain(8, 8, Epilogue::Store, true)
+    let [narrow, wide, widest] = widths(format);
+    // Rows 4..9 of a 9-row tensor alone: scales and bias at tensor rows, y rows 0..4 left alone.
+    let piece = |m: Matmul| Matmul { rows: 9, parts: vec![(4, 5)], ..m };
+    piece(Matmul::plain(format, 5, narrow, Output::Store, true)).check(&gpu, 40);
+    piece(Matmul { norm: true, ..Matmul::plain(format, 5, wide, Output::Add, true) }).check(&gpu, 41);
+    // A tensor in two pieces, the second at an offset, as the embedding is stored: every row of
+    // both; then the embedding's own use, the logits (final norm, soft-cap, head tokens, no bias).
+    let two = |m: Matmul| Matmul { parts: vec![(0, 16), (16, 21)], ..m };
+    two(Matmul::plain(format, 37, widest, Output::Store, true)).check(&gpu, 42);
+    let logits = Matmul {
+        norm: true,
+        n_tokens: 6,
+        head: Some((3, 2)),
+        ..Matmul::plain(format, 37, wide, Output::SoftCapLogits(CAP), false)
     };
-    split_gates.check(&gpu, 42);
+    two(logits).check(&gpu, 43);
+}
+
+#[test]
+fn matmul_int8_row_pieces() {
+    row_pieces(Int8);
+}
+
+#[test]
+fn matmul_int4_row_pieces() {
+    row_pieces(Int4);
+}
+
+fn head_tokens_only(format: MatrixFormat) {
+    let gpu = Gpu::new();
+    let [narrow, wide, _] = widths(format);
+    // token_source = 1: x rows 3 and 4 in, y rows 0 and 1 out, every other y row untouched.
+    let head = |m: Matmul| Matmul { n_tokens: 6, head: Some((3, 2)), ..m };
+    head(Matmul::plain(format, 13, narrow, Output::SoftCapLogits(CAP), true)).check(&gpu, 50);
+    // The logits' own configuration: soft-cap, no bias, several lanes.
+    head(Matmul::plain(format, 37, wide, Output::SoftCapLogits(CAP), false)).check(&gpu, 51);
 }
 
 #[test]
 fn matmul_int8_head_tokens_only() {
-    let gpu = Gpu::new();
-    // token_source = 1: x rows 3 and 4 in, y rows 0 and 1 out, every other y row untouched.
-    let case = Matmul { n_tokens: 6, head: Some((3, 2)), ..Matmul::plain(13, 20, Epilogue::Store, true) };
-    case.check(&gpu, 50);
-    // The logits' own configuration: soft-cap, no bias, several lanes.
-    let case = Matmul { n_tokens: 6, head: Some((3, 2)), ..Matmul::plain(37, 192, Epilogue::SoftCap, false) };
-    case.check(&gpu, 51);
+    head_tokens_only(Int8);
 }
 
-// ---------------------------------------------------------------- geglu_int8
-
 #[test]
-fn geglu_pairs_gate_and_up_rows() {
+fn matmul_int4_head_tokens_only() {
+    head_tokens_only(Int4);
+}
+
+// ---------------------------------------------------------------- geglu
+
+fn geglu_pairs_gate_and_up_rows(format: MatrixFormat) {
     let gpu = Gpu::new();
-    // F = 37 rows per half; widths 20 (1 lane: 128 rows per workgroup) and 192 (4 lanes: 32 rows,
-    // two workgroups); 11 tokens span two token tiles.
-    for (seed, (f, d)) in [(37usize, 20usize), (37, 192)].into_iter().enumerate() {
+    // F = 37 rows per half; one lane per row (128 rows per workgroup) and several (int8: 4 lanes,
+    // 32 rows, two workgroups; int4: 8 lanes, 16 rows, three workgroups); 11 tokens span two
+    // token tiles.
+    let [narrow, wide, widest] = widths(format);
+    let d_wide = if format == Int8 { wide } else { widest };
+    for (seed, (f, d)) in [(37usize, narrow), (37, d_wide)].into_iter().enumerate() {
         let mut rng = Lcg(60 + seed as u64);
         let tokens = 11;
-        let matrix = Int8Matrix::random(&mut rng, 2 * f, d, 0.01, true);
+        let matrix = TestMatrix::random(&mut rng, format, 2 * f, d, 0.01, true);
         let norm_w = rng.vec(d, -0.5, 0.5);
         let x = rng.vec(BUFFER_TOKENS * d, -2.0, 2.0);
         let mut want = vec![SENTINEL; BUFFER_TOKENS * f];
@@ -407,21 +561,23 @@ fn geglu_pairs_gate_and_up_rows() {
                 want[t * f + r] = gelu_tanh(matrix.row(r, &input)) * matrix.row(f + r, &input);
             }
         }
-        let m = Int8Rows::pair(f, d).with_norm(EPS).with_bias(matrix.bias_offset());
+        let gate_up = matrix.upload_whole(&gpu);
+        let (norm_w, x) = (gpu.buffer(&norm_w), gpu.buffer(&x));
         let hidden = gpu.buffer(&vec![SENTINEL; BUFFER_TOKENS * f]);
-        let buffers = [
-            &gpu.uniform(&PairParams { m }),
-            &gpu.uniform(&chunk(tokens)),
-            &matrix.values(&gpu, 0..2 * f),
-            &gpu.buffer(&matrix.affine),
-            &gpu.buffer(&norm_w),
-            &gpu.buffer(&x),
-            &hidden,
-        ];
-        gpu.run(Kernel::GegluInt8, &buffers, (m.row_groups(), (tokens as u32).div_ceil(TOKEN_TILE)));
-        let what = format!("geglu F {f}, D {d}");
+        gpu.run(chunk(tokens), |ops| vec![ops.geglu(&gate_up, Norm { weight: &norm_w, eps: EPS }, &x, &hidden)]);
+        let what = format!("geglu {format:?} F {f}, D {d}");
         assert_close_within(&what, &gpu.read::<f32>(&hidden), &want, f, ROUNDED_TOLERANCE);
     }
+}
+
+#[test]
+fn geglu_int8_pairs_gate_and_up_rows() {
+    geglu_pairs_gate_and_up_rows(Int8);
+}
+
+#[test]
+fn geglu_int4_pairs_gate_and_up_rows() {
+    geglu_pairs_gate_and_up_rows(Int4);
 }
 
 // ---------------------------------------------------------------- recurrent_in
@@ -442,24 +598,22 @@ fn conv_reference(w: &[f32], b: &[f32], history: &[f32], inputs: &[f32], width: 
     (out, all[all.len() - history.len()..].to_vec())
 }
 
-#[test]
-fn recurrent_in_branches_and_conv_with_history_and_at_document_start() {
+fn recurrent_in_branches_and_conv(format: MatrixFormat) {
     let gpu = Gpu::new();
     let (width, mut seed) = (4usize, 80);
-    // 70 channels: with D = 20 one workgroup of 128 channels, partly idle; with D = 192 (4
-    // lanes) three workgroups of 32.
-    for d in [20usize, 192] {
+    // 70 channels: with one lane per row one workgroup of 128 channels, partly idle; with several
+    // (int8 D = 192: 4 lanes, three workgroups of 32; int4 D = 352: 8 lanes, five of 16).
+    let [narrow, wide, widest] = widths(format);
+    let d_wide = if format == Int8 { wide } else { widest };
+    for d in [narrow, d_wide] {
         let channels = 70usize;
         let mut rng = Lcg(seed);
-        let matrix = Int8Matrix::random(&mut rng, 2 * channels, d, 0.01, true);
+        let matrix = TestMatrix::random(&mut rng, format, 2 * channels, d, 0.01, true);
         let norm_w = rng.vec(d, -0.5, 0.5);
         let conv_w = rng.vec(channels * width, -1.0, 1.0);
         let conv_b = rng.vec(channels, -0.5, 0.5);
         let conv = gpu.buffer(&[conv_w.clone(), conv_b.clone()].concat());
-        let m = Int8Rows::pair(channels, d).with_norm(EPS).with_bias(matrix.bias_offset());
-        let params = gpu.uniform(&RecurrentInParams { m, width: width as u32, _pad: [0; 3] });
-        let (values, affine, norm_buffer) =
-            (matrix.values(&gpu, 0..2 * channels), gpu.buffer(&matrix.affine), gpu.buffer(&norm_w));
+        let (linear_y_x, norm_buffer) = (matrix.upload_whole(&gpu), gpu.buffer(&norm_w));
 
         // (position, tokens): 11 tokens (two tiles) continuing a document, 5 starting one (whatever
         // the history holds counts as zero), 2 tokens (fewer than K − 1, so the history keeps an
@@ -468,22 +622,21 @@ fn recurrent_in_branches_and_conv_with_history_and_at_document_start() {
             seed += 1;
             let history = rng.vec((width - 1) * channels, -2.0, 2.0);
             let x = rng.vec(BUFFER_TOKENS * d, -2.0, 2.0);
-            let history_buffer = gpu.buffer(&history);
+            let (history_buffer, x_buffer) = (gpu.buffer(&history), gpu.buffer(&x));
             let out = gpu.buffer(&vec![SENTINEL; BUFFER_TOKENS * 2 * channels]);
             let step = gpu.buffer(&[StepState { position, generated: 0 }]);
-            let buffers = [
-                &params,
-                &gpu.uniform(&chunk(tokens)),
-                &values,
-                &affine,
-                &norm_buffer,
-                &gpu.buffer(&x),
-                &step,
-                &conv,
-                &history_buffer,
-                &out,
-            ];
-            gpu.run(Kernel::RecurrentIn, &buffers, (m.row_groups(), 1));
+            gpu.run(chunk(tokens), |ops| {
+                vec![ops.recurrent_in(RecurrentIn {
+                    linear_y_x: &linear_y_x,
+                    norm: Norm { weight: &norm_buffer, eps: EPS },
+                    x: &x_buffer,
+                    step: &step,
+                    conv: &conv,
+                    conv_width: width,
+                    history: &history_buffer,
+                    branches: &out,
+                })]
+            });
 
             let mut gelu_y = Vec::new();
             let mut x_branch = Vec::new();
@@ -499,12 +652,22 @@ fn recurrent_in_branches_and_conv_with_history_and_at_document_start() {
                 want[t * 2 * channels..][..channels].copy_from_slice(&gelu_y[t * channels..][..channels]);
                 want[(2 * t + 1) * channels..][..channels].copy_from_slice(&conv_out[t * channels..][..channels]);
             }
-            let what = format!("recurrent_in D {d} at position {position}, {tokens} tokens");
+            let what = format!("recurrent_in {format:?} D {d} at position {position}, {tokens} tokens");
             let (out, history) = (gpu.read::<f32>(&out), gpu.read::<f32>(&history_buffer));
             assert_close_within(&format!("{what}: out"), &out, &want, 2 * channels, ROUNDED_TOLERANCE);
             assert_close_within(&format!("{what}: history"), &history, &want_history, channels, ROUNDED_TOLERANCE);
         }
     }
+}
+
+#[test]
+fn recurrent_in_int8_branches_and_conv_with_history_and_at_document_start() {
+    recurrent_in_branches_and_conv(Int8);
+}
+
+#[test]
+fn recurrent_in_int4_branches_and_conv_with_history_and_at_document_start() {
+    recurrent_in_branches_and_conv(Int4);
 }
 
 // ---------------------------------------------------------------- rg_lru_gates
@@ -520,26 +683,18 @@ fn cpu_lru(log_a_scale: &[f32], gx: &[f32], ga: &[f32]) -> RgLru {
     RgLru { input_gate: gate(gx), recurrent_gate: gate(ga), log_a_scale: log_a_scale.to_vec() }
 }
 
-#[test]
-fn rg_lru_gates_at_document_start_then_continuing() {
+/// `channels` channels in blocks of `block`: the gates `[input_gate; recurrent_gate]` are
+/// `[2·channels, block]`, row ch reading c[(ch / block)·block ..][..block].
+fn rg_lru_gates_at_document_start_then_continuing(format: MatrixFormat, channels: usize, block: usize) {
     let gpu = Gpu::new();
-    // 84 channels in 7 blocks of 12; 11 tokens span two token tiles.
-    let (channels, block, tokens) = (84usize, 12usize, 11usize);
+    let tokens = 11usize;
     let mut rng = Lcg(90);
     // Gate logits within about ±5, where sqrt(1 − a²) is well conditioned in f32 (the RG-LRU's
     // own trap, which the model tests cover at real scale).
-    let matrix = Int8Matrix::random(&mut rng, 2 * channels, block, 0.01, true);
+    let matrix = TestMatrix::random(&mut rng, format, 2 * channels, block, 0.01, true);
     let a_param = rng.vec(channels, -3.0, 3.0);
     let log_a_scale: Vec<f32> = a_param.iter().map(|&a| (-8.0 * softplus(a)) as f32).collect();
-    let m = Int8Rows {
-        block_rows: block as u32,
-        x_stride: 2 * channels as u32,
-        x_offset: channels as u32,
-        ..Int8Rows::pair(channels, block)
-    }
-    .with_bias(matrix.bias_offset());
-    let params = gpu.uniform(&PairParams { m });
-    let (values, affine) = (matrix.values(&gpu, 0..2 * channels), gpu.buffer(&matrix.affine));
+    let gates = matrix.upload_whole(&gpu);
     let scale_buffer = gpu.buffer(&log_a_scale);
     // Garbage in h: position 0 must ignore it.
     let h0 = rng.vec(channels, -5.0, 5.0);
@@ -553,19 +708,17 @@ fn rg_lru_gates_at_document_start_then_continuing() {
         let branches = rng.sixty_fourths(BUFFER_TOKENS * 2 * channels);
         let out = gpu.buffer(&vec![SENTINEL; BUFFER_TOKENS * channels]);
         let step = gpu.buffer(&[StepState { position, generated: 0 }]);
-        let buffers = [
-            &params,
-            &gpu.uniform(&chunk(tokens)),
-            &values,
-            &affine,
-            &gpu.buffer(&[0.0f32; 4]),
-            &gpu.buffer(&branches),
-            &step,
-            &scale_buffer,
-            &h,
-            &out,
-        ];
-        gpu.run(Kernel::RgLruGates, &buffers, (m.row_groups(), 1));
+        let branches_buffer = gpu.buffer(&branches);
+        gpu.run(chunk(tokens), |ops| {
+            vec![ops.rg_lru(ops::RgLru {
+                gates: &gates,
+                branches: &branches_buffer,
+                step: &step,
+                log_a_scale: &scale_buffer,
+                h: &h,
+                out: &out,
+            })]
+        });
 
         // The shader header's formula, written out.
         let mut want = vec![SENTINEL; BUFFER_TOKENS * channels];
@@ -588,7 +741,7 @@ fn rg_lru_gates_at_document_start_then_continuing() {
                 want[t * channels + ch] = *state * g[ch];
             }
         }
-        let what = format!("rg_lru_gates at position {position}");
+        let what = format!("rg_lru_gates {format:?} at position {position}");
         let got_out = gpu.read::<f32>(&out);
         assert_close(&format!("{what}: out"), &got_out, &want, channels);
         assert_close(&format!("{what}: h"), &gpu.read::<f32>(&h), &h_formula, channels);
@@ -607,40 +760,57 @@ fn rg_lru_gates_at_document_start_then_continuing() {
     }
 }
 
-// ---------------------------------------------------------------- embed
-
 #[test]
-fn embed_from_row_pieces() {
-    let gpu = Gpu::new();
-    let (vocab, cols, embedding_scale) = (10usize, 8usize, 2.828125f32);
-    let mut rng = Lcg(70);
-    let table = rng.int8s(vocab * cols);
-    let scales = rng.vec(vocab, 0.001, 0.02);
-    let tokens = [3u32, 9, 7];
-    let x = gpu.buffer(&vec![SENTINEL; tokens.len() * cols]);
-    let (chunk, token_buffer, scale_buffer) = (gpu.uniform(&chunk(3)), gpu.buffer(&tokens), gpu.buffer(&scales));
-    let run_piece = |row_start: usize, rows: usize| {
-        let params = EmbedParams { rows: rows as u32, cols: cols as u32, row_start: row_start as u32, embedding_scale };
-        let piece = gpu.buffer(&pack_int8(&table[row_start * cols..(row_start + rows) * cols]));
-        let buffers = [&gpu.uniform(&params), &chunk, &token_buffer, &piece, &scale_buffer, &x];
-        gpu.run(Kernel::Embed, &buffers, ((cols as u32 / 4).div_ceil(64), tokens.len() as u32));
-    };
-    let row = |token: usize| -> Vec<f32> {
-        table[token * cols..][..cols].iter().map(|&q| q as f32 * scales[token] * embedding_scale).collect()
-    };
-
-    // Rows 3..8: tokens 3 (the piece's first row) and 7 (its last); token 9 is not in it.
-    run_piece(3, 5);
-    let want: Vec<f32> = [row(3), vec![SENTINEL; cols], row(7)].concat();
-    assert_close("embed, piece 3..8", &gpu.read::<f32>(&x), &want, cols);
-
-    // The other pieces of the table fill in token 9 and change nothing else.
-    run_piece(0, 3);
-    run_piece(8, 2);
-    let want: Vec<f32> = [row(3), row(9), row(7)].concat();
-    assert_close("embed, all pieces", &gpu.read::<f32>(&x), &want, cols);
+fn rg_lru_gates_int8_at_document_start_then_continuing() {
+    // 84 channels in 7 blocks of 12; 11 tokens span two token tiles.
+    rg_lru_gates_at_document_start_then_continuing(Int8, 84, 12);
 }
 
+#[test]
+fn rg_lru_gates_int4_at_document_start_then_continuing() {
+    // 160 channels in 5 blocks of one group (32 columns: one scale, padded to two, per row): one
+    // lane per row, 128 channels per workgroup, the second workgroup partial.
+    rg_lru_gates_at_document_start_then_continuing(Int4, 160, 32);
+}
+
+// ---------------------------------------------------------------- embed
+
+fn embed_from_row_pieces(format: MatrixFormat, cols: usize) {
+    let gpu = Gpu::new();
+    let (vocab, embedding_scale) = (10usize, 2.828125f32);
+    let mut rng = Lcg(70);
+    let table = TestMatrix::random(&mut rng, format, vocab, cols, 0.01, false);
+    let tokens = [3u32, 9, 7];
+    let x = gpu.buffer(&vec![SENTINEL; tokens.len() * cols]);
+    let token_buffer = gpu.buffer(&tokens);
+    let run_pieces = |parts: &[(usize, usize)]| {
+        let table = table.upload(&gpu, parts);
+        gpu.run(chunk(tokens.len()), |ops| ops.embed(&table, &token_buffer, &x, embedding_scale));
+    };
+    // In the CPU reference's order: the weight, then the embedding scale.
+    let row = |token: usize| -> Vec<f32> { (0..cols).map(|c| table.weight(token, c) * embedding_scale).collect() };
+
+    // Rows 3..8 alone: tokens 3 (the piece's first row) and 7 (its last); token 9 is not in it.
+    run_pieces(&[(3, 5)]);
+    let want: Vec<f32> = [row(3), vec![SENTINEL; cols], row(7)].concat();
+    assert_close(&format!("embed {format:?}, piece 3..8"), &gpu.read::<f32>(&x), &want, cols);
+
+    // The other pieces of the table fill in token 9 and change nothing else.
+    run_pieces(&[(0, 3), (8, 2)]);
+    let want: Vec<f32> = [row(3), row(9), row(7)].concat();
+    assert_close(&format!("embed {format:?}, all pieces"), &gpu.read::<f32>(&x), &want, cols);
+}
+
+#[test]
+fn embed_int8_from_row_pieces() {
+    embed_from_row_pieces(Int8, 8);
+}
+
+#[test]
+fn embed_int4_from_row_pieces() {
+    // Three groups: the scale row padded to four.
+    embed_from_row_pieces(Int4, 96);
+}
 // ---------------------------------------------------------------- rope_kv + attention
 
 #[test]
@@ -678,34 +848,22 @@ fn check_attention(gpu: &Gpu, position: usize, seed: u64, window: usize, slots: 
     let inv_freq: Vec<f32> = (0..rotary_half).map(|i| 1.0 / theta.powf((2 * i) as f32 / rotary_dims as f32)).collect();
 
     let step = gpu.buffer(&[StepState { position: position as u32, generated: 0 }]);
-    let chunk = gpu.uniform(&chunk(tokens));
     // The key ring is stored transposed, [hd, slots].
     let ring_k_buffer = gpu.buffer(&transpose(&ring_k, slots, hd));
-    let (qkv_buffer, ring_v_buffer) = (gpu.buffer(&qkv), gpu.buffer(&ring_v));
-    let rope =
-        RopeParams { heads: heads as u32, head_dim: hd as u32, rotary_half: rotary_half as u32, slots: slots as u32 };
-    let buffers =
-        [&gpu.uniform(&rope), &chunk, &step, &gpu.buffer(&inv_freq), &qkv_buffer, &ring_k_buffer, &ring_v_buffer];
-    gpu.run(Kernel::RopeKv, &buffers, (tokens as u32, heads as u32 + 1));
-    let blocks = key_blocks(window);
-    let params = AttentionParams {
-        heads: heads as u32,
-        head_dim: hd as u32,
-        window: window as u32,
-        slots: slots as u32,
-        scale: (hd as f32).powf(-0.5),
-        blocks,
-        _pad: [0; 2],
-    };
-    let partial_a = gpu.buffer(&vec![SENTINEL; tokens * blocks as usize * heads * hd]);
-    let partial_ml = gpu.buffer(&vec![SENTINEL; tokens * blocks as usize * heads * 2]);
-    let buffers =
-        [&gpu.uniform(&params), &chunk, &step, &qkv_buffer, &ring_k_buffer, &ring_v_buffer, &partial_a, &partial_ml];
-    gpu.run(Kernel::Attention, &buffers, (blocks, tokens as u32));
+    let (qkv_buffer, ring_v_buffer, inv_freq_buffer) = (gpu.buffer(&qkv), gpu.buffer(&ring_v), gpu.buffer(&inv_freq));
+    let blocks = key_blocks(window) as usize;
+    let partial_a = gpu.buffer(&vec![SENTINEL; tokens * blocks * heads * hd]);
+    let partial_ml = gpu.buffer(&vec![SENTINEL; tokens * blocks * heads * 2]);
     let out = gpu.buffer(&vec![SENTINEL; tokens * heads * hd]);
-    let params = AttentionCombineParams { heads: heads as u32, head_dim: hd as u32, blocks, _pad: 0 };
-    let buffers = [&gpu.uniform(&params), &chunk, &partial_a, &partial_ml, &out];
-    gpu.run(Kernel::AttentionCombine, &buffers, (heads as u32, tokens as u32));
+    // As the engine records an attention block: RoPE and the ring, attention, the combine.
+    gpu.run(chunk(tokens), |ops| {
+        let shape = AttentionShape { heads, head_dim: hd, window, slots };
+        let ring = KeyValueRing { keys: &ring_k_buffer, values: &ring_v_buffer };
+        let buffers = AttentionBuffers { qkv: &qkv_buffer, partial_a: &partial_a, partial_ml: &partial_ml, out: &out };
+        let mut list = vec![ops.rope_kv(shape, rotary_half, &step, &inv_freq_buffer, &qkv_buffer, ring)];
+        list.extend(ops.attention(shape, &step, ring, buffers));
+        list
+    });
 
     // RoPE on every query head and the key, then keys and values into slot p mod slots.
     let mut want_q = q.clone();
@@ -780,8 +938,8 @@ fn run_sample_with(gpu: &Gpu, sampling: SampleParams, logits: &[f32]) -> (StepSt
     let step = gpu.buffer(&[StepState { position: 4, generated: 1030 }]);
     let tokens = gpu.buffer(&[GENERATED_SENTINEL; CHUNK]);
     let generated = gpu.buffer(&vec![GENERATED_SENTINEL; GENERATED_RING as usize]);
-    let buffers = [&gpu.uniform(&sampling), &gpu.uniform(&chunk), &step, &gpu.buffer(logits), &tokens, &generated];
-    gpu.run(Kernel::Sample, &buffers, (1, 1));
+    let (sampling, logits) = (gpu.uniform(&sampling), gpu.buffer(logits));
+    gpu.run(chunk, |ops| vec![ops.sample(&sampling, &step, &logits, &tokens, &generated)]);
     let step: Vec<StepState> = gpu.read(&step);
     (step[0], gpu.read(&tokens), gpu.read(&generated))
 }
@@ -903,8 +1061,8 @@ fn sample_draws_follow_the_header_formula() {
         let step = gpu.buffer(&[StepState { position: 9, generated: first_draw }]);
         let tokens = gpu.buffer(&[GENERATED_SENTINEL; CHUNK]);
         let generated = gpu.buffer(&vec![GENERATED_SENTINEL; GENERATED_RING as usize]);
-        let buffers = [&gpu.uniform(&params), &gpu.uniform(&chunk), &step, &gpu.buffer(&logits), &tokens, &generated];
-        gpu.run_times(Kernel::Sample, &buffers, (1, 1), draws);
+        let (sampling, logits_buffer) = (gpu.uniform(&params), gpu.buffer(&logits));
+        gpu.run_times(chunk, draws, |ops| vec![ops.sample(&sampling, &step, &logits_buffer, &tokens, &generated)]);
         let picks = gpu.read::<u32>(&generated);
 
         let what = format!("T {temperature}, top-k {top_k}, top-p {top_p}");
