@@ -7,6 +7,7 @@
 
 pub mod format;
 pub mod host;
+pub mod names;
 pub mod quant;
 pub mod safetensors;
 pub mod stream;
@@ -71,46 +72,46 @@ pub fn tensor_specs(config: &Config) -> Vec<TensorSpec> {
     let mut push = |name: String, shape: Vec<usize>, is_matrix: bool, hf_layout: HfLayout| {
         specs.push(TensorSpec { name, shape, is_matrix, hf_layout })
     };
-    let linear = |push: &mut dyn FnMut(String, Vec<usize>, bool, HfLayout), name: String, out, inp, bias| {
-        push(format!("{name}.weight"), vec![out, inp], true, HfLayout::Same);
+    let linear = |push: &mut dyn FnMut(String, Vec<usize>, bool, HfLayout), name: names::Prefix, out, inp, bias| {
+        push(name.weight(), vec![out, inp], true, HfLayout::Same);
         if bias {
-            push(format!("{name}.bias"), vec![out], false, HfLayout::Same);
+            push(name.bias(), vec![out], false, HfLayout::Same);
         }
     };
-    push("model.embed_tokens.weight".into(), vec![config.vocab_size, d], true, HfLayout::Same);
-    push("model.final_norm.weight".into(), vec![d], false, HfLayout::Same);
+    push(names::EMBEDDING.into(), vec![config.vocab_size, d], true, HfLayout::Same);
+    push(names::FINAL_NORM.into(), vec![d], false, HfLayout::Same);
     for layer in 0..config.num_hidden_layers {
-        let p = format!("model.layers.{layer}");
-        push(format!("{p}.temporal_pre_norm.weight"), vec![d], false, HfLayout::Same);
-        push(format!("{p}.channel_pre_norm.weight"), vec![d], false, HfLayout::Same);
+        let n = names::layer(layer);
+        let t = &n.temporal;
+        push(n.temporal_pre_norm.clone(), vec![d], false, HfLayout::Same);
+        push(n.channel_pre_norm.clone(), vec![d], false, HfLayout::Same);
         match config.block_type(layer) {
             BlockType::Recurrent => {
-                let t = format!("{p}.temporal_block");
-                linear(&mut push, format!("{t}.linear_x"), lru, d, true);
-                linear(&mut push, format!("{t}.linear_y"), lru, d, true);
-                linear(&mut push, format!("{t}.linear_out"), d, lru, true);
-                push(format!("{t}.conv_1d.weight"), vec![lru, config.conv1d_width], false, HfLayout::ConvTaps);
-                push(format!("{t}.conv_1d.bias"), vec![lru], false, HfLayout::Same);
-                push(format!("{t}.rg_lru.recurrent_param"), vec![lru], false, HfLayout::Same);
+                linear(&mut push, t.pp("linear_x"), lru, d, true);
+                linear(&mut push, t.pp("linear_y"), lru, d, true);
+                linear(&mut push, t.pp("linear_out"), d, lru, true);
+                let conv = t.pp("conv_1d");
+                push(conv.weight(), vec![lru, config.conv1d_width], false, HfLayout::ConvTaps);
+                push(conv.bias(), vec![lru], false, HfLayout::Same);
+                let rg_lru = t.pp("rg_lru");
+                push(rg_lru.get("recurrent_param"), vec![lru], false, HfLayout::Same);
                 for gate in ["input_gate", "recurrent_gate"] {
                     let blocks = HfLayout::TransposedBlocks { blocks: heads };
-                    push(format!("{t}.rg_lru.{gate}_weight"), vec![lru, config.lru_block_width()], true, blocks);
+                    push(rg_lru.get(&format!("{gate}_weight")), vec![lru, config.lru_block_width()], true, blocks);
                     let bias = HfLayout::BlockBias { blocks: heads };
-                    push(format!("{t}.rg_lru.{gate}_bias"), vec![lru], false, bias);
+                    push(rg_lru.get(&format!("{gate}_bias")), vec![lru], false, bias);
                 }
             }
             BlockType::Attention => {
-                let t = format!("{p}.temporal_block");
-                linear(&mut push, format!("{t}.q_proj"), heads * hd, d, false);
-                linear(&mut push, format!("{t}.k_proj"), hd, d, false);
-                linear(&mut push, format!("{t}.v_proj"), hd, d, false);
-                linear(&mut push, format!("{t}.o_proj"), d, heads * hd, true);
+                linear(&mut push, t.pp("q_proj"), heads * hd, d, false);
+                linear(&mut push, t.pp("k_proj"), hd, d, false);
+                linear(&mut push, t.pp("v_proj"), hd, d, false);
+                linear(&mut push, t.pp("o_proj"), d, heads * hd, true);
             }
         }
-        let m = format!("{p}.mlp_block");
-        linear(&mut push, format!("{m}.gate_proj"), f, d, true);
-        linear(&mut push, format!("{m}.up_proj"), f, d, true);
-        linear(&mut push, format!("{m}.down_proj"), d, f, true);
+        linear(&mut push, n.mlp.pp("gate_proj"), f, d, true);
+        linear(&mut push, n.mlp.pp("up_proj"), f, d, true);
+        linear(&mut push, n.mlp.pp("down_proj"), d, f, true);
     }
     specs
 }
