@@ -32,7 +32,8 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
         return;
     }
     let weights = block_weights(token - row_start, token, cols, b);
-    let scale = row_scale(token);
+    // One of the two is 1 in either format, so this product is exact.
+    let scale = block_scale(token, cols, b) * row_scale(token);
     for (var j = 0u; j < BLOCK; j++) {
         for (var k = 0u; k < 4u; k++) {
             // In the CPU reference's order: the weight, then the embedding scale.

@@ -21,18 +21,22 @@ fn group_scale(affine_row: u32, cols: u32, g: u32) -> f32 {
     return select(pair.x, pair.y, (i & 1u) == 1u);
 }
 
-// Group b of the weights buffer's row `local_row`, scaled.
+// Group b of the weights buffer's row `local_row`, before its scale.
 fn block_weights(local_row: u32, affine_row: u32, cols: u32, b: u32) -> array<vec4<f32>, BLOCK> {
     let packed = q[local_row * (cols / 32u) + b];
-    let scale = group_scale(affine_row, cols, b);
     var weights: array<vec4<f32>, BLOCK>;
     for (var k = 0u; k < 4u; k++) {
         // Shift each nibble to the top, then arithmetic-shift it back down: sign extension.
         let word = vec4<i32>(bitcast<i32>(packed[k]));
-        weights[2u * k] = vec4<f32>((word << vec4<u32>(28u, 24u, 20u, 16u)) >> vec4<u32>(28u)) * scale;
-        weights[2u * k + 1u] = vec4<f32>((word << vec4<u32>(12u, 8u, 4u, 0u)) >> vec4<u32>(28u)) * scale;
+        weights[2u * k] = vec4<f32>((word << vec4<u32>(28u, 24u, 20u, 16u)) >> vec4<u32>(28u));
+        weights[2u * k + 1u] = vec4<f32>((word << vec4<u32>(12u, 8u, 4u, 0u)) >> vec4<u32>(28u));
     }
     return weights;
+}
+
+// The scale of group b: applied to the group's dot product, as the CPU reference does.
+fn block_scale(affine_row: u32, cols: u32, b: u32) -> f32 {
+    return group_scale(affine_row, cols, b);
 }
 
 fn row_scale(affine_row: u32) -> f32 {

@@ -25,6 +25,11 @@ fn block_weights(local_row: u32, affine_row: u32, cols: u32, b: u32) -> array<ve
     return array<vec4<f32>, BLOCK>(unpack_int8(q[local_row * (cols / 4u) + b]));
 }
 
+// The row's scale applies once, to its whole sum.
+fn block_scale(affine_row: u32, cols: u32, b: u32) -> f32 {
+    return 1.0;
+}
+
 fn row_scale(affine_row: u32) -> f32 {
     return affine[affine_row];
 }

@@ -6,8 +6,9 @@
 //   x̂[t][c]     = x[t][c] · rsqrt(mean_j x[t][j]² + eps) · (1 + norm_w[c])   (RMSNorm fused in)
 //   x̂[t][c]     = x[t][c]                                                   (no norm)
 //
-// w comes from the format's `block_weights`: a block is BLOCK vectors of 4 consecutive columns
-// (int8: one packed word; int4: one group of 32 with its scale). block(r) = r / block_rows picks
+// w comes from the format's `block_weights` and `block_scale`: a block is BLOCK vectors of 4
+// consecutive columns (int8: one packed word; int4: one group of 32), whose dot product is
+// scaled by `block_scale` (int4: the group's scale; int8: 1). block(r) = r / block_rows picks
 // the input slice of a block-diagonal matrix (block_rows = 2³² − 1 for an ordinary one). `lanes`
 // threads share a row (a power of two ≤ MAX_LANES chosen from the row length). In a pair kernel
 // (halves = 2) the first half of the threads computes row r and the other half row r +
@@ -56,23 +57,28 @@ fn tile_partials(li: u32, group_row: u32, first: u32, count: u32) {
         let affine_row = params.m.row_offset + weight_row;
         for (var b = lane; b < blocks; b += lanes) {
             var weights = block_weights(weight_row, affine_row, params.m.cols, b);
+            let scale = block_scale(affine_row, params.m.cols, b);
             let column = x_base + b * BLOCK;
             if params.m.has_norm == 1u {
                 for (var j = 0u; j < BLOCK; j++) {
                     weights[j] *= vec4<f32>(1.0) + norm_w[b * BLOCK + j];
                 }
                 for (var t = 0u; t < count; t++) {
+                    var block_dot = 0.0;
                     for (var j = 0u; j < BLOCK; j++) {
                         let xs = x[(first + t) * x_stride + column + j];
-                        acc[t] += dot(weights[j], xs);
+                        block_dot += dot(weights[j], xs);
                         sq[t] += dot(xs, xs);
                     }
+                    acc[t] += scale * block_dot;
                 }
             } else {
                 for (var t = 0u; t < count; t++) {
+                    var block_dot = 0.0;
                     for (var j = 0u; j < BLOCK; j++) {
-                        acc[t] += dot(weights[j], x[(first + t) * x_stride + column + j]);
+                        block_dot += dot(weights[j], x[(first + t) * x_stride + column + j]);
                     }
+                    acc[t] += scale * block_dot;
                 }
             }
         }

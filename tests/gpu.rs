@@ -1,5 +1,5 @@
-//! The WebGPU engine against the CPU reference on the same int8 models, through wgpu on a real
-//! Vulkan driver (Mesa's lavapipe in CI, a GPU where there is one).
+//! The WebGPU engine against the CPU reference on the same int8 and int4 models, through wgpu on a
+//! real Vulkan driver (Mesa's lavapipe in CI, a GPU where there is one).
 
 mod common;
 
@@ -17,17 +17,20 @@ use rgweb::weights::format::Quantization;
 use rgweb::weights::load::load_model;
 
 const TOLERANCE: f32 = 2e-3;
+/// int4: the largest |GPU − CPU| logit as a share of the CPU logits' range. Both dequantize the
+/// same way; only the order of the f32 sums differs.
+const INT4_RELATIVE_TOLERANCE: f32 = 1e-4;
 
 fn context() -> GpuContext {
     block_on(GpuContext::new())
         .expect("a GPU adapter: install Mesa's lavapipe (apt-get install mesa-vulkan-drivers) to run on the CPU")
 }
 
-/// An official golden checkpoint converted to int8, loaded both on the GPU and on the CPU.
-fn int8_pair(case: &str) -> (Engine, Model, tempfile::TempDir) {
+/// An official golden checkpoint converted to `quantization`, loaded both on the GPU and on the CPU.
+fn pair(case: &str, quantization: Quantization) -> (Engine, Model, tempfile::TempDir) {
     let source: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(case);
     let dir = tempfile::tempdir().unwrap();
-    convert(&source, dir.path(), Quantization::Int8).unwrap();
+    convert(&source, dir.path(), quantization).unwrap();
     let engine = load_engine(context(), dir.path()).unwrap();
     let model = load_model(dir.path()).unwrap();
     (engine, model, dir)
@@ -42,11 +45,16 @@ fn tokens(n: usize, vocab: usize) -> Vec<u32> {
     std::iter::once(2).chain((1..n as u32).map(|i| (i * 7919 + 13) % vocab as u32)).collect()
 }
 
-fn check_logits(case: &str, n: usize) {
-    let (mut engine, model, _dir) = int8_pair(case);
+fn check_logits(case: &str, n: usize, quantization: Quantization) {
+    let (mut engine, model, _dir) = pair(case, quantization);
     let vocab = model.config.vocab_size;
     let ids = tokens(n, vocab);
     let cpu = model.forward(&ids, &mut State::new(&model.config)).unwrap();
+    let range = cpu.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) - cpu.iter().fold(f32::INFINITY, |m, &v| m.min(v));
+    let tolerance = match quantization {
+        Quantization::Int4 => INT4_RELATIVE_TOLERANCE * range,
+        _ => TOLERANCE,
+    };
 
     let gpu = block_on(engine.logits(&ids)).unwrap();
     let prefill = max_diff(&gpu, &cpu);
@@ -65,23 +73,38 @@ fn check_logits(case: &str, n: usize) {
         mixed.extend(block_on(engine.logits(&[t])).unwrap());
     }
     let then = max_diff(&mixed, &cpu);
-    eprintln!("{case}: GPU vs CPU max |Δ| prefill {prefill:.2e}, step {step:.2e}, prefill+step {then:.2e}");
-    assert!(prefill <= TOLERANCE && step <= TOLERANCE && then <= TOLERANCE, "{case}: {prefill} {step} {then}");
+    let name = quantization.name();
+    eprintln!(
+        "{case} {name}: GPU vs CPU max |Δ| prefill {prefill:.2e}, step {step:.2e}, prefill+step {then:.2e} \
+         (logit range {range:.2})"
+    );
+    assert!(prefill <= tolerance && step <= tolerance && then <= tolerance, "{case} {name}: {prefill} {step} {then}");
 }
 
 #[test]
 fn gpu_matches_cpu_over_six_windows() {
-    check_logits("window_long", 48);
+    check_logits("window_long", 48, Quantization::Int8);
 }
 
 #[test]
 fn gpu_matches_cpu_with_lru_width_above_hidden_size() {
-    check_logits("lru_wide", 40);
+    check_logits("lru_wide", 40, Quantization::Int8);
 }
 
 #[test]
 fn gpu_matches_cpu_with_head_dim_64() {
-    check_logits("head64", 40);
+    check_logits("head64", 40, Quantization::Int8);
+}
+
+#[test]
+fn gpu_int4_matches_cpu_int4_over_six_windows() {
+    check_logits("window_long", 48, Quantization::Int4);
+}
+
+/// Widths of 96 and 288 columns: odd int4 group counts (3 and 9), so every row's scales are padded.
+#[test]
+fn gpu_int4_matches_cpu_int4_with_odd_group_counts() {
+    check_logits("lru_wide", 40, Quantization::Int4);
 }
 
 /// Greedy decoding on the CPU reference: the argmax after each step.
@@ -101,15 +124,24 @@ fn cpu_greedy(model: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
     ids
 }
 
-#[test]
-fn greedy_tokens_match_the_cpu_for_64_tokens_across_windows() {
-    let model = load_model(&tiny().int8).unwrap();
-    let mut engine = load_engine(context(), &tiny().int8).unwrap();
+fn check_greedy_tokens(dir: &Path) {
+    let model = load_model(dir).unwrap();
+    let mut engine = load_engine(context(), dir).unwrap();
     // 21 prompt tokens: two chunks, more than the tiny window of 16.
     let prompt = tokens(21, model.config.vocab_size);
     let mut gpu = vec![block_on(engine.prefill(&prompt)).unwrap()];
     gpu.extend(block_on(engine.decode(63)).unwrap());
     assert_eq!(gpu, cpu_greedy(&model, &prompt, 64));
+}
+
+#[test]
+fn greedy_tokens_match_the_cpu_for_64_tokens_across_windows() {
+    check_greedy_tokens(&tiny().int8);
+}
+
+#[test]
+fn int4_greedy_tokens_match_the_cpu_for_64_tokens_across_windows() {
+    check_greedy_tokens(&tiny().int4);
 }
 
 #[test]
@@ -174,7 +206,7 @@ const LONG_GENERATION: usize = 4_000;
 
 #[test]
 fn gpu_memory_is_constant_however_long_the_generation() {
-    let (mut engine, _, _dir) = int8_pair("window_long");
+    let (mut engine, _, _dir) = pair("window_long", Quantization::Int8);
     block_on(engine.prefill(&[2, 3, 4])).unwrap();
     block_on(engine.decode(10)).unwrap();
     let after_ten = engine.memory_bytes();
@@ -241,6 +273,13 @@ fn rg_bench_reports_speed_and_sizes() {
     assert_eq!(decode.iter().map(|d| d["gen_tokens"].as_u64().unwrap()).collect::<Vec<_>>(), [4, 8]);
     assert!(decode.iter().all(|d| d["tokens_per_s"].as_f64().unwrap() > 0.0));
     assert_eq!(report["weight_bytes"], 17_762_560);
+    // A decoded token reads every weight once (the embedding twice: one row, then the whole
+    // table for the logits); a prompt token a tile's share of the body, plus its share of the
+    // head once.
+    let per_decoded = report["weight_bytes_per_decoded_token"].as_f64().unwrap();
+    assert!((per_decoded / 17_762_560.0 - 1.0).abs() < 0.01, "{per_decoded}");
+    let per_prompt = report["weight_bytes_per_prompt_token"].as_f64().unwrap();
+    assert!(per_prompt < per_decoded / 4.0, "{per_prompt}");
     assert_eq!(report["state_bytes"], 20_488);
     assert!(report["dispatches_per_token"].as_u64().unwrap() > 0);
     assert_eq!(report["sampling"]["temperature"], 0.0, "greedy unless asked");

@@ -89,6 +89,10 @@ enum Command {
         #[command(flatten)]
         sampling: SamplingArgs,
     },
+    /// Write every WGSL module the GPU engine compiles (the shared prefixes and the weight
+    /// format's file in front of each kernel), one file per kernel and format, for other WGSL
+    /// compilers to check (tests/browser/shaders.mjs compiles them with Chromium's).
+    Shaders { out_dir: PathBuf },
     /// Generate text from a prompt, streamed to stdout.
     Generate {
         #[command(flatten)]
@@ -201,6 +205,13 @@ fn run(cli: Cli) -> Result<()> {
                 Runner::Gpu(mut engine) => (pollster::block_on(engine.logits(&tokens))?, engine.config.vocab_size),
             };
             write_npy(&out, &logits, [tokens.len(), vocab])?;
+        }
+        Command::Shaders { out_dir } => {
+            std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+            for (name, source) in rgweb::gpu::kernels::all_modules() {
+                let path = out_dir.join(format!("{name}.wgsl"));
+                std::fs::write(&path, source).with_context(|| format!("writing {}", path.display()))?;
+            }
         }
         Command::Bench { model_dir, prompt_tokens, gen_tokens, json, sampling } => {
             let mut engine = load_engine(gpu_context()?, &model_dir)?;

@@ -131,6 +131,23 @@ impl Kernel {
     }
 }
 
+/// Every WGSL module the engine can compile, named `kernel` (format-neutral kernels) or
+/// `kernel.format`, as `(name, source)`: what other WGSL compilers are checked against.
+pub fn all_modules() -> Vec<(String, String)> {
+    let mut modules = Vec::new();
+    for kernel in Kernel::ALL {
+        let name = kernel.source().0;
+        if kernel.needs() == Needs::Nothing {
+            modules.push((name.to_string(), kernel.module_source(MatrixFormat::Int8)));
+        } else {
+            for format in MatrixFormat::ALL {
+                modules.push((format!("{name}.{}", format.name()), kernel.module_source(format)));
+            }
+        }
+    }
+    modules
+}
+
 /// Structs, activations and reductions shared by every kernel.
 pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
 /// The row dot products, RMSNorm fused in, shared by the matrix kernels.

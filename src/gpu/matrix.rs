@@ -29,6 +29,13 @@ impl MatrixFormat {
         }
     }
 
+    pub fn name(self) -> &'static str {
+        match self {
+            MatrixFormat::Int8 => "int8",
+            MatrixFormat::Int4 => "int4",
+        }
+    }
+
     /// The format's WGSL: its `q` and `affine` bindings, `BLOCK`, `block_weights`, `row_scale`
     /// and `row_bias`.
     pub fn source(self) -> &'static str {

@@ -104,6 +104,9 @@ async function main() {
         const stateBytes = await page.locator('.state-bytes').getAttribute('data-bytes');
         const gpuBytes = await page.locator('.gpu-bytes').getAttribute('data-bytes');
         assert.ok(Number(stateBytes) > 0 && Number(gpuBytes) > Number(stateBytes));
+        const format = JSON.parse(fs.readFileSync(path.join(modelDir, 'manifest.json'), 'utf8')).quantization;
+        assert.equal(await page.locator('.weight-bytes').getAttribute('data-format'), format, 'the page names the weight format');
+        assert.match(await page.locator('.weight-bytes').textContent(), new RegExp(`MiB, ${format}$`));
 
         // 2. A setting the model cannot use is refused where it is typed, with the reason; the
         // field keeps the old value and the next message goes through.

@@ -86,6 +86,7 @@ async function exercise(context, server, expected, worker) {
         return {
             first: ids(first), continued: ids(continued), restored: ids(restored), fresh: ids(fresh),
             notReset: ids(notReset), reset: ids(reset), greedy: ids(greedy), stateBytes: (await e.stats()).stateBytes,
+            weightFormat: (await e.stats()).weightFormat,
         };
     }, hot);
     assert.notDeepEqual(states.continued, states.first, `${mode}: without a restore the reply differs`);
@@ -94,6 +95,8 @@ async function exercise(context, server, expected, worker) {
     assert.deepEqual(states.reset, states.fresh, `${mode}: reset starts a new conversation`);
     assert.deepEqual(states.greedy, expected.ids, `${mode}: after a reset the greedy reply is the CPU reference's`);
     assert.ok(states.stateBytes > 0);
+    const format = JSON.parse(fs.readFileSync(path.join(modelDir, 'manifest.json'), 'utf8')).quantization;
+    assert.equal(states.weightFormat, format, `${mode}: stats name the weight format`);
     log(`${mode}: snapshot/restore and reset ok`);
 
     await checkEdges(page, mode, worker);
@@ -250,14 +253,14 @@ async function checkEdges(page, mode, worker) {
 }
 
 /**
- * A copy of the demo model with one int8 weight changed (and its shard's sha256 updated): another
- * model of the same shape.
+ * A copy of the demo model with one quantized weight changed (and its shard's sha256 updated):
+ * another model of the same shape.
  */
 function otherModel() {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rg-other-model-'));
     for (const file of fs.readdirSync(modelDir)) fs.copyFileSync(path.join(modelDir, file), path.join(dir, file));
     const manifest = JSON.parse(fs.readFileSync(path.join(dir, 'manifest.json'), 'utf8'));
-    const piece = manifest.pieces.find((p) => p.role === 'values' && /^i8$/i.test(p.dtype));
+    const piece = manifest.pieces.find((p) => p.role === 'values' && /^(i8|u32)$/i.test(p.dtype));
     const shard = manifest.shards[piece.shard];
     const bytes = fs.readFileSync(path.join(dir, shard.file));
     bytes[piece.offset] ^= 1;

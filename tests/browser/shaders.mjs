@@ -1,33 +1,31 @@
-// Compiles every WGSL kernel (shaders/common.wgsl [+ int8_rows.wgsl] + the kernel, as
-// src/gpu/kernels.rs does) with Chromium's own WebGPU (Tint, on SwiftShader without a GPU) and
-// builds its compute pipeline with an automatic layout. Tint applies WGSL's uniformity rules more
+// Compiles every WGSL module the engine builds — each kernel with the shared prefixes and, for
+// the matrix kernels, once per weight format, exactly as `rg shaders` writes them from
+// src/gpu/kernels.rs — with Chromium's own WebGPU (Tint, on SwiftShader without a GPU) and builds
+// its compute pipeline with an automatic layout. Tint applies WGSL's uniformity rules more
 // strictly than naga, so this is what proves the native-tested kernels also run in the browser.
-// Prints one line per kernel and "N passed, M failed"; exits non-zero on any failure, and unless
-// every kernel of shaders/ compiled — as many as src/gpu/kernels.rs lists in Kernel::ALL.
+// Prints one line per module and "N passed, M failed"; exits non-zero on any failure, and unless
+// every kernel file of shaders/ is in some module.
+//
+// Usage: node shaders.mjs   (after cargo build --bin rg; RG=path overrides target/debug/rg)
 import { createServer } from 'node:http';
-import { readFileSync, readdirSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { launchContext } from './chromium.mjs';
+import { launchContext, root } from './chromium.mjs';
 
-const shaderDir = new URL('../../shaders/', import.meta.url).pathname;
-const read = (f) => readFileSync(join(shaderDir, f), 'utf8');
-const prefixes = ['common.wgsl', 'int8_rows.wgsl'];
-const [common, int8Rows] = prefixes.map(read);
-// As Kernel::module_source: the int8 matrix kernels (those that call tile_partials) also get
-// int8_rows.wgsl.
-const kernels = readdirSync(shaderDir)
-  .filter((f) => f.endsWith('.wgsl') && !prefixes.includes(f))
-  .sort()
-  .map((f) => {
-    const own = read(f);
-    const rows = own.includes('tile_partials(') ? int8Rows : '';
-    return { name: f, code: `${common}\n${rows}\n${own}` };
-  });
+const moduleDir = mkdtempSync(join(tmpdir(), 'rg-shaders-'));
+const rg = process.env.RG ?? join(root, 'target/debug/rg');
+const run = spawnSync(rg, ['shaders', moduleDir], { encoding: 'utf8' });
+if (run.status !== 0) throw new Error(`rg shaders failed: ${run.stderr}`);
+const kernels = readdirSync(moduleDir).sort()
+  .map((f) => ({ name: f.replace(/\.wgsl$/, ''), code: readFileSync(join(moduleDir, f), 'utf8') }));
 
-// The kernels the engine builds: a kernel file missing from shaders/, or a listing that finds
-// none, must fail the run rather than pass with nothing compiled.
-const kernelsRs = readFileSync(new URL('../../src/gpu/kernels.rs', import.meta.url), 'utf8');
-const listed = Number(/pub const ALL: \[Kernel; (\d+)\]/.exec(kernelsRs)?.[1] ?? 0);
+// Every kernel file (not a prefix) must be in some module: a listing that misses one, or finds
+// none, must fail the run rather than pass with less compiled.
+const prefixes = /^(common|matrix_rows|format_.*)\.wgsl$/;
+const kernelFiles = readdirSync(join(root, 'shaders')).filter((f) => f.endsWith('.wgsl') && !prefixes.test(f))
+  .map((f) => f.replace(/\.wgsl$/, ''));
 
 // WebGPU needs a secure context: serve a blank page on loopback.
 const server = createServer((_, res) => res.end('<!doctype html><title>shaders</title>'));
@@ -71,11 +69,11 @@ try {
   }
   const passed = results.length - failed;
   console.log(`${passed} passed, ${failed} failed`);
-  const names = new Set(results.filter((r) => !r.error).map((r) => r.name));
-  const missing = kernels.filter((k) => !names.has(k.name)).map((k) => k.name);
-  if (listed === 0 || kernels.length !== listed || passed !== listed || missing.length) {
-    console.log(`FAIL expected ${listed} kernels (Kernel::ALL), found ${kernels.length} in shaders/, compiled ${passed}`
-      + `${missing.length ? `; not compiled: ${missing.join(', ')}` : ''}`);
+  const compiled = new Set(results.filter((r) => !r.error).map((r) => r.name.split('.')[0]));
+  const missing = kernelFiles.filter((k) => !compiled.has(k));
+  if (kernels.length === 0 || passed !== kernels.length || missing.length) {
+    console.log(`FAIL ${kernels.length} modules from rg shaders, compiled ${passed}`
+      + `${missing.length ? `; kernels of shaders/ not compiled: ${missing.join(', ')}` : ''}`);
     failed += 1;
   }
 } finally {

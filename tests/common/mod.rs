@@ -30,23 +30,25 @@ pub fn s(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
-/// The tiny random checkpoint and its two conversions, made once for all tests.
+/// The tiny random checkpoint and its conversions, made once for all tests.
 pub struct Tiny {
     _dir: tempfile::TempDir,
     pub hf: PathBuf,
     pub f32: PathBuf,
     pub int8: PathBuf,
+    pub int4: PathBuf,
 }
 
 pub fn tiny() -> &'static Tiny {
     static TINY: OnceLock<Tiny> = OnceLock::new();
     TINY.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let (hf, f32, int8) = (dir.path().join("hf"), dir.path().join("f32"), dir.path().join("int8"));
+        let [hf, f32, int8, int4] = ["hf", "f32", "int8", "int4"].map(|name| dir.path().join(name));
         ok(&["random", "--preset", "tiny", "--seed", "7", s(&hf)]);
-        ok(&["convert", s(&hf), s(&f32), "--quant", "f32"]);
-        ok(&["convert", s(&hf), s(&int8), "--quant", "int8"]);
-        Tiny { _dir: dir, hf, f32, int8 }
+        for (out, quant) in [(&f32, "f32"), (&int8, "int8"), (&int4, "int4")] {
+            ok(&["convert", s(&hf), s(out), "--quant", quant]);
+        }
+        Tiny { _dir: dir, hf, f32, int8, int4 }
     })
 }
 
