@@ -287,8 +287,11 @@ fn piece_range(shard: &[u8], name: &str) -> std::ops::Range<usize> {
     entry.start as usize..entry.end as usize
 }
 
-fn cpu_fails_with(dir: &tempfile::TempDir, message: &str) {
-    fails_with(&["logits", s(dir.path()), "--tokens", "2", "--backend", "cpu", "--out", "/tmp/x.npy"], message);
+/// The same one-line error from both backends (they share the manifest check and the parser).
+fn logits_fail_with(dir: &tempfile::TempDir, message: &str) {
+    for backend in ["cpu", "gpu"] {
+        fails_with(&["logits", s(dir.path()), "--tokens", "2", "--backend", backend, "--out", "/tmp/x.npy"], message);
+    }
 }
 
 const GATE: &str = "model.layers.0.temporal_block.rg_lru.input_gate_weight";
@@ -308,7 +311,7 @@ fn malformed_int4_models_fail_with_one_clear_error() {
     ]);
 
     let narrow = rehashed_int4(|_| {}, |m| m["config"]["hidden_size"] = 48.into());
-    cpu_fails_with(
+    logits_fail_with(
         &narrow,
         "manifest.json: model.embed_tokens.weight: 48 columns is not a multiple of the int4 group (32)",
     );
@@ -322,7 +325,7 @@ fn malformed_int4_models_fail_with_one_clear_error() {
             p["bytes"] = 128.into();
         },
     );
-    cpu_fails_with(
+    logits_fail_with(
         &one_scale,
         &format!(
             "piece {GATE}.scales is F16 [64, 1] at row 0, expected F16 [64, 2] at row 0 (int4 scales: one f16 per \
@@ -330,10 +333,10 @@ fn malformed_int4_models_fail_with_one_clear_error() {
         ),
     );
     let f32_scales = rehashed_int4(|_| {}, |m| piece(m, &format!("{GATE}.scales"))["dtype"] = "F32".into());
-    cpu_fails_with(&f32_scales, "is F32 [64, 2] at row 0, expected F16 [64, 2] at row 0");
+    logits_fail_with(&f32_scales, "is F32 [64, 2] at row 0, expected F16 [64, 2] at row 0");
 
     let wide_values = rehashed_int4(|_| {}, |m| piece(m, GATE)["shape"] = serde_json::json!([64, 8]));
-    cpu_fails_with(
+    logits_fail_with(
         &wide_values,
         &format!(
             "piece {GATE} is U32 [64, 8] at row 0, expected U32 [64, 4] at row 0 (int4 values: 8 weights per u32, 4 \
@@ -341,9 +344,9 @@ fn malformed_int4_models_fail_with_one_clear_error() {
         ),
     );
     let byte_values = rehashed_int4(|_| {}, |m| piece(m, GATE)["dtype"] = "I8".into());
-    cpu_fails_with(&byte_values, "is I8 [64, 4] at row 0, expected U32 [64, 4] at row 0");
+    logits_fail_with(&byte_values, "is I8 [64, 4] at row 0, expected U32 [64, 4] at row 0");
     let int8_claim = rehashed_int4(|_| {}, |m| m["quantization"] = "int8".into());
-    cpu_fails_with(&int8_claim, "expected I8");
+    logits_fail_with(&int8_claim, "expected I8");
 
     // Correctly hashed shards holding a non-finite f16 scale.
     let scales = "model.embed_tokens.weight.scales";
@@ -354,7 +357,10 @@ fn malformed_int4_models_fail_with_one_clear_error() {
         },
         |_| {},
     );
-    cpu_fails_with(&nan, &format!("model-00000.safetensors: {scales} holds a non-finite value (NaN) at element 1001"));
+    logits_fail_with(
+        &nan,
+        &format!("model-00000.safetensors: {scales} holds a non-finite value (NaN) at element 1001"),
+    );
     let infinite = rehashed_int4(
         |b| {
             let at = piece_range(b, &format!("{GATE}.scales")).end - 2;
@@ -362,5 +368,5 @@ fn malformed_int4_models_fail_with_one_clear_error() {
         },
         |_| {},
     );
-    cpu_fails_with(&infinite, &format!("{GATE}.scales holds a non-finite value (-inf) at element 127"));
+    logits_fail_with(&infinite, &format!("{GATE}.scales holds a non-finite value (-inf) at element 127"));
 }
