@@ -3,15 +3,16 @@
 //   w[r][c] = q[r][c] · scale[r][c / 32]
 //
 // q is row-major [rows, cols] 4-bit two's complement, eight per u32: column 8w + k in bits
-// 4k..4k + 3 of word w, so one group of 32 columns is one vec4<u32> (a 16-byte load). `affine`
-// holds the f16 scales [rows, S] two per u32 (S = cols / 32 rounded up to even, so every row
-// starts on a word), then (at bias_offset, in words) one f32 bias per row. A block is one group.
-// Read through unpack2x16float: no `shader-f16` needed.
+// 4k..4k + 3 of word w. `affine` holds the f16 scales [rows, S] two per u32 (S = cols / 32
+// rounded up to even, so every row starts on a word), then (at bias_offset, in words) one f32
+// bias per row. A block is 4 columns (half a word), as in int8, so that neighbouring threads of a
+// row read neighbouring words of q and neighbouring vectors of x (coalesced loads); the 8 blocks
+// of a group share its scale. Read through unpack2x16float: no `shader-f16` needed.
 
-@group(0) @binding(2) var<storage, read> q: array<vec4<u32>>;   // [rows, cols / 32]
-@group(0) @binding(3) var<storage, read> affine: array<u32>;    // f16 scales, then f32 biases
+@group(0) @binding(2) var<storage, read> q: array<u32>;        // [rows, cols / 8]
+@group(0) @binding(3) var<storage, read> affine: array<u32>;   // f16 scales, then f32 biases
 
-const BLOCK: u32 = 8u;
+const BLOCK: u32 = 1u;
 
 // The scale of group `g` of row `affine_row`.
 fn group_scale(affine_row: u32, cols: u32, g: u32) -> f32 {
@@ -21,22 +22,19 @@ fn group_scale(affine_row: u32, cols: u32, g: u32) -> f32 {
     return select(pair.x, pair.y, (i & 1u) == 1u);
 }
 
-// Group b of the weights buffer's row `local_row`, before its scale.
+// Columns 4b..4b + 3 of the weights buffer's row `local_row`, before their scale.
 fn block_weights(local_row: u32, affine_row: u32, cols: u32, b: u32) -> array<vec4<f32>, BLOCK> {
-    let packed = q[local_row * (cols / 32u) + b];
-    var weights: array<vec4<f32>, BLOCK>;
-    for (var k = 0u; k < 4u; k++) {
-        // Shift each nibble to the top, then arithmetic-shift it back down: sign extension.
-        let word = vec4<i32>(bitcast<i32>(packed[k]));
-        weights[2u * k] = vec4<f32>((word << vec4<u32>(28u, 24u, 20u, 16u)) >> vec4<u32>(28u));
-        weights[2u * k + 1u] = vec4<f32>((word << vec4<u32>(12u, 8u, 4u, 0u)) >> vec4<u32>(28u));
-    }
-    return weights;
+    let word = vec4<i32>(bitcast<i32>(q[local_row * (cols / 8u) + b / 2u]));
+    // Shift each nibble to the top, then arithmetic-shift it back down: sign extension.
+    let low_half = vec4<u32>(28u, 24u, 20u, 16u);
+    let high_half = vec4<u32>(12u, 8u, 4u, 0u);
+    let shifts = select(low_half, high_half, (b & 1u) == 1u);
+    return array<vec4<f32>, BLOCK>(vec4<f32>((word << shifts) >> vec4<u32>(28u)));
 }
 
-// The scale of group b: applied to the group's dot product, as the CPU reference does.
+// The scale of block b's group: applied to the block's dot product.
 fn block_scale(affine_row: u32, cols: u32, b: u32) -> f32 {
-    return group_scale(affine_row, cols, b);
+    return group_scale(affine_row, cols, b / 8u);
 }
 
 fn row_scale(affine_row: u32) -> f32 {

@@ -7,8 +7,8 @@
 //   x̂[t][c]     = x[t][c]                                                   (no norm)
 //
 // w comes from the format's `block_weights` and `block_scale`: a block is BLOCK vectors of 4
-// consecutive columns (int8: one packed word; int4: one group of 32), whose dot product is
-// scaled by `block_scale` (int4: the group's scale; int8: 1). block(r) = r / block_rows picks
+// consecutive columns (4 in both formats, so neighbouring lanes read neighbouring memory), whose
+// dot product is scaled by `block_scale` (int4: its group's scale; int8: 1). block(r) = r / block_rows picks
 // the input slice of a block-diagonal matrix (block_rows = 2³² − 1 for an ordinary one). `lanes`
 // threads share a row (a power of two ≤ MAX_LANES chosen from the row length). In a pair kernel
 // (halves = 2) the first half of the threads computes row r and the other half row r +

@@ -352,7 +352,7 @@ fn check_supported(ctx: &GpuContext, manifest: &Manifest) -> Result<MatrixFormat
     let format = MatrixFormat::of(manifest.quantization)?;
     let config = &manifest.config;
     for spec in tensor_specs(config).iter().filter(|s| s.is_matrix) {
-        let multiple = format.block_columns();
+        let multiple = format.column_multiple();
         if spec.shape[1] % multiple != 0 {
             return Err(Error::Gpu(format!(
                 "{}: {} columns is not a multiple of {multiple}",

@@ -45,10 +45,15 @@ impl MatrixFormat {
         }
     }
 
-    /// Columns per block (`4 · BLOCK` in the format's WGSL): a row's length must be a multiple.
+    /// Columns per block (`4 · BLOCK` in the format's WGSL): one thread's share of a row per step.
     pub fn block_columns(self) -> usize {
+        4
+    }
+
+    /// What a row's length must be a multiple of: a block, or an int4 group.
+    pub fn column_multiple(self) -> usize {
         match self {
-            MatrixFormat::Int8 => 4,
+            MatrixFormat::Int8 => self.block_columns(),
             MatrixFormat::Int4 => INT4_GROUP,
         }
     }
