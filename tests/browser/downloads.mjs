@@ -1,7 +1,7 @@
 // End-to-end tests of the page's download path in Chromium against a test server made to
-// misbehave (server.mjs): every way a real host or network goes wrong must end in a loaded model
-// or in one clear line with a Retry, never in a model downloaded twice, a poisoned cache or
-// leaked GPU memory. The built site (dist/) is served on one origin; the demo model on it and,
+// misbehave (server.mjs): every way a real host or network goes wrong, and a malformed model,
+// must end in a loaded model or in one clear line with a Retry, never in a model downloaded
+// twice, a poisoned cache or leaked GPU memory. The built site (dist/) is served on one origin; the demo model on it and,
 // for the cross-origin case, on a second origin that, like most CDNs, does not expose Content-Range.
 //
 // Usage: node downloads.mjs   (after `trunk build --release` with the demo model in www/models/demo)
@@ -88,6 +88,18 @@ function folderOfTwoModels() {
     const parent = fs.mkdtempSync(path.join(os.tmpdir(), 'rg-models-'));
     for (const name of ['first', 'second']) fs.cpSync(modelDir, path.join(parent, 'models', name), { recursive: true });
     return path.join(parent, 'models');
+}
+
+/** A copy of the (int4) demo model whose first scales piece claims two scales too many per row. */
+function malformedInt4Model() {
+    const parent = fs.mkdtempSync(path.join(os.tmpdir(), 'rg-bad-int4-'));
+    fs.cpSync(modelDir, path.join(parent, 'bad'), { recursive: true });
+    const file = path.join(parent, 'bad', 'manifest.json');
+    const manifest = JSON.parse(fs.readFileSync(file, 'utf8'));
+    assert.equal(manifest.quantization, 'int4', 'the demo model is int4');
+    manifest.pieces.find((p) => p.role === 'scales').shape[1] += 2;
+    fs.writeFileSync(file, JSON.stringify(manifest));
+    return parent;
 }
 
 async function main() {
@@ -186,7 +198,9 @@ async function main() {
         // 4. Resume across a reload: the connection stalls, the user reloads, and the download
         //    continues from what the cache kept, not from byte 0.
         await clearCache(page);
-        site.stallOnce(shard, SEGMENT_BYTES + 2_000_000);
+        // Past the first cache segment, well before the end (the int4 demo shard is ≈ 9.4 MB).
+        const stallAt = SEGMENT_BYTES + Math.floor((shardBytes - SEGMENT_BYTES) / 2);
+        site.stallOnce(shard, stallAt);
         await page.goto(modelUrl);
         // (waitForFunction would not wait for an async predicate.)
         for (const started = Date.now(); !(await cachedUrls(page)).some((url) => url.includes(manifest.shards[0].file));) {
@@ -199,7 +213,7 @@ async function main() {
         shardRequests = requestsOf(site, shard, mark);
         assert.equal(shardRequests.length, 1, JSON.stringify(shardRequests));
         const resumedAt = rangeStart(shardRequests[0]);
-        assert.ok(resumedAt >= SEGMENT_BYTES && resumedAt <= SEGMENT_BYTES + 2_000_000, shardRequests[0].range);
+        assert.ok(resumedAt >= SEGMENT_BYTES && resumedAt <= stallAt, shardRequests[0].range);
         log(`resumed after a reload with ${shardRequests[0].range}`);
 
         // 5. The model is now fully cached. Under a quota with room for less than the model, a
@@ -272,6 +286,20 @@ async function main() {
         const none = await page.evaluate(() => window.__gpuBuffers());
         assert.equal(none.live, 0, 'nothing was allocated for it');
         log('a folder of two models: refused');
+
+        // 11. A malformed int4 model (scales that do not match the groups) is one clear error
+        //     from the manifest, before any shard is fetched or any GPU memory is taken.
+        const bad = await startServer({ '/models/': malformedInt4Model() });
+        try {
+            await page.goto(`${site.url}/`);
+            await loadTypedUrl(page, `${bad.url}/models/bad/`);
+            await expectFailure(page, /manifest\.json: piece .*scales.* expected .*int4 scales: one f16 per group/, 'malformed int4');
+            assert.ok(!bad.requests.some((r) => r.path.endsWith('.safetensors')), 'no shard was fetched');
+            assert.equal((await page.evaluate(() => window.__gpuBuffers())).live, 0, 'no GPU memory is held');
+            log('a malformed int4 manifest: one clear error');
+        } finally {
+            await bad.close();
+        }
 
         assert.deepEqual(pageErrors, [], 'no uncaught errors in the page');
     } finally {
