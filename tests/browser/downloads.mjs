@@ -1,8 +1,9 @@
 // End-to-end tests of the page's download path in Chromium against a test server made to
 // misbehave (server.mjs): every way a real host or network goes wrong, and a malformed model,
 // must end in a loaded model or in one clear line with a Retry, never in a model downloaded
-// twice, a poisoned cache or leaked GPU memory. The built site (dist/) is served on one origin; the demo model on it and,
-// for the cross-origin case, on a second origin that, like most CDNs, does not expose Content-Range.
+// twice, a poisoned cache or leaked GPU memory. The built site (dist/) is served on one origin;
+// the demo model on it and, for the cross-origin case, on a second origin that, like most CDNs,
+// does not expose Content-Range.
 //
 // Usage: node downloads.mjs   (after `trunk build --release` with the demo model in www/models/demo)
 import assert from 'node:assert/strict';
