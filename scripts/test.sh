@@ -30,7 +30,7 @@ bash scripts/fetch-tokenizer.sh
 
 step "format and lints"
 cargo fmt --check
-rustfmt --check --edition 2021 fuzz/src/*.rs fuzz/fuzz_targets/*.rs
+rustfmt --check --edition 2021 fuzz/src/*.rs fuzz/fuzz_targets/*.rs fuzz/examples/*.rs
 cargo clippy --all-targets --quiet -- -D warnings
 
 step "the library and the page build for the browser, lint-clean (wasm32-unknown-unknown)"

@@ -1,6 +1,8 @@
 //! The streaming shard parser, given a valid tiny manifest and (possibly mutated) shard bytes in
 //! any chunking. Input: a byte `n`, then `n` little-endian u16 chunk lengths (0 allowed, used
-//! cyclically, at most 64 chunks), then the shard bytes. The seeds hold the valid shard.
+//! cyclically, at most 64 chunks), then the shard bytes. `n` < 128 streams into the int8 model;
+//! `n` ≥ 128 means `n − 128` lengths and the int4 model (U32 values, F16 scales). The seeds hold
+//! the valid shards (`fuzz/examples/seeds.rs` writes them).
 //!
 //! Beyond "no panic": every piece's bytes must reach the sink in order, each exactly once, never
 //! past the piece's end, and be the bytes at the piece's place in the shard; a stream that finishes cleanly must have delivered every piece
@@ -11,13 +13,15 @@ use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
 use recurrentgemma_web_fuzz::tiny_model;
-use rgweb::weights::format::{Manifest, Piece};
+use rgweb::weights::format::{Manifest, Piece, Quantization};
 use rgweb::weights::stream::{PieceSink, ShardParser};
 
 /// Chunk boundaries can fall anywhere with this many; more only slow each run down.
 const MAX_CHUNKS: usize = 64;
 
-static MODEL: LazyLock<(Manifest, Vec<Vec<u8>>)> = LazyLock::new(tiny_model);
+type Model = (Manifest, Vec<Vec<u8>>);
+static MODELS: LazyLock<[Model; 2]> =
+    LazyLock::new(|| [tiny_model(Quantization::Int8), tiny_model(Quantization::Int4)]);
 
 /// Checks each delivery against the shard fed in, and counts bytes received per piece.
 struct Received<'a> {
@@ -45,8 +49,9 @@ impl PieceSink for Received<'_> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let (manifest, shards) = &*MODEL;
-    let Some((&count, rest)) = data.split_first() else { return };
+    let Some((&first, rest)) = data.split_first() else { return };
+    let (model, count) = if first >= 128 { (1, first - 128) } else { (0, first) };
+    let (manifest, shards) = &MODELS[model];
     let Some((lengths, shard)) = rest.split_at_checked(2 * count as usize) else { return };
     let lengths: Vec<usize> = lengths.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize).collect();
 

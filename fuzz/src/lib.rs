@@ -1,5 +1,5 @@
-//! What the fuzz targets share: an allocation limit, and a valid tiny model whose shard the
-//! streaming parser is fed.
+//! What the fuzz targets share: an allocation limit, and valid tiny models (int8 and int4) whose
+//! shard the streaming parser is fed.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
@@ -64,9 +64,23 @@ pub fn tiny_config() -> Config {
     }
 }
 
-/// A checked manifest of the tiny model and its shards' bytes (the sha256s in the manifest match).
-pub fn tiny_model() -> (Manifest, Vec<Vec<u8>>) {
-    let mut manifest = Manifest::plan(&tiny_config(), Quantization::Int8);
+/// The smallest shape int4 takes: every matrix's columns a whole number of 32-column groups
+/// (width 32, one head so the RG-LRU blocks are 32 wide).
+pub fn tiny_int4_config() -> Config {
+    Config {
+        hidden_size: 32,
+        intermediate_size: 2 * 3 * 32,
+        num_attention_heads: 1,
+        lru_width: Some(32),
+        ..tiny_config()
+    }
+}
+
+/// A checked manifest of a tiny model and its shards' bytes (the sha256s in the manifest match):
+/// [`tiny_config`] in int8, or [`tiny_int4_config`] in int4.
+pub fn tiny_model(quantization: Quantization) -> (Manifest, Vec<Vec<u8>>) {
+    let config = if quantization == Quantization::Int4 { tiny_int4_config() } else { tiny_config() };
+    let mut manifest = Manifest::plan(&config, quantization);
     let mut shards = Vec::new();
     for index in 0..manifest.shards.len() {
         let mut pieces: Vec<_> = manifest.shard_pieces(index).cloned().collect();
@@ -74,9 +88,14 @@ pub fn tiny_model() -> (Manifest, Vec<Vec<u8>>) {
         let mut bytes = shard_header(&pieces);
         for piece in &pieces {
             assert_eq!(bytes.len() as u64, piece.offset, "pieces follow the header back to back");
-            // Int8 values may be any bytes; f32 ones must be finite (the parser rejects NaN/Inf).
+            // Quantized values may be any bytes; f32 and f16 ones must be finite (the parser
+            // rejects NaN/Inf).
             match piece.dtype {
                 Dtype::F32 => bytes.extend((0..piece.bytes / 4).flat_map(|i| (i as f32 * 0.25 - 3.0).to_le_bytes())),
+                // f16 1.0 with the low mantissa bits varied: finite, and different per scale.
+                Dtype::F16 => {
+                    bytes.extend((0..piece.bytes / 2).flat_map(|i| (0x3c00u16 | (i as u16 & 0x3ff)).to_le_bytes()))
+                }
                 _ => bytes.extend((0..piece.bytes).map(|i| (i as u8).wrapping_mul(31))),
             }
         }
