@@ -88,7 +88,10 @@ fn generate_streams_text_deterministically() {
 fn bad_command_lines_fail_clearly() {
     let tiny = tiny();
     fails_with(&["logits", s(&tiny.f32), "--tokens", "2,256000", "--out", "/tmp/x.npy"], "out of range");
-    fails_with(&["logits", s(&tiny.f32), "--tokens", "2", "--backend", "gpu", "--out", "/tmp/x.npy"], "runs int8 and int4 models");
+    fails_with(
+        &["logits", s(&tiny.f32), "--tokens", "2", "--backend", "gpu", "--out", "/tmp/x.npy"],
+        "runs int8 and int4 models",
+    );
     fails_with(&["logits", "/nonexistent/model", "--tokens", "2", "--out", "/tmp/x.npy"], "neither manifest.json");
     fails_with(&["convert", "/nonexistent/hf", "/tmp/rg-out"], "No such file");
     fails_with(&["generate", s(&tiny.f32), "--prompt", "hi", "--tokenizer", "/nonexistent.json"], "nonexistent.json");
