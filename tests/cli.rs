@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{fails_with, ok, s, tiny};
+use common::{fails_with, logits_fail_with, ok, s, tensor_range, tiny};
 
 use rgweb::weights::safetensors::{header_of, write_header, Dtype};
 
@@ -148,19 +148,6 @@ fn rehashed_copy(
     edit_manifest(&mut manifest);
     std::fs::write(&path, manifest.to_string()).unwrap();
     dir
-}
-
-/// Where tensor `name`'s bytes lie in a shard.
-fn tensor_range(shard: &[u8], name: &str) -> std::ops::Range<usize> {
-    let entry = header_of(shard).unwrap().entries.into_iter().find(|e| e.name == name).unwrap();
-    entry.start as usize..entry.end as usize
-}
-
-/// The same one-line error from both backends.
-fn logits_fail_with(dir: &tempfile::TempDir, message: &str) {
-    for backend in ["cpu", "gpu"] {
-        fails_with(&["logits", s(dir.path()), "--tokens", "2", "--backend", backend, "--out", "/tmp/x.npy"], message);
-    }
 }
 
 #[test]

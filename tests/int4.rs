@@ -10,7 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use common::{fails_with, ok, s, tiny};
+use common::{fails_with, logits_fail_with, ok, s, tensor_range, tiny};
 
 use rgweb::config::{Config, Preset};
 use rgweb::model::{Model, State};
@@ -281,19 +281,6 @@ fn piece<'a>(manifest: &'a mut serde_json::Value, name: &str) -> &'a mut serde_j
     manifest["pieces"].as_array_mut().unwrap().iter_mut().find(|p| p["name"] == name).unwrap()
 }
 
-/// Where piece `name`'s bytes lie in a shard.
-fn piece_range(shard: &[u8], name: &str) -> std::ops::Range<usize> {
-    let entry = header_of(shard).unwrap().entries.into_iter().find(|e| e.name == name).unwrap();
-    entry.start as usize..entry.end as usize
-}
-
-/// The same one-line error from both backends (they share the manifest check and the parser).
-fn logits_fail_with(dir: &tempfile::TempDir, message: &str) {
-    for backend in ["cpu", "gpu"] {
-        fails_with(&["logits", s(dir.path()), "--tokens", "2", "--backend", backend, "--out", "/tmp/x.npy"], message);
-    }
-}
-
 const GATE: &str = "model.layers.0.temporal_block.rg_lru.input_gate_weight";
 
 #[test]
@@ -352,7 +339,7 @@ fn malformed_int4_models_fail_with_one_clear_error() {
     let scales = "model.embed_tokens.weight.scales";
     let nan = rehashed_int4(
         |b| {
-            let at = piece_range(b, scales).start + 2 * 1001;
+            let at = tensor_range(b, scales).start + 2 * 1001;
             b[at..at + 2].copy_from_slice(&0x7e00u16.to_le_bytes());
         },
         |_| {},
@@ -363,7 +350,7 @@ fn malformed_int4_models_fail_with_one_clear_error() {
     );
     let infinite = rehashed_int4(
         |b| {
-            let at = piece_range(b, &format!("{GATE}.scales")).end - 2;
+            let at = tensor_range(b, &format!("{GATE}.scales")).end - 2;
             b[at..at + 2].copy_from_slice(&0xfc00u16.to_le_bytes());
         },
         |_| {},

@@ -1,10 +1,13 @@
-//! Helpers shared by the integration tests: running `rg`, and the tiny random model.
+//! Helpers shared by the integration tests: running `rg`, the tiny random model, and finding a
+//! tensor's bytes in a shard.
 
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
+
+use rgweb::weights::safetensors::header_of;
 
 pub fn rg(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_rg")).args(args).output().expect("rg runs")
@@ -50,6 +53,19 @@ pub fn tiny() -> &'static Tiny {
         }
         Tiny { _dir: dir, hf, f32, int8, int4 }
     })
+}
+
+/// Where tensor (or piece) `name`'s bytes lie in a shard.
+pub fn tensor_range(shard: &[u8], name: &str) -> std::ops::Range<usize> {
+    let entry = header_of(shard).unwrap().entries.into_iter().find(|e| e.name == name).unwrap();
+    entry.start as usize..entry.end as usize
+}
+
+/// The same one-line error from both backends (they share the manifest check and the parser).
+pub fn logits_fail_with(dir: &tempfile::TempDir, message: &str) {
+    for backend in ["cpu", "gpu"] {
+        fails_with(&["logits", s(dir.path()), "--tokens", "2", "--backend", backend, "--out", "/tmp/x.npy"], message);
+    }
 }
 
 pub fn tokenizer_path() -> PathBuf {
