@@ -152,7 +152,8 @@ fn section<T: serde::de::DeserializeOwned>(sections: &mut Map<String, Value>, na
 /// a `Sequence`'s parts). tokenizers builds every other kind too, but a hostile file reaches code
 /// there that panics or allocates what the file says (fuzzing found a `Precompiled` charsmap
 /// parsed with `expect` and a length that asks for 8 GB, `BPEDecoder` subtracting past zero, the
-/// `Strip` decoder indexing past a token), and
+/// `Strip` decoder indexing past a token, a `Replace` normalizer whose regex matches the empty
+/// string indexing past the text), and
 /// on wasm32 a panic aborts the module: only these kinds are handed to it.
 const PARTS: [(&str, &str, &[&str]); 4] = [
     ("normalizer", "normalizers", &["Replace", "Prepend", "Strip", "NFC", "NFKC"]),
@@ -179,6 +180,11 @@ fn check_parts(sections: &Map<String, Value>) -> Result<()> {
                 Some("Strip") if name == "decoder" && part.get("stop").and_then(Value::as_u64) != Some(0) => {
                     return Err(invalid("decoder: Strip must have stop 0"));
                 }
+                // A regex that matches the empty string makes the normalizer's replace index past
+                // the text (a panic); Gemma's replace plain strings.
+                Some("Replace") if !replaces_a_plain_string(part) => {
+                    return Err(invalid(format!("{name}: Replace must replace a non-empty string, not a regex")));
+                }
                 Some(kind) if allowed.contains(&kind) => {}
                 kind => {
                     return Err(invalid(format!(
@@ -191,6 +197,11 @@ fn check_parts(sections: &Map<String, Value>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn replaces_a_plain_string(part: &Value) -> bool {
+    let pattern = part.get("pattern").and_then(|p| p.get("String")).and_then(Value::as_str);
+    pattern.is_some_and(|p| !p.is_empty())
 }
 
 fn model_field<T: serde::de::DeserializeOwned>(model: &Map<String, Value>, name: &str) -> Result<Option<T>> {
@@ -305,6 +316,9 @@ mod tests {
                 "CTC",
             ),
             ("decoder", r#"{"type": "Strip", "content": " ", "start": 1, "stop": 5}"#, "stop 0"),
+            // Fuzzing: `\s*` matches the empty string, and the replace indexed past the text.
+            ("normalizer", r#"{"type": "Replace", "pattern": {"Regex": "\\s*"}, "content": " "}"#, "not a regex"),
+            ("decoder", r#"{"type": "Replace", "pattern": {"String": ""}, "content": " "}"#, "non-empty string"),
         ] {
             let json = file(&format!(r#", "{section}": {part}"#));
             let err = read_bpe_tokenizer(json.as_bytes()).expect_err("refused").to_string();
