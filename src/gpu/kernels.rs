@@ -186,9 +186,10 @@ impl Kernels {
         Kernels { pipelines }
     }
 
-    /// `kernel`'s pipeline; for a matrix kernel, its variant for weights in `format`.
-    pub fn pipeline(&self, kernel: Kernel, format: MatrixFormat) -> PipelineKey {
-        let key = if kernel.needs() == Needs::Nothing { (kernel, None) } else { (kernel, Some(format)) };
+    /// `kernel`'s pipeline; for a matrix kernel, its variant for weights in `format` (the other
+    /// kernels have one, whatever `format` says).
+    pub fn pipeline(&self, kernel: Kernel, format: Option<MatrixFormat>) -> PipelineKey {
+        let key = if kernel.needs() == Needs::Nothing { (kernel, None) } else { (kernel, format) };
         match self.pipelines.get(&key) {
             Some(pipeline) => PipelineKey { key, pipeline: pipeline.clone() },
             None => panic!("{} was not compiled for {format:?} weights", kernel.source().0),

@@ -4,7 +4,7 @@
 //! list ([`super::forward`]) and the kernel tests both build their dispatches through these.
 
 use super::kernels::*;
-use super::matrix::GpuMatrix;
+use super::matrix::{GpuMatrix, MatrixFormat};
 use super::GpuContext;
 
 /// How many workgroups a dispatch needs for a chunk of `n` tokens (of which `head` get logits).
@@ -158,6 +158,8 @@ pub struct Ops<'a> {
 }
 
 impl Ops<'_> {
+    /// An op whose uniform block is `params`, made here: `@binding(0)` the block, `(1)` the
+    /// chunk, then `rest`. `w` is the matrix, for a matrix kernel.
     fn op<T: bytemuck::Pod>(
         &self,
         kernel: Kernel,
@@ -169,9 +171,22 @@ impl Ops<'_> {
         let params = self.ctx.uniform(kernel.source().0, bytemuck::bytes_of(params));
         let mut buffers = vec![&params, self.chunk];
         buffers.extend(rest);
-        let format = w.map(|w| w.format).unwrap_or(super::matrix::MatrixFormat::Int8);
+        self.bound(kernel, w.map(|w| w.format), &buffers, groups)
+    }
+
+    /// An op with `@binding(i)` = `buffers[i]`.
+    fn bound(&self, kernel: Kernel, format: Option<MatrixFormat>, buffers: &[&wgpu::Buffer], groups: Groups) -> Op {
         let pipeline = self.kernels.pipeline(kernel, format);
-        let bind_group = bind(&self.ctx.device, &pipeline, kernel, &buffers);
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, buffer)| wgpu::BindGroupEntry { binding: i as u32, resource: buffer.as_entire_binding() })
+            .collect();
+        let bind_group = self.ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(kernel.source().0),
+            layout: &pipeline.pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
         Op { pipeline, bind_group, groups, reads: Reads::Nothing }
     }
 
@@ -327,22 +342,7 @@ impl Ops<'_> {
         tokens: &wgpu::Buffer,
         generated: &wgpu::Buffer,
     ) -> Op {
-        let pipeline = self.kernels.pipeline(Kernel::Sample, super::matrix::MatrixFormat::Int8);
         let buffers = [sampling, self.chunk, step, logits, tokens, generated];
-        let bind_group = bind(&self.ctx.device, &pipeline, Kernel::Sample, &buffers);
-        Op { pipeline, bind_group, groups: Groups::Fixed(1, 1), reads: Reads::Nothing }
+        self.bound(Kernel::Sample, None, &buffers, Groups::Fixed(1, 1))
     }
-}
-
-fn bind(device: &wgpu::Device, pipeline: &PipelineKey, kernel: Kernel, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
-    let entries: Vec<wgpu::BindGroupEntry> = buffers
-        .iter()
-        .enumerate()
-        .map(|(i, buffer)| wgpu::BindGroupEntry { binding: i as u32, resource: buffer.as_entire_binding() })
-        .collect();
-    device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: Some(kernel.source().0),
-        layout: &pipeline.pipeline.get_bind_group_layout(0),
-        entries: &entries,
-    })
 }
