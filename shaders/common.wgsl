@@ -14,10 +14,15 @@ struct Chunk {
     _pad: u32,
 }
 
-// Advanced on the GPU by sample.wgsl, so many decode steps can be queued at once.
+// Advanced on the GPU by sample.wgsl, so many decode steps can be queued at once. The sampler
+// sets `halted` when it draws a stop token: the steps queued behind it then change no state (every
+// kernel that writes the state checks it), so a stop leaves exactly the state after the step that
+// drew it. The host clears it before each new run.
 struct Step {
     position: u32,
     generated: u32,
+    halted: u32,
+    _pad: u32,
 }
 
 // Which rows of which matrix a matrix kernel computes, over which input (see matrix_rows.wgsl).

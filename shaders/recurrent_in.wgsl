@@ -6,7 +6,8 @@
 //   out[t][lru + ch] = b[ch] + Σ_{k<K} w[ch][k] · x[t − (K−1) + k][ch]   (the conv output)
 //
 // x[s] for s before the chunk comes from `history` (the last K−1 inputs, oldest first), taken as
-// zero when the chunk starts the document (position 0) and updated after the chunk. A pair
+// zero when the chunk starts the document (position 0) and updated after the chunk (unless a stop
+// token halted the run: see Step). A pair
 // kernel: each workgroup owns THREADS / 2 / lanes channels for the whole chunk, and one thread per
 // channel walks the tokens in order, tile after tile.
 
@@ -56,7 +57,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
         // The next tile overwrites the partial sums.
         workgroupBarrier();
     }
-    if owner {
+    if owner && step.halted == 0u {
         for (var k = 0u; k < k_last; k++) {
             history[k * n + channel] = window[k];
         }

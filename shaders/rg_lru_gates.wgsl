@@ -8,7 +8,8 @@
 //   out[t] = h · g[t]
 //
 // The input is recurrent_in's output [tokens, 2·lru]: g = gelu(y) in the first half, the conv
-// output c (which the gates read too) in the second. h stays f32. The max(0, ·) guards against exp
+// output c (which the gates read too) in the second. h stays f32, and is not written back once a
+// stop token halted the run (see Step). The max(0, ·) guards against exp
 // rounding 2·log_a ≈ 0 to a value above 1, which would give sqrt of a negative number. A pair
 // kernel: each workgroup owns THREADS / 2 / lanes channels for the whole chunk, and one thread per channel
 // walks the tokens in order, tile after tile.
@@ -57,7 +58,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
         // The next tile overwrites the partial sums.
         workgroupBarrier();
     }
-    if owner {
+    if owner && step.halted == 0u {
         h[channel] = state;
     }
 }

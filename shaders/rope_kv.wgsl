@@ -62,6 +62,10 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
         }
         return;
     }
+    // Once a stop token halted the run, the ring (state) is left as it is.
+    if step.halted != 0u {
+        return;
+    }
     let slot = position % params.slots;
     let n = params.slots;
     let k = token_base + params.heads * hd;

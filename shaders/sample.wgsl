@@ -11,6 +11,9 @@
 //   mode 0:                  no sampling, only the position advances (prefill without a draw)
 //   no usable logit:         NO_TOKEN (every logit NaN or −∞: the model's output is broken, and
 //                            the host reports it as an error, as the CPU sampler does)
+//   a stop id drawn:         step.halted = 1 (the token is still written); while halted the
+//                            sampler does nothing at all, so a step queued behind a stop leaves
+//                            the position, the ring and the next input as the stop left them
 //
 // One workgroup of 256 threads. NaN logits count as −∞, and ±∞ as ±3·10³⁸. Each bisection step
 // counts (and weighs) the logits at or above its midpoint; as soon as at most CANDIDATES logits
@@ -25,8 +28,9 @@ struct Sampling {
     seed: u32,
     mode: u32,
     vocab: u32,
-    _pad0: u32,
-    _pad1: u32,
+    stop_count: u32,
+    _pad: u32,
+    stops: array<vec4<u32>, MAX_STOPS / 4u>,
 }
 
 @group(0) @binding(0) var<uniform> sampling: Sampling;
@@ -142,14 +146,34 @@ fn copy_candidates(li: u32, row: u32, threshold: f32) -> Source {
     return Source(row, true, workgroupUniformLoad(&candidate_count));
 }
 
+var<workgroup> halted: u32;
+
+fn is_stop(id: u32) -> bool {
+    for (var i = 0u; i < sampling.stop_count; i++) {
+        if sampling.stops[i / 4u][i % 4u] == id {
+            return true;
+        }
+    }
+    return false;
+}
+
 @compute @workgroup_size(THREADS)
 fn main(@builtin(local_invocation_index) li: u32) {
+    if li == 0u {
+        halted = step.halted;
+    }
+    if workgroupUniformLoad(&halted) != 0u {
+        return;
+    }
     if sampling.mode == 1u {
         let choice = pick(li);
         if li == 0u {
             tokens[0] = choice;
             generated[step.generated % GENERATED_RING] = choice;
             step.generated += 1u;
+            if is_stop(choice) {
+                step.halted = 1u;
+            }
         }
     }
     if li == 0u {

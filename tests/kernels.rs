@@ -11,7 +11,7 @@
 //! What the tests spell is the weight formats, bit for bit (`shaders/format_int8.wgsl`,
 //! `shaders/format_int4.wgsl`), as the buffers of a [`GpuMatrix`].
 
-use bytemuck::Pod;
+use bytemuck::{Pod, Zeroable};
 use half::f16;
 use pollster::block_on;
 use rgweb::gpu::kernels::*;
@@ -624,7 +624,7 @@ fn recurrent_in_branches_and_conv(format: MatrixFormat) {
             let x = rng.vec(BUFFER_TOKENS * d, -2.0, 2.0);
             let (history_buffer, x_buffer) = (gpu.buffer(&history), gpu.buffer(&x));
             let out = gpu.buffer(&vec![SENTINEL; BUFFER_TOKENS * 2 * channels]);
-            let step = gpu.buffer(&[StepState { position, generated: 0 }]);
+            let step = gpu.buffer(&[StepState { position, generated: 0, ..StepState::zeroed() }]);
             gpu.run(chunk(tokens), |ops| {
                 vec![ops.recurrent_in(RecurrentIn {
                     linear_y_x: &linear_y_x,
@@ -707,7 +707,7 @@ fn rg_lru_gates_at_document_start_then_continuing(format: MatrixFormat, channels
         // gate logits are exact whatever the order of their sums.
         let branches = rng.sixty_fourths(BUFFER_TOKENS * 2 * channels);
         let out = gpu.buffer(&vec![SENTINEL; BUFFER_TOKENS * channels]);
-        let step = gpu.buffer(&[StepState { position, generated: 0 }]);
+        let step = gpu.buffer(&[StepState { position, generated: 0, ..StepState::zeroed() }]);
         let branches_buffer = gpu.buffer(&branches);
         gpu.run(chunk(tokens), |ops| {
             vec![ops.rg_lru(ops::RgLru {
@@ -847,7 +847,7 @@ fn check_attention(gpu: &Gpu, position: usize, seed: u64, window: usize, slots: 
     let ring_v = rng.vec(slots * hd, -1.0, 1.0);
     let inv_freq: Vec<f32> = (0..rotary_half).map(|i| 1.0 / theta.powf((2 * i) as f32 / rotary_dims as f32)).collect();
 
-    let step = gpu.buffer(&[StepState { position: position as u32, generated: 0 }]);
+    let step = gpu.buffer(&[StepState { position: position as u32, generated: 0, ..StepState::zeroed() }]);
     // The key ring is stored transposed, [hd, slots].
     let ring_k_buffer = gpu.buffer(&transpose(&ring_k, slots, hd));
     let (qkv_buffer, ring_v_buffer, inv_freq_buffer) = (gpu.buffer(&qkv), gpu.buffer(&ring_v), gpu.buffer(&inv_freq));
@@ -928,14 +928,21 @@ const GENERATED_SENTINEL: u32 = 0xdead;
 /// Runs `sample` once over two rows of logits (it must read the second, the last head row) and
 /// returns (step, tokens, generated ring).
 fn run_sample(gpu: &Gpu, mode: u32, logits: &[f32], vocab: usize) -> (StepState, Vec<u32>, Vec<u32>) {
-    let sampling =
-        SampleParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 12345, mode, vocab: vocab as u32, _pad: [0; 2] };
+    let sampling = SampleParams {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        seed: 12345,
+        mode,
+        vocab: vocab as u32,
+        ..SampleParams::zeroed()
+    };
     run_sample_with(gpu, sampling, logits)
 }
 
 fn run_sample_with(gpu: &Gpu, sampling: SampleParams, logits: &[f32]) -> (StepState, Vec<u32>, Vec<u32>) {
     let chunk = ChunkInfo { n_tokens: 7, head_first: 5, head_count: 2, _pad: 0 };
-    let step = gpu.buffer(&[StepState { position: 4, generated: 1030 }]);
+    let step = gpu.buffer(&[StepState { position: 4, generated: 1030, ..StepState::zeroed() }]);
     let tokens = gpu.buffer(&[GENERATED_SENTINEL; CHUNK]);
     let generated = gpu.buffer(&vec![GENERATED_SENTINEL; GENERATED_RING as usize]);
     let (sampling, logits) = (gpu.uniform(&sampling), gpu.buffer(logits));
@@ -985,7 +992,8 @@ fn sample_reports_a_row_without_a_usable_logit() {
     let broken: Vec<f32> = (0..vocab).map(|i| if i % 3 == 0 { f32::NEG_INFINITY } else { f32::NAN }).collect();
     let logits = [usable_first_row, broken].concat();
     for (temperature, top_k, top_p) in [(0.0, 0, 1.0), (1.0, 0, 1.0), (0.8, 40, 0.9)] {
-        let sampling = SampleParams { temperature, top_k, top_p, seed: 7, mode: 1, vocab: vocab as u32, _pad: [0; 2] };
+        let sampling =
+            SampleParams { temperature, top_k, top_p, seed: 7, mode: 1, vocab: vocab as u32, ..SampleParams::zeroed() };
         let (_, tokens, generated) = run_sample_with(&gpu, sampling, &logits);
         assert_eq!(tokens[0], NO_TOKEN, "T {temperature}, top-k {top_k}, top-p {top_p}: no token to pick");
         assert_eq!(generated[1030 % GENERATED_RING as usize], NO_TOKEN, "the host reads NO_TOKEN as an error");
@@ -1055,10 +1063,18 @@ fn sample_draws_follow_the_header_formula() {
     let cases =
         [(1.0, 0, 1.0), (0.7, 40, 1.0), (1.3, 0, 0.9), (1.0, 50, 0.8), (0.5, 300, 0.5), (2.0, 1, 1.0), (1.0, 0, 1e-6)];
     for (temperature, top_k, top_p) in cases {
-        let params = SampleParams { temperature, top_k, top_p, seed: 777, mode: 1, vocab: vocab as u32, _pad: [0; 2] };
+        let params = SampleParams {
+            temperature,
+            top_k,
+            top_p,
+            seed: 777,
+            mode: 1,
+            vocab: vocab as u32,
+            ..SampleParams::zeroed()
+        };
         let chunk = ChunkInfo { n_tokens: 1, head_first: 0, head_count: 1, _pad: 0 };
         let first_draw = 5u32;
-        let step = gpu.buffer(&[StepState { position: 9, generated: first_draw }]);
+        let step = gpu.buffer(&[StepState { position: 9, generated: first_draw, ..StepState::zeroed() }]);
         let tokens = gpu.buffer(&[GENERATED_SENTINEL; CHUNK]);
         let generated = gpu.buffer(&vec![GENERATED_SENTINEL; GENERATED_RING as usize]);
         let (sampling, logits_buffer) = (gpu.uniform(&params), gpu.buffer(&logits));

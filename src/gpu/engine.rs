@@ -316,7 +316,7 @@ impl Engine {
             seed: (p.seed ^ (p.seed >> 32)) as u32,
             mode: sample as u32,
             vocab: self.config.vocab_size as u32,
-            _pad: [0; 2],
+            ..SampleParams::zeroed()
         };
         self.ctx.queue.write_buffer(&self.sampling, 0, bytemuck::bytes_of(&sample_params));
         let mut encoder = self.ctx.device.create_command_encoder(&Default::default());

@@ -32,6 +32,8 @@ pub const MAX_HEADS: u32 = 32;
 pub const MAX_CONV_WIDTH: u32 = 8;
 /// Size of the ring of sampled ids in `sample.wgsl` (`GENERATED_RING`).
 pub const GENERATED_RING: u32 = 1024;
+/// The most stop ids the sampler checks (`MAX_STOPS`, a multiple of 4).
+pub const MAX_STOPS: u32 = 8;
 /// What `sample.wgsl` writes (`NO_TOKEN`) for a row with no usable logit (all NaN or −∞).
 pub const NO_TOKEN: u32 = u32::MAX;
 
@@ -47,6 +49,7 @@ fn constants_wgsl() -> String {
         ("MAX_CONV_WIDTH", MAX_CONV_WIDTH),
         ("GENERATED_RING", GENERATED_RING),
         ("NO_TOKEN", NO_TOKEN),
+        ("MAX_STOPS", MAX_STOPS),
     ];
     constants.iter().map(|(name, value)| format!("const {name}: u32 = {value}u;\n")).collect()
 }
@@ -221,6 +224,9 @@ pub struct ChunkInfo {
 pub struct StepState {
     pub position: u32,
     pub generated: u32,
+    /// Set by the sampler when it draws a stop token; the state-writing kernels then do nothing.
+    pub halted: u32,
+    pub _pad: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -333,7 +339,10 @@ pub struct SampleParams {
     /// 0: only advance the position; 1: sample a token.
     pub mode: u32,
     pub vocab: u32,
-    pub _pad: [u32; 2],
+    /// How many of `stops` are in use: the ids that halt the run when drawn.
+    pub stop_count: u32,
+    pub _pad: u32,
+    pub stops: [u32; MAX_STOPS as usize],
 }
 
 #[cfg(test)]
