@@ -8,7 +8,8 @@ use std::cell::Cell;
 use common::{tiny, tokenizer_path};
 use pollster::block_on;
 use rgweb::chat::session::{ChatSession, Generator, Listener};
-use rgweb::chat::{is_stop_token, GemmaTokenizer, SamplingParams};
+use rgweb::chat::tokenizer::END_OF_TURN;
+use rgweb::chat::{GemmaTokenizer, SamplingParams};
 use rgweb::gpu::engine::{load_engine, Engine};
 use rgweb::gpu::GpuContext;
 use rgweb::weights::load::load_model;
@@ -52,8 +53,7 @@ fn check_state_reuse(make: fn() -> Generator) -> Vec<Vec<u32>> {
         if replies.len() + 1 == MESSAGES.len() {
             let mut fresh = make();
             let eos = fresh.eos_token_id();
-            let is_stop = |id| id == eos || is_stop_token(id);
-            let whole = block_on(fresh.generate(&conversation, 10, is_stop, || false, |_| Ok(true)));
+            let whole = block_on(fresh.generate(&conversation, 10, &[eos, END_OF_TURN], || false, |_| Ok(true)));
             assert_eq!(whole.unwrap(), reply.ids, "state reuse equals prefilling the whole conversation");
         }
         conversation.extend(&reply.ids);
@@ -216,10 +216,108 @@ fn a_long_prompt_fed_in_pieces_equals_one_engine_prefill() {
     let mut generator = gpu();
     let vocab = generator.vocab_size();
     let prompt: Vec<u32> = (0..700u64).map(|i| (i * 7919 % vocab as u64) as u32).collect();
-    let ids = block_on(generator.generate(&prompt, 6, |_| false, || false, |_| Ok(true))).unwrap();
+    let ids = block_on(generator.generate(&prompt, 6, &[], || false, |_| Ok(true))).unwrap();
     let mut engine = engine();
     let mut expected = vec![block_on(engine.prefill(&prompt)).unwrap()];
     expected.extend(block_on(engine.decode(5)).unwrap());
     assert_eq!(ids, expected);
     assert_eq!(generator.position(), prompt.len() + 6);
+}
+
+// ---------------------------------------------------------------- streamed decode on the GPU
+//
+// The GPU queues decode steps ahead of the host (STEPS_IN_FLIGHT) and halts on a stop token in
+// the step that draws it. Each test checks the state afterwards against the CPU reference by
+// continuing both with the same prompt: the same greedy ids and the same position.
+
+/// A prompt, and the CPU's greedy continuation of it without stops.
+fn greedy_reference(prompt: &[u32], tokens: usize) -> Vec<u32> {
+    block_on(cpu().generate(prompt, tokens, &[], || false, |_| Ok(true))).unwrap()
+}
+
+const PROMPT: [u32; 5] = [2, 651, 6037, 576, 235248];
+const NEXT: [u32; 3] = [107, 4521, 603];
+
+/// Both generators hold the same state: the same continuation and position.
+fn assert_same_state(gpu: &mut Generator, cpu: &mut Generator) {
+    assert_eq!(gpu.position(), cpu.position(), "positions");
+    let gpu_next = block_on(gpu.generate(&NEXT, 6, &[], || false, |_| Ok(true))).unwrap();
+    let cpu_next = block_on(cpu.generate(&NEXT, 6, &[], || false, |_| Ok(true))).unwrap();
+    assert_eq!(gpu_next, cpu_next, "the next turn continues from the same state");
+}
+
+/// The first token of `ids` from index 2 on that did not occur before it: a stop that ends the
+/// greedy reply there and nowhere earlier.
+fn fresh_token(ids: &[u32]) -> usize {
+    (2..ids.len()).find(|&k| !ids[..k].contains(&ids[k])).expect("a token not seen before")
+}
+
+#[test]
+fn a_stop_token_halts_the_queued_steps_and_leaves_the_cpu_state() {
+    let reference = greedy_reference(&PROMPT, 16);
+    let k = fresh_token(&reference);
+    let stop = reference[k];
+    let (mut gpu, mut cpu) = (gpu(), cpu());
+    let on_gpu = block_on(gpu.generate(&PROMPT, 16, &[stop], || false, |_| Ok(true))).unwrap();
+    let on_cpu = block_on(cpu.generate(&PROMPT, 16, &[stop], || false, |_| Ok(true))).unwrap();
+    assert_eq!(on_gpu, reference[..k], "the reply ends before the stop token");
+    assert_eq!(on_cpu, on_gpu);
+    assert_eq!(gpu.position(), PROMPT.len() + k, "the steps queued behind the stop changed nothing");
+    assert_same_state(&mut gpu, &mut cpu);
+}
+
+#[test]
+fn a_stop_drawn_by_the_prefill_feeds_nothing() {
+    let first = greedy_reference(&PROMPT, 1)[0];
+    let (mut gpu, mut cpu) = (gpu(), cpu());
+    assert!(block_on(gpu.generate(&PROMPT, 8, &[first], || false, |_| Ok(true))).unwrap().is_empty());
+    assert!(block_on(cpu.generate(&PROMPT, 8, &[first], || false, |_| Ok(true))).unwrap().is_empty());
+    assert_eq!(gpu.position(), PROMPT.len());
+    assert_same_state(&mut gpu, &mut cpu);
+}
+
+#[test]
+fn an_abort_mid_stream_leaves_the_state_of_the_tokens_returned() {
+    let reference = greedy_reference(&PROMPT, 16);
+    for shown in [1, 3, 7] {
+        let mut gpu = gpu();
+        let mut handed = Vec::new();
+        let reply = block_on(gpu.generate(
+            &PROMPT,
+            16,
+            &[],
+            || false,
+            |id| {
+                handed.push(id);
+                Ok(handed.len() < shown)
+            },
+        ))
+        .unwrap();
+        // The steps already queued when the caller said stop drew STEPS_IN_FLIGHT − 1 more
+        // tokens: the reply, the tokens handed over and the state all hold them.
+        assert_eq!(reply.len() - shown, rgweb::gpu::engine::STEPS_IN_FLIGHT - 1, "tokens after the abort");
+        assert_eq!(reply, reference[..reply.len()]);
+        assert_eq!(handed, reply);
+        assert_eq!(gpu.position(), PROMPT.len() + reply.len(), "every returned token was fed");
+        let mut cpu = cpu();
+        block_on(cpu.generate(&PROMPT, reply.len(), &[], || false, |_| Ok(true))).unwrap();
+        assert_same_state(&mut gpu, &mut cpu);
+    }
+}
+
+#[test]
+fn regenerate_after_a_stop_replays_the_same_reply_and_state() {
+    let reference = greedy_reference(&PROMPT, 16);
+    let stop = reference[fresh_token(&reference)];
+    let (mut gpu, mut cpu) = (gpu(), cpu());
+    block_on(gpu.generate(&PROMPT[..2], 3, &[], || false, |_| Ok(true))).unwrap();
+    block_on(cpu.generate(&PROMPT[..2], 3, &[], || false, |_| Ok(true))).unwrap();
+    let before = gpu.checkpoint();
+    let first = block_on(gpu.generate(&PROMPT[2..], 16, &[stop], || false, |_| Ok(true))).unwrap();
+    gpu.restore(&before).unwrap();
+    let again = block_on(gpu.generate(&PROMPT[2..], 16, &[stop], || false, |_| Ok(true))).unwrap();
+    assert_eq!(again, first, "regenerated from the checkpoint");
+    let on_cpu = block_on(cpu.generate(&PROMPT[2..], 16, &[stop], || false, |_| Ok(true))).unwrap();
+    assert_eq!(on_cpu, first);
+    assert_same_state(&mut gpu, &mut cpu);
 }

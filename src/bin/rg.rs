@@ -323,8 +323,8 @@ fn generate(
         let mut generator = generator;
         let mut prompt_ids = vec![BOS];
         prompt_ids.extend(tokenizer.encode(prompt, false)?);
-        let eos = generator.eos_token_id();
-        let generated = generator.generate_text(&tokenizer, &prompt_ids, max_tokens, |id| id == eos, &mut print);
+        let stops = [generator.eos_token_id()];
+        let generated = generator.generate_text(&tokenizer, &prompt_ids, max_tokens, &stops, &mut print);
         pollster::block_on(generated)?.0
     };
     print("\n");

@@ -5,8 +5,8 @@
 use std::cell::RefCell;
 
 use super::sampler::{Sampler, SamplingParams};
-use super::template::{first_user_turn, is_stop_token, next_user_turn};
-use super::tokenizer::{GemmaTokenizer, TextStream, BOS};
+use super::template::{first_user_turn, next_user_turn};
+use super::tokenizer::{GemmaTokenizer, TextStream, BOS, END_OF_TURN};
 use crate::gpu::engine::{Engine, Snapshot};
 use crate::gpu::kernels::CHUNK;
 use crate::model::{Model, State};
@@ -261,13 +261,17 @@ impl Generator {
         }
     }
 
-    /// [`Generator::prefill`] of `prompt` piece by piece, asking `stopped` before each piece.
-    /// None when it said stop: the state is then as it was before the call.
-    async fn prefill_unless_stopped(&mut self, prompt: &[u32], stopped: &impl Fn() -> bool) -> Result<Option<u32>> {
+    /// Feeds all of `prompt` but its last piece (never empty), piece by piece, asking `stopped`
+    /// before each piece; returns that last piece. None when it said stop: the state is then as
+    /// it was before the call.
+    async fn feed_unless_stopped<'p>(
+        &mut self,
+        prompt: &'p [u32],
+        stopped: &impl Fn() -> bool,
+    ) -> Result<Option<&'p [u32]>> {
         if stopped() {
             return Ok(None);
         }
-        // The last piece (never empty) is prefilled and sampled from; those before are only fed.
         let last_start = prompt.len().saturating_sub(1) / PREFILL_PIECE * PREFILL_PIECE;
         let (leading, last) = prompt.split_at(last_start);
         if !leading.is_empty() {
@@ -280,7 +284,7 @@ impl Generator {
                 }
             }
         }
-        self.prefill(last).await.map(Some)
+        Ok(Some(last))
     }
 
     /// Feeds one token and samples the next. On the GPU the last sampled token is already
@@ -301,11 +305,16 @@ impl Generator {
     /// each generated id to `on_token` (which returns false to stop early). `stopped` is asked
     /// before and during the prefill (a stop there leaves the state as it was) and after every
     /// token. The state ends holding every generated token; a stop token is not fed.
+    ///
+    /// On the GPU the decode steps run [`crate::gpu::engine::STEPS_IN_FLIGHT`] ahead of `on_token`: after an early
+    /// stop, the tokens the steps already queued drew (at most `STEPS_IN_FLIGHT − 1`) are part
+    /// of the state, so they are handed to `on_token` too and returned; `max_tokens` and stop
+    /// tokens are exact.
     pub async fn generate(
         &mut self,
         prompt: &[u32],
         max_tokens: usize,
-        is_stop: impl Fn(u32) -> bool,
+        stops: &[u32],
         stopped: impl Fn() -> bool,
         mut on_token: impl FnMut(u32) -> Result<bool>,
     ) -> Result<Vec<u32>> {
@@ -318,26 +327,72 @@ impl Generator {
         let mut generated = Vec::new();
         self.timing = Timing::default();
         let start = Instant::now();
-        let Some(mut next) = self.prefill_unless_stopped(prompt, &stopped).await? else {
+        let Some(last_piece) = self.feed_unless_stopped(prompt, &stopped).await? else {
             return Ok(generated);
         };
+        let mut next = self.begin(last_piece, max_tokens, stops).await?;
         self.timing.prefill_tokens = prompt.len();
         self.timing.prefill_seconds = start.elapsed().as_secs_f64();
         let start = Instant::now();
-        while !is_stop(next) {
+        let mut stopped_by_token = false;
+        loop {
+            if stops.contains(&next) {
+                stopped_by_token = true;
+                break;
+            }
             generated.push(next);
             let wanted = on_token(next)? && !stopped();
             if !wanted || generated.len() == max_tokens {
-                // Keep the state consistent with the text shown: feed the last token too.
-                self.step(next).await?;
                 break;
             }
-            next = self.step(next).await?;
+            next = self.draw_after(next).await?;
         }
-        // One step per generated token: each is fed back, the last one included.
+        for id in self.end(generated.last().copied(), stopped_by_token).await? {
+            generated.push(id);
+            on_token(id)?;
+        }
         self.timing.decoded_tokens = generated.len();
         self.timing.decode_seconds = start.elapsed().as_secs_f64();
         Ok(generated)
+    }
+
+    /// Prefills the prompt's last piece and draws the first token; on the GPU, also queues the
+    /// generation's decode steps, which halt on `stops`.
+    async fn begin(&mut self, last_piece: &[u32], max_tokens: usize, stops: &[u32]) -> Result<u32> {
+        match &mut self.backend {
+            Backend::Cpu { .. } => self.prefill(last_piece).await,
+            Backend::Gpu { engine, last_sampled } => {
+                *last_sampled = None;
+                engine.set_stops(stops)?;
+                engine.start(last_piece, max_tokens)?;
+                engine.next_token().await?.ok_or_else(|| Error::Gpu("the prefill drew no token".into()))
+            }
+        }
+    }
+
+    /// The token drawn after feeding `token`, the last one drawn.
+    async fn draw_after(&mut self, token: u32) -> Result<u32> {
+        match &mut self.backend {
+            Backend::Cpu { .. } => self.step(token).await,
+            Backend::Gpu { engine, .. } => {
+                engine.next_token().await?.ok_or_else(|| Error::Gpu("the generation ended early".into()))
+            }
+        }
+    }
+
+    /// Ends a generation whose last handed-out token is `last`: feeds it unless a stop token
+    /// ended the generation (on the GPU the queued step already does), and returns the tokens
+    /// the GPU's queued steps drew beyond it, which the state now holds.
+    async fn end(&mut self, last: Option<u32>, stopped_by_token: bool) -> Result<Vec<u32>> {
+        match &mut self.backend {
+            Backend::Cpu { .. } => {
+                if let (Some(last), false) = (last, stopped_by_token) {
+                    self.step(last).await?;
+                }
+                Ok(Vec::new())
+            }
+            Backend::Gpu { engine, .. } => engine.finish().await,
+        }
     }
 }
 
@@ -349,7 +404,7 @@ impl Generator {
         tokenizer: &GemmaTokenizer,
         prompt: &[u32],
         max_tokens: usize,
-        is_stop: impl Fn(u32) -> bool,
+        stops: &[u32],
         listener: impl Listener,
     ) -> Result<(Vec<u32>, String)> {
         let mut stream = TextStream::new();
@@ -360,7 +415,7 @@ impl Generator {
             .generate(
                 prompt,
                 max_tokens,
-                is_stop,
+                stops,
                 || listener.borrow().stopped(),
                 |id| {
                     Ok(match stream.push(tokenizer, id)? {
@@ -429,8 +484,8 @@ impl ChatSession {
     /// Feeds `prompt` and generates until `<eos>` (and, in a chat, `<end_of_turn>`).
     async fn reply(&mut self, prompt: &[u32], max_tokens: usize, chat: bool, listener: impl Listener) -> Result<Reply> {
         let eos = self.generator.eos_token_id();
-        let is_stop = |id| id == eos || (chat && is_stop_token(id));
-        let (ids, text) = self.generator.generate_text(&self.tokenizer, prompt, max_tokens, is_stop, listener).await?;
+        let stops: &[u32] = if chat { &[eos, END_OF_TURN] } else { &[eos] };
+        let (ids, text) = self.generator.generate_text(&self.tokenizer, prompt, max_tokens, stops, listener).await?;
         let timing = self.generator.timing();
         // A stop during the prefill took it back: nothing of this turn is in the state.
         Ok(Reply { ids, text, prefilled: timing.prefill_tokens, timing })

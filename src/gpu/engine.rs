@@ -4,6 +4,8 @@
 //! uniform and encodes the prebuilt ops. The sampled token stays on the GPU as the next step's
 //! input; only its id is read back.
 
+use std::collections::VecDeque;
+
 use bytemuck::Zeroable;
 
 use super::forward::{self, Activations, Io, LayerState, Plan};
@@ -25,6 +27,32 @@ pub struct Snapshot {
     generated: u32,
 }
 
+/// Decode steps the engine keeps queued ahead of the host while it streams a generation: the GPU
+/// runs them while the host reads an id back, turns it into text and hands it on.
+pub const STEPS_IN_FLIGHT: usize = 2;
+
+/// What a streamed step's readback holds: the `Step` block after the step, then the next input.
+const STEP_READBACK: u64 = std::mem::size_of::<StepState>() as u64 + 4;
+
+/// A submitted step whose readback is on its way.
+struct Pending {
+    submission: wgpu::SubmissionIndex,
+    staging: wgpu::Buffer,
+    mapped: futures_channel::oneshot::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
+}
+
+/// A streamed generation ([`Engine::start`]): the steps queued and what may still be queued.
+#[derive(Default)]
+struct Stream {
+    pending: VecDeque<Pending>,
+    /// Readback buffers no step is using.
+    free: Vec<wgpu::Buffer>,
+    steps_left: usize,
+    /// The GPU's count of sampled tokens as of the last readback: a step that did not raise it
+    /// ran halted (behind a stop) and changed nothing.
+    seen: u32,
+}
+
 pub struct Engine {
     ctx: GpuContext,
     pub config: Config,
@@ -33,6 +61,9 @@ pub struct Engine {
     chunk_info: wgpu::Buffer,
     sampling: wgpu::Buffer,
     sampling_params: SamplingParams,
+    /// The ids that halt a streamed generation when drawn (end of turn, EOS, the caller's).
+    stops: Vec<u32>,
+    stream: Stream,
     /// `[CHUNK]` input token ids; `[0]` receives each sampled token.
     tokens: wgpu::Buffer,
     generated: wgpu::Buffer,
@@ -103,6 +134,8 @@ impl Engine {
             chunk_info,
             sampling,
             sampling_params: SamplingParams::default(),
+            stops: Vec::new(),
+            stream: Stream::default(),
             tokens,
             generated,
             readback,
@@ -166,6 +199,17 @@ impl Engine {
     pub fn set_sampling(&mut self, params: &SamplingParams) -> Result<()> {
         params.validate()?;
         self.sampling_params = *params;
+        Ok(())
+    }
+
+    /// The ids that end a streamed generation ([`Engine::start`]) when sampled: the step that
+    /// draws one halts the GPU, and the steps queued behind it change nothing.
+    pub fn set_stops(&mut self, stops: &[u32]) -> Result<()> {
+        if stops.len() > MAX_STOPS as usize {
+            return Err(Error::Input(format!("{} stop tokens: at most {MAX_STOPS}", stops.len())));
+        }
+        self.check_tokens(stops)?;
+        self.stops = stops.to_vec();
         Ok(())
     }
 
@@ -244,6 +288,7 @@ impl Engine {
             return Err(Error::Input("prefill needs at least one token".into()));
         }
         self.check_tokens(tokens)?;
+        self.resume()?;
         let chunks: Vec<&[u32]> = tokens.chunks(CHUNK).collect();
         for (i, chunk) in chunks.iter().enumerate() {
             let last = i + 1 == chunks.len();
@@ -258,6 +303,7 @@ impl Engine {
     /// the state exactly as one prefill would, and its caller can stop in between.
     pub async fn feed(&mut self, tokens: &[u32]) -> Result<()> {
         self.check_tokens(tokens)?;
+        self.resume()?;
         for chunk in tokens.chunks(CHUNK) {
             self.ctx.queue.write_buffer(&self.tokens, 0, bytemuck::cast_slice(chunk));
             self.submit_chunk(chunk.len() as u32, None, false, 1);
@@ -276,6 +322,7 @@ impl Engine {
         if self.position == 0 {
             return Err(Error::Input("decode needs a prefill first".into()));
         }
+        self.resume()?;
         let mut ids = Vec::with_capacity(n);
         let mut remaining = n;
         while remaining > 0 {
@@ -290,6 +337,7 @@ impl Engine {
     /// The logits `[tokens.len(), V]` of every position (tests and `rg logits`); advances the state.
     pub async fn logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         self.check_tokens(tokens)?;
+        self.resume()?;
         let mut all = Vec::with_capacity(tokens.len() * self.config.vocab_size);
         for chunk in tokens.chunks(CHUNK) {
             let n = chunk.len() as u32;
@@ -305,11 +353,25 @@ impl Engine {
     /// Encodes `repeat` × (body, head for `head` = (first, count) if any, finish) for a chunk of
     /// `n` tokens, in one compute pass and one submission.
     fn submit_chunk(&mut self, n: u32, head: Option<(u32, u32)>, sample: bool, repeat: usize) {
+        self.submit_chunk_with(n, head, sample, repeat, false, None);
+    }
+
+    /// [`Engine::submit_chunk`], halting on the stop ids if `halt_on_stops`, and copying the
+    /// `Step` block and the next input into `readback` after the chunk.
+    fn submit_chunk_with(
+        &mut self,
+        n: u32,
+        head: Option<(u32, u32)>,
+        sample: bool,
+        repeat: usize,
+        halt_on_stops: bool,
+        readback: Option<&wgpu::Buffer>,
+    ) -> wgpu::SubmissionIndex {
         let (head_first, head_count) = head.unwrap_or((0, 0));
         let info = ChunkInfo { n_tokens: n, head_first, head_count, _pad: 0 };
         self.ctx.queue.write_buffer(&self.chunk_info, 0, bytemuck::bytes_of(&info));
         let p = &self.sampling_params;
-        let sample_params = SampleParams {
+        let mut sample_params = SampleParams {
             temperature: p.temperature,
             top_k: p.top_k.min(u32::MAX as usize) as u32,
             top_p: p.top_p,
@@ -318,6 +380,10 @@ impl Engine {
             vocab: self.config.vocab_size as u32,
             ..SampleParams::zeroed()
         };
+        if halt_on_stops {
+            sample_params.stop_count = self.stops.len() as u32;
+            sample_params.stops[..self.stops.len()].copy_from_slice(&self.stops);
+        }
         self.ctx.queue.write_buffer(&self.sampling, 0, bytemuck::bytes_of(&sample_params));
         let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
         {
@@ -327,11 +393,144 @@ impl Engine {
                 ops::record(&mut pass, self.plan.body.iter().chain(head_ops).chain(&self.plan.finish), n, head_count);
             }
         }
-        self.ctx.queue.submit([encoder.finish()]);
+        if let Some(readback) = readback {
+            encoder.copy_buffer_to_buffer(&self.state[0], 0, readback, 0, STEP_READBACK - 4);
+            encoder.copy_buffer_to_buffer(&self.tokens, 0, readback, STEP_READBACK - 4, 4);
+        }
+        let submission = self.ctx.queue.submit([encoder.finish()]);
         self.position += n as usize * repeat;
         if sample {
             self.generated_count += repeat as u32;
         }
+        submission
+    }
+
+    /// Ready for a new run: no streamed generation is pending, and the state-writing kernels run
+    /// again after a stop token halted them.
+    fn resume(&self) -> Result<()> {
+        if !self.stream.pending.is_empty() {
+            return Err(Error::Input("a generation is still running: finish it first".into()));
+        }
+        self.ctx.queue.write_buffer(&self.state[0], std::mem::offset_of!(StepState, halted) as u64, &[0; 4]);
+        Ok(())
+    }
+
+    /// Starts streaming a generation: prefills `prompt` and samples the token after it, then
+    /// queues up to `steps` decode steps behind it, each feeding the token the one before drew,
+    /// [`STEPS_IN_FLIGHT`] ahead of the host. [`Engine::next_token`] returns the drawn ids in
+    /// order; [`Engine::finish`] ends the generation. A stop id ([`Engine::set_stops`]) halts the
+    /// GPU in the step that draws it, so the state ends exactly as after that step, whatever was
+    /// queued behind it. An empty `prompt` continues from the pending token.
+    pub fn start(&mut self, prompt: &[u32], steps: usize) -> Result<()> {
+        if prompt.is_empty() && self.position == 0 {
+            return Err(Error::Input("decode needs a prefill first".into()));
+        }
+        self.check_tokens(prompt)?;
+        self.resume()?;
+        self.stream.seen = self.generated_count;
+        self.stream.steps_left = steps;
+        let chunks: Vec<&[u32]> = prompt.chunks(CHUNK).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            self.ctx.queue.write_buffer(&self.tokens, 0, bytemuck::cast_slice(chunk));
+            let n = chunk.len() as u32;
+            if i + 1 < chunks.len() {
+                self.submit_chunk(n, None, false, 1);
+            } else {
+                let staging = self.staging();
+                let submission = self.submit_chunk_with(n, Some((n - 1, 1)), true, 1, true, Some(&staging));
+                self.await_later(submission, staging);
+            }
+        }
+        self.queue_steps();
+        Ok(())
+    }
+
+    /// Queues decode steps until [`STEPS_IN_FLIGHT`] are pending or none may be.
+    fn queue_steps(&mut self) {
+        while self.stream.steps_left > 0 && self.stream.pending.len() < STEPS_IN_FLIGHT {
+            self.stream.steps_left -= 1;
+            let staging = self.staging();
+            let submission = self.submit_chunk_with(1, Some((0, 1)), true, 1, true, Some(&staging));
+            self.await_later(submission, staging);
+        }
+    }
+
+    fn staging(&mut self) -> wgpu::Buffer {
+        self.stream.free.pop().unwrap_or_else(|| {
+            // Readback buffers are not counted as engine memory: a few bytes each.
+            self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("step readback"),
+                size: STEP_READBACK,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })
+    }
+
+    fn await_later(&mut self, submission: wgpu::SubmissionIndex, staging: wgpu::Buffer) {
+        let (sender, mapped) = futures_channel::oneshot::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |result| {
+            let _ = sender.send(result);
+        });
+        self.stream.pending.push_back(Pending { submission, staging, mapped });
+    }
+
+    /// Waits for the oldest queued step: the `Step` block after it and the token it drew, or
+    /// None if it ran halted.
+    async fn complete_oldest(&mut self) -> Result<Option<(StepState, u32)>> {
+        let Some(pending) = self.stream.pending.pop_front() else { return Ok(None) };
+        // Natively the callback runs inside poll; on the web the browser runs it and poll is a no-op.
+        let wait = wgpu::PollType::Wait { submission_index: Some(pending.submission), timeout: None };
+        self.ctx.device.poll(wait).map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        pending
+            .mapped
+            .await
+            .map_err(|_| Error::Gpu("readback was cancelled".into()))?
+            .map_err(|e| Error::Gpu(format!("reading back: {e}")))?;
+        let bytes =
+            pending.staging.get_mapped_range(..).map_err(|e| Error::Gpu(format!("reading back: {e}")))?.to_vec();
+        pending.staging.unmap();
+        self.stream.free.push(pending.staging);
+        self.ctx.check()?;
+        let step: StepState = bytemuck::pod_read_unaligned(&bytes[..STEP_READBACK as usize - 4]);
+        let token = u32::from_le_bytes(bytes[STEP_READBACK as usize - 4..].try_into().expect("4 bytes"));
+        if self.stream.pending.is_empty() {
+            // Nothing queued after it: the host's counts are the GPU's (a halt may have skipped steps).
+            self.position = step.position as usize;
+            self.generated_count = step.generated;
+        }
+        if step.generated == self.stream.seen {
+            return Ok(None);
+        }
+        self.stream.seen = step.generated;
+        if token == NO_TOKEN {
+            return Err(Error::Input(format!("cannot sample: all {} logits are NaN or -inf", self.config.vocab_size)));
+        }
+        Ok(Some((step, token)))
+    }
+
+    /// The next id the streamed generation drew (queuing another step first), or None when it
+    /// is over: every allowed step read, or halted by a stop id already returned.
+    pub async fn next_token(&mut self) -> Result<Option<u32>> {
+        let drawn = self.complete_oldest().await?;
+        self.queue_steps();
+        Ok(drawn.map(|(_, token)| token))
+    }
+
+    /// Ends the streamed generation: queues no more steps and waits for those queued. Returns
+    /// the ids they drew that the state now holds (each was fed by the step after it), in order,
+    /// up to a stop: after an abort, the state and the reply hold these too. The last step's
+    /// own draw is not fed; it stays pending as the next input, as after any step.
+    pub async fn finish(&mut self) -> Result<Vec<u32>> {
+        self.stream.steps_left = 0;
+        let mut drawn = Vec::new();
+        while !self.stream.pending.is_empty() {
+            if let Some((_, token)) = self.complete_oldest().await? {
+                drawn.push(token);
+            }
+        }
+        drawn.pop();
+        Ok(drawn)
     }
 
     /// The last `count` sampled ids from the GPU ring.
