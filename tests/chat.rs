@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rgweb::chat::{
-    first_user_turn, format_conversation, is_stop_token, next_user_turn, GemmaTokenizer, TextStream, Turn, BOS,
+    first_user_turn, format_conversation, next_user_turn, CHAT_STOPS, GemmaTokenizer, TextStream, Turn, BOS,
     END_OF_TURN, EOS, PAD, START_OF_TURN,
 };
 use rgweb::Error;
@@ -207,12 +207,9 @@ fn incremental_pieces_are_the_documented_strings() {
 }
 
 #[test]
-fn stop_tokens() {
-    assert!(is_stop_token(EOS));
-    assert!(is_stop_token(END_OF_TURN));
-    for id in [PAD, BOS, START_OF_TURN, 108, 4521] {
-        assert!(!is_stop_token(id), "{id}");
-    }
+fn chat_stops_are_the_tokenizers_end_of_turn_and_eos() {
+    assert_eq!(tokenizer().encode("<end_of_turn><eos>", false).unwrap(), CHAT_STOPS);
+    assert_eq!(CHAT_STOPS, [END_OF_TURN, EOS]);
 }
 
 #[test]

@@ -5,8 +5,8 @@
 use std::cell::RefCell;
 
 use super::sampler::{Sampler, SamplingParams};
-use super::template::{first_user_turn, next_user_turn};
-use super::tokenizer::{GemmaTokenizer, TextStream, BOS, END_OF_TURN};
+use super::template::{first_user_turn, next_user_turn, CHAT_STOPS};
+use super::tokenizer::{GemmaTokenizer, TextStream, BOS};
 use crate::gpu::engine::{Engine, Snapshot};
 use crate::gpu::kernels::CHUNK;
 use crate::model::{Model, State};
@@ -484,8 +484,11 @@ impl ChatSession {
     /// Feeds `prompt` and generates until `<eos>` (and, in a chat, `<end_of_turn>`).
     async fn reply(&mut self, prompt: &[u32], max_tokens: usize, chat: bool, listener: impl Listener) -> Result<Reply> {
         let eos = self.generator.eos_token_id();
-        let stops: &[u32] = if chat { &[eos, END_OF_TURN] } else { &[eos] };
-        let (ids, text) = self.generator.generate_text(&self.tokenizer, prompt, max_tokens, stops, listener).await?;
+        let mut stops = vec![eos];
+        if chat {
+            stops.extend(CHAT_STOPS);
+        }
+        let (ids, text) = self.generator.generate_text(&self.tokenizer, prompt, max_tokens, &stops, listener).await?;
         let timing = self.generator.timing();
         // A stop during the prefill took it back: nothing of this turn is in the state.
         Ok(Reply { ids, text, prefilled: timing.prefill_tokens, timing })

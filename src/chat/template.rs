@@ -95,10 +95,8 @@ pub fn next_user_turn(message: &str) -> String {
     text
 }
 
-/// Generation stops on `<end_of_turn>` (how an instruction-tuned model ends its reply) or `<eos>`.
-pub fn is_stop_token(id: u32) -> bool {
-    id == END_OF_TURN || id == EOS
-}
+/// A chat reply stops on `<end_of_turn>` (how an instruction-tuned model ends its reply) or `<eos>`.
+pub const CHAT_STOPS: [u32; 2] = [END_OF_TURN, EOS];
 
 const TURN_START: &str = "<start_of_turn>";
 const TURN_END: &str = "<end_of_turn>\n";
