@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rgweb::chat::{
-    first_user_turn, format_conversation, next_user_turn, CHAT_STOPS, GemmaTokenizer, TextStream, Turn, BOS,
+    first_user_turn, format_conversation, next_user_turn, GemmaTokenizer, TextStream, Turn, BOS, CHAT_STOPS,
     END_OF_TURN, EOS, PAD, START_OF_TURN,
 };
 use rgweb::Error;

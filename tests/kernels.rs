@@ -1106,3 +1106,383 @@ fn sample_draws_follow_the_header_formula() {
         }
     }
 }
+
+// ---------------------------------------------------------------- tiled matrix kernel
+
+/// Token counts around the tiled kernel's tile of [`TILE_TOKENS`] = 64: one, one short, exactly
+/// one tile, one over, and two tiles and a partial third.
+const TILED_TOKENS: [usize; 5] = [1, 63, 64, 65, 150];
+
+/// Row lengths for the tiled kernel: whole steps of [`TILE_K`] = 16 columns (int8: 1, 13 and 65
+/// steps; int4 as [`widths`]: 3, 5 and 11 groups, an odd count, so each row's scales are padded,
+/// and 6, 10 and 22 steps).
+fn tiled_widths(format: MatrixFormat) -> [usize; 3] {
+    match format {
+        Int8 => [16, 208, 1040],
+        Int4 => widths(Int4),
+    }
+}
+
+/// Token rows of the test buffers for `n` tokens: the whole last tile and one row more, so that a
+/// store for a padding token of the last tile would land in the buffer, where it shows.
+fn tiled_buffer_tokens(n: usize) -> usize {
+    n.next_multiple_of(TILE_TOKENS as usize) + 1
+}
+
+/// One `Ops::matmul_tiled`, as [`Matmul`] for the row kernel but over up to 150 tokens: the rows
+/// of `parts` are dispatched, every other y element (rows in no piece, tokens past the last, the
+/// last tile's padding) must keep what it held.
+#[derive(Clone, Debug)]
+struct TiledMatmul {
+    format: MatrixFormat,
+    rows: usize,
+    cols: usize,
+    parts: Vec<(usize, usize)>,
+    output: Output,
+    bias: bool,
+    norm: bool,
+    n_tokens: usize,
+    /// `(head_first, head_count)` for [`Output::SoftCapLogits`].
+    head: Option<(usize, usize)>,
+}
+
+impl TiledMatmul {
+    fn plain(format: MatrixFormat, rows: usize, cols: usize, output: Output, n_tokens: usize) -> Self {
+        let head = matches!(output, Output::SoftCapLogits(_)).then_some((0, n_tokens));
+        let parts = vec![(0, rows)];
+        TiledMatmul { format, rows, cols, parts, output, bias: true, norm: false, n_tokens, head }
+    }
+
+    fn check(&self, gpu: &Gpu, seed: u64) {
+        assert_eq!(self.head.is_some(), matches!(self.output, Output::SoftCapLogits(_)), "logits take the head");
+        let what = format!("matmul_tiled {self:?}");
+        let mut rng = Lcg(seed);
+        let (cols, y_stride) = (self.cols, self.rows);
+        // Large enough for the soft-cap to saturate; smaller after RMSNorm, whose inputs are not
+        // exact in f32, so that rounding in a sum that cancels stays far below the tolerance.
+        let scale = match (self.head.is_some(), self.norm) {
+            (true, false) => 0.3,
+            (true, true) => 0.05,
+            (false, _) => 0.01,
+        };
+        let matrix = TestMatrix::random(&mut rng, self.format, self.rows, cols, scale, self.bias);
+        let buffer_tokens = tiled_buffer_tokens(self.n_tokens);
+        let norm_w = rng.vec(cols, -0.5, 0.5);
+        let norm = self.norm.then_some(&norm_w[..]);
+        let x =
+            if self.norm { rng.vec(buffer_tokens * cols, -2.0, 2.0) } else { rng.sixty_fourths(buffer_tokens * cols) };
+        let y_before = match self.output {
+            Output::Add => rng.vec(buffer_tokens * y_stride, -3.0, 3.0),
+            _ => vec![SENTINEL; buffer_tokens * y_stride],
+        };
+
+        let (first, count) = self.head.unwrap_or((0, self.n_tokens));
+        let mut want = y_before.clone();
+        for j in 0..count {
+            let input = input_row(&x, first + j, cols, 0, cols, norm);
+            for r in self.parts.iter().flat_map(|&(start, rows)| start..start + rows) {
+                let value = matrix.row(r, &input);
+                let out = j * y_stride + r;
+                want[out] = match self.output {
+                    Output::Store => value,
+                    Output::Add => want[out] + value,
+                    Output::SoftCapLogits(cap) => {
+                        let mut capped = [value];
+                        soft_cap(&mut capped, cap);
+                        capped[0]
+                    }
+                };
+            }
+        }
+
+        let w = matrix.upload(gpu, &self.parts);
+        assert!(w.fits_tiles(), "{what}: fits the tiles");
+        let (norm_w, x, y) = (gpu.buffer(&norm_w), gpu.buffer(&x), gpu.buffer(&y_before));
+        let chunk =
+            ChunkInfo { n_tokens: self.n_tokens as u32, head_first: first as u32, head_count: count as u32, _pad: 0 };
+        let norm = self.norm.then_some(Norm { weight: &norm_w, eps: EPS });
+        gpu.run(chunk, |ops| ops.matmul_tiled(&w, norm, &x, &y, self.output));
+        let tolerance = if self.norm { ROUNDED_TOLERANCE } else { TOLERANCE };
+        assert_close_within(&what, &gpu.read::<f32>(&y), &want, y_stride, tolerance);
+    }
+}
+
+fn tiled_store_and_add_over_partial_tiles(format: MatrixFormat) {
+    let gpu = Gpu::new();
+    let [narrow, wide, widest] = tiled_widths(format);
+    // Rows: one partial tile, two (the second partial), four (the last partial).
+    let mut seed = 200;
+    for (rows, cols) in [(13, narrow), (100, wide), (200, widest)] {
+        for n in TILED_TOKENS {
+            for output in [Output::Store, Output::Add] {
+                let bias = seed % 2 == 0;
+                TiledMatmul { bias, ..TiledMatmul::plain(format, rows, cols, output, n) }.check(&gpu, seed);
+                seed += 1;
+            }
+        }
+    }
+}
+
+#[test]
+fn tiled_matmul_int8_store_and_add_over_partial_tiles() {
+    tiled_store_and_add_over_partial_tiles(Int8);
+}
+
+#[test]
+fn tiled_matmul_int4_store_and_add_over_partial_tiles() {
+    tiled_store_and_add_over_partial_tiles(Int4);
+}
+
+fn tiled_rms_norm_in_front(format: MatrixFormat) {
+    let gpu = Gpu::new();
+    let [narrow, wide, widest] = tiled_widths(format);
+    let mut seed = 300;
+    for (rows, cols) in [(13, narrow), (100, wide), (200, widest)] {
+        for n in [1, 64, 65, 150] {
+            for output in [Output::Store, Output::Add] {
+                TiledMatmul { norm: true, ..TiledMatmul::plain(format, rows, cols, output, n) }.check(&gpu, seed);
+                seed += 1;
+            }
+        }
+    }
+}
+
+#[test]
+fn tiled_matmul_int8_with_rms_norm_in_front() {
+    tiled_rms_norm_in_front(Int8);
+}
+
+#[test]
+fn tiled_matmul_int4_with_rms_norm_in_front() {
+    tiled_rms_norm_in_front(Int4);
+}
+
+fn tiled_head_tokens_and_row_pieces(format: MatrixFormat) {
+    let gpu = Gpu::new();
+    let [narrow, wide, widest] = tiled_widths(format);
+    // token_source = 1: x rows first..first + count in, y rows 0..count out, the rest untouched.
+    // 66 head tokens from 70 (two tiles, the second of 2 tokens, not starting on a tile), the
+    // last token alone, a whole tile from 0.
+    let mut seed = 400;
+    for (first, count) in [(70, 66), (149, 1), (0, 64)] {
+        let head = TiledMatmul {
+            head: Some((first, count)),
+            ..TiledMatmul::plain(format, 100, wide, Output::SoftCapLogits(CAP), 150)
+        };
+        head.check(&gpu, seed);
+        seed += 1;
+    }
+    // Row pieces, as `matmul` takes them: rows 4..9 of a 9-row tensor alone, y rows 0..4 left
+    // alone; a 200-row tensor in three pieces at offsets 0, 70 (a whole tile) and 150, rows 134..150
+    // in none.
+    for n in [63, 150] {
+        let piece =
+            TiledMatmul { rows: 9, parts: vec![(4, 5)], ..TiledMatmul::plain(format, 5, narrow, Output::Store, n) };
+        piece.check(&gpu, seed);
+        let three = vec![(0, 70), (70, 64), (150, 50)];
+        let pieces =
+            TiledMatmul { parts: three, norm: true, ..TiledMatmul::plain(format, 200, widest, Output::Add, n) };
+        pieces.check(&gpu, seed + 1);
+        seed += 2;
+    }
+    // The logits' own configuration: the embedding in two pieces, final norm, soft-cap, no bias,
+    // the head tokens only.
+    let logits = TiledMatmul {
+        parts: vec![(0, 64), (64, 73)],
+        bias: false,
+        norm: true,
+        head: Some((5, 65)),
+        ..TiledMatmul::plain(format, 137, wide, Output::SoftCapLogits(CAP), 150)
+    };
+    logits.check(&gpu, seed);
+}
+
+#[test]
+fn tiled_matmul_int8_head_tokens_and_row_pieces() {
+    tiled_head_tokens_and_row_pieces(Int8);
+}
+
+#[test]
+fn tiled_matmul_int4_head_tokens_and_row_pieces() {
+    tiled_head_tokens_and_row_pieces(Int4);
+}
+
+fn tiled_geglu_pairs_gate_and_up_rows(format: MatrixFormat) {
+    let gpu = Gpu::new();
+    let [narrow, wide, widest] = tiled_widths(format);
+    // F rows per half: one partial workgroup of 32, and four (the last partial).
+    let mut seed = 500;
+    for (f, d) in [(13usize, narrow), (100, wide), (100, widest)] {
+        for tokens in [1, 64, 65, 150] {
+            let mut rng = Lcg(seed);
+            seed += 1;
+            let buffer_tokens = tiled_buffer_tokens(tokens);
+            // Gates of a few units (a spread of 0.6 to 5 over these widths), where GELU bends;
+            // much larger ones would multiply the f32 reference's rounding in up's sum past the
+            // tolerance.
+            let matrix = TestMatrix::random(&mut rng, format, 2 * f, d, 0.002, true);
+            let norm_w = rng.vec(d, -0.5, 0.5);
+            let x = rng.vec(buffer_tokens * d, -2.0, 2.0);
+            let mut want = vec![SENTINEL; buffer_tokens * f];
+            for t in 0..tokens {
+                let input = input_row(&x, t, d, 0, d, Some(&norm_w));
+                for r in 0..f {
+                    want[t * f + r] = gelu_tanh(matrix.row(r, &input)) * matrix.row(f + r, &input);
+                }
+            }
+            let gate_up = matrix.upload_whole(&gpu);
+            let (norm_w, x) = (gpu.buffer(&norm_w), gpu.buffer(&x));
+            let hidden = gpu.buffer(&vec![SENTINEL; buffer_tokens * f]);
+            let norm = Norm { weight: &norm_w, eps: EPS };
+            gpu.run(chunk(tokens), |ops| vec![ops.geglu_tiled(&gate_up, norm, &x, &hidden)]);
+            let what = format!("geglu_tiled {format:?} F {f}, D {d}, {tokens} tokens");
+            assert_close_within(&what, &gpu.read::<f32>(&hidden), &want, f, ROUNDED_TOLERANCE);
+        }
+    }
+}
+
+#[test]
+fn tiled_geglu_int8_pairs_gate_and_up_rows() {
+    tiled_geglu_pairs_gate_and_up_rows(Int8);
+}
+
+#[test]
+fn tiled_geglu_int4_pairs_gate_and_up_rows() {
+    tiled_geglu_pairs_gate_and_up_rows(Int4);
+}
+
+/// `lru` channels in blocks of `block`: the gates `[input_gate; recurrent_gate]` are
+/// `[2·lru, block]`, row ch reading the conv output c[(ch / block)·block ..][..block] of
+/// `branches = [GELU(y), c]`; the logits, before σ, go to `[n, 2·lru]`.
+fn tiled_gates_block_diagonal(format: MatrixFormat, lru: usize, block: usize) {
+    let gpu = Gpu::new();
+    let mut rng = Lcg(600 + block as u64);
+    let matrix = TestMatrix::random(&mut rng, format, 2 * lru, block, 0.01, true);
+    let gates = matrix.upload_whole(&gpu);
+    assert!(gates.gates_fit_tiles());
+    for tokens in [1, 65, 150] {
+        let buffer_tokens = tiled_buffer_tokens(tokens);
+        // Multiples of 1/64: the logits are exact whatever the order of their sums.
+        let branches = rng.sixty_fourths(buffer_tokens * 2 * lru);
+        let mut want = vec![SENTINEL; buffer_tokens * 2 * lru];
+        for t in 0..tokens {
+            let c = &branches[t * 2 * lru + lru..][..lru];
+            for ch in 0..lru {
+                let input = &c[(ch / block) * block..][..block];
+                want[t * 2 * lru + ch] = matrix.row(ch, input);
+                want[t * 2 * lru + lru + ch] = matrix.row(lru + ch, input);
+            }
+        }
+        let (branches, out) = (gpu.buffer(&branches), gpu.buffer(&vec![SENTINEL; buffer_tokens * 2 * lru]));
+        gpu.run(chunk(tokens), |ops| vec![ops.gates_tiled(&gates, &branches, &out)]);
+        let what = format!("gates_tiled {format:?}, {lru} channels in blocks of {block}, {tokens} tokens");
+        assert_close(&what, &gpu.read::<f32>(&out), &want, 2 * lru);
+    }
+}
+
+#[test]
+fn tiled_gates_int8_block_diagonal_in_blocks_of_32_and_64() {
+    // Blocks of half a tile's rows (one workgroup each), and of a whole tile (two).
+    tiled_gates_block_diagonal(Int8, 160, 32);
+    tiled_gates_block_diagonal(Int8, 192, 64);
+}
+
+#[test]
+fn tiled_gates_int4_block_diagonal_in_blocks_of_32_and_64() {
+    // One group per row (its scale padded to two), and two.
+    tiled_gates_block_diagonal(Int4, 160, 32);
+    tiled_gates_block_diagonal(Int4, 192, 64);
+}
+
+#[test]
+fn tiled_kernel_takes_whole_steps_and_gate_blocks_of_half_a_tile() {
+    let gpu = Gpu::new();
+    let mut rng = Lcg(700);
+    let mut fits = |format, rows, cols, parts: &[(usize, usize)]| {
+        let w = TestMatrix::random(&mut rng, format, rows, cols, 0.01, false).upload(&gpu, parts);
+        (w.fits_tiles(), w.gates_fit_tiles())
+    };
+    // Row lengths: int8 rows of 4-column blocks that are not whole 16-column steps go to the row
+    // kernels; int4 groups of 32 always are whole steps.
+    assert!(!fits(Int8, 8, 20, &[(0, 8)]).0);
+    assert!(fits(Int8, 8, 48, &[(0, 8)]).0);
+    assert!(fits(Int4, 8, 96, &[(0, 8)]).0);
+    // Gates [2·lru, block]: blocks of 32 or 64 rows; not 12 (not whole steps), not 48 (whole steps,
+    // but a workgroup's 32 rows of a half would straddle two blocks); one part only.
+    assert_eq!(fits(Int8, 2 * 96, 32, &[(0, 192)]), (true, true));
+    assert_eq!(fits(Int4, 2 * 128, 64, &[(0, 256)]), (true, true));
+    assert_eq!(fits(Int8, 2 * 84, 12, &[(0, 168)]), (false, false));
+    assert_eq!(fits(Int8, 2 * 96, 48, &[(0, 192)]), (true, false));
+    assert_eq!(fits(Int8, 2 * 96, 32, &[(0, 96), (96, 96)]), (true, false));
+}
+
+#[test]
+fn tiled_ops_read_each_weight_once_per_tile_of_tokens() {
+    let gpu = Gpu::new();
+    let mut rng = Lcg(710);
+    let matrix = TestMatrix::random(&mut rng, Int8, 100, 64, 0.01, true).upload(&gpu, &[(0, 60), (60, 40)]);
+    let norm_w = gpu.buffer(&vec![0.0f32; 64]);
+    let (x, y) = (gpu.buffer(&vec![0.0f32; 64 * 150]), gpu.buffer(&vec![0.0f32; 100 * 150]));
+    let chunk_buffer = gpu.uniform(&chunk(150));
+    let ops = Ops { ctx: &gpu.ctx, kernels: &gpu.kernels, chunk: &chunk_buffer, unused: &gpu.unused };
+    let norm = Norm { weight: &norm_w, eps: EPS };
+    let read = |ops: &[Op], n: u32| ops.iter().map(|op| op.weight_bytes_read(n)).sum::<u64>();
+    let (tiled, rows) = (
+        ops.matmul_tiled(&matrix, Some(norm), &x, &y, Output::Store),
+        ops.matmul(&matrix, Some(norm), &x, &y, Output::Store),
+    );
+    // Both pieces read their rows; each reads the norm weight too.
+    let once = matrix.bytes() + 2 * 64 * 4;
+    for (n, tiles, row_tiles) in [(1, 1, 1), (64, 1, 8), (65, 2, 9), (150, 3, 19)] {
+        assert_eq!(read(&tiled, n), tiles * once, "matmul_tiled over {n} tokens");
+        assert_eq!(read(&rows, n), row_tiles * once, "matmul over {n} tokens");
+    }
+    let pair = TestMatrix::random(&mut rng, Int4, 2 * 64, 64, 0.01, true).upload_whole(&gpu);
+    let geglu = ops.geglu_tiled(&pair, norm, &x, &y);
+    assert_eq!(geglu.weight_bytes_read(65), 2 * (pair.bytes() + 64 * 4));
+    let gates = ops.gates_tiled(&pair, &x, &y);
+    assert_eq!(gates.weight_bytes_read(150), 3 * pair.bytes());
+}
+
+/// Bytes of workgroup memory each module's entry point uses, counting every `var<workgroup>` it
+/// (or a function it calls) touches, the shared prefixes' included.
+fn workgroup_bytes(name: &str, source: &str) -> u32 {
+    use wgpu::naga;
+    let module =
+        naga::front::wgsl::parse_str(source).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+    let index = module.entry_points.iter().position(|ep| ep.name == "main").expect("an entry point main");
+    let uses = info.get_entry_point(index);
+    module
+        .global_variables
+        .iter()
+        .filter(|(handle, var)| var.space == naga::AddressSpace::WorkGroup && !uses[*handle].is_empty())
+        .map(|(_, var)| module.types[var.ty].inner.size(module.to_ctx()))
+        .sum()
+}
+
+/// WebGPU's default `maxComputeWorkgroupStorageSize`, which the browser's device has unless it asks
+/// for more: native adapters (lavapipe's 32 KiB) would not show a kernel over it.
+const WEBGPU_WORKGROUP_BYTES: u32 = 16384;
+
+#[test]
+fn tiled_kernel_fits_webgpu_default_workgroup_memory() {
+    let mut tiled = 0;
+    for (name, source) in all_modules() {
+        let bytes = workgroup_bytes(&name, &source);
+        eprintln!("{name}: {bytes} bytes of workgroup memory");
+        if name.starts_with("matmul_tiled.") {
+            // The staged weights and inputs, 4 KiB each, and the tokens' Σx² shares: nothing else.
+            let staged = 2 * TILE_K * (TILE_ROWS / 4) * 16 + TILE_TOKENS * (TILE_K / 4) * 4;
+            assert_eq!(bytes, staged, "{name}");
+            tiled += 1;
+        }
+        assert!(bytes <= WEBGPU_WORKGROUP_BYTES, "{name}: {bytes} bytes of workgroup memory");
+    }
+    assert_eq!(tiled, MatrixFormat::ALL.len(), "one tiled module per format");
+    // The count sees a prefix's array that an entry point uses: the row kernels' partial sums.
+    let rows = all_modules().into_iter().find(|(name, _)| name == "matmul.int8").unwrap();
+    assert!(workgroup_bytes(&rows.0, &rows.1) >= TOKEN_TILE * THREADS * 4);
+}

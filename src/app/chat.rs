@@ -269,6 +269,10 @@ fn StatsPanel() -> impl IntoView {
             <dl>
                 <dt>"Prefill"</dt>
                 <dd class="prefill-rate">{move || format!("{:.1} tok/s", stats.get().last_turn.prefill_tokens_per_second())}</dd>
+                <dt>"First token after"</dt>
+                <dd class="first-token" data-seconds=move || stats.get().last_turn.time_to_first_token_seconds().to_string()>
+                    {move || format!("{:.0} ms", 1000.0 * stats.get().last_turn.time_to_first_token_seconds())}
+                </dd>
                 <dt>"Decode"</dt>
                 <dd class="decode-rate">{move || format!("{:.1} tok/s", stats.get().last_turn.decode_tokens_per_second())}</dd>
                 <dt>"Tokens in the conversation"</dt>

@@ -11,7 +11,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use rgweb::chat::session::{ChatSession, Generator};
 use rgweb::chat::{GemmaTokenizer, SamplingParams, BOS};
 use rgweb::config::{Config, Preset};
-use rgweb::gpu::engine::{load_engine, Engine};
+use rgweb::gpu::engine::{load_engine, Engine, STEPS_IN_FLIGHT};
+use rgweb::gpu::kernels::{CHUNK, GENERATED_RING};
 use rgweb::gpu::GpuContext;
 use rgweb::model::{Model, State};
 use rgweb::weights::convert::convert;
@@ -77,10 +78,13 @@ enum Command {
     /// Measure prefill and decode speed on the GPU engine.
     Bench {
         model_dir: PathBuf,
-        #[arg(long, default_value_t = 2048)]
-        prompt_tokens: usize,
-        /// Comma-separated generation lengths, each measured from a fresh prefill.
-        #[arg(long, value_delimiter = ',', default_value = "128,1024,8192")]
+        /// Comma-separated prompt lengths, each prefilled from an empty state.
+        #[arg(long, value_delimiter = ',', default_value = "128,512,2048")]
+        prompt_tokens: Vec<usize>,
+        /// Comma-separated generation lengths, each measured after a prefill of the first prompt
+        /// length, streamed (token by token to the caller, as the page and the package run) and
+        /// batched (every step in one submission).
+        #[arg(long, value_delimiter = ',', default_value = "128,1024")]
         gen_tokens: Vec<usize>,
         /// Print one JSON object instead of a table.
         #[arg(long)]
@@ -217,7 +221,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut engine = load_engine(gpu_context()?, &model_dir)?;
             let params = sampling.params()?;
             engine.set_sampling(&params)?;
-            bench(engine, prompt_tokens, &gen_tokens, &params, json)?;
+            bench(engine, &prompt_tokens, &gen_tokens, &params, json)?;
         }
         Command::Generate { model, prompt, max_tokens, sampling, chat, print_ids } => {
             let params = sampling.params()?;
@@ -334,78 +338,132 @@ fn generate(
     }
 }
 
-/// Prefill and decode throughput; each generation length starts from a fresh prefill.
+/// A benchmark prompt of `n` tokens: BOS, then ids spread over the vocabulary.
+fn bench_prompt(n: usize, vocab: u32) -> Vec<u32> {
+    std::iter::once(BOS).chain((1..n.max(1) as u32).map(|i| (i * 7919 + 13) % vocab)).collect()
+}
+
+/// A streamed generation of up to `n` tokens after `prompt`, as the page runs it: the prefill,
+/// then the steps queued behind it, each id read back as its step completes. Returns the
+/// seconds to the first token and the seconds from it to the last, and the tokens drawn.
+fn streamed(engine: &mut Engine, prompt: &[u32], n: usize) -> Result<(f64, f64, usize)> {
+    let start = std::time::Instant::now();
+    engine.start(prompt, n.saturating_sub(1))?;
+    pollster::block_on(engine.next_token())?;
+    let first = start.elapsed().as_secs_f64();
+    let mut drawn = 1;
+    while pollster::block_on(engine.next_token())?.is_some() {
+        drawn += 1;
+    }
+    pollster::block_on(engine.finish())?;
+    Ok((first, start.elapsed().as_secs_f64() - first, drawn))
+}
+
+/// Prefill, time to first token and decode throughput, with what the engine's plan reads and
+/// dispatches. Each measurement starts from an empty state; stop tokens are off, so every
+/// generation runs its full length.
 fn bench(
     mut engine: Engine,
-    prompt_tokens: usize,
+    prompt_tokens: &[usize],
     gen_tokens: &[usize],
     sampling: &SamplingParams,
     json: bool,
 ) -> Result<()> {
     let vocab = engine.config.vocab_size as u32;
-    let prompt: Vec<u32> =
-        std::iter::once(BOS).chain((1..prompt_tokens as u32).map(|i| (i * 7919 + 13) % vocab)).collect();
-    // Warm-up: pipelines, first-use allocations and clocks.
-    pollster::block_on(engine.prefill(&prompt[..prompt.len().min(32)]))?;
-    pollster::block_on(engine.decode(8))?;
+    engine.set_stops(&[])?;
+    // Warm-up: pipelines, first-use allocations and clocks, on both the prefill and decode paths.
+    streamed(&mut engine, &bench_prompt(300, vocab), 8)?;
 
-    engine.reset();
-    let start = std::time::Instant::now();
-    pollster::block_on(engine.prefill(&prompt))?;
-    let prefill_tps = prompt.len() as f64 / start.elapsed().as_secs_f64();
+    let mut prefill = Vec::new();
+    for &n in prompt_tokens {
+        let prompt = bench_prompt(n, vocab);
+        engine.reset();
+        let (first_token, _, _) = streamed(&mut engine, &prompt, 1)?;
+        prefill.push(serde_json::json!({
+            "prompt_tokens": prompt.len(),
+            "tokens_per_s": prompt.len() as f64 / first_token,
+            "time_to_first_token_s": first_token,
+            "weight_bytes_per_prompt_token": engine.weight_bytes_read(prompt.len(), 1) as f64 / prompt.len() as f64,
+            "submissions": prompt.len().div_ceil(CHUNK),
+        }));
+    }
 
+    let per_decoded_token = engine.weight_bytes_read(1, 1);
+    let prompt = bench_prompt(prompt_tokens.first().copied().unwrap_or(128), vocab);
     let mut decode = Vec::new();
     for &n in gen_tokens {
+        engine.reset();
+        let (_, seconds, drawn) = streamed(&mut engine, &prompt, n + 1)?;
+        let streamed_tps = drawn.saturating_sub(1) as f64 / seconds;
         engine.reset();
         pollster::block_on(engine.prefill(&prompt))?;
         let start = std::time::Instant::now();
         pollster::block_on(engine.decode(n))?;
-        decode.push((n, n as f64 / start.elapsed().as_secs_f64()));
+        let batched_tps = n as f64 / start.elapsed().as_secs_f64();
+        decode.push(serde_json::json!({
+            "gen_tokens": n,
+            "streamed_tokens_per_s": streamed_tps,
+            "batched_tokens_per_s": batched_tps,
+            "effective_gb_per_s": per_decoded_token as f64 * streamed_tps / 1e9,
+            // Streamed: one submission and one wait per token, with STEPS_IN_FLIGHT queued;
+            // batched: up to GENERATED_RING steps per submission.
+            "streamed_host_waits_per_token": 1.0,
+            "steps_in_flight": STEPS_IN_FLIGHT,
+            "batched_host_waits_per_token": n.div_ceil(GENERATED_RING as usize) as f64 / n as f64,
+        }));
     }
-    let weight_bytes = engine.weight_bytes();
-    let per_decoded_token = engine.weight_bytes_read(1, 1);
-    let per_prompt_token = engine.weight_bytes_read(prompt.len(), 1) as f64 / prompt.len() as f64;
     let info = &engine.context().adapter_info;
     let report = serde_json::json!({
         "adapter": format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type),
-        "prompt_tokens": prompt.len(),
         "sampling": serde_json::json!({
             "temperature": sampling.temperature,
             "top_k": sampling.top_k,
             "top_p": sampling.top_p,
         }),
-        "prefill_tokens_per_s": prefill_tps,
-        "decode": decode.iter().map(|(n, tps)| serde_json::json!({
-            "gen_tokens": n,
-            "tokens_per_s": tps,
-            "effective_gb_per_s": per_decoded_token as f64 * tps / 1e9,
-        })).collect::<Vec<_>>(),
+        "prefill": prefill,
+        "decode": decode,
         "quantization": engine.quantization().name(),
-        "weight_bytes": weight_bytes,
+        "weight_bytes": engine.weight_bytes(),
         "weight_bytes_per_decoded_token": per_decoded_token,
-        "weight_bytes_per_prompt_token": per_prompt_token,
         "state_bytes": engine.state_bytes(),
         "gpu_memory_bytes": engine.memory_bytes(),
-        "dispatches_per_token": engine.dispatches_per_token(),
+        "dispatches_per_token": engine.dispatches(1),
+        "dispatches_per_prefill_chunk": engine.dispatches(CHUNK),
+        "prefill_chunk_tokens": CHUNK,
     });
     if json {
         println!("{report}");
-    } else {
-        println!("adapter            {}", report["adapter"].as_str().unwrap_or_default());
-        let p = sampling;
-        println!("sampling           temperature {}, top-k {}, top-p {}", p.temperature, p.top_k, p.top_p);
-        println!("prefill            {prefill_tps:.1} tok/s ({} tokens)", prompt.len());
-        for (n, tps) in &decode {
-            println!("decode {n:>6} tok   {tps:.1} tok/s, {:.1} GB/s of weights", per_decoded_token as f64 * tps / 1e9);
-        }
-        println!("weights            {weight_bytes} B, {}", engine.quantization().name());
-        println!(
-            "weights read       {per_decoded_token} B per decoded token, {per_prompt_token:.0} B per prompt token"
-        );
-        println!("state              {} B", engine.state_bytes());
-        println!("GPU memory         {} B", engine.memory_bytes());
-        println!("dispatches/token   {}", engine.dispatches_per_token());
+        return Ok(());
     }
+    println!("adapter            {}", report["adapter"].as_str().unwrap_or_default());
+    let p = sampling;
+    println!("sampling           temperature {}, top-k {}, top-p {}", p.temperature, p.top_k, p.top_p);
+    for entry in &prefill {
+        println!(
+            "prefill {:>6} tok  {:.1} tok/s, first token after {:.3} s, {:.0} B of weights read per token",
+            entry["prompt_tokens"],
+            entry["tokens_per_s"].as_f64().unwrap_or_default(),
+            entry["time_to_first_token_s"].as_f64().unwrap_or_default(),
+            entry["weight_bytes_per_prompt_token"].as_f64().unwrap_or_default(),
+        );
+    }
+    for entry in &decode {
+        println!(
+            "decode {:>6} tok   {:.1} tok/s streamed, {:.1} tok/s batched",
+            entry["gen_tokens"],
+            entry["streamed_tokens_per_s"].as_f64().unwrap_or_default(),
+            entry["batched_tokens_per_s"].as_f64().unwrap_or_default(),
+        );
+    }
+    println!("weights            {} B, {}", engine.weight_bytes(), engine.quantization().name());
+    println!("weights read       {per_decoded_token} B per decoded token");
+    println!("state              {} B", engine.state_bytes());
+    println!("GPU memory         {} B", engine.memory_bytes());
+    println!(
+        "dispatches         {} per decoded token, {} per prefill chunk of {CHUNK}",
+        engine.dispatches(1),
+        engine.dispatches(CHUNK)
+    );
     Ok(())
 }
 

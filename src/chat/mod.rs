@@ -10,5 +10,5 @@ pub mod tokenizer;
 mod tokenizer_json;
 
 pub use sampler::{Sampler, SamplingParams};
-pub use template::{first_user_turn, format_conversation, next_user_turn, CHAT_STOPS, Role, Turn};
+pub use template::{first_user_turn, format_conversation, next_user_turn, Role, Turn, CHAT_STOPS};
 pub use tokenizer::{GemmaTokenizer, TextStream, BOS, END_OF_TURN, EOS, PAD, START_OF_TURN};

@@ -44,6 +44,12 @@ impl Timing {
     pub fn decode_tokens_per_second(&self) -> f64 {
         rate(self.decoded_tokens, self.decode_seconds)
     }
+
+    /// From the start of the generation until its first token was known: the prefill, and on
+    /// the GPU the first id's way back. What a user waits before the reply starts.
+    pub fn time_to_first_token_seconds(&self) -> f64 {
+        self.prefill_seconds
+    }
 }
 
 fn rate(tokens: usize, seconds: f64) -> f64 {
@@ -57,7 +63,7 @@ fn rate(tokens: usize, seconds: f64) -> f64 {
 /// Prompts longer than this are fed in pieces of this many tokens (a whole number of the GPU
 /// engine's chunks, so the state ends exactly as after one prefill), with a chance to stop between
 /// pieces: an abort must not wait for a long prompt to finish.
-const PREFILL_PIECE: usize = 16 * CHUNK;
+const PREFILL_PIECE: usize = CHUNK;
 
 /// Where a generation's text goes, and whether it should go on. A closure `FnMut(&str) -> bool`
 /// is one: it receives each piece of text and returns false to stop.

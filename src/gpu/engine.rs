@@ -162,8 +162,10 @@ impl Engine {
         self.state_bytes
     }
 
-    /// Compute dispatches in one decode step: the whole forward pass of one token plus sampling.
-    pub fn dispatches_per_token(&self) -> usize {
+    /// Compute dispatches of one submission of `n` tokens with logits for the last: the whole
+    /// forward pass plus sampling (a decode step is `n` = 1).
+    pub fn dispatches(&self, n: usize) -> usize {
+        let _ = n;
         self.plan.body.len() + self.plan.head.len() + self.plan.finish.len()
     }
 

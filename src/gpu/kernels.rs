@@ -16,12 +16,24 @@ use super::matrix::MatrixFormat;
 /// Tokens per prefill submission, and the extra ring slots that let a whole chunk's keys be
 /// written before its queries attend.
 pub const CHUNK: usize = 16;
+/// Rows of logits one submission computes and reads back (`rg logits` asks for every row).
+pub const LOGIT_ROWS: usize = 16;
 /// Threads per workgroup of the row, attention and sampling kernels (`THREADS`).
 pub const THREADS: u32 = 256;
 /// Threads per workgroup of the elementwise kernels, embed and rope_kv (`SMALL_THREADS`).
 pub const SMALL_THREADS: u32 = 64;
 /// Tokens per workgroup in the row kernels (`TOKEN_TILE`): each weight is read once per tile.
 pub const TOKEN_TILE: u32 = 8;
+/// The tiled matrix kernel's tile (`matmul_tiled.wgsl`, for prefill): `TILE_TOKENS` tokens ×
+/// `TILE_ROWS` matrix rows per workgroup, each weight read once per tile, stepping over the
+/// columns `TILE_K` at a time (so it takes rows whose length is a multiple of `TILE_K`).
+pub const TILE_TOKENS: u32 = 64;
+pub const TILE_ROWS: u32 = 64;
+pub const TILE_K: u32 = 16;
+// Each thread computes 4 rows × 4 tokens, and stages one vector of 4 weights (of row i) and one of
+// 4 inputs (of token i) per step.
+const _: () = assert!((TILE_ROWS / 4) * (TILE_TOKENS / 4) == THREADS);
+const _: () = assert!(TILE_ROWS == TILE_TOKENS && TILE_ROWS * (TILE_K / 4) == THREADS);
 /// The most threads that share one matrix row (`MAX_LANES`).
 pub const MAX_LANES: u32 = 32;
 /// Keys per workgroup in `attention.wgsl` (`KEY_BLOCK`), and the most query heads it takes
@@ -43,6 +55,9 @@ fn constants_wgsl() -> String {
         ("THREADS", THREADS),
         ("SMALL_THREADS", SMALL_THREADS),
         ("TOKEN_TILE", TOKEN_TILE),
+        ("TILE_TOKENS", TILE_TOKENS),
+        ("TILE_ROWS", TILE_ROWS),
+        ("TILE_K", TILE_K),
         ("MAX_LANES", MAX_LANES),
         ("KEY_BLOCK", KEY_BLOCK),
         ("MAX_HEADS", MAX_HEADS),
@@ -76,6 +91,7 @@ pub enum Kernel {
     Attention,
     AttentionCombine,
     Sample,
+    MatmulTiled,
 }
 
 /// What a kernel's module is made of besides its own file.
@@ -89,7 +105,7 @@ enum Needs {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 9] = [
+    pub const ALL: [Kernel; 10] = [
         Kernel::Embed,
         Kernel::Matmul,
         Kernel::Geglu,
@@ -99,6 +115,7 @@ impl Kernel {
         Kernel::Attention,
         Kernel::AttentionCombine,
         Kernel::Sample,
+        Kernel::MatmulTiled,
     ];
 
     /// The kernel's name and its own file.
@@ -113,12 +130,13 @@ impl Kernel {
             Kernel::Attention => ("attention", include_str!("../../shaders/attention.wgsl")),
             Kernel::AttentionCombine => ("attention_combine", include_str!("../../shaders/attention_combine.wgsl")),
             Kernel::Sample => ("sample", include_str!("../../shaders/sample.wgsl")),
+            Kernel::MatmulTiled => ("matmul_tiled", include_str!("../../shaders/matmul_tiled.wgsl")),
         }
     }
 
     fn needs(self) -> Needs {
         match self {
-            Kernel::Embed => Needs::Format,
+            Kernel::Embed | Kernel::MatmulTiled => Needs::Format,
             Kernel::Matmul | Kernel::Geglu | Kernel::RecurrentIn | Kernel::RgLruGates => Needs::Rows,
             Kernel::RopeKv | Kernel::Attention | Kernel::AttentionCombine | Kernel::Sample => Needs::Nothing,
         }
@@ -235,6 +253,8 @@ pub enum Epilogue {
     Store = 0,
     Add = 1,
     SoftCap = 2,
+    /// `hidden = gelu_tanh(gate) · up` of a pair (`matmul_tiled.wgsl` only).
+    Geglu = 3,
 }
 
 /// `MatrixRows` in `common.wgsl`: which rows of which matrix, over which input. Built by
@@ -262,8 +282,14 @@ impl MatrixRows {
     pub fn row_groups(&self) -> u32 {
         self.rows.div_ceil(THREADS / self.halves / self.lanes)
     }
+
+    /// Workgroups along x for all rows in `matmul_tiled.wgsl`: [`TILE_ROWS`] / halves rows each.
+    pub fn tile_groups(&self) -> u32 {
+        self.rows.div_ceil(TILE_ROWS / self.halves)
+    }
 }
 
+/// The parameters of `matmul.wgsl`, and of `matmul_tiled.wgsl` (whose pairs take them too).
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct MatmulParams {

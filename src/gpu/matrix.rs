@@ -3,7 +3,7 @@
 //! `shaders/format_*.wgsl`, defines the storage and the dequantization that the shared kernels
 //! call) and how its buffers are sized and addressed. The forward pass never names a format.
 
-use super::kernels::{matmul_lanes, MatrixRows};
+use super::kernels::{matmul_lanes, MatrixRows, TILE_K, TILE_ROWS};
 use crate::weights::format::{int4_scale_stride, Quantization, INT4_GROUP};
 use crate::{Error, Result};
 
@@ -149,6 +149,27 @@ impl GpuMatrix {
     /// The values buffer of a one-part matrix (pairs).
     pub fn values(&self) -> &wgpu::Buffer {
         &self.parts[0].values
+    }
+
+    /// Whether the tiled matrix kernel (`Ops::matmul_tiled`, `Ops::geglu_tiled`) takes this
+    /// matrix: rows of whole [`TILE_K`]-column steps, each step whole blocks of the format. Any
+    /// row and token count and any row pieces (a pair, as for `Ops::geglu`, is one part); the
+    /// row kernels take the rest.
+    pub fn fits_tiles(&self) -> bool {
+        self.cols.is_multiple_of(TILE_K as usize)
+            && self.cols.is_multiple_of(self.format.column_multiple())
+            && (TILE_K as usize).is_multiple_of(self.format.block_columns())
+    }
+
+    /// Whether `Ops::gates_tiled` takes this stack of two block-diagonal matrices with square
+    /// blocks `cols` wide (the RG-LRU gates): one part, of whole blocks, each block [`TILE_ROWS`]
+    /// / 2 rows or a multiple of it, so that a workgroup's rows of each half read one slice of x.
+    pub fn gates_fit_tiles(&self) -> bool {
+        let per_half = TILE_ROWS as usize / 2;
+        self.fits_tiles()
+            && self.parts.len() == 1
+            && self.rows.is_multiple_of(2 * self.cols)
+            && self.cols.is_multiple_of(per_half)
     }
 }
 

@@ -19,6 +19,13 @@ pub enum Groups {
     TokenTiles(u32),
     /// `(x, ⌈head / TOKEN_TILE⌉)` for the logits matmuls.
     HeadTiles(u32),
+    /// `(x, ⌈n / tokens⌉)`, or `(x, ⌈head / tokens⌉)` with `head`: tiles of `tokens` tokens (the
+    /// tiled matrix kernel's [`TILE_TOKENS`]).
+    Tiles {
+        x: u32,
+        tokens: u32,
+        head: bool,
+    },
 }
 
 impl Groups {
@@ -29,6 +36,8 @@ impl Groups {
             Groups::TokenMajor(y) => (n, y),
             Groups::TokenTiles(x) => (x, n.div_ceil(TOKEN_TILE)),
             Groups::HeadTiles(x) => (x, head.div_ceil(TOKEN_TILE)),
+            Groups::Tiles { x, tokens, head: false } => (x, n.div_ceil(tokens)),
+            Groups::Tiles { x, tokens, head: true } => (x, head.div_ceil(tokens)),
         }
     }
 }
@@ -37,8 +46,9 @@ impl Groups {
 #[derive(Clone, Copy, Debug)]
 enum Reads {
     Nothing,
-    /// These bytes once per tile of [`TOKEN_TILE`] tokens (the row kernels).
-    PerTile(u64),
+    /// These bytes (`.0`) once per tile of `.1` tokens that share one read of them: [`TOKEN_TILE`]
+    /// in the row kernels, [`TILE_TOKENS`] in the tiled one.
+    PerTile(u64, u32),
     /// These bytes once per token (the embedding lookup: one row).
     PerToken(u64),
 }
@@ -56,7 +66,7 @@ impl Op {
     pub fn weight_bytes_read(&self, n: u32) -> u64 {
         match self.reads {
             Reads::Nothing => 0,
-            Reads::PerTile(bytes) => bytes * n.div_ceil(TOKEN_TILE) as u64,
+            Reads::PerTile(bytes, tokens) => bytes * n.div_ceil(tokens) as u64,
             Reads::PerToken(bytes) => bytes * n as u64,
         }
     }
@@ -249,7 +259,7 @@ impl Ops<'_> {
                 let groups = if head { Groups::HeadTiles(m.row_groups()) } else { Groups::TokenTiles(m.row_groups()) };
                 let op = self.op(Kernel::Matmul, Some(w), &params, &buffers, groups);
                 let norm_bytes = if m.has_norm == 1 { norm.size() } else { 0 };
-                Op { reads: Reads::PerTile(w.row_bytes() * part.rows as u64 + norm_bytes), ..op }
+                Op { reads: Reads::PerTile(w.row_bytes() * part.rows as u64 + norm_bytes, TOKEN_TILE), ..op }
             })
             .collect()
     }
@@ -259,7 +269,7 @@ impl Ops<'_> {
         let m = gate_up.pair_rows().with_norm(norm.eps);
         let buffers = [gate_up.values(), &gate_up.affine, norm.weight, x, hidden];
         let op = self.op(Kernel::Geglu, Some(gate_up), &PairParams { m }, &buffers, Groups::TokenTiles(m.row_groups()));
-        Op { reads: Reads::PerTile(gate_up.bytes() + norm.weight.size()), ..op }
+        Op { reads: Reads::PerTile(gate_up.bytes() + norm.weight.size(), TOKEN_TILE), ..op }
     }
 
     /// `branches = [GELU(linear_y(x̂)), Conv1D(linear_x(x̂))]` (`recurrent_in.wgsl`).
@@ -269,7 +279,7 @@ impl Ops<'_> {
         let w = r.linear_y_x;
         let buffers = [w.values(), &w.affine, r.norm.weight, r.x, r.step, r.conv, r.history, r.branches];
         let op = self.op(Kernel::RecurrentIn, Some(w), &params, &buffers, Groups::Fixed(m.row_groups(), 1));
-        Op { reads: Reads::PerTile(w.bytes() + r.norm.weight.size() + r.conv.size()), ..op }
+        Op { reads: Reads::PerTile(w.bytes() + r.norm.weight.size() + r.conv.size(), TOKEN_TILE), ..op }
     }
 
     /// `out = RG-LRU(conv, gates(conv)) ⊙ GELU(y)` over `branches = [GELU(y), conv]`
@@ -280,7 +290,97 @@ impl Ops<'_> {
         let buffers = [r.gates.values(), &r.gates.affine, self.unused, r.branches, r.step, r.log_a_scale, r.h, r.out];
         let op =
             self.op(Kernel::RgLruGates, Some(r.gates), &PairParams { m }, &buffers, Groups::Fixed(m.row_groups(), 1));
-        Op { reads: Reads::PerTile(r.gates.bytes() + r.log_a_scale.size()), ..op }
+        Op { reads: Reads::PerTile(r.gates.bytes() + r.log_a_scale.size(), TOKEN_TILE), ..op }
+    }
+
+    /// `y ⟵ W · x̂ + b` for the chunk's tokens (or, soft-capped, the head tokens), x̂ = RMSNorm(x)
+    /// with `norm` if given, as [`Self::matmul`] but in tiles of [`TILE_TOKENS`] tokens ×
+    /// [`TILE_ROWS`] rows that read each weight once per tile, for prefill (`matmul_tiled.wgsl`):
+    /// one op per row piece of `w`, which must [`GpuMatrix::fits_tiles`].
+    pub fn matmul_tiled(
+        &self,
+        w: &GpuMatrix,
+        norm: Option<Norm>,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        output: Output,
+    ) -> Vec<Op> {
+        assert!(w.fits_tiles(), "matmul_tiled takes rows of whole {TILE_K}-column steps, not {}", w.cols);
+        let (epilogue, cap, head) = match output {
+            Output::Store => (Epilogue::Store, 0.0, false),
+            Output::Add => (Epilogue::Add, 0.0, false),
+            Output::SoftCapLogits(cap) => (Epilogue::SoftCap, cap, true),
+        };
+        w.parts
+            .iter()
+            .map(|part| {
+                let mut m = w.part_rows(part);
+                if let Some(norm) = norm {
+                    m = m.with_norm(norm.eps);
+                }
+                let params = MatmulParams {
+                    m,
+                    y_stride: w.rows as u32,
+                    y_offset: part.row_start as u32,
+                    epilogue: epilogue as u32,
+                    token_source: head as u32,
+                    cap,
+                    _pad: [0; 3],
+                };
+                let norm = norm.map(|n| n.weight).unwrap_or(self.unused);
+                let buffers = [&part.values, &w.affine, norm, x, y];
+                let groups = Groups::Tiles { x: m.tile_groups(), tokens: TILE_TOKENS, head };
+                let op = self.op(Kernel::MatmulTiled, Some(w), &params, &buffers, groups);
+                let norm_bytes = if m.has_norm == 1 { norm.size() } else { 0 };
+                Op { reads: Reads::PerTile(w.row_bytes() * part.rows as u64 + norm_bytes, TILE_TOKENS), ..op }
+            })
+            .collect()
+    }
+
+    /// `hidden = GELU(gate(x̂)) ⊙ up(x̂)` from the stack `[gate; up]`, x̂ = RMSNorm(x), as
+    /// [`Self::geglu`] but in tiles of [`TILE_TOKENS`] tokens × [`TILE_ROWS`] / 2 rows of each
+    /// half, for prefill (`matmul_tiled.wgsl`, epilogue GeGLU). `gate_up` must
+    /// [`GpuMatrix::fits_tiles`].
+    pub fn geglu_tiled(&self, gate_up: &GpuMatrix, norm: Norm, x: &wgpu::Buffer, hidden: &wgpu::Buffer) -> Op {
+        assert!(gate_up.fits_tiles(), "geglu_tiled takes rows of whole {TILE_K}-column steps, not {}", gate_up.cols);
+        let m = gate_up.pair_rows().with_norm(norm.eps);
+        let params = MatmulParams {
+            m,
+            y_stride: m.rows,
+            y_offset: 0,
+            epilogue: Epilogue::Geglu as u32,
+            token_source: 0,
+            cap: 0.0,
+            _pad: [0; 3],
+        };
+        let buffers = [gate_up.values(), &gate_up.affine, norm.weight, x, hidden];
+        let groups = Groups::Tiles { x: m.tile_groups(), tokens: TILE_TOKENS, head: false };
+        let op = self.op(Kernel::MatmulTiled, Some(gate_up), &params, &buffers, groups);
+        Op { reads: Reads::PerTile(gate_up.bytes() + norm.weight.size(), TILE_TOKENS), ..op }
+    }
+
+    /// The RG-LRU's gate logits, before σ: `out[t] = [input_gate(c[t]), recurrent_gate(c[t])]`,
+    /// `[n, 2·lru]`, over the conv half `c` of `branches = [GELU(y), conv]`, from the stack of the
+    /// two block-diagonal gates with square blocks `gates.cols` wide, in tiles of [`TILE_TOKENS`]
+    /// tokens (`matmul_tiled.wgsl`, a pair stored as it is stacked). `gates` must
+    /// [`GpuMatrix::gates_fit_tiles`].
+    pub fn gates_tiled(&self, gates: &GpuMatrix, branches: &wgpu::Buffer, out: &wgpu::Buffer) -> Op {
+        assert!(gates.gates_fit_tiles(), "gates_tiled takes blocks of a multiple of {} rows", TILE_ROWS / 2);
+        let lru = gates.rows / 2;
+        let m = gates.pair_rows().block_diagonal(gates.cols, 2 * lru, lru);
+        let params = MatmulParams {
+            m,
+            y_stride: 2 * lru as u32,
+            y_offset: 0,
+            epilogue: Epilogue::Store as u32,
+            token_source: 0,
+            cap: 0.0,
+            _pad: [0; 3],
+        };
+        let buffers = [gates.values(), &gates.affine, self.unused, branches, out];
+        let groups = Groups::Tiles { x: m.tile_groups(), tokens: TILE_TOKENS, head: false };
+        let op = self.op(Kernel::MatmulTiled, Some(gates), &params, &buffers, groups);
+        Op { reads: Reads::PerTile(gates.bytes(), TILE_TOKENS), ..op }
     }
 
     /// RoPE on the chunk's queries and key, then the key and value into the ring (`rope_kv.wgsl`).

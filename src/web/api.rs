@@ -316,7 +316,7 @@ impl RecurrentGemma {
         self.with(|loaded| loaded.session.generator().restore(&snapshot.checkpoint).map_err(to_js))
     }
 
-    /// `{ prefillTokensPerSecond, decodeTokensPerSecond, promptTokens, generatedTokens,
+    /// `{ prefillTokensPerSecond, decodeTokensPerSecond, timeToFirstTokenSeconds, promptTokens, generatedTokens,
     ///   conversationTokens, weightBytes, weightFormat, stateBytes, gpuBytes, wasmBytes,
     ///   loadSeconds, bytesFromCache, adapter }`
     pub fn stats(&self) -> Result<JsValue, JsError> {
@@ -331,6 +331,7 @@ impl RecurrentGemma {
             Ok(object(&[
                 ("prefillTokensPerSecond", number(timing.prefill_tokens_per_second())),
                 ("decodeTokensPerSecond", number(timing.decode_tokens_per_second())),
+                ("timeToFirstTokenSeconds", number(timing.time_to_first_token_seconds())),
                 ("promptTokens", number(timing.prefill_tokens as f64)),
                 ("generatedTokens", number(timing.decoded_tokens as f64)),
                 ("conversationTokens", number(generator.position() as f64)),

@@ -101,6 +101,9 @@ async function main() {
         const peakWasm = Number(await page.locator('.load-figures').getAttribute('data-peak-wasm'));
         log(`wasm heap peak during the load: ${(peakWasm / 2 ** 20).toFixed(1)} MiB`);
         assert.ok(peakWasm > 0 && peakWasm < 128 * 2 ** 20, `wasm heap peaked at ${peakWasm} B during the load`);
+        const firstToken = Number(await page.locator('.first-token').getAttribute('data-seconds'));
+        assert.ok(firstToken > 0 && firstToken < 60, `the figures show the time to the first token (${firstToken} s)`);
+        log(`time to first token: ${(1000 * firstToken).toFixed(0)} ms, prefill ${await page.locator('.prefill-rate').textContent()}`);
         const stateBytes = await page.locator('.state-bytes').getAttribute('data-bytes');
         const gpuBytes = await page.locator('.gpu-bytes').getAttribute('data-bytes');
         assert.ok(Number(stateBytes) > 0 && Number(gpuBytes) > Number(stateBytes));

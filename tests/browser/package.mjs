@@ -86,6 +86,7 @@ async function exercise(context, server, expected, worker) {
         return {
             first: ids(first), continued: ids(continued), restored: ids(restored), fresh: ids(fresh),
             notReset: ids(notReset), reset: ids(reset), greedy: ids(greedy), stateBytes: (await e.stats()).stateBytes,
+            firstToken: (await e.stats()).timeToFirstTokenSeconds,
             weightFormat: (await e.stats()).weightFormat,
         };
     }, hot);
@@ -95,6 +96,7 @@ async function exercise(context, server, expected, worker) {
     assert.deepEqual(states.reset, states.fresh, `${mode}: reset starts a new conversation`);
     assert.deepEqual(states.greedy, expected.ids, `${mode}: after a reset the greedy reply is the CPU reference's`);
     assert.ok(states.stateBytes > 0);
+    assert.ok(states.firstToken > 0, `${mode}: stats give the time to the first token`);
     const format = JSON.parse(fs.readFileSync(path.join(modelDir, 'manifest.json'), 'utf8')).quantization;
     assert.equal(states.weightFormat, format, `${mode}: stats name the weight format`);
     log(`${mode}: snapshot/restore and reset ok`);
