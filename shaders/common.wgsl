@@ -45,6 +45,25 @@ struct MatrixRows {
     halves: u32,
 }
 
+// Partial RoPE, halves layout (rope_kv.wgsl, rope_chunk.wgsl): the pair (x[i], x[i + n]) of a head
+// at `position`, n = rotary_dims / 2, θ = position · inv_freq[i]:
+//
+//   r[i] = x[i]·cos θ − x[i+n]·sin θ,   r[i+n] = x[i+n]·cos θ + x[i]·sin θ
+//
+// θ is computed as f32(position) · inv_freq, as the references do, then reduced to [−π, π] with a
+// two-part 2π before sin/cos, whose GPU implementations are only accurate on that range.
+const TWO_PI_HI: f32 = 6.28125;
+const TWO_PI_LO: f32 = 0.0019353071795864769;
+
+fn rope_pair(a: f32, b: f32, position: u32, inv_freq: f32) -> vec2<f32> {
+    let angle = f32(position) * inv_freq;
+    let turns = round(angle / (TWO_PI_HI + TWO_PI_LO));
+    let reduced = (angle - turns * TWO_PI_HI) - turns * TWO_PI_LO;
+    let c = cos(reduced);
+    let s = sin(reduced);
+    return vec2<f32>(a * c - b * s, b * c + a * s);
+}
+
 fn gelu_tanh(z: f32) -> f32 {
     let inner = 0.7978846 * (z + 0.044715 * z * z * z);
     return 0.5 * z * (1.0 + tanh(clamp(inner, -10.0, 10.0)));

@@ -7,9 +7,8 @@
 // The key ring is transposed ([head_dim, slots]) so that attention's neighbouring threads, which
 // take neighbouring keys, read neighbouring addresses.
 //
-// Workgroup (t, h): h < heads rotates query head h; h = heads handles the key and value.
-// The angle is reduced to [−π, π] with a two-part 2π before sin/cos, whose GPU implementations
-// are only accurate on that range.
+// Workgroup (t, h): h < heads rotates query head h; h = heads handles the key and value. The
+// rotation itself is common.wgsl's rope_pair (shared with rope_chunk.wgsl).
 
 struct Params {
     heads: u32,
@@ -27,20 +26,9 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> ring_k: array<f32>;    // [head_dim, slots]
 @group(0) @binding(6) var<storage, read_write> ring_v: array<f32>;    // [slots, head_dim]
 
-const TWO_PI_HI: f32 = 6.28125;
-const TWO_PI_LO: f32 = 0.0019353071795864769;
-
-fn reduced(angle: f32) -> f32 {
-    let turns = round(angle / (TWO_PI_HI + TWO_PI_LO));
-    return (angle - turns * TWO_PI_HI) - turns * TWO_PI_LO;
-}
-
 // The pair (x[i], x[i + n]) rotated by θ_i at `position`.
 fn rotate(a: f32, b: f32, position: u32, i: u32) -> vec2<f32> {
-    let angle = reduced(f32(position) * inv_freq[i]);
-    let c = cos(angle);
-    let s = sin(angle);
-    return vec2<f32>(a * c - b * s, b * c + a * s);
+    return rope_pair(a, b, position, inv_freq[i]);
 }
 
 @compute @workgroup_size(SMALL_THREADS)

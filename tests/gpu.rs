@@ -107,6 +107,49 @@ fn gpu_int4_matches_cpu_int4_with_odd_group_counts() {
     check_logits("lru_wide", 40, Quantization::Int4);
 }
 
+/// A prompt of 600 tokens runs as prefill chunks of 256, 256 and 88 tokens (the tiled kernels,
+/// the scans and chunked attention) over many windows and ring wraps: its logits equal the CPU
+/// reference's, also when the chunks start elsewhere (37 tokens first), and so do the greedy
+/// tokens decoded after it.
+fn check_long_prefill(case: &str, quantization: Quantization) {
+    let (mut engine, model, _dir) = pair(case, quantization);
+    let vocab = model.config.vocab_size;
+    let ids = tokens(600, vocab);
+    let cpu = model.forward(&ids, &mut State::new(&model.config)).unwrap();
+    let range = cpu.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) - cpu.iter().fold(f32::INFINITY, |m, &v| m.min(v));
+    let tolerance = match quantization {
+        Quantization::Int4 => INT4_RELATIVE_TOLERANCE * range,
+        _ => TOLERANCE,
+    };
+    let whole = max_diff(&block_on(engine.logits(&ids)).unwrap(), &cpu);
+    engine.reset();
+    let mut shifted = block_on(engine.logits(&ids[..37])).unwrap();
+    shifted.extend(block_on(engine.logits(&ids[37..])).unwrap());
+    let shifted = max_diff(&shifted, &cpu);
+    let name = quantization.name();
+    eprintln!("{case} {name}, 600 tokens: GPU vs CPU max |Δ| {whole:.2e}, chunks shifted by 37 {shifted:.2e}");
+    assert!(whole <= tolerance && shifted <= tolerance, "{case} {name}: {whole} {shifted}");
+
+    engine.reset();
+    let mut greedy = vec![block_on(engine.prefill(&ids)).unwrap()];
+    greedy.extend(block_on(engine.decode(15)).unwrap());
+    assert_eq!(greedy, cpu_greedy(&model, &ids, 16), "{case} {name}: greedy tokens after a long prefill");
+}
+
+#[test]
+fn long_prefill_in_chunks_matches_cpu_int8() {
+    for case in ["window_long", "lru_wide", "head64"] {
+        check_long_prefill(case, Quantization::Int8);
+    }
+}
+
+#[test]
+fn long_prefill_in_chunks_matches_cpu_int4() {
+    for case in ["window_long", "lru_wide"] {
+        check_long_prefill(case, Quantization::Int4);
+    }
+}
+
 /// Greedy decoding on the CPU reference: the argmax after each step.
 fn cpu_greedy(model: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
     let argmax = |logits: &[f32]| {
@@ -235,8 +278,8 @@ fn the_2b_state_is_about_33_mib() {
     let binding_limit = engine.context().device.limits().max_storage_buffer_binding_size as usize;
     let rows_per_piece = rgweb::weights::format::MAX_PIECE_BYTES as usize / 2560;
     let table_buffers = if table_bytes <= binding_limit { 1 } else { 256_000usize.div_ceil(rows_per_piece) };
-    eprintln!("2B decode: {} dispatches per token (binding limit {binding_limit} B)", engine.dispatches_per_token());
-    assert_eq!(engine.dispatches_per_token(), 18 * 5 + 8 * 7 + 2 * table_buffers + 1);
+    eprintln!("2B decode: {} dispatches per token (binding limit {binding_limit} B)", engine.dispatches(1));
+    assert_eq!(engine.dispatches(1), 18 * 5 + 8 * 7 + 2 * table_buffers + 1);
 }
 
 #[test]
@@ -265,28 +308,56 @@ fn rg_logits_on_the_gpu_match_the_cpu() {
 
 #[test]
 fn rg_bench_reports_speed_and_sizes() {
-    let out = ok(&["bench", s(&tiny().int8), "--prompt-tokens", "20", "--gen-tokens", "4,8", "--json"]);
+    let out = ok(&["bench", s(&tiny().int8), "--prompt-tokens", "20,300", "--gen-tokens", "4,8", "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["prompt_tokens"], 20);
-    assert!(report["prefill_tokens_per_s"].as_f64().unwrap() > 0.0);
+    let prefill = report["prefill"].as_array().unwrap();
+    assert_eq!(prefill.iter().map(|p| p["prompt_tokens"].as_u64().unwrap()).collect::<Vec<_>>(), [20, 300]);
+    for p in prefill {
+        assert!(p["tokens_per_s"].as_f64().unwrap() > 0.0);
+        assert!(p["time_to_first_token_s"].as_f64().unwrap() > 0.0);
+    }
     let decode = report["decode"].as_array().unwrap();
     assert_eq!(decode.iter().map(|d| d["gen_tokens"].as_u64().unwrap()).collect::<Vec<_>>(), [4, 8]);
-    assert!(decode.iter().all(|d| d["tokens_per_s"].as_f64().unwrap() > 0.0));
-    assert_eq!(report["weight_bytes"], 17_762_560);
+    for d in decode {
+        assert!(d["streamed_tokens_per_s"].as_f64().unwrap() > 0.0);
+        assert!(d["batched_tokens_per_s"].as_f64().unwrap() > 0.0);
+    }
+    let weight_bytes = 17_762_560.0;
+    assert_eq!(report["weight_bytes"], weight_bytes as u64);
     // A decoded token reads every weight once (the embedding twice: one row, then the whole
-    // table for the logits); a prompt token a tile's share of the body, plus its share of the
-    // head once.
+    // table for the logits).
     let per_decoded = report["weight_bytes_per_decoded_token"].as_f64().unwrap();
-    assert!((per_decoded / 17_762_560.0 - 1.0).abs() < 0.01, "{per_decoded}");
-    let per_prompt = report["weight_bytes_per_prompt_token"].as_f64().unwrap();
-    assert!(per_prompt < per_decoded / 4.0, "{per_prompt}");
-    assert_eq!(report["state_bytes"], 20_496);
-    assert!(report["dispatches_per_token"].as_u64().unwrap() > 0);
+    assert!((per_decoded / weight_bytes - 1.0).abs() < 0.01, "{per_decoded}");
+    // A prompt token of a long prompt: its share of the body read once per tile, plus its share
+    // of the head, read once for the last token.
+    let per_prompt = prefill[1]["weight_bytes_per_prompt_token"].as_f64().unwrap();
+    assert!(per_prompt < per_decoded / 16.0, "{per_prompt}");
+    let config = rgweb::config::Config::preset(rgweb::config::Preset::Tiny);
+    let engine = load_engine(context(), &tiny().int8).unwrap();
+    assert_eq!(report["state_bytes"], engine.state_bytes());
+    assert_eq!(engine.state_bytes(), expected_state_bytes(&config));
+    assert_eq!(report["dispatches_per_token"], engine.dispatches(1));
     assert_eq!(report["sampling"]["temperature"], 0.0, "greedy unless asked");
     let sampled =
         ["bench", s(&tiny().int8), "--prompt-tokens", "8", "--gen-tokens", "4", "--json", "--temperature", "0.8"];
     let out = ok(&[&sampled[..], &["--top-k", "40", "--top-p", "0.9"]].concat());
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["sampling"]["top_k"], 40);
-    assert!(report["decode"][0]["tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(report["decode"][0]["streamed_tokens_per_s"].as_f64().unwrap() > 0.0);
+}
+
+/// The state a conversation carries, from the config (griffin.md §6): the step block; per
+/// recurrent layer the conv's last K − 1 inputs and h, per attention layer the key and value
+/// rings of `ring_slots(W)` positions, all f32.
+fn expected_state_bytes(config: &rgweb::config::Config) -> u64 {
+    let step = std::mem::size_of::<rgweb::gpu::kernels::StepState>();
+    let layers: usize = (0..config.num_hidden_layers)
+        .map(|layer| match config.block_type(layer) {
+            rgweb::config::BlockType::Recurrent => (config.conv1d_width - 1 + 1) * config.lru_width(),
+            rgweb::config::BlockType::Attention => {
+                2 * rgweb::gpu::kernels::ring_slots(config.attention_window_size) * config.head_dim()
+            }
+        })
+        .sum();
+    (step + 4 * layers) as u64
 }

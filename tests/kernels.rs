@@ -921,6 +921,425 @@ fn check_attention(gpu: &Gpu, position: usize, seed: u64, window: usize, slots: 
     assert_close(&format!("attention at position {position}"), &gpu.read::<f32>(&out), &want, hd);
 }
 
+// ---------------------------------------------------------------- prefill chunk kernels
+
+/// The bits of a buffer, for "left exactly as it was".
+fn bits(values: &[f32]) -> Vec<u32> {
+    values.iter().map(|v| v.to_bits()).collect()
+}
+
+/// One attention layer over a conversation for the prefill kernels: its GPU ring, and on the CPU
+/// every position's rotated key and value so far and the ring as it should be.
+struct AttentionLayer<'g> {
+    gpu: &'g Gpu,
+    shape: AttentionShape,
+    rotary_half: usize,
+    theta: f32,
+    inv_freq: wgpu::Buffer,
+    /// `[head_dim, slots]`, as the kernels keep it.
+    ring_k: wgpu::Buffer,
+    ring_v: wgpu::Buffer,
+    /// The rings as they should be, `[slots, head_dim]` each.
+    want_ring_k: Vec<f32>,
+    want_ring_v: Vec<f32>,
+    /// Rotated key and value of each position before [`Self::position`] (empty where the ring
+    /// never held one).
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+    rng: Lcg,
+}
+
+impl<'g> AttentionLayer<'g> {
+    /// A layer at `position` whose ring holds the last `slots` positions before it (random keys and
+    /// values, as earlier chunks left them) and, in the slots no position has reached yet, large
+    /// garbage that must never be read.
+    fn new(gpu: &'g Gpu, heads: usize, head_dim: usize, window: usize, position: usize, seed: u64) -> Self {
+        let slots = ring_slots(window);
+        let shape = AttentionShape { heads, head_dim, window, slots };
+        // Half of each head rotated, as in the real model: pairs (i, i + head_dim / 4).
+        let (rotary_half, theta) = (head_dim / 4, 10_000.0f32);
+        let mut rng = Lcg(seed);
+        let mut want_ring_k = rng.vec(slots * head_dim, -40.0, 40.0);
+        let mut want_ring_v = rng.vec(slots * head_dim, -40.0, 40.0);
+        let (mut keys, mut values) = (vec![Vec::new(); position], vec![Vec::new(); position]);
+        for p in position.saturating_sub(slots)..position {
+            keys[p] = rng.vec(head_dim, -1.5, 1.5);
+            values[p] = rng.vec(head_dim, -1.0, 1.0);
+            let slot = p % slots;
+            want_ring_k[slot * head_dim..][..head_dim].copy_from_slice(&keys[p]);
+            want_ring_v[slot * head_dim..][..head_dim].copy_from_slice(&values[p]);
+        }
+        let rotary_dims = 2 * rotary_half;
+        let inv_freq: Vec<f32> =
+            (0..rotary_half).map(|i| 1.0 / theta.powf((2 * i) as f32 / rotary_dims as f32)).collect();
+        AttentionLayer {
+            gpu,
+            shape,
+            rotary_half,
+            theta,
+            inv_freq: gpu.buffer(&inv_freq),
+            ring_k: gpu.buffer(&transpose(&want_ring_k, slots, head_dim)),
+            ring_v: gpu.buffer(&want_ring_v),
+            want_ring_k,
+            want_ring_v,
+            keys,
+            values,
+            rng,
+        }
+    }
+
+    fn position(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn ring(&self) -> KeyValueRing<'_> {
+        KeyValueRing { keys: &self.ring_k, values: &self.ring_v }
+    }
+
+    fn step(&self, halted: bool) -> wgpu::Buffer {
+        let position = self.position() as u32;
+        self.gpu.buffer(&[StepState { position, generated: 0, halted: halted as u32, _pad: 0 }])
+    }
+
+    /// Random projections of `n` tokens as the stacked q/k/v matrix writes them, and the same
+    /// with every query head and the key rotated at its position.
+    fn projections(&mut self, n: usize) -> (Vec<f32>, Vec<f32>) {
+        let (heads, hd) = (self.shape.heads, self.shape.head_dim);
+        let mut qkv = Vec::new();
+        for _ in 0..n {
+            qkv.extend(self.rng.vec(heads * hd, -1.5, 1.5));
+            qkv.extend(self.rng.vec(hd, -1.5, 1.5));
+            qkv.extend(self.rng.vec(hd, -1.0, 1.0));
+        }
+        let mut rotated = qkv.clone();
+        for (t, row) in rotated.chunks_mut((heads + 2) * hd).enumerate() {
+            for head in row[..(heads + 1) * hd].chunks_mut(hd) {
+                apply_rope(head, self.position() + t, 2 * self.rotary_half, self.theta);
+            }
+        }
+        (qkv, rotated)
+    }
+
+    /// softmax over positions max(0, P − W)..=P in f64, for the chunk whose rotated projections
+    /// are `rotated`, after its keys and values joined [`Self::keys`] and [`Self::values`].
+    fn reference(&self, rotated: &[f32], n: usize) -> Vec<f32> {
+        let (heads, hd, window) = (self.shape.heads, self.shape.head_dim, self.shape.window);
+        let start = self.position() - n;
+        let mut want = Vec::with_capacity(n * heads * hd);
+        for t in 0..n {
+            let p = start + t;
+            let visible = p.saturating_sub(window)..=p;
+            for query in rotated[t * (heads + 2) * hd..][..heads * hd].chunks(hd) {
+                let scores: Vec<f64> = visible
+                    .clone()
+                    .map(|s| {
+                        let dot: f64 = query.iter().zip(&self.keys[s]).map(|(&a, &b)| a as f64 * b as f64).sum();
+                        dot / (hd as f64).sqrt()
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let total: f64 = weights.iter().sum();
+                for d in 0..hd {
+                    let value: f64 = visible.clone().zip(&weights).map(|(s, w)| w * self.values[s][d] as f64).sum();
+                    want.push((value / total) as f32);
+                }
+            }
+        }
+        want
+    }
+
+    /// The chunk's rotated keys and values join the history; the ring takes those of `stored`.
+    fn remember(&mut self, rotated: &[f32], n: usize, stored: std::ops::Range<usize>) {
+        let (heads, hd, slots) = (self.shape.heads, self.shape.head_dim, self.shape.slots);
+        let start = self.position();
+        for row in rotated.chunks((heads + 2) * hd).take(n) {
+            self.keys.push(row[heads * hd..][..hd].to_vec());
+            self.values.push(row[(heads + 1) * hd..].to_vec());
+        }
+        for t in stored {
+            let slot = (start + t) % slots;
+            self.want_ring_k[slot * hd..][..hd].copy_from_slice(&self.keys[start + t]);
+            self.want_ring_v[slot * hd..][..hd].copy_from_slice(&self.values[start + t]);
+        }
+    }
+
+    fn check_ring(&self, what: &str) {
+        let (hd, slots) = (self.shape.head_dim, self.shape.slots);
+        let got_k = transpose(&self.gpu.read::<f32>(&self.ring_k), hd, slots);
+        assert_close(&format!("{what}: key ring"), &got_k, &self.want_ring_k, hd);
+        assert_close(&format!("{what}: value ring"), &self.gpu.read::<f32>(&self.ring_v), &self.want_ring_v, hd);
+    }
+
+    /// A prefill chunk of `n` tokens as the engine records it: rope_chunk, attention_chunk,
+    /// ring_store. Checks qkv after RoPE, the output (and nothing written past it) and the ring.
+    fn prefill(&mut self, n: usize) {
+        let (heads, hd) = (self.shape.heads, self.shape.head_dim);
+        let what =
+            format!("attention_chunk H {heads} hd {hd} W {} at {}, {n} tokens", self.shape.window, self.position());
+        let (qkv, rotated) = self.projections(n);
+        let got = self.run_prefill(&qkv, n, false);
+        assert_close(&format!("{what}: qkv after rope_chunk"), &got.0, &rotated, hd);
+        self.remember(&rotated, n, n.saturating_sub(self.shape.slots)..n);
+        let mut want = self.reference(&rotated, n);
+        want.extend(vec![SENTINEL; heads * hd]);
+        assert_close(&format!("{what}: out"), &got.1, &want, hd);
+        self.check_ring(&what);
+    }
+
+    /// The same with the run halted by a stop token: the same output, the ring left exactly as it
+    /// was, and nothing remembered.
+    fn prefill_halted(&mut self, n: usize) {
+        let (heads, hd) = (self.shape.heads, self.shape.head_dim);
+        let what = format!("halted attention_chunk H {heads} at {}, {n} tokens", self.position());
+        let ring_before = (self.gpu.read::<f32>(&self.ring_k), self.gpu.read::<f32>(&self.ring_v));
+        let (qkv, rotated) = self.projections(n);
+        let (_, out) = self.run_prefill(&qkv, n, true);
+        let (keys, values) = (self.keys.len(), self.values.len());
+        self.remember(&rotated, n, 0..0);
+        let want = self.reference(&rotated, n);
+        assert_close(&format!("{what}: out"), &out[..n * heads * hd], &want, hd);
+        self.keys.truncate(keys);
+        self.values.truncate(values);
+        assert_eq!(bits(&self.gpu.read::<f32>(&self.ring_k)), bits(&ring_before.0), "{what}: key ring unchanged");
+        assert_eq!(bits(&self.gpu.read::<f32>(&self.ring_v)), bits(&ring_before.1), "{what}: value ring unchanged");
+    }
+
+    /// (qkv, out) after the three prefill ops, out one row longer than the chunk.
+    fn run_prefill(&self, qkv: &[f32], n: usize, halted: bool) -> (Vec<f32>, Vec<f32>) {
+        let (heads, hd) = (self.shape.heads, self.shape.head_dim);
+        let step = self.step(halted);
+        let qkv_buffer = self.gpu.buffer(qkv);
+        let out = self.gpu.buffer(&vec![SENTINEL; (n + 1) * heads * hd]);
+        self.gpu.run(chunk(n), |ops| {
+            vec![
+                ops.rope_chunk(self.shape, self.rotary_half, &step, &self.inv_freq, &qkv_buffer),
+                ops.attention_chunk(self.shape, &step, self.ring(), &qkv_buffer, &out),
+                ops.ring_store(self.shape, &step, &qkv_buffer, self.ring()),
+            ]
+        });
+        (self.gpu.read(&qkv_buffer), self.gpu.read(&out))
+    }
+
+    /// `n` ≤ TOKEN_TILE tokens through the decode path (rope_kv, then attention and its combine)
+    /// over the ring the prefill kernels left.
+    fn decode(&mut self, n: usize) {
+        let (heads, hd) = (self.shape.heads, self.shape.head_dim);
+        let what = format!("decode attention H {heads} hd {hd} after the chunks, at {}, {n} tokens", self.position());
+        let (qkv, rotated) = self.projections(n);
+        let step = self.step(false);
+        let qkv_buffer = self.gpu.buffer(&qkv);
+        let blocks = key_blocks(self.shape.window) as usize;
+        let partial_a = self.gpu.buffer(&vec![SENTINEL; n * blocks * heads * hd]);
+        let partial_ml = self.gpu.buffer(&vec![SENTINEL; n * blocks * heads * 2]);
+        let out = self.gpu.buffer(&vec![SENTINEL; n * heads * hd]);
+        self.gpu.run(chunk(n), |ops| {
+            let buffers =
+                AttentionBuffers { qkv: &qkv_buffer, partial_a: &partial_a, partial_ml: &partial_ml, out: &out };
+            let mut list =
+                vec![ops.rope_kv(self.shape, self.rotary_half, &step, &self.inv_freq, &qkv_buffer, self.ring())];
+            list.extend(ops.attention(self.shape, &step, self.ring(), buffers));
+            list
+        });
+        self.remember(&rotated, n, 0..n);
+        assert_close(&format!("{what}: out"), &self.gpu.read::<f32>(&out), &self.reference(&rotated, n), hd);
+        self.check_ring(&what);
+    }
+}
+
+#[test]
+fn attention_chunk_from_document_start_over_more_tokens_than_slots() {
+    let gpu = Gpu::new();
+    // Window 16, 24 slots: 150 tokens at position 0 (the ring's garbage must not be read, and only
+    // the last 24 tokens are stored), then chunks of 7 and 1 continuing from the ring, then decode.
+    let mut layer = AttentionLayer::new(&gpu, 10, 32, 16, 0, 200);
+    layer.prefill(150);
+    layer.prefill(7);
+    layer.prefill(1);
+    layer.decode(3);
+}
+
+#[test]
+fn attention_chunk_inside_the_first_window_head_dim_256() {
+    let gpu = Gpu::new();
+    // Window 40, 48 slots: at position 20 the ring holds positions 0..20 and garbage; 64 tokens
+    // reach past the window and wrap the ring, then one token, then decode.
+    let mut layer = AttentionLayer::new(&gpu, 2, 256, 40, 20, 201);
+    layer.prefill(64);
+    layer.prefill(1);
+    layer.decode(2);
+}
+
+#[test]
+fn attention_chunk_after_the_ring_wrapped() {
+    let gpu = Gpu::new();
+    // One head, window 100, 108 slots: position 1072 is slot 100, near the ring's end: 7 tokens
+    // stop just before it, the 64 after them wrap round it; then a whole decode tile.
+    let mut layer = AttentionLayer::new(&gpu, 1, 32, 100, 108 * 9 + 100, 202);
+    layer.prefill(7);
+    layer.prefill(64);
+    layer.decode(TOKEN_TILE as usize);
+    // The 2B's shape (10 heads of 256, three tokens per workgroup) at a smaller window, a whole
+    // 256-token chunk from slot 300 of 308.
+    let mut layer = AttentionLayer::new(&gpu, 10, 256, 300, 308 * 6 + 300, 203);
+    layer.prefill(256);
+    layer.decode(3);
+}
+
+#[test]
+fn attention_chunk_odd_head_dims_and_the_most_heads() {
+    let gpu = Gpu::new();
+    // MAX_HEADS heads: one token per workgroup; 36 dims: a second slice with one vec4 column.
+    let mut layer = AttentionLayer::new(&gpu, MAX_HEADS as usize, 36, 16, 30, 204);
+    layer.prefill(40);
+    layer.decode(1);
+    // 3 heads of 20 dims: ten tokens per workgroup (30 of 32 rows), part of one slice.
+    let mut layer = AttentionLayer::new(&gpu, 3, 20, 5, 0, 205);
+    layer.prefill(23);
+    layer.prefill(9);
+}
+
+#[test]
+fn ring_store_leaves_the_ring_when_halted() {
+    let gpu = Gpu::new();
+    let mut layer = AttentionLayer::new(&gpu, 2, 32, 16, 50, 206);
+    layer.prefill_halted(9);
+    layer.prefill_halted(40);
+    // And the ring it left is still the one that continues.
+    layer.prefill(5);
+}
+
+/// conv_scan with a Conv1D `width` wide over a few chunks: raw branches `[n, 2·lru]` (plus a row
+/// past the chunk that must stay as it is) against GELU and [`conv_reference`].
+fn conv_scan_case(width: usize, seed: u64) {
+    let gpu = Gpu::new();
+    // 300 channels: ten workgroups of 32, the last with 12.
+    let lru = 300usize;
+    let mut rng = Lcg(seed);
+    let conv_w = rng.vec(lru * width, -1.0, 1.0);
+    let conv_b = rng.vec(lru, -0.5, 0.5);
+    let conv = gpu.buffer(&[conv_w.clone(), conv_b.clone()].concat());
+    // Garbage history: position 0 must take it as zeros.
+    let mut history = rng.vec((width - 1) * lru, -2.0, 2.0);
+    let history_buffer = gpu.buffer(&history);
+    // (position, tokens, halted): 37 tokens starting the document (eight segments of 5, the last
+    // of 2); 2 tokens (fewer than K − 1 for K > 3: the history keeps old rows; six segments empty);
+    // 150 continuing; 20 with the run halted.
+    for (position, n, halted) in [(0u32, 37usize, false), (37, 2, false), (39, 150, false), (189, 20, true)] {
+        let raw = rng.vec((n + 1) * 2 * lru, -2.0, 2.0);
+        let branches = gpu.buffer(&raw);
+        let step = gpu.buffer(&[StepState { position, generated: 0, halted: halted as u32, _pad: 0 }]);
+        gpu.run(chunk(n), |ops| vec![ops.conv_scan(&step, &conv, width, &history_buffer, &branches, lru)]);
+
+        let x_branch: Vec<f32> = raw.chunks(2 * lru).take(n).flat_map(|row| row[lru..].to_vec()).collect();
+        let seen = if position == 0 { vec![0.0; history.len()] } else { history.clone() };
+        let (conv_out, new_history) = conv_reference(&conv_w, &conv_b, &seen, &x_branch, width);
+        let mut want = raw.clone();
+        for t in 0..n {
+            for ch in 0..lru {
+                want[t * 2 * lru + ch] = gelu_tanh(raw[t * 2 * lru + ch]);
+                want[t * 2 * lru + lru + ch] = conv_out[t * lru + ch];
+            }
+        }
+        let what = format!("conv_scan K {width} at position {position}, {n} tokens");
+        assert_close(&format!("{what}: branches"), &gpu.read::<f32>(&branches), &want, 2 * lru);
+        let got_history = gpu.read::<f32>(&history_buffer);
+        if halted {
+            assert_eq!(bits(&got_history), bits(&history), "{what}: the history is left as it was");
+        } else {
+            assert_close(&format!("{what}: history"), &got_history, &new_history, lru);
+            history = got_history;
+        }
+    }
+}
+
+#[test]
+fn conv_scan_at_document_start_continuing_and_halted() {
+    conv_scan_case(4, 210);
+    conv_scan_case(MAX_CONV_WIDTH as usize, 211);
+}
+
+#[test]
+fn rg_lru_scan_at_document_start_continuing_and_halted() {
+    let gpu = Gpu::new();
+    // 300 channels: five workgroups of 64, the last with 44.
+    let lru = 300usize;
+    let mut rng = Lcg(220);
+    let a_param = rng.vec(lru, -3.0, 3.0);
+    let log_a_scale: Vec<f32> = a_param.iter().map(|&a| (-8.0 * softplus(a)) as f32).collect();
+    let scale_buffer = gpu.buffer(&log_a_scale);
+    // Garbage in h: position 0 must ignore it.
+    let h0 = rng.vec(lru, -5.0, 5.0);
+    let h = gpu.buffer(&h0);
+    let (mut h_formula, mut h_cpu) = (h0.clone(), h0);
+    // (position, tokens, halted): 37 tokens (five token tiles, the last partial) starting the
+    // document, 150 continuing, 5 with the run halted.
+    for (position, n, halted) in [(0u32, 37usize, false), (37, 150, false), (187, 5, true)] {
+        // Gate logits within ±5, where sqrt(1 − a²) is well conditioned in f32.
+        let gates = rng.vec((n + 1) * 2 * lru, -5.0, 5.0);
+        let branches = rng.vec((n + 1) * 2 * lru, -2.0, 2.0);
+        let (gates_buffer, branches_buffer) = (gpu.buffer(&gates), gpu.buffer(&branches));
+        let out = gpu.buffer(&vec![SENTINEL; (n + 1) * lru]);
+        let step = gpu.buffer(&[StepState { position, generated: 0, halted: halted as u32, _pad: 0 }]);
+        let h_before = gpu.read::<f32>(&h);
+        gpu.run(chunk(n), |ops| {
+            vec![ops.rg_lru_scan(&step, &gates_buffer, &branches_buffer, &scale_buffer, &h, &out, lru)]
+        });
+
+        // The shader header's formula, written out.
+        let mut want = vec![SENTINEL; (n + 1) * lru];
+        let mut state = h_formula.clone();
+        for t in 0..n {
+            for (ch, value) in state.iter_mut().enumerate() {
+                let row = t * 2 * lru;
+                let log_a = sigmoid(gates[row + lru + ch]) * log_a_scale[ch];
+                let normalized_x = branches[row + lru + ch] * sigmoid(gates[row + ch]);
+                *value = if position as usize + t == 0 {
+                    normalized_x
+                } else {
+                    log_a.exp() * *value + normalized_x * (1.0 - (2.0 * log_a).exp()).max(0.0).sqrt()
+                };
+                want[t * lru + ch] = *value * branches[row + ch];
+            }
+        }
+        let what = format!("rg_lru_scan at position {position}, {n} tokens");
+        let got = gpu.read::<f32>(&out);
+        assert_close(&format!("{what}: out"), &got, &want, lru);
+
+        // And the CPU model's own step.
+        let mut cpu_state = h_cpu.clone();
+        let mut cpu_out = Vec::new();
+        for t in 0..n {
+            let row = &gates[t * 2 * lru..][..2 * lru];
+            let lru_model = cpu_lru(&log_a_scale, &row[..lru], &row[lru..]);
+            let c = &branches[t * 2 * lru + lru..][..lru];
+            let new = lru_model.step(c, position as usize + t, &mut cpu_state);
+            cpu_out.extend(new.iter().zip(&branches[t * 2 * lru..][..lru]).map(|(h, &g)| h * g));
+        }
+        assert_close(&format!("{what}: out against RgLru::step"), &got[..n * lru], &cpu_out, lru);
+
+        let got_h = gpu.read::<f32>(&h);
+        if halted {
+            assert_eq!(bits(&got_h), bits(&h_before), "{what}: h is left as it was");
+        } else {
+            assert_close(&format!("{what}: h"), &got_h, &state, lru);
+            (h_formula, h_cpu) = (state, cpu_state);
+        }
+    }
+}
+
+#[test]
+fn attention_chunk_fits_webgpu_default_workgroup_memory() {
+    let (name, source) = all_modules().into_iter().find(|(name, _)| name == "attention_chunk").unwrap();
+    // q_tile and kv_tile (QUERY_ROWS rows of LANES + 1 vec4), the scores (rows of KEY_TILE + 1)
+    // and the start position.
+    let lanes = THREADS / QUERY_ROWS;
+    let bytes = 2 * QUERY_ROWS * (lanes + 1) * 16 + QUERY_ROWS * (KEY_TILE + 1) * 4 + 4;
+    assert_eq!(workgroup_bytes(&name, &source), bytes);
+    assert_eq!(bytes, 13_444);
+    assert!(bytes <= WEBGPU_WORKGROUP_BYTES);
+}
+
 // ---------------------------------------------------------------- sample
 
 const GENERATED_SENTINEL: u32 = 0xdead;

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 
 use bytemuck::Zeroable;
 
-use super::forward::{self, Activations, Io, LayerState, Plan};
+use super::forward::{self, Activations, Io, LayerState, Path, Plan};
 use super::kernels::*;
 use super::matrix::MatrixFormat;
 use super::ops::{self, KeyValueRing, Ops};
@@ -72,7 +72,9 @@ pub struct Engine {
     /// The step counter first, then per layer conv history + h, or key ring + value ring.
     state: Vec<wgpu::Buffer>,
     state_bytes: u64,
-    plan: Plan,
+    /// The command lists of a decode step (up to TOKEN_TILE tokens) and of a prefill chunk.
+    decode_plan: Plan,
+    prefill_plan: Plan,
     position: usize,
     generated_count: u32,
 }
@@ -83,11 +85,11 @@ impl Engine {
     pub fn new(ctx: GpuContext, manifest: Manifest) -> Result<Self> {
         let config = manifest.config.clone();
         let format = check_supported(&ctx, &manifest)?;
-        let acts = Activations::new(&ctx, &config);
+        let acts = Activations::new(&ctx, &config)?;
         let weights = GpuWeights::new(&ctx, &manifest)?;
 
         let (lru, hd) = (config.lru_width() as u64, config.head_dim() as u64);
-        let slots = (config.attention_window_size + CHUNK) as u64;
+        let slots = ring_slots(config.attention_window_size) as u64;
         let mut state = vec![ctx.storage("step", std::mem::size_of::<StepState>() as u64)];
         for layer in 0..config.num_hidden_layers {
             match config.block_type(layer) {
@@ -107,7 +109,7 @@ impl Engine {
         let sampling = ctx.uniform("sampling", bytemuck::bytes_of(&SampleParams::zeroed()));
         let tokens = ctx.storage("tokens", 4 * CHUNK as u64);
         let generated = ctx.storage("generated", 4 * GENERATED_RING as u64);
-        let readback_bytes = 4 * (CHUNK * config.vocab_size) as u64;
+        let readback_bytes = 4 * (LOGIT_ROWS * config.vocab_size) as u64;
         let readback =
             ctx.buffer("readback", readback_bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
         let unused = ctx.storage("unused", 16);
@@ -124,7 +126,8 @@ impl Engine {
             })
             .collect();
         let io = Io { tokens: &tokens, step: &state[0], layers, sampling: &sampling, generated: &generated };
-        let plan = forward::plan(&ops, &config, &weights, &acts, &io);
+        let decode_plan = forward::plan(&ops, &config, &weights, &acts, &io, Path::Decode);
+        let prefill_plan = forward::plan(&ops, &config, &weights, &acts, &io, Path::Prefill);
 
         let mut engine = Engine {
             ctx,
@@ -142,7 +145,8 @@ impl Engine {
             acts,
             state,
             state_bytes,
-            plan,
+            decode_plan,
+            prefill_plan,
             position: 0,
             generated_count: 0,
         };
@@ -165,8 +169,17 @@ impl Engine {
     /// Compute dispatches of one submission of `n` tokens with logits for the last: the whole
     /// forward pass plus sampling (a decode step is `n` = 1).
     pub fn dispatches(&self, n: usize) -> usize {
-        let _ = n;
-        self.plan.body.len() + self.plan.head.len() + self.plan.finish.len()
+        let plan = self.plan_for(n as u32);
+        plan.body.len() + plan.head.len() + plan.finish.len()
+    }
+
+    /// The command list for a chunk of `n` tokens.
+    fn plan_for(&self, n: u32) -> &Plan {
+        if n <= TOKEN_TILE {
+            &self.decode_plan
+        } else {
+            &self.prefill_plan
+        }
     }
 
     /// How the model's matrices are stored: `int8` or `int4`.
@@ -177,7 +190,15 @@ impl Engine {
     /// Bytes of weights the command list reads for a chunk of `n` tokens of which `head` get
     /// logits, counted from its ops: a decoded token is `(1, 1)`, a prompt of n tokens `(n, 1)`.
     pub fn weight_bytes_read(&self, n: usize, head: usize) -> u64 {
-        self.plan.weight_bytes_read(n as u32, head as u32)
+        // As the engine runs a prompt: chunks of CHUNK tokens, the head on the last one.
+        let chunks = n.div_ceil(CHUNK).max(1);
+        (0..chunks)
+            .map(|i| {
+                let len = (n - i * CHUNK).min(CHUNK) as u32;
+                let head = if i + 1 == chunks { head as u32 } else { 0 };
+                self.plan_for(len).weight_bytes_read(len, head)
+            })
+            .sum()
     }
 
     pub fn weight_bytes(&self) -> u64 {
@@ -344,12 +365,30 @@ impl Engine {
         for chunk in tokens.chunks(CHUNK) {
             let n = chunk.len() as u32;
             self.ctx.queue.write_buffer(&self.tokens, 0, bytemuck::cast_slice(chunk));
-            self.submit_chunk(n, Some((0, n)), false, 1);
-            let size = chunk.len() as u64 * self.config.vocab_size as u64 * 4;
-            let raw = self.ctx.read(&self.acts.logits, 0, size, &self.readback).await?;
-            all.extend(bytemuck::cast_slice::<u8, f32>(&raw));
+            self.submit_chunk(n, None, false, 1);
+            // The head reads the chunk's final x, which the body left: LOGIT_ROWS rows at a time.
+            for first in (0..n).step_by(LOGIT_ROWS) {
+                let count = (n - first).min(LOGIT_ROWS as u32);
+                self.submit_head(n, first, count);
+                let size = count as u64 * self.config.vocab_size as u64 * 4;
+                let raw = self.ctx.read(&self.acts.logits, 0, size, &self.readback).await?;
+                all.extend(bytemuck::cast_slice::<u8, f32>(&raw));
+            }
         }
         Ok(all)
+    }
+
+    /// Only the head (final norm and logits) for tokens `first..first + count` of the last chunk
+    /// of `n` tokens.
+    fn submit_head(&mut self, n: u32, first: u32, count: u32) {
+        let info = ChunkInfo { n_tokens: n, head_first: first, head_count: count, _pad: 0 };
+        self.ctx.queue.write_buffer(&self.chunk_info, 0, bytemuck::bytes_of(&info));
+        let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            ops::record(&mut pass, &self.plan_for(n).head, n, count);
+        }
+        self.ctx.queue.submit([encoder.finish()]);
     }
 
     /// Encodes `repeat` × (body, head for `head` = (first, count) if any, finish) for a chunk of
@@ -390,9 +429,10 @@ impl Engine {
         let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
-            let head_ops = if head.is_some() { &self.plan.head[..] } else { &[] };
+            let plan = self.plan_for(n);
+            let head_ops = if head.is_some() { &plan.head[..] } else { &[] };
             for _ in 0..repeat {
-                ops::record(&mut pass, self.plan.body.iter().chain(head_ops).chain(&self.plan.finish), n, head_count);
+                ops::record(&mut pass, plan.body.iter().chain(head_ops).chain(&plan.finish), n, head_count);
             }
         }
         if let Some(readback) = readback {
@@ -569,15 +609,11 @@ fn check_supported(ctx: &GpuContext, manifest: &Manifest) -> Result<MatrixFormat
         return Err(Error::Gpu(format!("{heads} attention heads is above the kernel's {MAX_HEADS}")));
     }
     let limit = ctx.device.limits().max_storage_buffer_binding_size;
-    let biggest_activation = CHUNK as u64 * config.vocab_size as u64 * 4;
     if let Some(piece) = manifest.pieces.iter().find(|p| p.bytes > limit) {
         return Err(Error::Gpu(format!(
             "{}: {} bytes exceed the device's {limit}-byte binding limit",
             piece.name, piece.bytes
         )));
-    }
-    if biggest_activation > limit {
-        return Err(Error::Gpu(format!("logits need {biggest_activation} bytes, above the device's {limit}")));
     }
     Ok(format)
 }

@@ -13,9 +13,8 @@ use bytemuck::{Pod, Zeroable};
 
 use super::matrix::MatrixFormat;
 
-/// Tokens per prefill submission, and the extra ring slots that let a whole chunk's keys be
-/// written before its queries attend.
-pub const CHUNK: usize = 16;
+/// Tokens per prefill submission: the largest chunk the prefill path's buffers hold.
+pub const CHUNK: usize = 256;
 /// Rows of logits one submission computes and reads back (`rg logits` asks for every row).
 pub const LOGIT_ROWS: usize = 16;
 /// Threads per workgroup of the row, attention and sampling kernels (`THREADS`).
@@ -42,6 +41,20 @@ pub const KEY_BLOCK: u32 = 16;
 pub const MAX_HEADS: u32 = 32;
 /// The widest Conv1D `recurrent_in.wgsl` keeps in registers (`MAX_CONV_WIDTH`).
 pub const MAX_CONV_WIDTH: u32 = 8;
+/// Prefill attention (`attention_chunk.wgsl`): query rows (tokens × heads) per workgroup
+/// (`QUERY_ROWS`), keys per staged block (`KEY_TILE`), and the largest head it takes
+/// (`MAX_HEAD_DIM`, a multiple of 4 · [`THREADS`] / [`QUERY_ROWS`]: its accumulators are registers).
+pub const QUERY_ROWS: u32 = 32;
+pub const KEY_TILE: u32 = 32;
+pub const MAX_HEAD_DIM: u32 = 256;
+// Each row has THREADS / QUERY_ROWS threads, each scoring 4 keys of the block (one vec4) and
+// staging one vec4 of a key or value per slice.
+const _: () = assert!(THREADS.is_multiple_of(QUERY_ROWS) && KEY_TILE == 4 * (THREADS / QUERY_ROWS));
+const _: () = assert!(KEY_TILE == QUERY_ROWS && MAX_HEAD_DIM.is_multiple_of(4 * (THREADS / QUERY_ROWS)));
+/// Channels per workgroup of `conv_scan.wgsl` (`CONV_CHANNELS`): the other THREADS / CONV_CHANNELS
+/// threads of a channel split the chunk's tokens.
+pub const CONV_CHANNELS: u32 = 32;
+const _: () = assert!(THREADS.is_multiple_of(CONV_CHANNELS));
 /// Size of the ring of sampled ids in `sample.wgsl` (`GENERATED_RING`).
 pub const GENERATED_RING: u32 = 1024;
 /// The most stop ids the sampler checks (`MAX_STOPS`, a multiple of 4).
@@ -62,6 +75,10 @@ fn constants_wgsl() -> String {
         ("KEY_BLOCK", KEY_BLOCK),
         ("MAX_HEADS", MAX_HEADS),
         ("MAX_CONV_WIDTH", MAX_CONV_WIDTH),
+        ("QUERY_ROWS", QUERY_ROWS),
+        ("KEY_TILE", KEY_TILE),
+        ("MAX_HEAD_DIM", MAX_HEAD_DIM),
+        ("CONV_CHANNELS", CONV_CHANNELS),
         ("GENERATED_RING", GENERATED_RING),
         ("NO_TOKEN", NO_TOKEN),
         ("MAX_STOPS", MAX_STOPS),
@@ -80,6 +97,22 @@ pub fn key_blocks(window: usize) -> u32 {
     (window as u32 + 1).div_ceil(KEY_BLOCK)
 }
 
+/// Key/value ring slots for an attention window of `window` keys before the token's own. A
+/// prefill chunk's own keys never go through the ring before its queries attend
+/// (`attention_chunk.wgsl` reads them from qkv, `ring_store.wgsl` stores them afterwards), so
+/// prefill needs only the window; the decode path (`rope_kv.wgsl`, then `attention.wgsl`) writes
+/// its chunk of up to [`TOKEN_TILE`] tokens first, so that chunk's keys must not overwrite a key
+/// still in its first token's window: hence `window + TOKEN_TILE`.
+pub fn ring_slots(window: usize) -> usize {
+    window + TOKEN_TILE as usize
+}
+
+/// Tokens per workgroup of `attention_chunk.wgsl` with `heads` query heads: every head of each,
+/// at most [`QUERY_ROWS`] rows (one token when `heads` = [`QUERY_ROWS`]).
+pub fn attention_tokens(heads: usize) -> u32 {
+    (QUERY_ROWS / heads as u32).max(1)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {
     Embed,
@@ -92,6 +125,11 @@ pub enum Kernel {
     AttentionCombine,
     Sample,
     MatmulTiled,
+    RopeChunk,
+    AttentionChunk,
+    RingStore,
+    ConvScan,
+    RgLruScan,
 }
 
 /// What a kernel's module is made of besides its own file.
@@ -105,7 +143,7 @@ enum Needs {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 10] = [
+    pub const ALL: [Kernel; 15] = [
         Kernel::Embed,
         Kernel::Matmul,
         Kernel::Geglu,
@@ -116,6 +154,11 @@ impl Kernel {
         Kernel::AttentionCombine,
         Kernel::Sample,
         Kernel::MatmulTiled,
+        Kernel::RopeChunk,
+        Kernel::AttentionChunk,
+        Kernel::RingStore,
+        Kernel::ConvScan,
+        Kernel::RgLruScan,
     ];
 
     /// The kernel's name and its own file.
@@ -131,6 +174,11 @@ impl Kernel {
             Kernel::AttentionCombine => ("attention_combine", include_str!("../../shaders/attention_combine.wgsl")),
             Kernel::Sample => ("sample", include_str!("../../shaders/sample.wgsl")),
             Kernel::MatmulTiled => ("matmul_tiled", include_str!("../../shaders/matmul_tiled.wgsl")),
+            Kernel::RopeChunk => ("rope_chunk", include_str!("../../shaders/rope_chunk.wgsl")),
+            Kernel::AttentionChunk => ("attention_chunk", include_str!("../../shaders/attention_chunk.wgsl")),
+            Kernel::RingStore => ("ring_store", include_str!("../../shaders/ring_store.wgsl")),
+            Kernel::ConvScan => ("conv_scan", include_str!("../../shaders/conv_scan.wgsl")),
+            Kernel::RgLruScan => ("rg_lru_scan", include_str!("../../shaders/rg_lru_scan.wgsl")),
         }
     }
 
@@ -139,6 +187,9 @@ impl Kernel {
             Kernel::Embed | Kernel::MatmulTiled => Needs::Format,
             Kernel::Matmul | Kernel::Geglu | Kernel::RecurrentIn | Kernel::RgLruGates => Needs::Rows,
             Kernel::RopeKv | Kernel::Attention | Kernel::AttentionCombine | Kernel::Sample => Needs::Nothing,
+            Kernel::RopeChunk | Kernel::AttentionChunk | Kernel::RingStore | Kernel::ConvScan | Kernel::RgLruScan => {
+                Needs::Nothing
+            }
         }
     }
 
@@ -344,6 +395,47 @@ pub struct AttentionParams {
     pub scale: f32,
     pub blocks: u32,
     pub _pad: [u32; 2],
+}
+
+/// The parameters of `attention_chunk.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct AttentionChunkParams {
+    pub heads: u32,
+    pub head_dim: u32,
+    pub window: u32,
+    pub slots: u32,
+    pub scale: f32,
+    /// Tokens per workgroup: [`attention_tokens`].
+    pub tokens: u32,
+    pub _pad: [u32; 2],
+}
+
+/// The parameters of `ring_store.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct RingStoreParams {
+    pub heads: u32,
+    pub head_dim: u32,
+    pub slots: u32,
+    pub _pad: u32,
+}
+
+/// The parameters of `conv_scan.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct ConvScanParams {
+    pub lru: u32,
+    pub width: u32,
+    pub _pad: [u32; 2],
+}
+
+/// The parameters of `rg_lru_scan.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct RgLruScanParams {
+    pub lru: u32,
+    pub _pad: [u32; 3],
 }
 
 #[repr(C)]

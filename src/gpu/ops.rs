@@ -431,6 +431,120 @@ impl Ops<'_> {
         [attention, combine]
     }
 
+    /// Prefill: RoPE in place on the chunk's queries and key in `qkv` (`rope_chunk.wgsl`),
+    /// `x[i], x[i+n] ⟵ x[i]·cos θ_i − x[i+n]·sin θ_i, x[i+n]·cos θ_i + x[i]·sin θ_i` with
+    /// `θ_i = (position + t) · inv_freq[i]`, `n = rotary_half`; no ring is written (see
+    /// [`Self::ring_store`]).
+    pub fn rope_chunk(
+        &self,
+        shape: AttentionShape,
+        rotary_half: usize,
+        step: &wgpu::Buffer,
+        inv_freq: &wgpu::Buffer,
+        qkv: &wgpu::Buffer,
+    ) -> Op {
+        let params = RopeParams {
+            heads: shape.heads as u32,
+            head_dim: shape.head_dim as u32,
+            rotary_half: rotary_half as u32,
+            slots: 0,
+        };
+        let buffers = [step, inv_freq, qkv];
+        self.op(Kernel::RopeChunk, None, &params, &buffers, Groups::TokenMajor(shape.heads as u32 + 1))
+    }
+
+    /// Prefill: local multi-query attention of the chunk's queries (after [`Self::rope_chunk`])
+    /// in tiles of [`QUERY_ROWS`] query rows against blocks of [`KEY_TILE`] keys with an online
+    /// softmax (`attention_chunk.wgsl`): `out[t][h] = Σ_p e^(s_p − m) v_p / Σ_p e^(s_p − m)`,
+    /// `s_p = q_h[t] · k_p / √head_dim` over `max(0, P − W) ≤ p ≤ P`, `P = position + t`; keys and
+    /// values before the chunk from the ring, the chunk's own from `qkv`.
+    pub fn attention_chunk(
+        &self,
+        shape: AttentionShape,
+        step: &wgpu::Buffer,
+        ring: KeyValueRing,
+        qkv: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+    ) -> Op {
+        assert!(
+            shape.head_dim.is_multiple_of(4) && shape.head_dim <= MAX_HEAD_DIM as usize,
+            "attention_chunk takes heads of a multiple of 4 dims up to {MAX_HEAD_DIM}, not {}",
+            shape.head_dim
+        );
+        assert!((1..=MAX_HEADS as usize).contains(&shape.heads), "attention_chunk takes 1 to {MAX_HEADS} heads");
+        assert!(shape.slots >= shape.window, "the ring must hold the window");
+        let tokens = attention_tokens(shape.heads);
+        let params = AttentionChunkParams {
+            heads: shape.heads as u32,
+            head_dim: shape.head_dim as u32,
+            window: shape.window as u32,
+            slots: shape.slots as u32,
+            scale: (shape.head_dim as f32).powf(-0.5),
+            tokens,
+            _pad: [0; 2],
+        };
+        let buffers = [step, qkv, ring.keys, ring.values, out];
+        let groups = Groups::Tiles { x: 1, tokens, head: false };
+        self.op(Kernel::AttentionChunk, None, &params, &buffers, groups)
+    }
+
+    /// Prefill: the rotated keys and the values of the chunk's last `min(n, slots)` tokens from
+    /// `qkv` into the ring, `ring_k[·][p mod slots] = k[t]`, `ring_v[p mod slots] = v[t]` with
+    /// `p = position + t`, unless the run is halted (`ring_store.wgsl`). Recorded after
+    /// [`Self::attention_chunk`], which reads the keys the ring held.
+    pub fn ring_store(&self, shape: AttentionShape, step: &wgpu::Buffer, qkv: &wgpu::Buffer, ring: KeyValueRing) -> Op {
+        let params = RingStoreParams {
+            heads: shape.heads as u32,
+            head_dim: shape.head_dim as u32,
+            slots: shape.slots as u32,
+            _pad: 0,
+        };
+        let buffers = [step, qkv, ring.keys, ring.values];
+        self.op(Kernel::RingStore, None, &params, &buffers, Groups::TokenMajor(1))
+    }
+
+    /// Prefill: the raw projections `branches[t] = [y[t], x[t]]` (`[n, 2·lru]`) in place into
+    /// `[GELU(y[t]), b + Σ_k w[k] · x[t − (K−1) + k]]`, the inputs before the chunk from `history`
+    /// (zero at position 0), which then holds the last K−1 inputs unless the run is halted
+    /// (`conv_scan.wgsl`). `conv` is the taps `[lru, K]` then the bias `[lru]`.
+    pub fn conv_scan(
+        &self,
+        step: &wgpu::Buffer,
+        conv: &wgpu::Buffer,
+        conv_width: usize,
+        history: &wgpu::Buffer,
+        branches: &wgpu::Buffer,
+        lru: usize,
+    ) -> Op {
+        assert!(
+            (1..=MAX_CONV_WIDTH as usize).contains(&conv_width),
+            "conv_scan takes Conv1D widths up to {MAX_CONV_WIDTH}"
+        );
+        let params = ConvScanParams { lru: lru as u32, width: conv_width as u32, _pad: [0; 2] };
+        let buffers = [step, conv, history, branches];
+        self.op(Kernel::ConvScan, None, &params, &buffers, Groups::Fixed((lru as u32).div_ceil(CONV_CHANNELS), 1))
+    }
+
+    /// Prefill: the RG-LRU over the chunk from the gate logits `gates[t] = [gx, ga]` and
+    /// `branches[t] = [g, c]` (`rg_lru_scan.wgsl`): `log_a = σ(ga) · log_a_scale`,
+    /// `h = e^log_a · h + √(1 − e^(2·log_a)) · σ(gx) · c` (`h = σ(gx) · c` at position 0),
+    /// `out[t] = h · g`; `h` is written back unless the run is halted.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rg_lru_scan(
+        &self,
+        step: &wgpu::Buffer,
+        gates: &wgpu::Buffer,
+        branches: &wgpu::Buffer,
+        log_a_scale: &wgpu::Buffer,
+        h: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        lru: usize,
+    ) -> Op {
+        let params = RgLruScanParams { lru: lru as u32, _pad: [0; 3] };
+        let buffers = [step, gates, branches, log_a_scale, h, out];
+        self.op(Kernel::RgLruScan, None, &params, &buffers, Groups::Fixed((lru as u32).div_ceil(SMALL_THREADS), 1))
+    }
+
     /// The next token from the last row of logits, into `tokens[0]` and the ring of generated
     /// ids; advances the step (`sample.wgsl`). `sampling` is the uniform the caller rewrites per
     /// submission.
