@@ -89,6 +89,9 @@ enum Command {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also time each kernel of a decode step and of a prefill chunk, dispatch by dispatch.
+        #[arg(long)]
+        profile: bool,
         /// How decode picks tokens (greedy unless a temperature is given).
         #[command(flatten)]
         sampling: SamplingArgs,
@@ -217,10 +220,13 @@ fn run(cli: Cli) -> Result<()> {
                 std::fs::write(&path, source).with_context(|| format!("writing {}", path.display()))?;
             }
         }
-        Command::Bench { model_dir, prompt_tokens, gen_tokens, json, sampling } => {
+        Command::Bench { model_dir, prompt_tokens, gen_tokens, json, profile, sampling } => {
             let mut engine = load_engine(gpu_context()?, &model_dir)?;
             let params = sampling.params()?;
             engine.set_sampling(&params)?;
+            if profile {
+                profile_kernels(&mut engine)?;
+            }
             bench(engine, &prompt_tokens, &gen_tokens, &params, json)?;
         }
         Command::Generate { model, prompt, max_tokens, sampling, chat, print_ids } => {
@@ -336,6 +342,33 @@ fn generate(
         Some(e) => Err(e).context("writing to stdout"),
         None => Ok(ids),
     }
+}
+
+/// Prints where a decode step's and a prefill chunk's time goes, kernel by kernel (each dispatch
+/// alone, so fixed costs per dispatch show).
+fn profile_kernels(engine: &mut Engine) -> Result<()> {
+    let vocab = engine.config.vocab_size as u32;
+    for (what, n) in [("decode step", 1), ("prefill chunk", CHUNK)] {
+        engine.reset();
+        let prompt = bench_prompt(n, vocab);
+        engine.profile(&prompt)?;
+        let times = engine.profile(&prompt)?;
+        let total: f64 = times.iter().map(|t| t.2).sum();
+        eprintln!(
+            "{what} of {n} tokens: {:.1} ms in {} dispatches",
+            1e3 * total,
+            times.iter().map(|t| t.1).sum::<usize>()
+        );
+        for (kernel, dispatches, seconds) in times {
+            eprintln!(
+                "  {kernel:<18} {dispatches:>4} × {:>9.3} ms = {:>9.1} ms",
+                1e3 * seconds / dispatches as f64,
+                1e3 * seconds
+            );
+        }
+    }
+    engine.reset();
+    Ok(())
 }
 
 /// A benchmark prompt of `n` tokens: BOS, then ids spread over the vocabulary.

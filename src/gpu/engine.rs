@@ -205,6 +205,46 @@ impl Engine {
         self.manifest.pieces.iter().map(|p| p.bytes).sum()
     }
 
+    /// Where the time of a chunk of `n` tokens with logits for its last goes: each dispatch of
+    /// its command list submitted alone and waited for, the wall times summed per kernel, as
+    /// `(kernel, dispatches, seconds)` in order of first use. Natively only (a browser cannot
+    /// block on the GPU). Advances the state by the chunk.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn profile(&mut self, tokens: &[u32]) -> Result<Vec<(&'static str, usize, f64)>> {
+        if tokens.is_empty() || tokens.len() > CHUNK {
+            return Err(Error::Input(format!("profile takes 1 to {CHUNK} tokens")));
+        }
+        self.check_tokens(tokens)?;
+        self.resume()?;
+        let n = tokens.len() as u32;
+        self.ctx.queue.write_buffer(&self.tokens, 0, bytemuck::cast_slice(tokens));
+        let info = ChunkInfo { n_tokens: n, head_first: n - 1, head_count: 1, _pad: 0 };
+        self.ctx.queue.write_buffer(&self.chunk_info, 0, bytemuck::bytes_of(&info));
+        let mut times: Vec<(&'static str, usize, f64)> = Vec::new();
+        let plan = self.plan_for(n);
+        for op in plan.body.iter().chain(&plan.head).chain(&plan.finish) {
+            let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+            ops::record(&mut encoder.begin_compute_pass(&Default::default()), [op], n, 1);
+            let start = web_time::Instant::now();
+            self.ctx.queue.submit([encoder.finish()]);
+            self.ctx
+                .device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+            let seconds = start.elapsed().as_secs_f64();
+            match times.iter_mut().find(|(name, _, _)| *name == op.kernel_name()) {
+                Some(entry) => {
+                    entry.1 += 1;
+                    entry.2 += seconds;
+                }
+                None => times.push((op.kernel_name(), 1, seconds)),
+            }
+        }
+        self.position += n as usize;
+        self.ctx.check()?;
+        Ok(times)
+    }
+
     /// Tokens processed so far.
     pub fn position(&self) -> usize {
         self.position

@@ -62,6 +62,11 @@ pub struct Op {
 }
 
 impl Op {
+    /// The kernel's name (its shader file's).
+    pub fn kernel_name(&self) -> &'static str {
+        self.pipeline.key.0.source().0
+    }
+
     /// Bytes of weights this dispatch reads over `n` tokens.
     pub fn weight_bytes_read(&self, n: u32) -> u64 {
         match self.reads {
