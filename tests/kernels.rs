@@ -539,6 +539,54 @@ fn matmul_int4_head_tokens_only() {
     head_tokens_only(Int4);
 }
 
+/// Rows of one lane go to `matmul_short.wgsl`: THREADS · SHORT_ROWS rows per workgroup, each
+/// thread taking whole rows. Enough rows for several workgroups, the last one partial (and its
+/// last thread short of its SHORT_ROWS rows), over two token tiles; with RMSNorm and every
+/// epilogue; the logits' configuration in two row pieces, the second at an odd offset.
+fn short_rows(format: MatrixFormat) {
+    let gpu = Gpu::new();
+    let narrow = widths(format)[0];
+    assert_eq!(matmul_lanes(narrow), 1);
+    let per_group = (THREADS * SHORT_ROWS) as usize;
+    let rows = 2 * per_group + THREADS as usize + 37;
+    // With RMSNorm the soft-cap's weights are smaller (values up to about the cap, not far past
+    // it): the sums cancel less, so that the f32 rounding of 4,389 rows × 11 tokens in another
+    // order than the reference's stays within ROUNDED_TOLERANCE.
+    let normed_logits_scale = 0.03;
+    let mut seed = 60;
+    for output in [Output::Store, Output::Add, Output::SoftCapLogits(CAP)] {
+        for norm in [false, true] {
+            let plain = Matmul::plain(format, rows, narrow, output, true);
+            let scale =
+                if norm && matches!(output, Output::SoftCapLogits(_)) { normed_logits_scale } else { plain.scale };
+            Matmul { norm, scale, ..plain }.check(&gpu, seed);
+            seed += 1;
+        }
+    }
+    let logits = Matmul {
+        norm: true,
+        scale: normed_logits_scale,
+        n_tokens: 13,
+        head: Some((2, 10)),
+        parts: vec![(0, 301), (301, rows - 301)],
+        ..Matmul::plain(format, rows, narrow, Output::SoftCapLogits(CAP), false)
+    };
+    logits.check(&gpu, seed);
+    // A piece of a larger tensor alone: the rows before it left alone.
+    let piece = Matmul { parts: vec![(5, per_group + 3)], ..Matmul::plain(format, rows, narrow, Output::Add, true) };
+    piece.check(&gpu, seed + 1);
+}
+
+#[test]
+fn matmul_int8_short_rows() {
+    short_rows(Int8);
+}
+
+#[test]
+fn matmul_int4_short_rows() {
+    short_rows(Int4);
+}
+
 // ---------------------------------------------------------------- geglu
 
 fn geglu_pairs_gate_and_up_rows(format: MatrixFormat) {

@@ -23,6 +23,9 @@ pub const THREADS: u32 = 256;
 pub const SMALL_THREADS: u32 = 64;
 /// Tokens per workgroup in the row kernels (`TOKEN_TILE`): each weight is read once per tile.
 pub const TOKEN_TILE: u32 = 8;
+/// Rows per thread of `matmul_short.wgsl` (`SHORT_ROWS`), the matmul for rows of one lane: a
+/// workgroup holds THREADS · SHORT_ROWS rows, so a 256,000-row logits head is 125 workgroups.
+pub const SHORT_ROWS: u32 = 8;
 /// The tiled matrix kernel's tile (`matmul_tiled.wgsl`, for prefill): `TILE_TOKENS` tokens ×
 /// `TILE_ROWS` matrix rows per workgroup, each weight read once per tile, stepping over the
 /// columns `TILE_K` at a time (so it takes rows whose length is a multiple of `TILE_K`).
@@ -68,6 +71,7 @@ fn constants_wgsl() -> String {
         ("THREADS", THREADS),
         ("SMALL_THREADS", SMALL_THREADS),
         ("TOKEN_TILE", TOKEN_TILE),
+        ("SHORT_ROWS", SHORT_ROWS),
         ("TILE_TOKENS", TILE_TOKENS),
         ("TILE_ROWS", TILE_ROWS),
         ("TILE_K", TILE_K),
@@ -117,6 +121,7 @@ pub fn attention_tokens(heads: usize) -> u32 {
 pub enum Kernel {
     Embed,
     Matmul,
+    MatmulShort,
     Geglu,
     RecurrentIn,
     RgLruGates,
@@ -143,9 +148,10 @@ enum Needs {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 15] = [
+    pub const ALL: [Kernel; 16] = [
         Kernel::Embed,
         Kernel::Matmul,
+        Kernel::MatmulShort,
         Kernel::Geglu,
         Kernel::RecurrentIn,
         Kernel::RgLruGates,
@@ -166,6 +172,7 @@ impl Kernel {
         match self {
             Kernel::Embed => ("embed", include_str!("../../shaders/embed.wgsl")),
             Kernel::Matmul => ("matmul", include_str!("../../shaders/matmul.wgsl")),
+            Kernel::MatmulShort => ("matmul_short", include_str!("../../shaders/matmul_short.wgsl")),
             Kernel::Geglu => ("geglu", include_str!("../../shaders/geglu.wgsl")),
             Kernel::RecurrentIn => ("recurrent_in", include_str!("../../shaders/recurrent_in.wgsl")),
             Kernel::RgLruGates => ("rg_lru_gates", include_str!("../../shaders/rg_lru_gates.wgsl")),
@@ -184,7 +191,7 @@ impl Kernel {
 
     fn needs(self) -> Needs {
         match self {
-            Kernel::Embed | Kernel::MatmulTiled => Needs::Format,
+            Kernel::Embed | Kernel::MatmulTiled | Kernel::MatmulShort => Needs::Format,
             Kernel::Matmul | Kernel::Geglu | Kernel::RecurrentIn | Kernel::RgLruGates => Needs::Rows,
             Kernel::RopeKv | Kernel::Attention | Kernel::AttentionCombine | Kernel::Sample => Needs::Nothing,
             Kernel::RopeChunk | Kernel::AttentionChunk | Kernel::RingStore | Kernel::ConvScan | Kernel::RgLruScan => {
@@ -332,6 +339,12 @@ impl MatrixRows {
     /// Workgroups along x for all rows.
     pub fn row_groups(&self) -> u32 {
         self.rows.div_ceil(THREADS / self.halves / self.lanes)
+    }
+
+    /// Workgroups along x for all rows in `matmul_short.wgsl` (one lane per row): THREADS ·
+    /// [`SHORT_ROWS`] rows each.
+    pub fn short_groups(&self) -> u32 {
+        self.rows.div_ceil(THREADS * SHORT_ROWS)
     }
 
     /// Workgroups along x for all rows in `matmul_tiled.wgsl`: [`TILE_ROWS`] / halves rows each.

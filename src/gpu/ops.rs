@@ -228,8 +228,8 @@ impl Ops<'_> {
             .collect()
     }
 
-    /// `y ⟵ W · x̂ + b` for the chunk's tokens, x̂ = RMSNorm(x) with `norm` if given (`matmul.wgsl`):
-    /// one op per row piece of `w`.
+    /// `y ⟵ W · x̂ + b` for the chunk's tokens, x̂ = RMSNorm(x) with `norm` if given (`matmul.wgsl`,
+    /// or `matmul_short.wgsl` for rows of one lane): one op per row piece of `w`.
     pub fn matmul(
         &self,
         w: &GpuMatrix,
@@ -261,8 +261,15 @@ impl Ops<'_> {
                 };
                 let norm = norm.map(|n| n.weight).unwrap_or(self.unused);
                 let buffers = [&part.values, &w.affine, norm, x, y];
-                let groups = if head { Groups::HeadTiles(m.row_groups()) } else { Groups::TokenTiles(m.row_groups()) };
-                let op = self.op(Kernel::Matmul, Some(w), &params, &buffers, groups);
+                // Rows of one lane: whole rows per thread, no workgroup memory or barrier
+                // (`matmul_short.wgsl`), so a CPU driver pays its per-workgroup cost far less often.
+                let (kernel, x_groups) = if m.lanes == 1 {
+                    (Kernel::MatmulShort, m.short_groups())
+                } else {
+                    (Kernel::Matmul, m.row_groups())
+                };
+                let groups = if head { Groups::HeadTiles(x_groups) } else { Groups::TokenTiles(x_groups) };
+                let op = self.op(kernel, Some(w), &params, &buffers, groups);
                 let norm_bytes = if m.has_norm == 1 { norm.size() } else { 0 };
                 Op { reads: Reads::PerTile(w.row_bytes() * part.rows as u64 + norm_bytes, TOKEN_TILE), ..op }
             })
