@@ -282,6 +282,36 @@ fn the_2b_state_is_about_33_mib() {
     assert_eq!(engine.dispatches(1), 18 * 5 + 8 * 7 + 2 * table_buffers + 1);
 }
 
+/// Prefill reads each of the 2B's body weights once per 64 prompt tokens (the tiled kernels), in
+/// both formats, counted from the command lists' own ops: a prompt token of a 2,048-token prompt
+/// costs at most 1/64 of a decoded token's weight traffic, plus its share of the head (read once,
+/// for the last token).
+#[test]
+fn prefill_reads_the_2b_weights_once_per_64_tokens() {
+    use rgweb::config::{Config, Preset};
+    use rgweb::weights::format::Manifest;
+    for quantization in [Quantization::Int8, Quantization::Int4] {
+        let manifest = Manifest::plan(&Config::preset(Preset::RecurrentGemma2b), quantization);
+        let engine = Engine::new(context(), manifest).unwrap();
+        let decoded = engine.weight_bytes_read(1, 1);
+        // The tied table: once per decoded token for the logits (the embedding reads one row).
+        let head = engine.weight_bytes_read(1, 1) - engine.weight_bytes_read(1, 0);
+        let body = decoded - head;
+        let at_512 = engine.weight_bytes_read(512, 1) / 512;
+        eprintln!("2B {}: {at_512} B per prompt token of a 512-token prompt", quantization.name());
+        let n = 2048;
+        let per_prompt_token = engine.weight_bytes_read(n, 1) as f64 / n as f64;
+        let share = (per_prompt_token - head as f64 / n as f64) / body as f64;
+        eprintln!(
+            "2B {}: {decoded} B per decoded token, {per_prompt_token:.0} B per prompt token ({n} tokens): \
+             1/{:.1} of the body plus the head's share",
+            quantization.name(),
+            1.0 / share
+        );
+        assert!(share <= 1.0 / 64.0 + 1e-3, "{}: 1/{} of the body per prompt token", quantization.name(), 1.0 / share);
+    }
+}
+
 #[test]
 fn device_errors_become_errors_not_panics() {
     let ctx = context();
