@@ -10,7 +10,7 @@ set -euo pipefail
 RG=${RG:-target/release/rg}
 WORK=${WORK:-/tmp/bench-gpu}
 OUT=${OUT:-$WORK/out}
-PROMPT_TOKENS=${PROMPT_TOKENS:-512}
+PROMPT_TOKENS=${PROMPT_TOKENS:-128,512,2048}
 GEN_TOKENS=${GEN_TOKENS:-64,256}
 mkdir -p "$WORK" "$OUT"
 
@@ -26,6 +26,6 @@ for quant in int8 int4; do
     du -sb "$WORK/$quant" | tee "$OUT/size-$quant.txt"
 done
 for quant in int8 int4; do
-    "$RG" bench "$WORK/$quant" --prompt-tokens "$PROMPT_TOKENS" --gen-tokens "$GEN_TOKENS" --json \
-        | tee "$OUT/bench-$quant.json"
+    "$RG" bench "$WORK/$quant" --prompt-tokens "$PROMPT_TOKENS" --gen-tokens "$GEN_TOKENS" --json --profile \
+        2>"$OUT/profile-$quant.txt" | tee "$OUT/bench-$quant.json"
 done

@@ -321,3 +321,32 @@ fn regenerate_after_a_stop_replays_the_same_reply_and_state() {
     assert_eq!(on_cpu, first);
     assert_same_state(&mut gpu, &mut cpu);
 }
+
+#[test]
+fn an_error_mid_stream_still_ends_the_generation_cleanly() {
+    let mut gpu = gpu();
+    let mut seen = 0;
+    let result = block_on(gpu.generate(
+        &PROMPT,
+        16,
+        &[],
+        || false,
+        |_| {
+            seen += 1;
+            if seen == 3 {
+                Err(rgweb::Error::Input("the listener failed".into()))
+            } else {
+                Ok(true)
+            }
+        },
+    ));
+    assert!(result.unwrap_err().to_string().contains("the listener failed"));
+    // The queued steps were waited for (they fed the third token and the one after it), so the
+    // engine is free and its position is the GPU's.
+    assert_eq!(gpu.position(), PROMPT.len() + 4);
+    let next = block_on(gpu.generate(&NEXT, 4, &[], || false, |_| Ok(true))).unwrap();
+    // The CPU reference holding the same four tokens continues the same way.
+    let mut cpu = cpu();
+    block_on(cpu.generate(&PROMPT, 4, &[], || false, |_| Ok(true))).unwrap();
+    assert_eq!(next, block_on(cpu.generate(&NEXT, 4, &[], || false, |_| Ok(true))).unwrap());
+}

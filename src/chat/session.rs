@@ -341,19 +341,38 @@ impl Generator {
         self.timing.prefill_seconds = start.elapsed().as_secs_f64();
         let start = Instant::now();
         let mut stopped_by_token = false;
+        // An error from `on_token` or the GPU still ends the generation properly (the GPU's
+        // queued steps are waited for), so the next one starts from a consistent state.
+        let mut failure = None;
         loop {
             if stops.contains(&next) {
                 stopped_by_token = true;
                 break;
             }
             generated.push(next);
-            let wanted = on_token(next)? && !stopped();
+            let wanted = match on_token(next) {
+                Ok(wanted) => wanted && !stopped(),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
             if !wanted || generated.len() == max_tokens {
                 break;
             }
-            next = self.draw_after(next).await?;
+            match self.draw_after(next).await {
+                Ok(token) => next = token,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
         }
-        for id in self.end(generated.last().copied(), stopped_by_token).await? {
+        let rest = self.end(generated.last().copied(), stopped_by_token).await;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        for id in rest? {
             generated.push(id);
             on_token(id)?;
         }

@@ -291,6 +291,8 @@ impl Engine {
         self.ctx.queue.submit([encoder.finish()]);
         self.position = 0;
         self.generated_count = 0;
+        // A streamed generation left unfinished: its steps ran before the clear.
+        self.stream.pending.clear();
     }
 
     /// The state plus the pending input token: everything a conversation continues from.
@@ -332,6 +334,8 @@ impl Engine {
         self.ctx.queue.submit([encoder.finish()]);
         self.position = snapshot.position;
         self.generated_count = snapshot.generated;
+        // A streamed generation left unfinished: its steps ran before the copy.
+        self.stream.pending.clear();
         Ok(())
     }
 
