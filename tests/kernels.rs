@@ -340,6 +340,10 @@ struct Matmul {
     n_tokens: usize,
     /// `(head_first, head_count)` for [`Output::SoftCapLogits`]; `None`: every token.
     head: Option<(usize, usize)>,
+    /// Through `Ops::matmul_tiled` (prefill) instead of `Ops::matmul`: then up to 150 tokens, and
+    /// every y element the dispatched rows and tokens do not cover (rows in no piece, tokens past
+    /// the last, the last tile's padding) must keep what it held.
+    tiled: bool,
 }
 
 const CAP: f32 = 30.0;
@@ -359,7 +363,12 @@ impl Matmul {
             scale,
             n_tokens: 11,
             head: None,
+            tiled: false,
         }
+    }
+
+    fn tiled(format: MatrixFormat, rows: usize, cols: usize, output: Output, n_tokens: usize) -> Self {
+        Matmul { n_tokens, tiled: true, ..Matmul::plain(format, rows, cols, output, true) }
     }
 
     fn check(&self, gpu: &Gpu, seed: u64) {
@@ -368,13 +377,14 @@ impl Matmul {
         let mut rng = Lcg(seed);
         let (cols, y_stride) = (self.cols, self.rows);
         let matrix = TestMatrix::random(&mut rng, self.format, self.rows, cols, self.scale, self.bias);
+        let buffer_tokens = if self.tiled { tiled_buffer_tokens(self.n_tokens) } else { BUFFER_TOKENS };
         let norm_w = rng.vec(cols, -0.5, 0.5);
         let norm = self.norm.then_some(&norm_w[..]);
         let x =
-            if self.norm { rng.vec(BUFFER_TOKENS * cols, -2.0, 2.0) } else { rng.sixty_fourths(BUFFER_TOKENS * cols) };
+            if self.norm { rng.vec(buffer_tokens * cols, -2.0, 2.0) } else { rng.sixty_fourths(buffer_tokens * cols) };
         let y_before = match self.output {
-            Output::Add => rng.vec(BUFFER_TOKENS * y_stride, -3.0, 3.0),
-            _ => vec![SENTINEL; BUFFER_TOKENS * y_stride],
+            Output::Add => rng.vec(buffer_tokens * y_stride, -3.0, 3.0),
+            _ => vec![SENTINEL; buffer_tokens * y_stride],
         };
 
         // The header's formula, token by token.
@@ -402,7 +412,12 @@ impl Matmul {
         let chunk =
             ChunkInfo { n_tokens: self.n_tokens as u32, head_first: first as u32, head_count: count as u32, _pad: 0 };
         let norm = self.norm.then_some(Norm { weight: &norm_w, eps: EPS });
-        gpu.run(chunk, |ops| ops.matmul(&w, norm, &x, &y, self.output));
+        if self.tiled {
+            assert!(w.fits_tiles(), "{what}: fits the tiles");
+            gpu.run(chunk, |ops| ops.matmul_tiled(&w, norm, &x, &y, self.output));
+        } else {
+            gpu.run(chunk, |ops| ops.matmul(&w, norm, &x, &y, self.output));
+        }
         let tolerance = if self.norm { ROUNDED_TOLERANCE } else { TOLERANCE };
         assert_close_within(&what, &gpu.read::<f32>(&y), &want, y_stride, tolerance);
     }
@@ -1596,84 +1611,6 @@ fn tiled_buffer_tokens(n: usize) -> usize {
     n.next_multiple_of(TILE_TOKENS as usize) + 1
 }
 
-/// One `Ops::matmul_tiled`, as [`Matmul`] for the row kernel but over up to 150 tokens: the rows
-/// of `parts` are dispatched, every other y element (rows in no piece, tokens past the last, the
-/// last tile's padding) must keep what it held.
-#[derive(Clone, Debug)]
-struct TiledMatmul {
-    format: MatrixFormat,
-    rows: usize,
-    cols: usize,
-    parts: Vec<(usize, usize)>,
-    output: Output,
-    bias: bool,
-    norm: bool,
-    n_tokens: usize,
-    /// `(head_first, head_count)` for [`Output::SoftCapLogits`].
-    head: Option<(usize, usize)>,
-}
-
-impl TiledMatmul {
-    fn plain(format: MatrixFormat, rows: usize, cols: usize, output: Output, n_tokens: usize) -> Self {
-        let head = matches!(output, Output::SoftCapLogits(_)).then_some((0, n_tokens));
-        let parts = vec![(0, rows)];
-        TiledMatmul { format, rows, cols, parts, output, bias: true, norm: false, n_tokens, head }
-    }
-
-    fn check(&self, gpu: &Gpu, seed: u64) {
-        assert_eq!(self.head.is_some(), matches!(self.output, Output::SoftCapLogits(_)), "logits take the head");
-        let what = format!("matmul_tiled {self:?}");
-        let mut rng = Lcg(seed);
-        let (cols, y_stride) = (self.cols, self.rows);
-        // Large enough for the soft-cap to saturate; smaller after RMSNorm, whose inputs are not
-        // exact in f32, so that rounding in a sum that cancels stays far below the tolerance.
-        let scale = match (self.head.is_some(), self.norm) {
-            (true, false) => 0.3,
-            (true, true) => 0.05,
-            (false, _) => 0.01,
-        };
-        let matrix = TestMatrix::random(&mut rng, self.format, self.rows, cols, scale, self.bias);
-        let buffer_tokens = tiled_buffer_tokens(self.n_tokens);
-        let norm_w = rng.vec(cols, -0.5, 0.5);
-        let norm = self.norm.then_some(&norm_w[..]);
-        let x =
-            if self.norm { rng.vec(buffer_tokens * cols, -2.0, 2.0) } else { rng.sixty_fourths(buffer_tokens * cols) };
-        let y_before = match self.output {
-            Output::Add => rng.vec(buffer_tokens * y_stride, -3.0, 3.0),
-            _ => vec![SENTINEL; buffer_tokens * y_stride],
-        };
-
-        let (first, count) = self.head.unwrap_or((0, self.n_tokens));
-        let mut want = y_before.clone();
-        for j in 0..count {
-            let input = input_row(&x, first + j, cols, 0, cols, norm);
-            for r in self.parts.iter().flat_map(|&(start, rows)| start..start + rows) {
-                let value = matrix.row(r, &input);
-                let out = j * y_stride + r;
-                want[out] = match self.output {
-                    Output::Store => value,
-                    Output::Add => want[out] + value,
-                    Output::SoftCapLogits(cap) => {
-                        let mut capped = [value];
-                        soft_cap(&mut capped, cap);
-                        capped[0]
-                    }
-                };
-            }
-        }
-
-        let w = matrix.upload(gpu, &self.parts);
-        assert!(w.fits_tiles(), "{what}: fits the tiles");
-        let (norm_w, x, y) = (gpu.buffer(&norm_w), gpu.buffer(&x), gpu.buffer(&y_before));
-        let chunk =
-            ChunkInfo { n_tokens: self.n_tokens as u32, head_first: first as u32, head_count: count as u32, _pad: 0 };
-        let norm = self.norm.then_some(Norm { weight: &norm_w, eps: EPS });
-        gpu.run(chunk, |ops| ops.matmul_tiled(&w, norm, &x, &y, self.output));
-        let tolerance = if self.norm { ROUNDED_TOLERANCE } else { TOLERANCE };
-        assert_close_within(&what, &gpu.read::<f32>(&y), &want, y_stride, tolerance);
-    }
-}
-
 fn tiled_store_and_add_over_partial_tiles(format: MatrixFormat) {
     let gpu = Gpu::new();
     let [narrow, wide, widest] = tiled_widths(format);
@@ -1683,7 +1620,7 @@ fn tiled_store_and_add_over_partial_tiles(format: MatrixFormat) {
         for n in TILED_TOKENS {
             for output in [Output::Store, Output::Add] {
                 let bias = seed % 2 == 0;
-                TiledMatmul { bias, ..TiledMatmul::plain(format, rows, cols, output, n) }.check(&gpu, seed);
+                Matmul { bias, ..Matmul::tiled(format, rows, cols, output, n) }.check(&gpu, seed);
                 seed += 1;
             }
         }
@@ -1707,7 +1644,7 @@ fn tiled_rms_norm_in_front(format: MatrixFormat) {
     for (rows, cols) in [(13, narrow), (100, wide), (200, widest)] {
         for n in [1, 64, 65, 150] {
             for output in [Output::Store, Output::Add] {
-                TiledMatmul { norm: true, ..TiledMatmul::plain(format, rows, cols, output, n) }.check(&gpu, seed);
+                Matmul { norm: true, ..Matmul::tiled(format, rows, cols, output, n) }.check(&gpu, seed);
                 seed += 1;
             }
         }
@@ -1732,10 +1669,8 @@ fn tiled_head_tokens_and_row_pieces(format: MatrixFormat) {
     // last token alone, a whole tile from 0.
     let mut seed = 400;
     for (first, count) in [(70, 66), (149, 1), (0, 64)] {
-        let head = TiledMatmul {
-            head: Some((first, count)),
-            ..TiledMatmul::plain(format, 100, wide, Output::SoftCapLogits(CAP), 150)
-        };
+        let head =
+            Matmul { head: Some((first, count)), ..Matmul::tiled(format, 100, wide, Output::SoftCapLogits(CAP), 150) };
         head.check(&gpu, seed);
         seed += 1;
     }
@@ -1743,23 +1678,24 @@ fn tiled_head_tokens_and_row_pieces(format: MatrixFormat) {
     // alone; a 200-row tensor in three pieces at offsets 0, 70 (a whole tile) and 150, rows 134..150
     // in none.
     for n in [63, 150] {
-        let piece =
-            TiledMatmul { rows: 9, parts: vec![(4, 5)], ..TiledMatmul::plain(format, 5, narrow, Output::Store, n) };
+        let piece = Matmul { rows: 9, parts: vec![(4, 5)], ..Matmul::tiled(format, 5, narrow, Output::Store, n) };
         piece.check(&gpu, seed);
         let three = vec![(0, 70), (70, 64), (150, 50)];
-        let pieces =
-            TiledMatmul { parts: three, norm: true, ..TiledMatmul::plain(format, 200, widest, Output::Add, n) };
+        let pieces = Matmul { parts: three, norm: true, ..Matmul::tiled(format, 200, widest, Output::Add, n) };
         pieces.check(&gpu, seed + 1);
         seed += 2;
     }
     // The logits' own configuration: the embedding in two pieces, final norm, soft-cap, no bias,
     // the head tokens only.
-    let logits = TiledMatmul {
+    // Smaller weights after RMSNorm, whose inputs are not exact in f32, so that rounding in a
+    // sum that cancels stays far below the tolerance.
+    let logits = Matmul {
         parts: vec![(0, 64), (64, 73)],
         bias: false,
         norm: true,
         head: Some((5, 65)),
-        ..TiledMatmul::plain(format, 137, wide, Output::SoftCapLogits(CAP), 150)
+        scale: 0.05,
+        ..Matmul::tiled(format, 137, wide, Output::SoftCapLogits(CAP), 150)
     };
     logits.check(&gpu, seed);
 }

@@ -148,6 +148,18 @@ pub struct AttentionShape {
     pub slots: usize,
 }
 
+impl AttentionShape {
+    /// The RoPE kernels' parameters (`rope_kv.wgsl`, `rope_chunk.wgsl`).
+    fn rope_params(&self, rotary_half: usize) -> RopeParams {
+        RopeParams {
+            heads: self.heads as u32,
+            head_dim: self.head_dim as u32,
+            rotary_half: rotary_half as u32,
+            slots: self.slots as u32,
+        }
+    }
+}
+
 /// A layer's key and value rings.
 #[derive(Clone, Copy)]
 pub struct KeyValueRing<'a> {
@@ -238,6 +250,28 @@ impl Ops<'_> {
         y: &wgpu::Buffer,
         output: Output,
     ) -> Vec<Op> {
+        self.matmul_pieces(w, norm, x, y, output, |m, head| {
+            // Rows of one lane: whole rows per thread, no workgroup memory or barrier
+            // (`matmul_short.wgsl`), so a CPU driver pays its per-workgroup cost far less often.
+            let (kernel, x_groups) =
+                if m.lanes == 1 { (Kernel::MatmulShort, m.short_groups()) } else { (Kernel::Matmul, m.row_groups()) };
+            let groups = if head { Groups::HeadTiles(x_groups) } else { Groups::TokenTiles(x_groups) };
+            (kernel, groups, TOKEN_TILE)
+        })
+    }
+
+    /// One op per row piece of `w` computing `y ⟵ W · x̂ + b` with `output`'s epilogue: `dispatch`
+    /// picks, from a piece's rows and whether it takes the head tokens, the kernel, its
+    /// workgroups and how many tokens share one read of the weights.
+    fn matmul_pieces(
+        &self,
+        w: &GpuMatrix,
+        norm: Option<Norm>,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        output: Output,
+        dispatch: impl Fn(&MatrixRows, bool) -> (Kernel, Groups, u32),
+    ) -> Vec<Op> {
         let (epilogue, cap, head) = match output {
             Output::Store => (Epilogue::Store, 0.0, false),
             Output::Add => (Epilogue::Add, 0.0, false),
@@ -261,17 +295,10 @@ impl Ops<'_> {
                 };
                 let norm = norm.map(|n| n.weight).unwrap_or(self.unused);
                 let buffers = [&part.values, &w.affine, norm, x, y];
-                // Rows of one lane: whole rows per thread, no workgroup memory or barrier
-                // (`matmul_short.wgsl`), so a CPU driver pays its per-workgroup cost far less often.
-                let (kernel, x_groups) = if m.lanes == 1 {
-                    (Kernel::MatmulShort, m.short_groups())
-                } else {
-                    (Kernel::Matmul, m.row_groups())
-                };
-                let groups = if head { Groups::HeadTiles(x_groups) } else { Groups::TokenTiles(x_groups) };
+                let (kernel, groups, tokens_per_read) = dispatch(&m, head);
                 let op = self.op(kernel, Some(w), &params, &buffers, groups);
                 let norm_bytes = if m.has_norm == 1 { norm.size() } else { 0 };
-                Op { reads: Reads::PerTile(w.row_bytes() * part.rows as u64 + norm_bytes, TOKEN_TILE), ..op }
+                Op { reads: Reads::PerTile(w.row_bytes() * part.rows as u64 + norm_bytes, tokens_per_read), ..op }
             })
             .collect()
     }
@@ -318,35 +345,9 @@ impl Ops<'_> {
         output: Output,
     ) -> Vec<Op> {
         assert!(w.fits_tiles(), "matmul_tiled takes rows of whole {TILE_K}-column steps, not {}", w.cols);
-        let (epilogue, cap, head) = match output {
-            Output::Store => (Epilogue::Store, 0.0, false),
-            Output::Add => (Epilogue::Add, 0.0, false),
-            Output::SoftCapLogits(cap) => (Epilogue::SoftCap, cap, true),
-        };
-        w.parts
-            .iter()
-            .map(|part| {
-                let mut m = w.part_rows(part);
-                if let Some(norm) = norm {
-                    m = m.with_norm(norm.eps);
-                }
-                let params = MatmulParams {
-                    m,
-                    y_stride: w.rows as u32,
-                    y_offset: part.row_start as u32,
-                    epilogue: epilogue as u32,
-                    token_source: head as u32,
-                    cap,
-                    _pad: [0; 3],
-                };
-                let norm = norm.map(|n| n.weight).unwrap_or(self.unused);
-                let buffers = [&part.values, &w.affine, norm, x, y];
-                let groups = Groups::Tiles { x: m.tile_groups(), tokens: TILE_TOKENS, head };
-                let op = self.op(Kernel::MatmulTiled, Some(w), &params, &buffers, groups);
-                let norm_bytes = if m.has_norm == 1 { norm.size() } else { 0 };
-                Op { reads: Reads::PerTile(w.row_bytes() * part.rows as u64 + norm_bytes, TILE_TOKENS), ..op }
-            })
-            .collect()
+        self.matmul_pieces(w, norm, x, y, output, |m, head| {
+            (Kernel::MatmulTiled, Groups::Tiles { x: m.tile_groups(), tokens: TILE_TOKENS, head }, TILE_TOKENS)
+        })
     }
 
     /// `hidden = GELU(gate(x̂)) ⊙ up(x̂)` from the stack `[gate; up]`, x̂ = RMSNorm(x), as
@@ -405,12 +406,7 @@ impl Ops<'_> {
         qkv: &wgpu::Buffer,
         ring: KeyValueRing,
     ) -> Op {
-        let params = RopeParams {
-            heads: shape.heads as u32,
-            head_dim: shape.head_dim as u32,
-            rotary_half: rotary_half as u32,
-            slots: shape.slots as u32,
-        };
+        let params = shape.rope_params(rotary_half);
         let buffers = [step, inv_freq, qkv, ring.keys, ring.values];
         self.op(Kernel::RopeKv, None, &params, &buffers, Groups::TokenMajor(shape.heads as u32 + 1))
     }
@@ -455,12 +451,8 @@ impl Ops<'_> {
         inv_freq: &wgpu::Buffer,
         qkv: &wgpu::Buffer,
     ) -> Op {
-        let params = RopeParams {
-            heads: shape.heads as u32,
-            head_dim: shape.head_dim as u32,
-            rotary_half: rotary_half as u32,
-            slots: 0,
-        };
+        // No ring: rope_chunk ignores `slots`.
+        let params = shape.rope_params(rotary_half);
         let buffers = [step, inv_freq, qkv];
         self.op(Kernel::RopeChunk, None, &params, &buffers, Groups::TokenMajor(shape.heads as u32 + 1))
     }
