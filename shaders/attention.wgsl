@@ -95,7 +95,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
     }
     workgroupBarrier();
     for (var d = li; d < hd; d += THREADS) {
-        var a: array<f32, MAX_HEADS>;
+        var a = array<f32, MAX_HEADS>();
         for (var j = 0u; j < keys; j++) {
             let v = ring_v[((first_key + j) % params.slots) * hd + d];
             for (var h = 0u; h < heads; h++) {

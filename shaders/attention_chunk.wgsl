@@ -112,7 +112,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
     let lowest = position - min(position, params.window);
 
     // This row's q, vec4 column s · LANES + lane in q[s], staged slice by slice.
-    var q: array<vec4<f32>, SLICES>;
+    var q = array<vec4<f32>, SLICES>();
     let q_row = (t * (heads + 2u) + h) * cols;
     for (var s = 0u; s < SLICES; s++) {
         let col = s * LANES + lane;
@@ -123,7 +123,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
 
     var m = NONE;
     var l = 0.0;
-    var a: array<vec4<f32>, SLICES>;
+    var a = array<vec4<f32>, SLICES>();
     // Staging: key j = li % KEY_TILE, column li / KEY_TILE (neighbouring threads on neighbouring
     // slots of the transposed key ring); value j = li / LANES, column li % LANES (on neighbouring
     // columns of one value).
@@ -169,7 +169,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
         let m_new = max(m, block_max);
         let rescale = exp(m - m_new);
         m = m_new;
-        var weights: array<f32, KEY_TILE>;
+        var weights = array<f32, KEY_TILE>();
         var sum = 0.0;
         for (var j = 0u; j < KEY_TILE; j++) {
             let p = block + j;

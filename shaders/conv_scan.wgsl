@@ -56,9 +56,9 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
     let owner = channel < lru;
 
     // window[NEWEST − j] = x[start − 1 − j] for j < K − 1; taps[NEWEST − j] = w[K − 1 − j].
-    var window: array<f32, MAX_CONV_WIDTH>;
-    var taps: array<f32, MAX_CONV_WIDTH>;
-    var new_history: array<f32, MAX_CONV_WIDTH>;
+    var window = array<f32, MAX_CONV_WIDTH>();
+    var taps = array<f32, MAX_CONV_WIDTH>();
+    var new_history = array<f32, MAX_CONV_WIDTH>();
     var bias = 0.0;
     if owner {
         for (var j = 0u; j < MAX_CONV_WIDTH; j++) {
@@ -79,8 +79,8 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
 
     if owner {
         for (var tile = start; tile < end; tile += TOKEN_TILE) {
-            var ys: array<f32, TOKEN_TILE>;
-            var xs: array<f32, TOKEN_TILE>;
+            var ys = array<f32, TOKEN_TILE>();
+            var xs = array<f32, TOKEN_TILE>();
             for (var i = 0u; i < TOKEN_TILE; i++) {
                 if tile + i < end {
                     let row = (tile + i) * 2u * lru;

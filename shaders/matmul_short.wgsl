@@ -57,8 +57,8 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
         }
         let affine_row = params.m.row_offset + row;
         let x_base = (params.m.x_offset + (affine_row / params.m.block_rows) * params.m.cols) / 4u;
-        var acc: array<f32, TOKEN_TILE>;
-        var sq: array<f32, TOKEN_TILE>;
+        var acc = array<f32, TOKEN_TILE>();
+        var sq = array<f32, TOKEN_TILE>();
         for (var b = 0u; b < blocks; b++) {
             var weights = block_weights(row, affine_row, params.m.cols, b);
             let scale = block_scale(affine_row, params.m.cols, b);

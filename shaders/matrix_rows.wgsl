@@ -47,8 +47,8 @@ fn tile_partials(li: u32, group_row: u32, first: u32, count: u32) {
     let lanes = params.m.lanes;
     let lane = local % lanes;
     let row = group_row * rows_per_group() + local / lanes;
-    var acc: array<f32, TOKEN_TILE>;
-    var sq: array<f32, TOKEN_TILE>;
+    var acc = array<f32, TOKEN_TILE>();
+    var sq = array<f32, TOKEN_TILE>();
     if row < params.m.rows {
         let blocks = params.m.cols / (4u * BLOCK);
         let x_base = (params.m.x_offset + ((params.m.row_offset + row) / params.m.block_rows) * params.m.cols) / 4u;

@@ -30,7 +30,7 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
     let channel = group.x * rows_per_group() + li;
     let owner = li < rows_per_group() && channel < n;
 
-    var window: array<f32, MAX_CONV_WIDTH>;
+    var window = array<f32, MAX_CONV_WIDTH>();
     if owner {
         for (var k = 0u; k < k_last; k++) {
             window[k] = select(history[k * n + channel], 0.0, step.position == 0u);

@@ -36,10 +36,10 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
     let scale = log_a_scale[channel];
     var state = h[channel];
     for (var tile = 0u; tile < n; tile += TOKEN_TILE) {
-        var gx: array<f32, TOKEN_TILE>;
-        var ga: array<f32, TOKEN_TILE>;
-        var g: array<f32, TOKEN_TILE>;
-        var c: array<f32, TOKEN_TILE>;
+        var gx = array<f32, TOKEN_TILE>();
+        var ga = array<f32, TOKEN_TILE>();
+        var g = array<f32, TOKEN_TILE>();
+        var c = array<f32, TOKEN_TILE>();
         for (var i = 0u; i < TOKEN_TILE; i++) {
             if tile + i < n {
                 let row = (tile + i) * 2u * lru + channel;

@@ -500,6 +500,21 @@ mod tests {
         }
     }
 
+    /// A function's `var` is zero-initialised each time its declaration runs, but Chromium's
+    /// compiler (Tint on SwiftShader) did not re-zero an array declared without an initializer
+    /// inside a loop (matmul_short's accumulators: wrong logits in the browser only): every
+    /// function-scope variable says its initial value.
+    #[test]
+    fn function_variables_are_initialised_explicitly() {
+        for (name, own) in
+            Kernel::ALL.map(Kernel::source).into_iter().chain([("common", COMMON), ("matrix_rows", MATRIX_ROWS)])
+        {
+            for line in own.lines().filter(|line| line.starts_with(' ') && line.trim_start().starts_with("var ")) {
+                assert!(line.contains('='), "{name}.wgsl: `{}` has no initializer", line.trim());
+            }
+        }
+    }
+
     /// Every constant the shaders share comes from Rust: no shader defines one of them itself.
     #[test]
     fn shared_constants_are_defined_once() {
