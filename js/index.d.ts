@@ -62,6 +62,8 @@ export interface Reply {
 export interface Stats {
     prefillTokensPerSecond: number;
     decodeTokensPerSecond: number;
+    /** From the start of the last reply until its first token was known (the prefill). */
+    timeToFirstTokenSeconds: number;
     promptTokens: number;
     generatedTokens: number;
     conversationTokens: number;
