@@ -185,6 +185,11 @@ fn check_parts(sections: &Map<String, Value>) -> Result<()> {
                 Some("Replace") if !replaces_a_plain_string(part) => {
                     return Err(invalid(format!("{name}: Replace must replace a non-empty string, not a regex")));
                 }
+                // Encoding one text, the template indexes the encodings by sequence: B is past the
+                // end (a panic); Gemma's single template is <bos> then A.
+                Some("TemplateProcessing") if single_template_refers_to_b(part) => {
+                    return Err(invalid("post_processor: the single-text template may use sequence A only"));
+                }
                 Some(kind) if allowed.contains(&kind) => {}
                 kind => {
                     return Err(invalid(format!(
@@ -197,6 +202,11 @@ fn check_parts(sections: &Map<String, Value>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn single_template_refers_to_b(part: &Value) -> bool {
+    let pieces = part.get("single").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    pieces.iter().filter_map(|piece| piece.get("Sequence")).any(|sequence| sequence.get("id") != Some(&"A".into()))
 }
 
 fn replaces_a_plain_string(part: &Value) -> bool {
@@ -319,6 +329,13 @@ mod tests {
             // Fuzzing: `\s*` matches the empty string, and the replace indexed past the text.
             ("normalizer", r#"{"type": "Replace", "pattern": {"Regex": "\\s*"}, "content": " "}"#, "not a regex"),
             ("decoder", r#"{"type": "Replace", "pattern": {"String": ""}, "content": " "}"#, "non-empty string"),
+            // Fuzzing: sequence B in the single-text template indexed past the one encoding.
+            (
+                "post_processor",
+                r#"{"type": "TemplateProcessing", "single": [{"Sequence": {"id": "B", "type_id": 0}}],
+                    "pair": [{"Sequence": {"id": "A", "type_id": 0}}], "special_tokens": {}}"#,
+                "sequence A only",
+            ),
         ] {
             let json = file(&format!(r#", "{section}": {part}"#));
             let err = read_bpe_tokenizer(json.as_bytes()).expect_err("refused").to_string();
