@@ -1,21 +1,28 @@
 #!/usr/bin/env bash
-# Makes the demo model the page offers first: the real RecurrentGemma architecture at a tiny size
-# with RANDOM weights (it babbles; it shows the pipeline, not the model's quality) and the real
-# Gemma tokenizer, converted to the web format (int4) in www/models/demo/. Does nothing if it is
-# there.
+# Makes the demo model the page offers first: a small Griffin (RecurrentGemma's architecture, NOT
+# its weights) trained on the King James Bible by tools/train_demo/train.py. It ships compact in
+# models/demo-kjv/ (the body and only the embedding rows of the ids it was trained on); this
+# expands it to the full 256,000-row table, adds the real Gemma tokenizer and converts it to the
+# web format (int4) in www/models/demo/. Does nothing if that build is already there.
 # Usage: scripts/demo-model.sh PATH_TO_RG
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rg="${1:?usage: demo-model.sh PATH_TO_rg}"
 out=www/models/demo
-[[ -f "$out/tokenizer.json" ]] && grep -q '"quantization": "int4"' "$out/manifest.json" 2>/dev/null && exit 0
-
+quant=int4
 bash scripts/fetch-tokenizer.sh >/dev/null
+# The build is identified by its inputs, so a changed model or tokenizer rebuilds it.
+stamp=target/demo-model.stamp
+inputs="$(cat models/demo-kjv/weights.safetensors models/demo-kjv/config.json vendor/gemma-tokenizer/tokenizer.json | sha256sum | cut -d' ' -f1) $quant"
+[[ -f "$out/manifest.json" && -f "$stamp" && "$(cat "$stamp")" == "$inputs" ]] && exit 0
+
 hf="$(mktemp -d)"
 trap 'rm -rf "$hf"' EXIT
-"$rg" random --preset tiny --seed 0 "$hf"
+"$rg" expand models/demo-kjv "$hf"
 cp vendor/gemma-tokenizer/tokenizer.json "$hf/"
 rm -rf "$out"
-"$rg" convert "$hf" "$out" --quant int4
-echo "demo model (tiny, random weights) written to $out"
+"$rg" convert "$hf" "$out" --quant "$quant"
+mkdir -p target
+echo "$inputs" >"$stamp"
+echo "demo model (trained on the King James Bible, $quant) written to $out"

@@ -14,8 +14,10 @@ use rgweb::config::{Config, Preset};
 use rgweb::gpu::engine::{load_engine, Engine, STEPS_IN_FLIGHT};
 use rgweb::gpu::kernels::{CHUNK, GENERATED_RING};
 use rgweb::gpu::GpuContext;
+use rgweb::model::perplexity::Perplexity;
 use rgweb::model::{Model, State};
 use rgweb::weights::convert::convert;
+use rgweb::weights::expand::expand;
 use rgweb::weights::format::Quantization;
 use rgweb::weights::load::{load_model, read_tokenizer_json};
 use rgweb::weights::random::write_random_checkpoint;
@@ -62,6 +64,23 @@ enum Command {
         /// matrix's column count a multiple of 32); f32: exact.
         #[arg(long, default_value = "int8", value_parser = ["int8", "int4", "f32"])]
         quant: String,
+    },
+    /// Expand a compact checkpoint (the trained demo's: only the used embedding rows are stored)
+    /// into a Hugging Face checkpoint that `convert` takes.
+    Expand { compact_dir: PathBuf, out_dir: PathBuf },
+    /// Score a text: tokens, mean negative log-likelihood (nats) and perplexity. The text is
+    /// tokenized after a BOS, as one sequence, and scored in pieces in constant memory.
+    Perplexity {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        file: PathBuf,
+        /// Score only the first N tokens after BOS.
+        #[arg(long)]
+        max_tokens: Option<usize>,
+        /// Print one JSON object with the keys tokens, nll and perplexity.
+        #[arg(long)]
+        json: bool,
     },
     /// Write the logits of every position as a float32 .npy of shape [n_tokens, vocab].
     Logits {
@@ -204,6 +223,27 @@ fn run(cli: Cli) -> Result<()> {
                 out_dir.display()
             );
         }
+        Command::Expand { compact_dir, out_dir } => {
+            let rows = expand(&compact_dir, &out_dir)?;
+            eprintln!("wrote {} ({rows} embedding rows stored)", out_dir.display());
+        }
+        Command::Perplexity { model, file, max_tokens, json } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let (runner, tokenizer) = model.open()?;
+            let mut ids = tokenizer.encode(&text, true)?;
+            if let Some(n) = max_tokens {
+                ids.truncate(n + 1);
+            }
+            let score = perplexity(runner, &ids)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "tokens": score.tokens, "nll": score.nll(), "perplexity": score.perplexity() })
+                );
+            } else {
+                println!("tokens {}  nll {:.5}  perplexity {:.4}", score.tokens, score.nll(), score.perplexity());
+            }
+        }
         Command::Logits { model_dir, tokens, backend, out } => {
             let (logits, vocab) = match open_backend(&model_dir, backend)? {
                 Runner::Cpu(model) => {
@@ -245,6 +285,31 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Scores `ids[1..]`, each under the logits of the position before it, feeding the model a
+/// piece at a time.
+fn perplexity(runner: Runner, ids: &[u32]) -> Result<Perplexity> {
+    const PIECE: usize = CHUNK;
+    let mut score = Perplexity::default();
+    let inputs = &ids[..ids.len().saturating_sub(1)];
+    let mut run: Box<dyn FnMut(&[u32]) -> Result<(Vec<f32>, usize)>> = match runner {
+        Runner::Cpu(model) => {
+            let mut state = State::new(&model.config);
+            Box::new(move |piece| Ok((model.forward(piece, &mut state)?, model.config.vocab_size)))
+        }
+        Runner::Gpu(mut engine) => {
+            Box::new(move |piece| Ok((pollster::block_on(engine.logits(piece))?, engine.config.vocab_size)))
+        }
+    };
+    for (index, piece) in inputs.chunks(PIECE).enumerate() {
+        let (logits, vocab) = run(piece)?;
+        let targets = &ids[index * PIECE + 1..][..piece.len()];
+        for (row, &target) in logits.chunks_exact(vocab).zip(targets) {
+            score.add(row, target)?;
+        }
+    }
+    Ok(score)
 }
 
 enum Runner {

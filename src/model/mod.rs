@@ -10,6 +10,7 @@
 
 pub mod attention;
 pub mod layers;
+pub mod perplexity;
 pub mod recurrent;
 pub mod state;
 

@@ -16,6 +16,17 @@ const shard = '/models/demo/model-00000.safetensors';
 const PROMPT = 'Write a haiku about recurrent networks.';
 const MAX_TOKENS = 20;
 const LOAD_TIMEOUT = 300_000;
+const PASSAGE_PROMPT = 'Read me Psalms 23:1-3.';
+const PASSAGE_LIMIT = 160;
+
+/** English prose: letters, spaces and punctuation only, made mostly of common words. */
+function assertReadable(text) {
+    assert.match(text, /^[A-Za-z ,.;:'!?()\n-]+$/, `not plain English: ${JSON.stringify(text)}`);
+    const words = text.toLowerCase().match(/[a-z']+/g) ?? [];
+    const common = new Set(['the', 'and', 'of', 'to', 'unto', 'in', 'he', 'i', 'my', 'me', 'is', 'that', 'shall', 'a', 'for', 'his', 'thou', 'thy', 'they', 'lord', 'god', 'be', 'not', 'with', 'it', 'all']);
+    const share = words.filter((w) => common.has(w)).length / Math.max(words.length, 1);
+    assert.ok(words.length >= 8 && share >= 0.25, `${words.length} words, ${(100 * share).toFixed(0)} % common: ${text}`);
+}
 
 function log(message) {
     console.log(`[app e2e] ${message}`);
@@ -200,6 +211,20 @@ async function main() {
         await page.locator('button.new-chat').click();
         assert.deepEqual((await chat(page, PROMPT)).ids, sampled.ids, 'after New chat the sampled reply repeats');
         log('new chat and regenerate ok');
+
+        // The demo is a trained model: asked for a passage, it answers in readable English and
+        // ends its reply by itself (<end_of_turn>), like the CPU reference.
+        await setNumber(page, 'temperature', 0);
+        await setNumber(page, 'max-tokens', PASSAGE_LIMIT);
+        await page.locator('button.new-chat').click();
+        const passage = await chat(page, PASSAGE_PROMPT);
+        assert.deepEqual(passage.ids, cpuReference(modelDir, PASSAGE_PROMPT, PASSAGE_LIMIT).ids,
+            'the passage equals the CPU reference');
+        assert.ok(passage.ids.length < PASSAGE_LIMIT, `the reply ran to the ${PASSAGE_LIMIT}-token limit`);
+        assert.notEqual(await page.locator('.message.model').last().getAttribute('data-stopped'), 'true');
+        assertReadable(passage.text);
+        await page.screenshot({ path: path.join(screenshots, 'passage.png') });
+        log(`the trained demo replied in ${passage.ids.length} tokens and stopped by itself: ${JSON.stringify(passage.text)}`);
 
         // 5. Reload: every weight byte comes from Cache Storage, none from the network.
         let mark = server.requests.length;
