@@ -187,3 +187,26 @@ fn int4_gpu_equals_int4_cpu() {
     eprintln!("int4 / f32 perplexity: {:.4}", (cpu.nll - f32_score().nll).exp());
     assert!((gpu.nll - cpu.nll).abs() < 1e-3, "GPU {} vs CPU {}", gpu.nll, cpu.nll);
 }
+
+#[test]
+fn quantized_models_pick_the_f32_top_token() {
+    let bytes = std::fs::read(root().join("tests/golden/trained/expected.safetensors")).unwrap();
+    let header = header_of(&bytes).unwrap();
+    let e = header.entries.iter().find(|e| e.name == "tokens").unwrap();
+    let tokens = read_u32s(&bytes[e.start as usize..e.end as usize]);
+    let top1 = |dir: &Path| {
+        let model: Model = load_model(dir).unwrap();
+        let logits = model.forward(&tokens, &mut State::new(&model.config)).unwrap();
+        logits
+            .chunks_exact(model.config.vocab_size)
+            .map(|row| (0..row.len()).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let reference = top1(&demo().f32);
+    for (name, dir, bound) in [("int8", &demo().int8, 0.97), ("int4", &demo().int4, 0.85)] {
+        let same = top1(dir).iter().zip(&reference).filter(|(a, b)| a == b).count();
+        let share = same as f64 / reference.len() as f64;
+        eprintln!("{name}: top-1 equals f32 at {same} of {} positions", reference.len());
+        assert!(share >= bound, "{name} agrees with f32 at {share:.3} of the positions");
+    }
+}

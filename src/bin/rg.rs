@@ -287,25 +287,26 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// Logits `[piece.len(), V]` for the next piece of one sequence.
+type NextLogits = Box<dyn FnMut(&[u32]) -> Result<Vec<f32>>>;
+
 /// Scores `ids[1..]`, each under the logits of the position before it, feeding the model a
 /// piece at a time.
 fn perplexity(runner: Runner, ids: &[u32]) -> Result<Perplexity> {
-    const PIECE: usize = CHUNK;
-    let mut score = Perplexity::default();
-    let inputs = &ids[..ids.len().saturating_sub(1)];
-    let mut run: Box<dyn FnMut(&[u32]) -> Result<(Vec<f32>, usize)>> = match runner {
+    let (vocab, mut next): (usize, NextLogits) = match runner {
         Runner::Cpu(model) => {
             let mut state = State::new(&model.config);
-            Box::new(move |piece| Ok((model.forward(piece, &mut state)?, model.config.vocab_size)))
+            (model.config.vocab_size, Box::new(move |piece| Ok(model.forward(piece, &mut state)?)))
         }
         Runner::Gpu(mut engine) => {
-            Box::new(move |piece| Ok((pollster::block_on(engine.logits(piece))?, engine.config.vocab_size)))
+            (engine.config.vocab_size, Box::new(move |piece| Ok(pollster::block_on(engine.logits(piece))?)))
         }
     };
-    for (index, piece) in inputs.chunks(PIECE).enumerate() {
-        let (logits, vocab) = run(piece)?;
-        let targets = &ids[index * PIECE + 1..][..piece.len()];
-        for (row, &target) in logits.chunks_exact(vocab).zip(targets) {
+    let mut score = Perplexity::default();
+    let inputs = &ids[..ids.len().saturating_sub(1)];
+    for (index, piece) in inputs.chunks(CHUNK).enumerate() {
+        let targets = &ids[index * CHUNK + 1..][..piece.len()];
+        for (row, &target) in next(piece)?.chunks_exact(vocab).zip(targets) {
             score.add(row, target)?;
         }
     }
