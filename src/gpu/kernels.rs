@@ -91,10 +91,18 @@ fn constants_wgsl() -> String {
 }
 
 /// Threads that share one matrix row: enough to keep each busy with about 64 weights, at most
-/// [`MAX_LANES`]. Short rows get one thread each, which CPU drivers need.
+/// [`MAX_LANES`]. Rows of up to [`SHORT_ROW_COLS`] get one thread each (`matmul_short.wgsl`, no
+/// barrier), which CPU drivers need: the trained demo decodes 3.8× faster so in Chromium on
+/// SwiftShader.
 pub fn matmul_lanes(cols: usize) -> u32 {
-    ((cols / 64).max(1) as u32).next_power_of_two().min(MAX_LANES)
+    if cols <= SHORT_ROW_COLS {
+        return 1;
+    }
+    ((cols / 64) as u32).next_power_of_two().min(MAX_LANES)
 }
+
+/// The widest rows that [`matmul_lanes`] gives one thread.
+pub const SHORT_ROW_COLS: usize = 128;
 
 /// Key blocks per token for an attention window of `window` keys before the token's own.
 pub fn key_blocks(window: usize) -> u32 {
