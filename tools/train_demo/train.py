@@ -53,7 +53,7 @@ import recurrentgemma.jax as rg  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "tests", "golden"))
-from make import flax_to_hf  # noqa: E402  (the Flax -> Hugging Face mapping the goldens use)
+import make  # noqa: E402  (tests/golden/make.py: the Flax -> Hugging Face mapping the goldens use)
 
 OUT = os.path.join(ROOT, "models", "demo-kjv")
 HELDOUT_TXT = os.path.join(ROOT, "tests", "data", "demo-heldout.txt")
@@ -199,33 +199,13 @@ def full_vocab_nll(logits, targets, n_unused):
 
 
 def hf_config(vocab):
-    D = SHAPE["width"]
-    return {
-        "model_type": "recurrent_gemma",
-        "architectures": ["RecurrentGemmaForCausalLM"],
-        "hidden_size": D,
-        "intermediate_size": 2 * SHAPE["mlp_expanded_width"],
-        "num_hidden_layers": SHAPE["num_layers"],
-        "vocab_size": vocab,
-        "num_attention_heads": SHAPE["num_heads"],
-        "num_key_value_heads": 1,
-        "head_dim": D // SHAPE["num_heads"],
-        "lru_width": SHAPE["lru_width"],
-        "attention_window_size": SHAPE["window"],
-        "conv1d_width": 4,
-        "logits_soft_cap": 30.0,
-        "rms_norm_eps": 1e-6,
-        "rope_theta": 10000.0,
-        "partial_rotary_factor": 0.5,
-        "block_types": ["recurrent", "recurrent", "attention"],
-        "embeddings_scale_by_sqrt_dim": True,
-        "hidden_activation": "gelu_pytorch_tanh",
-        "tie_word_embeddings": True,
-        "pad_token_id": 0,
-        "eos_token_id": 1,
-        "bos_token_id": BOS,
-        "torch_dtype": "bfloat16",
-    }
+    """The Hugging Face config, as the goldens write it (their MLP is 3 × width, as here)."""
+    assert SHAPE["mlp_expanded_width"] == 3 * SHAPE["width"]
+    config = make.hf_config(dict(
+        width=SHAPE["width"], num_layers=SHAPE["num_layers"], vocab=vocab, num_heads=SHAPE["num_heads"],
+        lru_width=SHAPE["lru_width"], window=SHAPE["window"]))
+    config["torch_dtype"] = "bfloat16"
+    return config
 
 
 def write_safetensors(path, tensors, metadata):
@@ -255,7 +235,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=STEPS, help="training steps (a smoke test uses a few)")
     ap.add_argument("--out", default=OUT, help="where the weights go")
-    ap.add_argument("--trained", help="a params pickle that --keep wrote: skip training, export it")
+    ap.add_argument("--trained", help="a params pickle that --keep wrote: export it (training time "
+                    "then counts only this run)")
     ap.add_argument("--keep", help="also pickle the trained params here")
     args = ap.parse_args()
     steps, out = args.steps, args.out
@@ -327,8 +308,7 @@ def main():
         import pickle
         with open(args.trained, "rb") as f:
             params, losses = pickle.load(f)
-        steps = 0
-    for step in range(steps):
+    for step in range(len(losses), steps):
         inputs, targets = batch()
         params, opt_state, loss = train_step(params, opt_state, inputs, targets)
         losses.append(float(loss))
@@ -377,7 +357,7 @@ def main():
 
     # Export.
     os.makedirs(out, exist_ok=True)
-    body = flax_to_hf(jax.tree_util.tree_map(np.asarray, params_f32))
+    body = make.flax_to_hf(jax.tree_util.tree_map(np.asarray, params_f32))
     rows = body.pop("model.embed_tokens.weight")
     tensors = {k: v.astype(ml_dtypes.bfloat16) for k, v in body.items()}
     tensors["model.embed_tokens.rows"] = rows.astype(ml_dtypes.bfloat16)
