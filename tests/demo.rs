@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use common::{ok, s, tokenizer_path};
+use rgweb::model::perplexity::log_sum_exp;
 use rgweb::model::{Model, State};
 use rgweb::weights::load::load_model;
 use rgweb::weights::safetensors::header_of;
@@ -83,13 +84,20 @@ fn perplexity(model: &Path, backend: &str) -> Score {
     score
 }
 
-fn read_f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+/// A tensor of `tests/golden/trained/expected.safetensors` as its 4-byte little-endian words.
+fn golden_words(name: &str) -> Vec<[u8; 4]> {
+    let bytes = std::fs::read(root().join("tests/golden/trained/expected.safetensors")).unwrap();
+    let entry = header_of(&bytes).unwrap().entries.into_iter().find(|e| e.name == name).unwrap();
+    bytes[entry.start as usize..entry.end as usize].chunks_exact(4).map(|b| b.try_into().unwrap()).collect()
+}
+
+fn golden_f32s(name: &str) -> Vec<f32> {
+    golden_words(name).into_iter().map(f32::from_le_bytes).collect()
 }
 
 /// Non-negative I32 values (ids).
-fn read_u32s(bytes: &[u8]) -> Vec<u32> {
-    bytes.chunks_exact(4).map(|b| u32::from_le_bytes(b.try_into().unwrap())).collect()
+fn golden_ids(name: &str) -> Vec<u32> {
+    golden_words(name).into_iter().map(u32::from_le_bytes).collect()
 }
 
 #[test]
@@ -108,16 +116,10 @@ fn the_compact_checkpoint_expands_to_the_full_table_with_zero_rows() {
 
 #[test]
 fn cpu_reference_matches_the_official_logits_of_the_trained_model() {
-    let bytes = std::fs::read(root().join("tests/golden/trained/expected.safetensors")).unwrap();
-    let header = header_of(&bytes).unwrap();
-    let raw = |name: &str| {
-        let e = header.entries.iter().find(|e| e.name == name).unwrap();
-        &bytes[e.start as usize..e.end as usize]
-    };
-    let tokens = read_u32s(raw("tokens"));
-    let columns: Vec<usize> = read_u32s(raw("columns")).into_iter().map(|c| c as usize).collect();
-    let expected = read_f32s(raw("logits"));
-    let logsumexp = read_f32s(raw("logsumexp"));
+    let tokens = golden_ids("tokens");
+    let columns: Vec<usize> = golden_ids("columns").into_iter().map(|c| c as usize).collect();
+    let expected = golden_f32s("logits");
+    let logsumexp = golden_f32s("logsumexp");
 
     let model: Model = load_model(&demo().f32).unwrap();
     let window = model.config.attention_window_size;
@@ -131,9 +133,7 @@ fn cpu_reference_matches_the_official_logits_of_the_trained_model() {
         for (k, &c) in columns.iter().enumerate() {
             worst = worst.max((row[c] - expected[t * columns.len() + k]).abs());
         }
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let lse = max + row.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln();
-        worst_lse = worst_lse.max((lse - logsumexp[t] as f64).abs());
+        worst_lse = worst_lse.max((log_sum_exp(row) - logsumexp[t] as f64).abs());
     }
     eprintln!("max |Δ logit| {worst:.2e} over {} columns; max |Δ logsumexp| {worst_lse:.2e}", columns.len());
     assert!(worst <= 2e-3, "logits differ from the official ones by {worst}");
@@ -190,10 +190,7 @@ fn int4_gpu_equals_int4_cpu() {
 
 #[test]
 fn quantized_models_pick_the_f32_top_token() {
-    let bytes = std::fs::read(root().join("tests/golden/trained/expected.safetensors")).unwrap();
-    let header = header_of(&bytes).unwrap();
-    let e = header.entries.iter().find(|e| e.name == "tokens").unwrap();
-    let tokens = read_u32s(&bytes[e.start as usize..e.end as usize]);
+    let tokens = golden_ids("tokens");
     let top1 = |dir: &Path| {
         let model: Model = load_model(dir).unwrap();
         let logits = model.forward(&tokens, &mut State::new(&model.config)).unwrap();

@@ -18,9 +18,7 @@ impl Perplexity {
         let Some(&picked) = logits.get(target as usize) else {
             return Err(Error::Input(format!("token {target} is outside the {}-way logits", logits.len())));
         };
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
-        self.total_nll += max + sum.ln() - picked as f64;
+        self.total_nll += log_sum_exp(logits) - picked as f64;
         self.tokens += 1;
         Ok(())
     }
@@ -33,6 +31,12 @@ impl Perplexity {
     pub fn perplexity(&self) -> f64 {
         self.nll().exp()
     }
+}
+
+/// `ln Σ exp(logits)`, in f64 and shifted by the largest logit so that none overflows.
+pub fn log_sum_exp(logits: &[f32]) -> f64 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    max + logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln()
 }
 
 #[cfg(test)]
