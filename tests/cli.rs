@@ -476,3 +476,18 @@ fn chat_keeps_the_state_size_while_the_conversation_grows() {
     assert_eq!(stats[2], stats[1], "regenerate replays the second turn from the same state");
     assert!(stats.iter().all(|turn| turn[3] == 12_288), "the state stays {} bytes", stats[0][3]);
 }
+
+#[test]
+fn perplexity_of_nothing_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (empty, text) = (dir.path().join("empty.txt"), dir.path().join("text.txt"));
+    std::fs::write(&empty, "").unwrap();
+    std::fs::write(&text, "In the beginning").unwrap();
+    let tokenizer = common::tokenizer_path();
+    let base = ["perplexity", s(&tiny().int8), "--tokenizer", s(&tokenizer), "--backend", "cpu", "--file"];
+    fails_with(&[&base[..], &[s(&empty)]].concat(), "no token to score after BOS");
+    fails_with(&[&base[..], &[s(&text), "--max-tokens", "0"]].concat(), "no token to score after BOS");
+    let out = ok(&[&base[..], &[s(&text), "--json"]].concat());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(json["tokens"].as_u64().unwrap() >= 3 && json["perplexity"].as_f64().unwrap() > 1.0, "{json}");
+}

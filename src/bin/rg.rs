@@ -234,6 +234,9 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(n) = max_tokens {
                 ids.truncate(n + 1);
             }
+            if ids.len() < 2 {
+                anyhow::bail!("{}: no token to score after BOS", file.display());
+            }
             let score = perplexity(runner, &ids)?;
             if json {
                 println!(
