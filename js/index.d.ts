@@ -21,6 +21,10 @@ export interface LoadProgress {
     peakWasmBytes: number;
 }
 
+/** Where a model comes from: its base URL (manifest.json, tokenizer.json and the shards under it),
+ * or the files of a folder the user picked (`<input type="file" webkitdirectory>`). */
+export type ModelSource = string | URL | FileList;
+
 export interface LoadOptions {
     onProgress?: (progress: LoadProgress) => void;
 }
@@ -40,8 +44,18 @@ export interface GenerateOptions {
     seed?: number;
     /** Longest reply, in tokens: a whole number >= 1. Default 256. */
     maxTokens?: number;
-    /** Each piece of text as it is generated. */
-    onToken?: (piece: string) => void;
+    /** OpenAI's, in [-2, 2]: subtracted once per earlier occurrence of a token in this reply. 0 is off. */
+    frequencyPenalty?: number;
+    /** OpenAI's, in [-2, 2]: subtracted once from every token already in this reply. 0 is off. */
+    presencePenalty?: number;
+    /** > 0: a token already in this reply has its logit divided by it (multiplied when negative). 1 is off. */
+    repetitionPenalty?: number;
+    /** Token id → a bias in [-100, 100] added to its logit (−100 bans it, +100 forces it). */
+    logitBias?: Record<number | string, number>;
+    /** Up to 16 strings that end the reply where they appear; the text stops before them. */
+    stop?: string | string[];
+    /** Each piece of text as it is generated, with the reply's figures so far. */
+    onToken?: (piece: string, live: LiveFigures) => void;
     /**
      * Aborting it stops the generation, like `engine.abort()`, even mid-prompt: the reply resolves
      * with what was generated (nothing, and the state as before the call, if the prompt was not
@@ -50,13 +64,102 @@ export interface GenerateOptions {
     signal?: AbortSignal;
 }
 
+/** A reply's figures while it streams (the second argument of `onToken`). */
+export interface LiveFigures {
+    promptTokens: number;
+    generatedTokens: number;
+    timeToFirstTokenSeconds: number;
+    prefillTokensPerSecond: number;
+    decodeTokensPerSecond: number;
+}
+
 export interface Reply {
+    /** The reply's text, cut before a stop string. */
     text: string;
     tokenIds: number[];
     /** Tokens prefilled for this turn (only the new ones: the state carries the rest). */
     promptTokens: number;
     /** The reply was cut short by abort(). */
     stopped: boolean;
+    finishReason: 'stop' | 'length' | 'abort';
+}
+
+/** OpenAI's chat message. Gemma has no system turn: a system message (only the first message
+ * may be one) is put in front of the first user message, separated by a blank line. */
+export interface ChatMessage {
+    role: 'system' | 'user' | 'assistant';
+    content: string | { type: 'text'; text: string }[];
+}
+
+/**
+ * OpenAI's chat completion request (the fields WebLLM has too). Each request carries the whole
+ * conversation; the engine prefills only what its state does not hold yet (the previous request
+ * and its reply, extended; or the longest of its last few turns that the messages extend).
+ * Values are checked before anything runs: a bad one rejects with an Error naming the field.
+ */
+export interface ChatCompletionRequest {
+    messages: ChatMessage[];
+    stream?: boolean;
+    stream_options?: { include_usage?: boolean };
+    /** Default 256. */
+    max_tokens?: number;
+    /** Default 1 (OpenAI's); 0 is greedy. */
+    temperature?: number;
+    top_p?: number;
+    /** Default: a random one. The same seed and request give the same reply. */
+    seed?: number;
+    stop?: string | string[];
+    frequency_penalty?: number;
+    presence_penalty?: number;
+    repetition_penalty?: number;
+    logit_bias?: Record<string, number>;
+    /** Only 1. */
+    n?: number;
+    /** Echoed back; the loaded model answers whatever it says. */
+    model?: string;
+}
+
+export interface CompletionUsage {
+    /** The whole conversation's tokens, as OpenAI counts them. */
+    prompt_tokens: number;
+    completion_tokens: number;
+    total_tokens: number;
+    extra: {
+        prefill_tokens_per_s: number;
+        decode_tokens_per_s: number;
+        time_to_first_token_s: number;
+        e2e_latency_s: number;
+        /** Tokens this request actually ran through the model: the state held the rest. */
+        prefilled_tokens: number;
+        /** The conversation's state: fixed, however long the conversation. */
+        state_bytes: number;
+    };
+}
+
+export type FinishReason = 'stop' | 'length' | 'abort';
+
+export interface ChatCompletion {
+    id: string;
+    object: 'chat.completion';
+    created: number;
+    model: string;
+    choices: [{ index: 0; message: { role: 'assistant'; content: string }; finish_reason: FinishReason; logprobs: null }];
+    usage: CompletionUsage;
+}
+
+export interface ChatCompletionChunk {
+    id: string;
+    object: 'chat.completion.chunk';
+    created: number;
+    model: string;
+    /** Empty in the last chunk of `stream_options.include_usage`, which carries `usage`. */
+    choices: { index: 0; delta: { role?: 'assistant'; content?: string }; finish_reason: FinishReason | null; logprobs: null }[];
+    usage?: CompletionUsage;
+}
+
+export interface ChatCompletions {
+    create(request: ChatCompletionRequest & { stream: true }): Promise<AsyncIterable<ChatCompletionChunk>>;
+    create(request: ChatCompletionRequest & { stream?: false }): Promise<ChatCompletion>;
 }
 
 export interface Stats {
@@ -82,6 +185,8 @@ export interface Stats {
 }
 
 export interface Snapshot {
+    /** The state, the token ids it holds, a format version and the model's identity. */
+    toBytes(): Promise<Uint8Array>;
     free(): void | Promise<void>;
 }
 
@@ -91,17 +196,26 @@ export interface Snapshot {
  * still waiting and every later one is rejected with an Error that says so.
  */
 export interface RecurrentGemmaEngine {
-    chat(message: string, options?: GenerateOptions): Promise<Reply>;
+    /** `chat(message)`: the simple layer; `chat.completions.create(request)`: OpenAI's API. */
+    chat: ((message: string, options?: GenerateOptions) => Promise<Reply>) & { completions: ChatCompletions };
+    /** The sha256 of the model's manifest, in hex: what a saved state is tied to. */
+    readonly modelId: string;
+    /** The URL the model was loaded from (or "local folder"): `model` in completions. */
+    readonly model: string;
     generate(prompt: string, options?: GenerateOptions): Promise<Reply>;
     regenerate(options?: GenerateOptions): Promise<Reply>;
     /** The reply as an async iterator of text pieces; breaking out of the loop aborts it. */
     stream(message: string, options?: GenerateOptions): AsyncGenerator<string, Reply | undefined>;
     streamGenerate(prompt: string, options?: GenerateOptions): AsyncGenerator<string, Reply | undefined>;
     abort(): void;
+    /** WebLLM's name for `abort()`: the reply in progress ends with finish_reason 'abort'. */
+    interruptGenerate(): void;
     reset(): Promise<void>;
     snapshot(): Promise<Snapshot>;
-    /** Only a snapshot this engine took: one of another engine or model is rejected, and the state stays. */
-    restore(snapshot: Snapshot): Promise<void>;
+    /** A snapshot this engine took, or a state's bytes (`toBytes()`, after a reload too): one of
+     * another engine, another model, another format version or damaged bytes is rejected, and the
+     * state stays. */
+    restore(saved: Snapshot | Uint8Array | ArrayBuffer): Promise<void>;
     stats(): Promise<Stats>;
     gpuBytes(): Promise<number>;
     /** Frees the GPU memory (and ends the worker in worker mode); the reply in progress is rejected. */
@@ -110,7 +224,7 @@ export interface RecurrentGemmaEngine {
 
 /** The model on the calling thread. */
 export declare class Engine {
-    static load(baseUrl: string | URL, options?: LoadOptions): Promise<Engine>;
+    static load(source: ModelSource, options?: LoadOptions): Promise<Engine>;
     /** Bytes of model files this origin keeps in Cache Storage. */
     static cachedBytes(): Promise<number>;
     static clearCache(): Promise<void>;
@@ -119,11 +233,11 @@ export interface Engine extends RecurrentGemmaEngine {}
 
 /** The same engine in a dedicated Web Worker. */
 export declare class WorkerEngine {
-    static load(baseUrl: string | URL, options?: LoadOptions & { workerUrl?: string | URL }): Promise<WorkerEngine>;
+    static load(source: ModelSource, options?: LoadOptions & { workerUrl?: string | URL }): Promise<WorkerEngine>;
 }
 export interface WorkerEngine extends RecurrentGemmaEngine {}
 
 export declare function createEngine(
-    baseUrl: string | URL,
+    source: ModelSource,
     options?: LoadOptions & { worker?: boolean; workerUrl?: string | URL },
 ): Promise<RecurrentGemmaEngine>;

@@ -1,14 +1,40 @@
 // recurrentgemma-web: RecurrentGemma on WebGPU, in your page or in a worker.
 //
-//   import { createEngine } from './pkg/index.js';
+//   import { createEngine } from 'recurrentgemma-web';
 //   const engine = await createEngine('https://host/recurrentgemma-2b-it-int8/', { worker: true, onProgress });
-//   for await (const piece of engine.stream('Hello!', { temperature: 0.7 })) output.textContent += piece;
+//   const chunks = await engine.chat.completions.create({ messages, stream: true });
+//   for await (const chunk of chunks) output.textContent += chunk.choices[0]?.delta.content ?? '';
 //
-// `Engine` runs the model on this thread; `WorkerEngine` runs the same engine in a dedicated Web
-// Worker and has the same (all-async) API, so the page never janks.
-import init, { RecurrentGemma, StateSnapshot } from './rgweb.js';
+// `engine.chat.completions.create` is OpenAI's (and WebLLM's) chat completions API; `chat`,
+// `generate` and `stream` are the simple layer over the same engine. `Engine` runs the model on
+// this thread; `WorkerEngine` runs the same engine in a dedicated Web Worker and has the same
+// (all-async) API, so the page never janks.
+import init, { RecurrentGemma } from './rgweb.js';
 
-const OTHER_ENGINE = 'this snapshot was taken by another engine: restore it into the engine that made it';
+const OTHER_ENGINE = 'this snapshot was taken by another engine: restore it into the engine that made it, or restore its toBytes()';
+
+const isFileList = (source) => typeof FileList !== 'undefined' && source instanceof FileList;
+const isBytes = (value) => value instanceof Uint8Array || value instanceof ArrayBuffer;
+const modelName = (source) => (isFileList(source) ? 'local folder' : String(source));
+
+/** A conversation state an engine holds; `toBytes()` copies it out as a `Uint8Array` that
+ * `engine.restore(bytes)` takes back, in this session or after a reload. */
+class Snapshot {
+    #toBytes;
+    #free;
+
+    constructor(engine, toBytes, free, handle) {
+        this.engine = engine;
+        this.handle = handle;
+        this.#toBytes = toBytes;
+        this.#free = free;
+    }
+
+    /** The state, the ids it holds, a format version and the model's identity, as bytes. */
+    toBytes() { return this.#toBytes(); }
+
+    free() { return this.#free(); }
+}
 
 let initialized;
 function initOnce() {
@@ -16,35 +42,145 @@ function initOnce() {
     return initialized;
 }
 
-/** Turns a callback-streaming call into an async iterator of text pieces; returns the reply. */
-async function* streamOf(engine, start, options) {
+/**
+ * Runs `start(onToken)` (a callback-streaming call) and queues its pieces; `pieces()` yields
+ * them as they come and returns the call's result. `started` settles at the first piece or at
+ * the end of the call: a call refused at once (a bad request, "busy") rejects it.
+ */
+function queued(engine, start) {
     const queue = [];
     let wake = null;
     let settled = false;
-    let reply;
+    let result;
     let failure;
-    const notify = () => { wake?.(); wake = null; };
-    const running = start({
-        ...options,
-        onToken: (piece) => { options.onToken?.(piece); queue.push(piece); notify(); },
-    }).then((r) => { reply = r; }, (e) => { failure = e; }).finally(() => { settled = true; notify(); });
-    try {
-        for (;;) {
-            if (queue.length) {
-                yield queue.shift();
-            } else if (settled) {
-                break;
-            } else {
-                await new Promise((resolve) => { wake = resolve; });
+    let markStarted;
+    const started = new Promise((resolve) => { markStarted = resolve; });
+    const notify = () => { markStarted(); wake?.(); wake = null; };
+    const running = start((piece, live) => { queue.push([piece, live]); notify(); })
+        .then((r) => { result = r; }, (e) => { failure = e; })
+        .finally(() => { settled = true; notify(); });
+    async function* pieces() {
+        try {
+            for (;;) {
+                if (queue.length) {
+                    yield queue.shift();
+                } else if (settled) {
+                    break;
+                } else {
+                    await new Promise((resolve) => { wake = resolve; });
+                }
             }
+            if (failure) throw failure;
+            return result;
+        } finally {
+            // The consumer stopped early (break, return, throw): stop generating too.
+            if (!settled) engine.abort();
+            await running;
         }
-        if (failure) throw failure;
-        return reply;
-    } finally {
-        // The consumer stopped early (break, return, throw): stop generating too.
-        if (!settled) engine.abort();
-        await running;
     }
+    const refused = started.then(() => { if (failure && !queue.length) throw failure; });
+    // Only `create` waits on it; `stream()` reports the failure from its iterator instead.
+    refused.catch(() => {});
+    return { started: refused, pieces };
+}
+
+/** Turns a callback-streaming call into an async iterator of text pieces; returns the reply. */
+async function* streamOf(engine, start, options) {
+    const call = queued(engine, (onToken) => start({
+        ...options,
+        onToken: (piece, live) => { options.onToken?.(piece, live); onToken(piece, live); },
+    }));
+    const pieces = call.pieces();
+    try {
+        let next;
+        while (!(next = await pieces.next()).done) yield next.value[0];
+        return next.value;
+    } finally {
+        // The consumer stopped early: so does the call.
+        await pieces.return();
+    }
+}
+
+/** A random id for a completion, as OpenAI's `chatcmpl-…`. */
+function completionId() {
+    const bytes = crypto.getRandomValues(new Uint8Array(12));
+    return `chatcmpl-${Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('')}`;
+}
+
+/** OpenAI's `usage`, with WebLLM's `extra` figures and ours. */
+function usageOf(reply, seconds) {
+    return {
+        prompt_tokens: reply.conversationPromptTokens,
+        completion_tokens: reply.completionTokens,
+        total_tokens: reply.conversationPromptTokens + reply.completionTokens,
+        extra: {
+            prefill_tokens_per_s: reply.prefillTokensPerSecond,
+            decode_tokens_per_s: reply.decodeTokensPerSecond,
+            time_to_first_token_s: reply.timeToFirstTokenSeconds,
+            e2e_latency_s: seconds,
+            /** Tokens actually run through the model for this request: the rest was in the state. */
+            prefilled_tokens: reply.prefilledTokens,
+            /** The conversation's whole state: fixed, however long it gets. */
+            state_bytes: reply.stateBytes,
+        },
+    };
+}
+
+function finishReason(reply) {
+    return reply.stopped ? 'abort' : reply.finishReason;
+}
+
+/** `engine.chat.completions.create(request)`: OpenAI's chat completions, streamed or not. */
+async function createCompletion(engine, request) {
+    if (request === null || typeof request !== 'object') throw new Error('request must be an object { messages, … }');
+    const { stream = false, stream_options: streamOptions, ...rest } = request;
+    if (typeof stream !== 'boolean') throw new Error(`request.stream must be true or false, got ${stream}`);
+    if (streamOptions != null && !stream) throw new Error('request.stream_options needs request.stream: true');
+    const includeUsage = Boolean(streamOptions?.include_usage);
+    const id = completionId();
+    const created = Math.floor(Date.now() / 1000);
+    const model = String(rest.model ?? engine.model);
+    const begun = performance.now();
+    const seconds = () => (performance.now() - begun) / 1000;
+    if (!stream) {
+        const reply = await engine.invoke('chatCompletion', [rest], null);
+        return {
+            id,
+            object: 'chat.completion',
+            created,
+            model,
+            choices: [{
+                index: 0,
+                message: { role: 'assistant', content: reply.text },
+                finish_reason: finishReason(reply),
+                logprobs: null,
+            }],
+            usage: usageOf(reply, seconds()),
+        };
+    }
+    const call = queued(engine, (onToken) => engine.invoke('chatCompletion', [rest], onToken));
+    await call.started;
+    const chunk = (delta, finish) => ({
+        id,
+        object: 'chat.completion.chunk',
+        created,
+        model,
+        choices: [{ index: 0, delta, finish_reason: finish, logprobs: null }],
+    });
+    return (async function* chunks() {
+        const pieces = call.pieces();
+        try {
+            yield chunk({ role: 'assistant', content: '' }, null);
+            let next;
+            while (!(next = await pieces.next()).done) yield chunk({ content: next.value[0] }, null);
+            const reply = next.value;
+            yield chunk({}, finishReason(reply));
+            if (includeUsage) yield { id, object: 'chat.completion.chunk', created, model, choices: [], usage: usageOf(reply, seconds()) };
+        } finally {
+            // The consumer stopped early (break, return, throw): stop generating too.
+            await pieces.return();
+        }
+    })();
 }
 
 function withSignal(engine, signal) {
@@ -56,6 +192,20 @@ function withSignal(engine, signal) {
 
 /** What both engines offer on top of `invoke(method, args, onToken)`. */
 class EngineApi {
+    /** The model's name in completions: the URL it was loaded from. */
+    model = '';
+
+    constructor() {
+        // `engine.chat(message)` is the simple layer; `engine.chat.completions.create(request)` is
+        // OpenAI's API, as WebLLM has it.
+        const chat = (message, options) => this.#run('chat', String(message), options);
+        chat.completions = { create: (request) => createCompletion(this, request) };
+        this.chat = chat;
+    }
+
+    /** WebLLM's name for `abort()`. */
+    interruptGenerate() { this.abort(); }
+
     async #run(method, first, options = {}) {
         const { onToken, signal, ...sampling } = options ?? {};
         // Nothing starts for a signal aborted already: the caller meant it not to.
@@ -68,10 +218,6 @@ class EngineApi {
             release();
         }
     }
-
-    /** A chat turn; only its own tokens are prefilled. Options: temperature, topK, topP, seed,
-     * maxTokens, onToken(piece), signal (AbortSignal). Resolves to { text, tokenIds, promptTokens, stopped }. */
-    chat(message, options) { return this.#run('chat', String(message), options); }
 
     /** Plain completion of `prompt` (no chat template). */
     generate(prompt, options) { return this.#run('generate', String(prompt), options); }
@@ -95,25 +241,40 @@ export class Engine extends EngineApi {
         this.#model = model;
     }
 
-    /** Loads the model at `baseUrl` (manifest.json, tokenizer.json, shards). */
-    static async load(baseUrl, { onProgress } = {}) {
+    /** Loads the model at `source`: a base URL (manifest.json, tokenizer.json, shards under it),
+     * or a picked folder's `FileList`. */
+    static async load(source, { onProgress } = {}) {
         await initOnce();
-        return new Engine(await RecurrentGemma.load(String(baseUrl), onProgress ?? null));
+        const engine = isFileList(source)
+            ? new Engine(await RecurrentGemma.loadFiles(source, onProgress ?? null))
+            : new Engine(await RecurrentGemma.load(String(source), onProgress ?? null));
+        engine.model = modelName(source);
+        return engine;
     }
 
     invoke(method, args, onToken) { return this.#model[method](...args, onToken ?? null); }
+
+    /** The model's identity: the sha256 of its manifest, in hex. */
+    get modelId() { return this.#model.modelId; }
 
     /** Stops the reply being generated; its promise resolves with the text so far. */
     abort() { this.#model.abort(); }
 
     async reset() { this.#model.reset(); }
 
-    /** The conversation state (fixed size). Call `free()` on it when done. */
-    async snapshot() { return this.#model.snapshot(); }
+    /** The conversation state (fixed size). `toBytes()` gives it as bytes to keep; call
+     * `free()` on it when done. */
+    async snapshot() {
+        const inner = this.#model.snapshot();
+        return new Snapshot(this, () => this.#model.snapshotBytes(inner), () => inner.free(), inner);
+    }
 
-    async restore(snapshot) {
-        if (!(snapshot instanceof StateSnapshot)) throw new Error(OTHER_ENGINE);
-        this.#model.restore(snapshot);
+    /** Returns to a snapshot this engine took, or to a state kept as bytes (`toBytes()`). */
+    async restore(saved) {
+        if (isBytes(saved)) return this.#model.restoreBytes(new Uint8Array(saved));
+        // Another engine's snapshot is refused by the engine itself, after its model is checked.
+        if (!(saved instanceof Snapshot) || !(saved.engine instanceof Engine)) throw new Error(OTHER_ENGINE);
+        return this.#model.restore(saved.handle);
     }
 
     async stats() { return this.#model.stats(); }
@@ -130,14 +291,6 @@ export class Engine extends EngineApi {
     static async clearCache() { await initOnce(); return RecurrentGemma.clearCache(); }
 }
 
-/** A snapshot held by the worker. */
-class WorkerSnapshot {
-    #free;
-
-    constructor(engine, id, free) { this.engine = engine; this.id = id; this.#free = free; }
-
-    free() { return this.#free(); }
-}
 
 /** How long `dispose()` waits for the worker to free the GPU memory before it ends the worker anyway. */
 const DISPOSE_WAIT_MS = 5000;
@@ -157,7 +310,7 @@ export class WorkerEngine extends EngineApi {
             const call = this.#pending.get(data.id);
             if (!call) return;
             if ('progress' in data) call.onProgress?.(data.progress);
-            else if ('token' in data) call.onToken?.(data.token);
+            else if ('token' in data) call.onToken?.(data.token, data.live);
             else {
                 this.#pending.delete(data.id);
                 if ('error' in data) call.reject(new Error(data.error));
@@ -179,16 +332,19 @@ export class WorkerEngine extends EngineApi {
         this.#pending.clear();
     }
 
-    /** Starts a worker (`worker.js` beside this module unless `workerUrl` is given) and loads the model there. */
-    static async load(baseUrl, { onProgress, workerUrl } = {}) {
+    /** Starts a worker (`worker.js` beside this module unless `workerUrl` is given) and loads
+     * the model there, from a base URL or a picked folder's `FileList`. */
+    static async load(source, { onProgress, workerUrl } = {}) {
         const worker = new Worker(workerUrl ?? new URL('./worker.js', import.meta.url), { type: 'module' });
         const engine = new WorkerEngine(worker);
+        const where = isFileList(source) ? source : new URL(String(source), globalThis.location?.href).href;
         try {
-            await engine.call('load', [new URL(String(baseUrl), globalThis.location?.href).href], { onProgress });
+            engine.modelId = await engine.call('load', [where], { onProgress });
         } catch (e) {
             worker.terminate();
             throw e;
         }
+        engine.model = modelName(where);
         return engine;
     }
 
@@ -215,14 +371,20 @@ export class WorkerEngine extends EngineApi {
 
     async snapshot() {
         const id = await this.call('snapshot');
-        // Freeing a snapshot of a closed engine has nothing left to free.
-        return new WorkerSnapshot(this, id, async () => { if (!this.#closed) await this.call('freeSnapshot', [id]); });
+        return new Snapshot(
+            this,
+            () => this.call('snapshotBytes', [id]),
+            // Freeing a snapshot of a closed engine has nothing left to free.
+            async () => { if (!this.#closed) await this.call('freeSnapshot', [id]); },
+            id,
+        );
     }
 
-    async restore(snapshot) {
+    async restore(saved) {
+        if (isBytes(saved)) return this.call('restoreBytes', [new Uint8Array(saved)]);
         // Snapshot ids are per worker: another engine's id could name one of this engine's snapshots.
-        if (!(snapshot instanceof WorkerSnapshot) || snapshot.engine !== this) throw new Error(OTHER_ENGINE);
-        return this.call('restore', [snapshot.id]);
+        if (!(saved instanceof Snapshot) || saved.engine !== this) throw new Error(OTHER_ENGINE);
+        return this.call('restore', [saved.handle]);
     }
 
     stats() { return this.call('stats'); }

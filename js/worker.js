@@ -12,13 +12,24 @@ function needEngine() {
     return engine;
 }
 
+function savedSnapshot(handle) {
+    const snapshot = snapshots.get(handle);
+    if (!snapshot) throw new Error('this snapshot was freed');
+    return snapshot;
+}
+
+/** Each piece of a reply, with the figures so far, to the page. */
+const streamer = (id) => (token, live) => postMessage({ id, token, live });
+
 const methods = {
-    async load(id, baseUrl) {
-        engine = await Engine.load(baseUrl, { onProgress: (progress) => postMessage({ id, progress }) });
+    async load(id, source) {
+        engine = await Engine.load(source, { onProgress: (progress) => postMessage({ id, progress }) });
+        return engine.modelId;
     },
-    chat: (id, message, options) => needEngine().chat(message, { ...options, onToken: (token) => postMessage({ id, token }) }),
-    generate: (id, prompt, options) => needEngine().generate(prompt, { ...options, onToken: (token) => postMessage({ id, token }) }),
-    regenerate: (id, options) => needEngine().regenerate({ ...options, onToken: (token) => postMessage({ id, token }) }),
+    chat: (id, message, options) => needEngine().chat(message, { ...options, onToken: streamer(id) }),
+    generate: (id, prompt, options) => needEngine().generate(prompt, { ...options, onToken: streamer(id) }),
+    regenerate: (id, options) => needEngine().regenerate({ ...options, onToken: streamer(id) }),
+    chatCompletion: (id, request) => needEngine().invoke('chatCompletion', [request], streamer(id)),
     abort: () => engine?.abort(),
     reset: () => needEngine().reset(),
     async snapshot() {
@@ -27,10 +38,10 @@ const methods = {
         return handle;
     },
     restore(id, handle) {
-        const snapshot = snapshots.get(handle);
-        if (!snapshot) throw new Error('this snapshot was freed');
-        return needEngine().restore(snapshot);
+        return needEngine().restore(savedSnapshot(handle));
     },
+    snapshotBytes: (id, handle) => savedSnapshot(handle).toBytes(),
+    restoreBytes: (id, bytes) => needEngine().restore(bytes),
     freeSnapshot(id, handle) {
         snapshots.get(handle)?.free();
         snapshots.delete(handle);
@@ -49,7 +60,9 @@ self.onmessage = async ({ data: { id, method, args } }) => {
         const run = methods[method];
         if (!run) throw new Error(`unknown method ${method}`);
         const result = await run(id, ...args);
-        if (id !== 0) postMessage({ id, result: result ?? null });
+        // A state's bytes move to the page rather than being copied.
+        const transfer = result instanceof Uint8Array ? [result.buffer] : [];
+        if (id !== 0) postMessage({ id, result: result ?? null }, transfer);
     } catch (e) {
         if (id !== 0) postMessage({ id, error: String(e?.message ?? e) });
     }

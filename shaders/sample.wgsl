@@ -1,9 +1,15 @@
 // Picks the next token from the last row of logits on the GPU, so only its id is read back;
 // then advances the position by the chunk's tokens.
 //
+//   adjusted logits:         l_i = logit_i + bias[i]; then, if c_i = counts[i] > 0 (token i drawn
+//                            c_i times in this reply):
+//                              l_i = l_i / repetition_penalty if l_i > 0, else l_i · repetition_penalty
+//                              l_i = l_i − (frequency_penalty · c_i + presence_penalty)
+//                            (sampling.adjust = 0: l_i = logit_i, and neither buffer is read)
 //   greedy (temperature 0):  argmax_i l_i, lowest index on ties
 //   otherwise:               p_i ∝ exp((l_i − max l) / T) over { i : l_i ≥ τ }, drawn by inverting
-//                            the cumulative sum in vocabulary order at u = hash(seed, n), one
+//                            the cumulative sum in vocabulary order at u = hash(seed, n), n the
+//                            draw's index in this reply (step.generated − first_draw), one
 //                            uniform draw per token;
 //                            τ = max(τ_k, τ_p): τ_k the k-th largest logit (top-k), τ_p the largest
 //                            threshold keeping ≥ top_p of the mass above τ_k (top-p), both found by
@@ -11,9 +17,12 @@
 //   mode 0:                  no sampling, only the position advances (prefill without a draw)
 //   no usable logit:         NO_TOKEN (every logit NaN or −∞: the model's output is broken, and
 //                            the host reports it as an error, as the CPU sampler does)
-//   a stop id drawn:         step.halted = 1 (the token is still written); while halted the
-//                            sampler does nothing at all, so a step queued behind a stop leaves
-//                            the position, the ring and the next input as the stop left them
+//   a token drawn:           counts[id] += 1 (mode 1 only, whatever `adjust` says; the engine
+//                            clears `counts` when a reply starts)
+//   a stop id drawn:         step.halted = 1 (the token is still written and counted); while
+//                            halted the sampler does nothing at all, so a step queued behind a
+//                            stop leaves the position, the ring, the counts and the next input as
+//                            the stop left them
 //
 // One workgroup of 256 threads. NaN logits count as −∞, and ±∞ as ±3·10³⁸. Each bisection step
 // counts (and weighs) the logits at or above its midpoint; as soon as at most CANDIDATES logits
@@ -29,7 +38,11 @@ struct Sampling {
     mode: u32,
     vocab: u32,
     stop_count: u32,
-    _pad: u32,
+    adjust: u32,
+    frequency_penalty: f32,
+    presence_penalty: f32,
+    repetition_penalty: f32,
+    first_draw: u32,
     stops: array<vec4<u32>, MAX_STOPS / 4u>,
 }
 
@@ -39,6 +52,8 @@ struct Sampling {
 @group(0) @binding(3) var<storage, read> logits: array<f32>;          // [head_count, vocab]
 @group(0) @binding(4) var<storage, read_write> tokens: array<u32>;    // [0] = next input token
 @group(0) @binding(5) var<storage, read_write> generated: array<u32>; // ring of sampled ids
+@group(0) @binding(6) var<storage, read_write> counts: array<u32>;    // [vocab] draws in this reply
+@group(0) @binding(7) var<storage, read> bias: array<f32>;            // [vocab] logit_bias, dense
 
 const NEG_BIG: f32 = -3.0e38;
 const BIG: f32 = 3.0e38;
@@ -52,8 +67,23 @@ var<workgroup> candidate_count: u32;
 var<workgroup> chosen: atomic<u32>;
 
 fn logit(row: u32, i: u32) -> f32 {
-    let v = logits[row + i];
+    var v = logits[row + i];
+    if sampling.adjust != 0u {
+        v = adjusted(v, i);
+    }
     return select(NEG_BIG, clamp(v, NEG_BIG, BIG), v == v);
+}
+
+// The header's adjusted logit of token i (SamplingParams::adjust on the CPU).
+fn adjusted(raw: f32, i: u32) -> f32 {
+    var l = raw + bias[i];
+    let count = counts[i];
+    if count > 0u {
+        let r = sampling.repetition_penalty;
+        l = select(l * r, l / r, l > 0.0);
+        l -= sampling.frequency_penalty * f32(count) + sampling.presence_penalty;
+    }
+    return l;
 }
 
 // The logits still in the running: the whole row, or the candidates once copied.
@@ -171,6 +201,9 @@ fn main(@builtin(local_invocation_index) li: u32) {
             tokens[0] = choice;
             generated[step.generated % GENERATED_RING] = choice;
             step.generated += 1u;
+            if choice < sampling.vocab {
+                counts[choice] += 1u;
+            }
             if is_stop(choice) {
                 step.halted = 1u;
             }
@@ -294,7 +327,7 @@ fn pick(li: u32) -> u32 {
     }
     workgroupBarrier();
     let total = bitcast<f32>(reduce_u[0]);
-    let u = f32(pcg(sampling.seed ^ pcg(step.generated)) >> 8u) / 16777216.0;
+    let u = f32(pcg(sampling.seed ^ pcg(step.generated - sampling.first_draw)) >> 8u) / 16777216.0;
     let target_mass = u * total;
     let before = reduction[li];
     if own > 0.0 && target_mass >= before && target_mass < before + own {

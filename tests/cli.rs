@@ -97,6 +97,41 @@ fn bad_command_lines_fail_clearly() {
     fails_with(&["generate", s(&tiny.f32), "--prompt", "hi", "--tokenizer", "/nonexistent.json"], "nonexistent.json");
 }
 
+/// The penalty and bias flags: every bad value is one `error:` line naming the field or flag,
+/// checked before anything is generated; good ones change the greedy reply.
+#[test]
+fn sampling_penalties_and_logit_bias_on_the_command_line() {
+    let tokenizer = Path::new(env!("CARGO_MANIFEST_DIR")).join("vendor/gemma-tokenizer/tokenizer.json");
+    let base = ["generate", s(&tiny().f32), "--prompt", "The sky is", "--tokenizer", s(&tokenizer), "--backend", "cpu"];
+    let args = |extra: &[&str]| -> Vec<String> { base.iter().chain(extra).map(|a| a.to_string()).collect() };
+    for (extra, message) in [
+        (&["--frequency-penalty", "3"][..], "frequency_penalty must be in [-2, 2], got 3"),
+        (&["--presence-penalty=-2.5"][..], "presence_penalty must be in [-2, 2], got -2.5"),
+        (&["--presence-penalty", "NaN"][..], "presence_penalty"),
+        (&["--repetition-penalty", "0"][..], "repetition_penalty must be a finite number > 0, got 0"),
+        (&["--logit-bias", "5"][..], "--logit-bias takes ID=BIAS"),
+        (&["--logit-bias", "x=1"][..], "--logit-bias takes ID=BIAS"),
+        (&["--logit-bias", "5=101"][..], "logit_bias of token 5 must be in [-100, 100], got 101"),
+        (&["--logit-bias", "5=1", "--logit-bias", "5=-1"][..], "logit_bias names token 5 twice"),
+        (&["--logit-bias", "256000=1"][..], "logit_bias token id 256000 is out of range: vocab size is 256000"),
+    ] {
+        let args = args(extra);
+        fails_with(&args.iter().map(String::as_str).collect::<Vec<_>>(), message);
+    }
+
+    let ids = |extra: &[&str]| -> Vec<String> {
+        let args = args(&[&["--max-tokens", "24", "--print-ids"][..], extra].concat());
+        let out = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let line = String::from_utf8(out.stderr).unwrap();
+        line.trim().strip_prefix("ids: ").unwrap().split(',').map(str::to_string).collect()
+    };
+    let greedy = ids(&[]);
+    let penalised = ids(&["--frequency-penalty", "-0.5", "--presence-penalty", "1.5", "--repetition-penalty", "1.3"]);
+    assert_ne!(penalised, greedy, "the random model's greedy reply repeats itself; penalties change it");
+    let banned = ids(&["--logit-bias", &format!("{}=-100", greedy[0])]);
+    assert!(!banned.contains(&greedy[0]), "{} is banned: {banned:?}", greedy[0]);
+}
+
 /// A copy of a web-format folder with one shard's bytes changed by `edit`.
 fn damaged_copy(edit: impl Fn(&mut Vec<u8>)) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use common::{ok, s, tiny, tokenizer_path};
 
 use pollster::block_on;
+use rgweb::chat::session::Generator;
 use rgweb::chat::SamplingParams;
 use rgweb::gpu::engine::{load_engine, Engine};
 use rgweb::gpu::GpuContext;
@@ -211,12 +212,12 @@ fn sampling_on_the_gpu_is_seeded_and_narrowed_by_top_k() {
         ids
     };
     let greedy = run(SamplingParams::default());
-    let hot = SamplingParams { temperature: 1.5, top_k: 0, top_p: 1.0, seed: 11 };
-    assert_eq!(run(hot), run(hot), "a seed replays");
-    assert_ne!(run(hot), run(SamplingParams { seed: 12, ..hot }), "seeds differ");
-    assert_ne!(run(hot), greedy, "temperature 1.5 over 256,000 tokens is not greedy");
-    assert_eq!(run(SamplingParams { top_k: 1, ..hot }), greedy, "top-k 1 is greedy");
-    assert_eq!(run(SamplingParams { top_p: 1e-6, ..hot }), greedy, "a tiny nucleus is greedy");
+    let hot = SamplingParams { temperature: 1.5, top_k: 0, top_p: 1.0, seed: 11, ..Default::default() };
+    assert_eq!(run(hot.clone()), run(hot.clone()), "a seed replays");
+    assert_ne!(run(hot.clone()), run(SamplingParams { seed: 12, ..hot.clone() }), "seeds differ");
+    assert_ne!(run(hot.clone()), greedy, "temperature 1.5 over 256,000 tokens is not greedy");
+    assert_eq!(run(SamplingParams { top_k: 1, ..hot.clone() }), greedy, "top-k 1 is greedy");
+    assert_eq!(run(SamplingParams { top_p: 1e-6, ..hot.clone() }), greedy, "a tiny nucleus is greedy");
     let narrow = run(SamplingParams { top_k: 3, ..hot });
     let cpu = load_model(&tiny().int8).unwrap();
     let mut state = State::new(&cpu.config);
@@ -227,10 +228,176 @@ fn sampling_on_the_gpu_is_seeded_and_narrowed_by_top_k() {
     assert!(top[..3].iter().any(|&(_, id)| id == narrow[0]), "first top-3 draw {} is among the top 3", narrow[0]);
 }
 
+/// `n` tokens generated after `prompt` (no stop token), `times` times from the same state: a
+/// later reply must not see an earlier one's repetition counts (each reply starts them anew).
+fn reply(generator: &mut Generator, params: &SamplingParams, prompt: &[u32], n: usize, times: usize) -> Vec<u32> {
+    generator.reset();
+    generator.set_sampling(params.clone()).unwrap();
+    let before = generator.checkpoint();
+    let replies: Vec<Vec<u32>> = (0..times)
+        .map(|_| {
+            generator.restore(&before).unwrap();
+            block_on(generator.generate(prompt, n, &[], || false, |_| Ok(true))).unwrap()
+        })
+        .collect();
+    assert!(replies.iter().all(|r| *r == replies[0]), "{params:?}: the same reply again from the same state");
+    replies[0].clone()
+}
+
+/// Frequency, presence and repetition penalties and logit biases on greedy decoding: the GPU's
+/// reply (its counts kept on the GPU) equals the CPU reference's token for token, over 32
+/// tokens after a 21-token prompt (both longer than the tiny model's window of 16), and each
+/// setting changes the reply it is meant to change.
+#[test]
+fn penalties_and_logit_bias_match_the_cpu_on_greedy_decoding() {
+    let mut cpu = Generator::cpu(load_model(&tiny().int8).unwrap(), SamplingParams::default()).unwrap();
+    let mut gpu = Generator::gpu(load_engine(context(), &tiny().int8).unwrap(), SamplingParams::default()).unwrap();
+    let prompt = tokens(21, cpu.vocab_size());
+    let n = 32;
+    // The CPU reference once per setting (it is the slow one), the GPU twice from the same state.
+    let mut both = |params: &SamplingParams, cpu_times: usize| {
+        let on_cpu = reply(&mut cpu, params, &prompt, n, cpu_times);
+        assert_eq!(reply(&mut gpu, params, &prompt, n, 2), on_cpu, "{params:?}: GPU against CPU");
+        on_cpu
+    };
+    let plain = both(&SamplingParams::default(), 1);
+    let distinct = |ids: &[u32]| ids.iter().collect::<std::collections::BTreeSet<_>>().len();
+    assert!(distinct(&plain) < n / 2, "the random model's greedy reply repeats itself: {plain:?}");
+
+    // Twice on the CPU too: each reply starts its counts anew there as well.
+    let frequency = both(&SamplingParams { frequency_penalty: 0.8, presence_penalty: 0.5, ..Default::default() }, 2);
+    assert_ne!(frequency, plain, "frequency and presence penalties change the reply");
+    assert!(distinct(&frequency) > distinct(&plain), "and it repeats less: {frequency:?}");
+    let negative = both(&SamplingParams { frequency_penalty: -0.3, presence_penalty: 1.2, ..Default::default() }, 1);
+    assert_ne!(negative, frequency);
+
+    let repetition = both(&SamplingParams { repetition_penalty: 1.3, ..Default::default() }, 1);
+    assert_ne!(repetition, plain, "a repetition penalty of 1.3 changes the reply");
+
+    let banned = both(&SamplingParams { logit_bias: vec![(plain[0], -100.0)], ..Default::default() }, 1);
+    assert!(!banned.contains(&plain[0]), "{} is banned: {banned:?}", plain[0]);
+    let forced_id = (0..).find(|id| !plain.contains(id)).unwrap();
+    let forced = both(&SamplingParams { logit_bias: vec![(forced_id, 100.0)], ..Default::default() }, 1);
+    assert_eq!(forced, vec![forced_id; n], "+100 forces token {forced_id}");
+    let mixed = SamplingParams {
+        frequency_penalty: 0.5,
+        repetition_penalty: 1.1,
+        logit_bias: vec![(plain[0], -100.0), (forced_id, 2.0), (plain[n - 1], 1.5)],
+        ..Default::default()
+    };
+    assert_ne!(both(&mixed, 1), banned);
+
+    // An id beyond the vocabulary is one clear error: on the GPU at once, on the CPU (whose
+    // sampler learns the vocabulary from the logits) at the first draw.
+    let beyond = SamplingParams { logit_bias: vec![(256_000, 1.0)], ..Default::default() };
+    let message = "logit_bias token id 256000 is out of range: vocab size is 256000";
+    let error = gpu.set_sampling(beyond.clone()).unwrap_err().to_string();
+    assert!(error.contains(message), "{error}");
+    cpu.set_sampling(beyond).unwrap();
+    let error = block_on(cpu.generate(&prompt, 2, &[], || false, |_| Ok(true))).unwrap_err().to_string();
+    assert!(error.contains(message), "{error}");
+}
+
+/// `pcg` in sample.wgsl.
+fn pcg(v: u32) -> u32 {
+    let state = v.wrapping_mul(747796405).wrapping_add(2891336453);
+    let word = ((state >> ((state >> 28) + 4)) ^ state).wrapping_mul(277803737);
+    (word >> 22) ^ word
+}
+
+/// Draw `n` of sample.wgsl's header formula (top-k, no top-p), in f64 over `logits` (adjusted
+/// already): the token, and how close rounding came to changing it (the target's distance from
+/// the token's cumulative bounds as a share of the total, or the gap at the top-k threshold).
+fn header_draw(logits: &[f32], params: &SamplingParams, n: u32) -> (u32, f64) {
+    let mut sorted = logits.to_vec();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let k = params.top_k;
+    let (threshold, gap) = if k > 0 && k < sorted.len() {
+        (sorted[k - 1], (sorted[k - 1] - sorted[k]) as f64)
+    } else {
+        (*sorted.last().unwrap(), f64::INFINITY)
+    };
+    let kept: Vec<(u32, f64)> = (0..)
+        .zip(logits)
+        .filter(|(_, &l)| l >= threshold)
+        .map(|(id, &l)| (id, (((l - sorted[0]) / params.temperature) as f64).exp()))
+        .collect();
+    let total: f64 = kept.iter().map(|(_, w)| w).sum();
+    let seed = (params.seed ^ (params.seed >> 32)) as u32;
+    let target = (pcg(seed ^ pcg(n)) >> 8) as f64 / 16777216.0 * total;
+    let mut before = 0.0;
+    for &(id, weight) in &kept {
+        if target < before + weight {
+            return (id, gap.min((target - before) / total).min((before + weight - target) / total));
+        }
+        before += weight;
+    }
+    (kept.last().unwrap().0, 0.0)
+}
+
+/// Seeded temperature sampling with penalties and a bias: the GPU's draws are the header
+/// formula's over the CPU reference's logits adjusted by the CPU sampler's rule, with the
+/// counts of the GPU's own earlier draws (each logit fed the GPU's token: one draw decided by
+/// rounding cannot derail the rest). The CPU sampler's own draws use another generator
+/// (ChaCha8), so its sampled replies differ from the GPU's by design; greedy ones are equal.
+#[test]
+fn seeded_sampling_with_penalties_follows_the_header_formula_on_the_cpu_logits() {
+    let model = load_model(&tiny().int8).unwrap();
+    let mut gpu = Generator::gpu(load_engine(context(), &tiny().int8).unwrap(), SamplingParams::default()).unwrap();
+    let prompt = tokens(21, model.config.vocab_size);
+    let n = 48;
+    // T = 0.5 over the top 8: a handful of tokens a few tenths apart, so the draws vary, and
+    // the penalties (over a tenth each) reorder them.
+    let params = SamplingParams {
+        temperature: 0.5,
+        top_k: 8,
+        seed: 2024,
+        frequency_penalty: 0.6,
+        presence_penalty: 0.4,
+        repetition_penalty: 1.2,
+        logit_bias: vec![(603, -5.0), (42064, 0.25)],
+        ..Default::default()
+    };
+    let drawn = reply(&mut gpu, &params, &prompt, n, 2);
+
+    let mut state = State::new(&model.config);
+    let vocab = model.config.vocab_size;
+    let mut logits = model.forward(&prompt, &mut state).unwrap().split_off((prompt.len() - 1) * vocab);
+    let mut counts = std::collections::HashMap::<u32, u32>::new();
+    let mut decided_by_rounding = 0;
+    for (i, &token) in drawn.iter().enumerate() {
+        let bias = |id: u32| params.logit_bias.iter().find(|b| b.0 == id).map_or(0.0, |b| b.1);
+        let adjusted: Vec<f32> = (0..)
+            .zip(&logits)
+            .map(|(id, &l)| params.adjust(l, bias(id), counts.get(&id).copied().unwrap_or(0)))
+            .collect();
+        let (want, margin) = header_draw(&adjusted, &params, i as u32);
+        if token != want {
+            assert!(margin < 1e-4, "draw {i}: the GPU drew {token}, the formula {want} (margin {margin:.2e})");
+            decided_by_rounding += 1;
+        }
+        *counts.entry(token).or_insert(0) += 1;
+        logits = model.step(token, &mut state).unwrap();
+    }
+    assert!(decided_by_rounding <= 1, "{decided_by_rounding} of {n} draws differ");
+    let repeats = counts.values().filter(|&&c| c > 1).count();
+    eprintln!("{n} draws: {} distinct tokens, {repeats} drawn more than once", counts.len());
+
+    // The same seed and bias without the penalties: the reply repeats tokens, and is another.
+    let unpenalised =
+        SamplingParams { frequency_penalty: 0.0, presence_penalty: 0.0, repetition_penalty: 1.0, ..params.clone() };
+    let plain = reply(&mut gpu, &unpenalised, &prompt, n, 1);
+    let distinct = plain.iter().collect::<std::collections::BTreeSet<_>>().len();
+    assert!(distinct < n, "without penalties some token comes again: {plain:?}");
+    assert_ne!(plain, drawn, "the penalties change the seeded reply");
+}
+
 #[test]
 fn snapshot_and_restore_replay_a_conversation() {
     let mut engine = load_engine(context(), &tiny().int8).unwrap();
-    engine.set_sampling(&SamplingParams { temperature: 1.0, top_k: 40, top_p: 0.95, seed: 5 }).unwrap();
+    engine
+        .set_sampling(&SamplingParams { temperature: 1.0, top_k: 40, top_p: 0.95, seed: 5, ..Default::default() })
+        .unwrap();
     let prompt = tokens(19, engine.config.vocab_size);
     block_on(engine.prefill(&prompt)).unwrap();
     let snapshot = engine.snapshot();

@@ -1427,8 +1427,10 @@ fn run_sample_with(gpu: &Gpu, sampling: SampleParams, logits: &[f32]) -> (StepSt
     let step = gpu.buffer(&[StepState { position: 4, generated: 1030, ..StepState::zeroed() }]);
     let tokens = gpu.buffer(&[GENERATED_SENTINEL; CHUNK]);
     let generated = gpu.buffer(&vec![GENERATED_SENTINEL; GENERATED_RING as usize]);
+    let counts = gpu.buffer(&vec![0u32; sampling.vocab as usize]);
+    let bias = gpu.buffer(&vec![0f32; sampling.vocab as usize]);
     let (sampling, logits) = (gpu.uniform(&sampling), gpu.buffer(logits));
-    gpu.run(chunk, |ops| vec![ops.sample(&sampling, &step, &logits, &tokens, &generated)]);
+    gpu.run(chunk, |ops| vec![ops.sample(&sampling, &step, &logits, &tokens, &generated, &counts, &bias)]);
     let step: Vec<StepState> = gpu.read(&step);
     (step[0], gpu.read(&tokens), gpu.read(&generated))
 }
@@ -1559,8 +1561,11 @@ fn sample_draws_follow_the_header_formula() {
         let step = gpu.buffer(&[StepState { position: 9, generated: first_draw, ..StepState::zeroed() }]);
         let tokens = gpu.buffer(&[GENERATED_SENTINEL; CHUNK]);
         let generated = gpu.buffer(&vec![GENERATED_SENTINEL; GENERATED_RING as usize]);
+        let (counts, bias) = (gpu.buffer(&vec![0u32; vocab]), gpu.buffer(&vec![0f32; vocab]));
         let (sampling, logits_buffer) = (gpu.uniform(&params), gpu.buffer(&logits));
-        gpu.run_times(chunk, draws, |ops| vec![ops.sample(&sampling, &step, &logits_buffer, &tokens, &generated)]);
+        gpu.run_times(chunk, draws, |ops| {
+            vec![ops.sample(&sampling, &step, &logits_buffer, &tokens, &generated, &counts, &bias)]
+        });
         let picks = gpu.read::<u32>(&generated);
 
         let what = format!("T {temperature}, top-k {top_k}, top-p {top_p}");

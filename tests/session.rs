@@ -7,8 +7,10 @@ use std::cell::Cell;
 
 use common::{tiny, tokenizer_path};
 use pollster::block_on;
-use rgweb::chat::session::{ChatSession, Generator, Listener};
+use rgweb::chat::saved::{SavedConversation, StateParts};
+use rgweb::chat::session::{ChatSession, Finish, Generator, Listener, SavedTurn};
 use rgweb::chat::tokenizer::END_OF_TURN;
+use rgweb::chat::Turn;
 use rgweb::chat::{GemmaTokenizer, SamplingParams};
 use rgweb::gpu::engine::{load_engine, Engine};
 use rgweb::gpu::GpuContext;
@@ -93,13 +95,13 @@ fn stop_ends_the_reply_and_keeps_the_state_consistent() {
 fn check_regenerate(make: fn() -> Generator) {
     let mut session = ChatSession::new(make(), tokenizer());
     block_on(session.send(MESSAGES[0], 6, |_: &str| true)).unwrap();
-    let hot = SamplingParams { temperature: 1.2, top_k: 0, top_p: 1.0, seed: 1 };
-    session.generator().set_sampling(hot).unwrap();
+    let hot = SamplingParams { temperature: 1.2, top_k: 0, top_p: 1.0, seed: 1, ..Default::default() };
+    session.generator().set_sampling(hot.clone()).unwrap();
     let before = session.generator().position();
     let first = block_on(session.send(MESSAGES[1], 8, |_: &str| true)).unwrap();
     // Same seed again from the same state: the same reply (on the GPU the draw depends only on
     // the seed and the token count, both restored; on the CPU the sampler is made anew).
-    session.generator().set_sampling(hot).unwrap();
+    session.generator().set_sampling(hot.clone()).unwrap();
     let again = block_on(session.regenerate(8, |_: &str| true)).unwrap();
     assert_eq!((&again.ids, &again.text, again.prefilled), (&first.ids, &first.text, first.prefilled));
     session.generator().set_sampling(SamplingParams { seed: 2, ..hot }).unwrap();
@@ -349,4 +351,193 @@ fn an_error_mid_stream_still_ends_the_generation_cleanly() {
     let mut cpu = cpu();
     block_on(cpu.generate(&PROMPT, 4, &[], || false, |_| Ok(true))).unwrap();
     assert_eq!(next, block_on(cpu.generate(&NEXT, 4, &[], || false, |_| Ok(true))).unwrap());
+}
+
+// ---- OpenAI-style requests: the whole conversation each time, only the new part prefilled ----
+
+const THREE: [&str; 3] = ["Hello! Who are you?", "Tell me more about 東京 🤖.", "And the weather?"];
+
+fn reference_reply(make: fn() -> Generator, ids: &[u32], max: usize) -> Vec<u32> {
+    let mut fresh = make();
+    let eos = fresh.eos_token_id();
+    block_on(fresh.generate(ids, max, &[eos, END_OF_TURN], || false, |_| Ok(true))).unwrap()
+}
+
+/// Sends a growing `messages` array; each reply must equal one fresh prefill of the whole
+/// conversation, and only what the state did not hold is prefilled. Returns the replies' ids.
+fn check_growing_messages(make: fn() -> Generator, sampling: SamplingParams) -> Vec<Vec<u32>> {
+    let mut session = ChatSession::new(make(), tokenizer());
+    let mut turns = Vec::new();
+    let mut replies = Vec::new();
+    let mut reused = 0;
+    for message in THREE {
+        turns.push(Turn::user(message));
+        let whole = session.conversation_ids(&turns).unwrap();
+        let held = session.history().unwrap().to_vec();
+        session.generator().set_sampling(sampling.clone()).unwrap();
+        let reply = block_on(session.answer(&turns, 10, |_: &str| true)).unwrap();
+        // The state is reused exactly when the conversation extends what it holds.
+        let extends = !held.is_empty() && whole.starts_with(&held);
+        reused += extends as usize;
+        assert_eq!(reply.prefilled, if extends { whole.len() - held.len() } else { whole.len() });
+        assert_eq!(reply.prompt_tokens, whole.len());
+        let mut fresh = make();
+        fresh.set_sampling(sampling.clone()).unwrap();
+        let eos = fresh.eos_token_id();
+        let expected = block_on(fresh.generate(&whole, 10, &[eos, END_OF_TURN], || false, |_| Ok(true))).unwrap();
+        assert_eq!(
+            reply.ids,
+            expected,
+            "turn {}: state reuse equals a fresh prefill of the whole conversation",
+            replies.len()
+        );
+        turns.push(Turn::model(reply.text.clone()));
+        replies.push(reply.ids);
+    }
+    assert_eq!(reused, THREE.len() - 1, "every request after the first extends the state");
+    replies
+}
+
+#[test]
+fn growing_messages_prefill_only_the_new_turn_greedy_cpu_and_gpu() {
+    let greedy = SamplingParams::default();
+    assert_eq!(check_growing_messages(gpu, greedy.clone()), check_growing_messages(cpu, greedy));
+}
+
+#[test]
+fn growing_messages_prefill_only_the_new_turn_seeded() {
+    let seeded = SamplingParams { temperature: 1.0, seed: 11, ..Default::default() };
+    check_growing_messages(cpu, seeded.clone());
+    check_growing_messages(gpu, seeded);
+}
+
+/// Branching (an edited last message) restores the saved turn it extends; a different first
+/// message starts afresh. Both equal a fresh prefill.
+fn check_branches(make: fn() -> Generator) {
+    let mut session = ChatSession::new(make(), tokenizer());
+    let first = block_on(session.answer(&[Turn::user(THREE[0])], 8, |_: &str| true)).unwrap();
+    let mut turns = vec![Turn::user(THREE[0]), Turn::model(first.text.clone()), Turn::user(THREE[1])];
+    let before_second = session.history().unwrap().to_vec();
+    block_on(session.answer(&turns, 8, |_: &str| true)).unwrap();
+    turns[2] = Turn::user("Something else entirely.");
+    let whole = session.conversation_ids(&turns).unwrap();
+    let edited = block_on(session.answer(&turns, 8, |_: &str| true)).unwrap();
+    if whole.starts_with(&before_second) {
+        assert_eq!(edited.prefilled, whole.len() - before_second.len(), "the saved turn was restored");
+    }
+    assert_eq!(edited.ids, reference_reply(make, &whole, 8));
+    let other = [Turn::user("A new conversation.")];
+    let fresh = block_on(session.answer(&other, 8, |_: &str| true)).unwrap();
+    let whole = session.conversation_ids(&other).unwrap();
+    assert_eq!(fresh.prefilled, whole.len());
+    assert_eq!(fresh.ids, reference_reply(make, &whole, 8));
+}
+
+#[test]
+fn a_branch_restores_the_turn_it_extends_on_the_cpu_and_gpu() {
+    check_branches(cpu);
+    check_branches(gpu);
+}
+
+#[test]
+fn bad_conversations_are_errors_that_change_nothing() {
+    let session = ChatSession::new(cpu(), tokenizer());
+    let err = |turns: &[Turn]| session.conversation_ids(turns).unwrap_err().to_string();
+    assert!(err(&[]).contains("at least one user message"));
+    assert!(err(&[Turn::model("hi")]).contains("must alternate"));
+    assert!(err(&[Turn::user("a"), Turn::model("b")]).contains("last message must be from the user"));
+}
+
+/// A stop string cuts the reply's text; the next request sends the cut text back and is
+/// answered as a fresh prefill of the visible conversation would be (the state's extra ids,
+/// sampled past the cut, are not reused).
+fn check_stop_strings(make: fn() -> Generator) -> (String, Vec<u32>) {
+    let mut session = ChatSession::new(make(), tokenizer());
+    let turns = vec![Turn::user(THREE[0])];
+    let full = block_on(session.answer(&turns, 12, |_: &str| true)).unwrap();
+    let chars: Vec<char> = full.text.chars().collect();
+    assert!(chars.len() > 4, "a reply long enough to cut: {:?}", full.text);
+    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 2].iter().collect();
+    let expected_text = &full.text[..full.text.find(&stop).unwrap()];
+
+    session.reset();
+    session.set_stop_strings(vec![stop.clone()]).unwrap();
+    let mut streamed = String::new();
+    let cut = block_on(session.answer(&turns, 12, |piece: &str| {
+        streamed.push_str(piece);
+        true
+    }))
+    .unwrap();
+    assert_eq!(cut.text, expected_text, "cut before {stop:?}");
+    assert_eq!(streamed, expected_text, "nothing past the stop string was streamed");
+    assert_eq!(cut.finish, Finish::Stop);
+
+    session.set_stop_strings(Vec::new()).unwrap();
+    let next = vec![Turn::user(THREE[0]), Turn::model(cut.text.clone()), Turn::user(THREE[1])];
+    let whole = session.conversation_ids(&next).unwrap();
+    let reply = block_on(session.answer(&next, 8, |_: &str| true)).unwrap();
+    assert_eq!(reply.ids, reference_reply(cpu, &whole, 8), "the next turn continues the visible conversation");
+    // The GPU's queued steps may have sampled one id more past the cut than the CPU: the state
+    // holds it, but the text and the next turn do not depend on it.
+    (cut.text, reply.ids)
+}
+
+#[test]
+fn stop_strings_cut_the_text_and_the_next_turn_matches_the_cpu_reference() {
+    assert_eq!(check_stop_strings(gpu), check_stop_strings(cpu));
+}
+
+#[test]
+fn finish_reasons_are_length_and_abort() {
+    let mut session = ChatSession::new(gpu(), tokenizer());
+    let turns = [Turn::user(THREE[0])];
+    let long = block_on(session.answer(&turns, 3, |_: &str| true)).unwrap();
+    assert_eq!((long.finish, long.ids.len()), (Finish::Length, 3));
+    let aborted = block_on(session.answer(&turns, 50, |_: &str| false)).unwrap();
+    assert_eq!(aborted.finish, Finish::Abort);
+}
+
+/// Two turns, the state saved as bytes, restored into a new engine: the third turn prefills only
+/// its own tokens and equals the uninterrupted conversation's.
+fn check_saved_bytes(make: fn() -> Generator) {
+    let hot = SamplingParams { temperature: 1.0, seed: 5, ..Default::default() };
+    let mut session = ChatSession::new(make(), tokenizer());
+    for message in &THREE[..2] {
+        block_on(session.send(message, 6, |_: &str| true)).unwrap();
+    }
+    let saved = session.save();
+    let parts = block_on(session.generator_ref().checkpoint_parts(&saved.checkpoint)).unwrap();
+    let bytes = SavedConversation { model: [1; 32], history: saved.history.clone(), state: parts }.to_bytes();
+    session.generator().set_sampling(hot.clone()).unwrap();
+    let uninterrupted = block_on(session.send(THREE[2], 8, |_: &str| true)).unwrap();
+
+    let restored = SavedConversation::from_bytes(&bytes).unwrap();
+    let mut reopened = ChatSession::new(make(), tokenizer());
+    let checkpoint = reopened.generator_ref().checkpoint_from_parts(&restored.state).unwrap();
+    reopened.restore(&SavedTurn { checkpoint, history: restored.history }).unwrap();
+    reopened.generator().set_sampling(hot).unwrap();
+    let turn = reopened.turn_ids(THREE[2]).unwrap();
+    let reply = block_on(reopened.send(THREE[2], 8, |_: &str| true)).unwrap();
+    assert_eq!(reply.prefilled, turn.len(), "only the new message is prefilled");
+    assert_eq!((reply.ids, reply.text), (uninterrupted.ids, uninterrupted.text));
+    assert_eq!(reopened.history(), session.history(), "the history came back with the state");
+}
+
+#[test]
+fn a_state_saved_as_bytes_continues_exactly_on_the_cpu_and_gpu() {
+    check_saved_bytes(cpu);
+    check_saved_bytes(gpu);
+}
+
+#[test]
+fn saved_bytes_of_the_other_backend_or_shape_are_refused() {
+    let cpu_session = ChatSession::new(cpu(), tokenizer());
+    let gpu_session = ChatSession::new(gpu(), tokenizer());
+    let cpu_parts = block_on(cpu_session.generator_ref().checkpoint_parts(&cpu_session.save().checkpoint)).unwrap();
+    let mut gpu_parts = block_on(gpu_session.generator_ref().checkpoint_parts(&gpu_session.save().checkpoint)).unwrap();
+    let err = |g: &Generator, p: &StateParts| g.checkpoint_from_parts(p).err().unwrap().to_string();
+    assert!(err(gpu_session.generator_ref(), &cpu_parts).contains("CPU reference"));
+    assert!(err(cpu_session.generator_ref(), &gpu_parts).contains("GPU engine"));
+    gpu_parts.buffers[1].pop();
+    assert!(err(gpu_session.generator_ref(), &gpu_parts).contains("do not fit"));
 }

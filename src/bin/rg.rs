@@ -171,15 +171,44 @@ struct SamplingArgs {
     top_p: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Subtracted from a token's logit once per time it was drawn in this reply (-2 to 2).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    frequency_penalty: f32,
+    /// Subtracted from a token's logit once if it was drawn in this reply (-2 to 2).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    presence_penalty: f32,
+    /// A drawn token's logit is divided by it when positive, multiplied when negative (> 0; 1 is off).
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    /// Add BIAS (-100 to 100) to token ID's logit; repeatable.
+    #[arg(long, value_name = "ID=BIAS", allow_hyphen_values = true)]
+    logit_bias: Vec<String>,
 }
 
 impl SamplingArgs {
     fn params(&self) -> Result<SamplingParams> {
-        let params =
-            SamplingParams { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, seed: self.seed };
+        let logit_bias = self.logit_bias.iter().map(|entry| parse_logit_bias(entry)).collect::<Result<_>>()?;
+        let params = SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+            frequency_penalty: self.frequency_penalty,
+            presence_penalty: self.presence_penalty,
+            repetition_penalty: self.repetition_penalty,
+            logit_bias,
+        };
         params.validate()?;
         Ok(params)
     }
+}
+
+/// `ID=BIAS`, as `--logit-bias` takes it. Parsed here rather than by clap, so a bad entry is one
+/// `error:` line like every other bad value.
+fn parse_logit_bias(entry: &str) -> Result<(u32, f32)> {
+    let parsed =
+        entry.split_once('=').and_then(|(id, bias)| Some((id.trim().parse().ok()?, bias.trim().parse().ok()?)));
+    parsed.with_context(|| format!("--logit-bias takes ID=BIAS (a token id and a number), got '{entry}'"))
 }
 
 impl ModelArgs {
@@ -339,6 +368,11 @@ fn open_backend(model_dir: &Path, backend: Backend) -> Result<Runner> {
 }
 
 fn generator(runner: Runner, params: SamplingParams) -> Result<Generator> {
+    // Checked here for both backends, before any prompt is fed.
+    params.validate_ids(match &runner {
+        Runner::Cpu(model) => model.config.vocab_size,
+        Runner::Gpu(engine) => engine.config.vocab_size,
+    })?;
     Ok(match runner {
         Runner::Cpu(model) => Generator::cpu(*model, params)?,
         Runner::Gpu(engine) => Generator::gpu(*engine, params)?,
@@ -521,6 +555,10 @@ fn bench(
             "temperature": sampling.temperature,
             "top_k": sampling.top_k,
             "top_p": sampling.top_p,
+            "frequency_penalty": sampling.frequency_penalty,
+            "presence_penalty": sampling.presence_penalty,
+            "repetition_penalty": sampling.repetition_penalty,
+            "logit_bias_entries": sampling.logit_bias.len(),
         }),
         "prefill": prefill,
         "decode": decode,
@@ -540,6 +578,15 @@ fn bench(
     println!("adapter            {}", report["adapter"].as_str().unwrap_or_default());
     let p = sampling;
     println!("sampling           temperature {}, top-k {}, top-p {}", p.temperature, p.top_k, p.top_p);
+    if p.adjusts_logits() {
+        println!(
+            "                   frequency penalty {}, presence penalty {}, repetition penalty {}, {} logit biases",
+            p.frequency_penalty,
+            p.presence_penalty,
+            p.repetition_penalty,
+            p.logit_bias.len()
+        );
+    }
     for entry in &prefill {
         println!(
             "prefill {:>6} tok  {:.1} tok/s, first token after {:.3} s, {:.0} B of weights read per token",

@@ -4,7 +4,9 @@
 
 pub mod markdown;
 pub mod sampler;
+pub mod saved;
 pub mod session;
+pub mod stop;
 pub mod template;
 pub mod tokenizer;
 mod tokenizer_json;

@@ -1,13 +1,33 @@
 //! Picks the next token from the model's logits: greedy, or temperature sampling narrowed by top-k
 //! and top-p (nucleus), drawn from a seeded ChaCha8 generator so a seed replays the same text on
-//! every platform, the browser included.
+//! every platform, the browser included. Before that, the logits may be adjusted: a bias per token
+//! (OpenAI's `logit_bias`), and penalties on the tokens already drawn in this reply (OpenAI's
+//! frequency and presence penalties, CTRL's repetition penalty); see [`SamplingParams::adjust`].
+
+use std::collections::HashMap;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{Error, Result};
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// The most `logit_bias` entries (OpenAI's limit is lower; this bounds the check and the upload).
+pub const MAX_LOGIT_BIAS: usize = 1024;
+
+/// How the next token is picked. The counts the penalties use are of the tokens sampled so far in
+/// the current reply: every id the sampler returned since the generation started
+/// ([`Sampler::start_reply`], called by [`crate::chat::session::Generator::generate`]); prompt
+/// tokens never count. Each logit `l` of token `i`, drawn `c` times so far, becomes
+///
+/// ```text
+/// l' = l + logit_bias[i]
+/// if c > 0:  l' = l' / repetition_penalty  if l' > 0,  else l' · repetition_penalty
+///            l' = l' − (frequency_penalty · c + presence_penalty)
+/// ```
+///
+/// and greedy, temperature, top-k and top-p then work on `l'` as they would on `l`. With every
+/// knob off (0, 0, 1, no bias) the logits are used as they come.
+#[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
     /// 0 picks the most likely token (greedy); higher values flatten the distribution.
     pub temperature: f32,
@@ -17,16 +37,35 @@ pub struct SamplingParams {
     /// 1.0 keeps them all.
     pub top_p: f32,
     pub seed: u64,
+    /// OpenAI's: subtracted once per earlier occurrence in this reply (−2..=2; 0 = off).
+    pub frequency_penalty: f32,
+    /// OpenAI's: subtracted once if the token occurred in this reply (−2..=2; 0 = off).
+    pub presence_penalty: f32,
+    /// CTRL/Hugging Face's: a logit of a token that occurred in this reply is divided by it when positive, multiplied when negative (> 0; 1 = off).
+    pub repetition_penalty: f32,
+    /// Added to the token's logit before anything else (OpenAI's logit_bias: −100..=100 each; ids < vocab checked where the vocab is known).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
     /// Greedy decoding: deterministic, and what the model's reference outputs use.
     fn default() -> Self {
-        Self { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            repetition_penalty: 1.0,
+            logit_bias: Vec::new(),
+        }
     }
 }
 
 impl SamplingParams {
+    /// Checks every value's range (not the bias ids against a vocabulary: [`Self::validate_ids`]).
+    /// Each error names the field.
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
             return Err(Error::Input(format!("temperature must be a finite number >= 0, got {}", self.temperature)));
@@ -34,7 +73,63 @@ impl SamplingParams {
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(Error::Input(format!("top_p must be in (0, 1], got {}", self.top_p)));
         }
+        for (name, value) in
+            [("frequency_penalty", self.frequency_penalty), ("presence_penalty", self.presence_penalty)]
+        {
+            if !(-2.0..=2.0).contains(&value) {
+                return Err(Error::Input(format!("{name} must be in [-2, 2], got {value}")));
+            }
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            let value = self.repetition_penalty;
+            return Err(Error::Input(format!("repetition_penalty must be a finite number > 0, got {value}")));
+        }
+        if self.logit_bias.len() > MAX_LOGIT_BIAS {
+            let count = self.logit_bias.len();
+            return Err(Error::Input(format!("logit_bias has {count} entries: at most {MAX_LOGIT_BIAS}")));
+        }
+        let mut seen = std::collections::HashSet::with_capacity(self.logit_bias.len());
+        for &(id, bias) in &self.logit_bias {
+            if !(-100.0..=100.0).contains(&bias) {
+                return Err(Error::Input(format!("logit_bias of token {id} must be in [-100, 100], got {bias}")));
+            }
+            if !seen.insert(id) {
+                return Err(Error::Input(format!("logit_bias names token {id} twice")));
+            }
+        }
         Ok(())
+    }
+
+    /// Every `logit_bias` id is a token of a vocabulary of `vocab_size`.
+    pub fn validate_ids(&self, vocab_size: usize) -> Result<()> {
+        match self.logit_bias.iter().find(|(id, _)| *id as usize >= vocab_size) {
+            Some((id, _)) => {
+                Err(Error::Input(format!("logit_bias token id {id} is out of range: vocab size is {vocab_size}")))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the repetition counts change any logit (a penalty is on).
+    pub fn penalizes_repeats(&self) -> bool {
+        self.frequency_penalty != 0.0 || self.presence_penalty != 0.0 || self.repetition_penalty != 1.0
+    }
+
+    /// Whether any logit is adjusted before sampling: a penalty or a bias is on.
+    pub fn adjusts_logits(&self) -> bool {
+        self.penalizes_repeats() || !self.logit_bias.is_empty()
+    }
+
+    /// The rule in the type's documentation, for one logit whose token has bias `bias` and was
+    /// drawn `count` times in this reply. The GPU sampler (`shaders/sample.wgsl`) applies the same.
+    pub fn adjust(&self, logit: f32, bias: f32, count: u32) -> f32 {
+        let mut l = logit + bias;
+        if count > 0 {
+            let r = self.repetition_penalty;
+            l = if l > 0.0 { l / r } else { l * r };
+            l -= self.frequency_penalty * count as f32 + self.presence_penalty;
+        }
+        l
     }
 }
 
@@ -44,6 +139,10 @@ pub struct Sampler {
     /// Scratch space for the tokens still in the running, kept between calls so that sampling from
     /// 256,000 logits does not allocate every token.
     candidates: Vec<Candidate>,
+    /// How often each id was returned since [`Sampler::start_reply`]: what the penalties read.
+    counts: HashMap<u32, u32>,
+    /// Scratch space for the adjusted logits, used only when [`SamplingParams::adjusts_logits`].
+    adjusted: Vec<f32>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -64,20 +163,84 @@ const NUCLEUS_BINS: usize = 64 * 16 + 1;
 impl Sampler {
     pub fn new(params: SamplingParams) -> Result<Self> {
         params.validate()?;
-        Ok(Self { params, rng: ChaCha8Rng::seed_from_u64(params.seed), candidates: Vec::new() })
+        let rng = ChaCha8Rng::seed_from_u64(params.seed);
+        Ok(Self { params, rng, candidates: Vec::new(), counts: HashMap::new(), adjusted: Vec::new() })
     }
 
     pub fn params(&self) -> &SamplingParams {
         &self.params
     }
 
-    /// The next token id. NaN logits count as -inf (never chosen). A +inf logit is chosen outright
-    /// (the lowest such id), as the limit of the softmax would. Greedy decoding draws no random
-    /// number; every other call draws exactly one.
+    /// New settings, and the random generator seeded anew from their seed, as [`Sampler::new`]
+    /// would; the counts of this reply are kept (what has been drawn does not change).
+    pub fn set_params(&mut self, params: SamplingParams) -> Result<()> {
+        params.validate()?;
+        self.rng = ChaCha8Rng::seed_from_u64(params.seed);
+        self.params = params;
+        Ok(())
+    }
+
+    /// A new reply starts: no token has been drawn in it yet, so none is penalised, and its
+    /// draws start again from the seed (a reply depends on its seed, not on the replies before
+    /// it, as on the GPU).
+    pub fn start_reply(&mut self) {
+        self.counts.clear();
+        self.rng = ChaCha8Rng::seed_from_u64(self.params.seed);
+    }
+
+    /// How often `id` was drawn in this reply.
+    pub fn count(&self, id: u32) -> u32 {
+        self.counts.get(&id).copied().unwrap_or(0)
+    }
+
+    /// The next token id, from the logits adjusted as [`SamplingParams`] says, counted for the
+    /// penalties of the tokens after it. NaN logits count as -inf (never chosen). A +inf logit is
+    /// chosen outright (the lowest such id), as the limit of the softmax would. Greedy decoding
+    /// draws no random number; every other call draws exactly one.
     ///
     /// Logits that are all NaN or -inf (or none at all) are an error rather than a made-up token:
-    /// they mean the model's output is broken, and the caller should say so.
+    /// they mean the model's output is broken, and the caller should say so; so is a `logit_bias`
+    /// id beyond the logits.
     pub fn sample(&mut self, logits: &[f32]) -> Result<u32> {
+        let id = if self.needs_adjusting() {
+            self.params.validate_ids(logits.len())?;
+            // Taken out of `self` while `draw` borrows it, then put back: no allocation per token.
+            let mut adjusted = std::mem::take(&mut self.adjusted);
+            adjusted.clear();
+            adjusted.extend_from_slice(logits);
+            self.adjust(&mut adjusted);
+            let id = self.draw(&adjusted);
+            self.adjusted = adjusted;
+            id?
+        } else {
+            self.draw(logits)?
+        };
+        *self.counts.entry(id).or_insert(0) += 1;
+        Ok(id)
+    }
+
+    /// Whether any logit changes this time: a bias, or a penalty with something drawn already.
+    fn needs_adjusting(&self) -> bool {
+        !self.params.logit_bias.is_empty() || (self.params.penalizes_repeats() && !self.counts.is_empty())
+    }
+
+    /// Applies [`SamplingParams::adjust`] to the tokens it changes: those with a bias, then those
+    /// drawn in this reply (a bias of 0 leaves a logit exactly as it was).
+    fn adjust(&self, logits: &mut [f32]) {
+        for &(id, bias) in &self.params.logit_bias {
+            logits[id as usize] = self.params.adjust(logits[id as usize], bias, 0);
+        }
+        if self.params.penalizes_repeats() {
+            for (&id, &count) in &self.counts {
+                if let Some(logit) = logits.get_mut(id as usize) {
+                    *logit = self.params.adjust(*logit, 0.0, count);
+                }
+            }
+        }
+    }
+
+    /// Greedy, or a draw narrowed by top-k and top-p, from `logits` as they are.
+    fn draw(&mut self, logits: &[f32]) -> Result<u32> {
         let (best_id, best_logit) = argmax(logits)
             .ok_or_else(|| Error::Input(format!("cannot sample: all {} logits are NaN or -inf", logits.len())))?;
         if self.params.temperature == 0.0 || best_logit == f32::INFINITY {
@@ -199,7 +362,7 @@ mod tests {
     use super::*;
 
     fn sampler(temperature: f32, top_k: usize, top_p: f32, seed: u64) -> Sampler {
-        Sampler::new(SamplingParams { temperature, top_k, top_p, seed }).unwrap()
+        Sampler::new(SamplingParams { temperature, top_k, top_p, seed, ..Default::default() }).unwrap()
     }
 
     fn draws(sampler: &mut Sampler, logits: &[f32], count: usize) -> Vec<u32> {
@@ -401,16 +564,243 @@ mod tests {
     fn invalid_params_are_rejected() {
         let base = SamplingParams::default();
         for params in [
-            SamplingParams { temperature: -0.5, ..base },
-            SamplingParams { temperature: f32::NAN, ..base },
-            SamplingParams { temperature: f32::INFINITY, ..base },
-            SamplingParams { top_p: 0.0, ..base },
-            SamplingParams { top_p: 1.5, ..base },
-            SamplingParams { top_p: f32::NAN, ..base },
+            SamplingParams { temperature: -0.5, ..base.clone() },
+            SamplingParams { temperature: f32::NAN, ..base.clone() },
+            SamplingParams { temperature: f32::INFINITY, ..base.clone() },
+            SamplingParams { top_p: 0.0, ..base.clone() },
+            SamplingParams { top_p: 1.5, ..base.clone() },
+            SamplingParams { top_p: f32::NAN, ..base.clone() },
         ] {
             assert!(matches!(params.validate(), Err(Error::Input(_))), "{params:?}");
             assert!(Sampler::new(params).is_err());
         }
-        assert!(SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, seed: 1 }.validate().is_ok());
+        let good = SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, seed: 1, ..base };
+        assert!(good.validate().is_ok());
+    }
+
+    /// Penalties and biases in f64, written out again from the rule in `SamplingParams`' docs.
+    fn reference_adjust(params: &SamplingParams, logit: f32, id: u32, count: u32) -> f64 {
+        let bias = params.logit_bias.iter().find(|(i, _)| *i == id).map_or(0.0, |&(_, b)| b as f64);
+        let mut l = logit as f64 + bias;
+        if count > 0 {
+            let r = params.repetition_penalty as f64;
+            l = if l > 0.0 { l / r } else { l * r };
+            l -= params.frequency_penalty as f64 * count as f64 + params.presence_penalty as f64;
+        }
+        l
+    }
+
+    fn with(params: SamplingParams) -> Sampler {
+        Sampler::new(params).unwrap()
+    }
+
+    #[test]
+    fn frequency_penalty_is_subtracted_per_occurrence() {
+        let params = SamplingParams { frequency_penalty: 0.5, ..Default::default() };
+        let mut sampler = with(params.clone());
+        sampler.counts.insert(1, 2);
+        let mut logits = vec![1.0, 3.0, 2.25, -4.0];
+        let before = logits.clone();
+        sampler.adjust(&mut logits);
+        assert_eq!(logits[1], before[1] - 1.0, "count 2 × 0.5 is exactly 1.0");
+        assert_eq!((logits[0], logits[2], logits[3]), (before[0], before[2], before[3]), "undrawn tokens keep theirs");
+        for (id, &logit) in before.iter().enumerate() {
+            let count = sampler.count(id as u32);
+            assert_eq!(logits[id] as f64, reference_adjust(&params, logit, id as u32, count));
+        }
+    }
+
+    #[test]
+    fn presence_penalty_is_subtracted_once_however_many_occurrences() {
+        let params = SamplingParams { presence_penalty: 1.5, frequency_penalty: -0.25, ..Default::default() };
+        let mut sampler = with(params);
+        sampler.counts.insert(0, 1);
+        sampler.counts.insert(2, 4);
+        let mut logits = vec![2.0, 2.0, 2.0];
+        sampler.adjust(&mut logits);
+        assert_eq!(logits, [2.0 - (1.5 - 0.25), 2.0, 2.0 - (1.5 - 4.0 * 0.25)]);
+    }
+
+    #[test]
+    fn repetition_penalty_divides_positive_and_multiplies_negative_logits() {
+        let params = SamplingParams { repetition_penalty: 2.0, ..Default::default() };
+        let mut sampler = with(params.clone());
+        for id in [0, 1, 2] {
+            sampler.counts.insert(id, 3);
+        }
+        let mut logits = vec![3.0, -3.0, 0.0, 5.0];
+        sampler.adjust(&mut logits);
+        assert_eq!(logits, [1.5, -6.0, 0.0, 5.0], "either way the token gets less likely; an undrawn one is kept");
+        // Below 1 the penalty favours repeats instead.
+        let mut sampler = with(SamplingParams { repetition_penalty: 0.5, ..params });
+        sampler.counts.insert(0, 1);
+        sampler.counts.insert(1, 1);
+        let mut logits = vec![3.0, -3.0];
+        sampler.adjust(&mut logits);
+        assert_eq!(logits, [6.0, -1.5]);
+    }
+
+    #[test]
+    fn bias_comes_before_the_repetition_rule() {
+        // 1.0 + bias −3.0 = −2.0: negative, so multiplied, although the raw logit is positive.
+        let params = SamplingParams { repetition_penalty: 1.5, logit_bias: vec![(0, -3.0)], ..Default::default() };
+        let mut sampler = with(params.clone());
+        sampler.counts.insert(0, 1);
+        let mut logits = vec![1.0];
+        sampler.adjust(&mut logits);
+        assert_eq!(logits[0], -3.0);
+        assert_eq!(logits[0] as f64, reference_adjust(&params, 1.0, 0, 1));
+    }
+
+    #[test]
+    fn adjustments_match_the_reference_on_random_logits() {
+        let params = SamplingParams {
+            frequency_penalty: 0.3,
+            presence_penalty: -0.7,
+            repetition_penalty: 1.3,
+            logit_bias: vec![(5, 2.5), (17, -100.0), (999, 0.75)],
+            ..Default::default()
+        };
+        let mut sampler = with(params.clone());
+        let logits = random_logits(1_000, 21);
+        for (id, count) in [(5, 1), (17, 2), (40, 7), (41, 1)] {
+            sampler.counts.insert(id, count);
+        }
+        let mut adjusted = logits.clone();
+        sampler.adjust(&mut adjusted);
+        for (id, (&raw, &got)) in logits.iter().zip(&adjusted).enumerate() {
+            let want = reference_adjust(&params, raw, id as u32, sampler.count(id as u32));
+            assert!((got as f64 - want).abs() <= 1e-5 * want.abs().max(1.0), "token {id}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn a_bias_of_minus_100_bans_the_greedy_token_and_plus_100_forces_one() {
+        let logits = random_logits(5_000, 3);
+        let greedy = with(SamplingParams::default()).sample(&logits).unwrap();
+        let banned = with(SamplingParams { logit_bias: vec![(greedy, -100.0)], ..Default::default() });
+        let second = logits
+            .iter()
+            .zip(0u32..)
+            .filter(|&(_, id)| id != greedy)
+            .fold((f32::NEG_INFINITY, 0), |best, (&l, id)| if l > best.0 { (l, id) } else { best })
+            .1;
+        let mut banned = banned;
+        assert_eq!(banned.sample(&logits).unwrap(), second);
+        let weakest =
+            logits.iter().zip(0u32..).fold((f32::INFINITY, 0), |w, (&l, id)| if l < w.0 { (l, id) } else { w });
+        let forced = SamplingParams { temperature: 1.0, logit_bias: vec![(weakest.1, 100.0)], ..Default::default() };
+        let mut forced = with(forced);
+        assert!(draws(&mut forced, &logits, 20).iter().all(|&id| id == weakest.1), "+100 outweighs 5,000 others");
+    }
+
+    #[test]
+    fn the_sampler_counts_what_it_returns_and_start_reply_forgets() {
+        // Greedy with a frequency penalty of 1 over logits 0, 0.5, 2.2: token 2 until it has lost
+        // 2 (count 2: 0.2 < 0.5), then token 1, then token 2 again (−0.8 vs −0.5)...
+        let logits = [0.0, 0.5, 2.2];
+        let params = SamplingParams { frequency_penalty: 1.0, ..Default::default() };
+        let mut sampler = with(params.clone());
+        let got = draws(&mut sampler, &logits, 6);
+        // The reference: greedy over the adjusted logits, counting each pick.
+        let mut counts = [0u32; 3];
+        let mut want = Vec::new();
+        for _ in 0..6 {
+            let adjusted: Vec<f64> =
+                (0..3).map(|i| reference_adjust(&params, logits[i], i as u32, counts[i])).collect();
+            let pick = (0..3).fold(0, |best, i| if adjusted[i] > adjusted[best] { i } else { best });
+            counts[pick] += 1;
+            want.push(pick as u32);
+        }
+        assert_eq!(got, want);
+        assert_ne!(got, [2; 6], "the penalty changed the picks");
+        assert_eq!((0..3).map(|id| sampler.count(id)).collect::<Vec<_>>(), counts);
+        sampler.start_reply();
+        assert_eq!(sampler.count(2), 0);
+        assert_eq!(sampler.sample(&logits).unwrap(), 2, "a new reply starts unpenalised");
+    }
+
+    #[test]
+    fn set_params_keeps_the_counts_and_reseeds() {
+        let logits = random_logits(100, 4);
+        let hot = SamplingParams { temperature: 1.0, seed: 9, ..Default::default() };
+        let mut sampler = with(hot.clone());
+        let first = draws(&mut sampler, &logits, 5);
+        let drawn: u32 = (0..100).map(|id| sampler.count(id)).sum();
+        sampler.set_params(hot.clone()).unwrap();
+        assert_eq!(draws(&mut sampler, &logits, 5), first, "the same seed replays");
+        assert_eq!((0..100).map(|id| sampler.count(id)).sum::<u32>(), drawn + 5);
+        assert!(sampler.set_params(SamplingParams { presence_penalty: 9.0, ..hot }).is_err());
+    }
+
+    #[test]
+    fn with_every_knob_off_nothing_is_copied_or_changed() {
+        let logits = random_logits(256_000, 8);
+        let mut plain = with(SamplingParams { temperature: 0.9, top_k: 40, seed: 3, ..Default::default() });
+        let mut zeroed = with(SamplingParams {
+            temperature: 0.9,
+            top_k: 40,
+            seed: 3,
+            frequency_penalty: 0.0,
+            presence_penalty: -0.0,
+            repetition_penalty: 1.0,
+            ..Default::default()
+        });
+        assert!(!zeroed.params().adjusts_logits());
+        assert_eq!(draws(&mut plain, &logits, 30), draws(&mut zeroed, &logits, 30));
+        assert!(plain.adjusted.capacity() == 0, "no copy of the logits was made");
+    }
+
+    #[test]
+    fn penalty_and_bias_errors_name_the_field() {
+        let base = SamplingParams::default();
+        let cases = [
+            (SamplingParams { frequency_penalty: 3.0, ..base.clone() }, "frequency_penalty must be in [-2, 2], got 3"),
+            (SamplingParams { frequency_penalty: f32::NAN, ..base.clone() }, "frequency_penalty"),
+            (
+                SamplingParams { presence_penalty: -2.5, ..base.clone() },
+                "presence_penalty must be in [-2, 2], got -2.5",
+            ),
+            (SamplingParams { presence_penalty: f32::INFINITY, ..base.clone() }, "presence_penalty"),
+            (
+                SamplingParams { repetition_penalty: 0.0, ..base.clone() },
+                "repetition_penalty must be a finite number > 0",
+            ),
+            (SamplingParams { repetition_penalty: -1.0, ..base.clone() }, "repetition_penalty"),
+            (SamplingParams { repetition_penalty: f32::NAN, ..base.clone() }, "repetition_penalty"),
+            (SamplingParams { repetition_penalty: f32::INFINITY, ..base.clone() }, "repetition_penalty"),
+            (
+                SamplingParams { logit_bias: vec![(3, 100.5)], ..base.clone() },
+                "logit_bias of token 3 must be in [-100, 100]",
+            ),
+            (SamplingParams { logit_bias: vec![(3, f32::NAN)], ..base.clone() }, "logit_bias of token 3"),
+            (SamplingParams { logit_bias: vec![(4, 1.0), (4, 2.0)], ..base.clone() }, "logit_bias names token 4 twice"),
+            (
+                SamplingParams {
+                    logit_bias: (0..MAX_LOGIT_BIAS as u32 + 1).map(|i| (i, 1.0)).collect(),
+                    ..base.clone()
+                },
+                "logit_bias has 1025 entries: at most 1024",
+            ),
+        ];
+        for (params, message) in cases {
+            let error = params.validate().unwrap_err().to_string();
+            assert!(error.contains(message), "{params:?}: {error}");
+            assert!(Sampler::new(params).is_err());
+        }
+        let edges = SamplingParams {
+            frequency_penalty: -2.0,
+            presence_penalty: 2.0,
+            repetition_penalty: 1e-3,
+            logit_bias: (0..MAX_LOGIT_BIAS as u32).map(|i| (i, if i % 2 == 0 { -100.0 } else { 100.0 })).collect(),
+            ..base
+        };
+        assert!(edges.validate().is_ok());
+        let error = edges.validate_ids(1000).unwrap_err().to_string();
+        assert!(error.contains("logit_bias token id 1000 is out of range: vocab size is 1000"), "{error}");
+        assert!(edges.validate_ids(1024).is_ok());
+        // Where the vocabulary is only known from the logits, the sampler checks them there.
+        let error = Sampler::new(edges).unwrap().sample(&[0.0; 10]).unwrap_err().to_string();
+        assert!(error.contains("logit_bias token id 10 is out of range"), "{error}");
     }
 }

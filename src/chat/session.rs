@@ -2,10 +2,13 @@
 //! its own new tokens: the state after the previous reply is kept, so the cost of a turn does not
 //! grow with the conversation, and neither does memory.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 
 use super::sampler::{Sampler, SamplingParams};
-use super::template::{first_user_turn, next_user_turn, CHAT_STOPS};
+use super::saved::{BackendKind, StateParts};
+use super::stop::StopText;
+use super::template::{first_user_turn, next_user_turn, Role, Turn, CHAT_STOPS};
 use super::tokenizer::{GemmaTokenizer, TextStream, BOS};
 use crate::gpu::engine::{Engine, Snapshot};
 use crate::gpu::kernels::CHUNK;
@@ -20,6 +23,9 @@ pub enum Backend {
     /// The WebGPU engine: samples on the device; only token ids come back.
     Gpu { engine: Box<Engine>, last_sampled: Option<u32> },
 }
+
+/// The furthest position a saved state may hold.
+const MAX_SAVED_POSITION: usize = i32::MAX as usize;
 
 /// A saved conversation state to return to (e.g. to regenerate a reply).
 pub enum Checkpoint {
@@ -76,6 +82,21 @@ pub trait Listener {
     fn stopped(&self) -> bool {
         false
     }
+
+    /// The figures of the reply so far, after every token (for a live speed readout).
+    fn live(&mut self, _live: &Live) {}
+}
+
+/// A reply's figures while it streams.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Live {
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    /// From the start until the first token was known: the prefill.
+    pub time_to_first_token_seconds: f64,
+    pub prefill_tokens_per_second: f64,
+    /// Tokens after the first over the time since the first.
+    pub decode_tokens_per_second: f64,
 }
 
 impl<F: FnMut(&str) -> bool> Listener for F {
@@ -199,10 +220,19 @@ impl Generator {
 
     pub fn set_sampling(&mut self, params: SamplingParams) -> Result<()> {
         match &mut self.backend {
-            Backend::Cpu { sampler, .. } => **sampler = Sampler::new(params)?,
+            Backend::Cpu { sampler, .. } => sampler.set_params(params)?,
             Backend::Gpu { engine, .. } => engine.set_sampling(&params)?,
         }
         Ok(())
+    }
+
+    /// A new reply starts: the counts of tokens drawn in it, which the repetition penalties
+    /// read, start from zero. [`Generator::generate`] calls it.
+    pub fn start_reply(&mut self) {
+        match &mut self.backend {
+            Backend::Cpu { sampler, .. } => sampler.start_reply(),
+            Backend::Gpu { engine, .. } => engine.start_reply(),
+        }
     }
 
     /// Forgets everything: the next prefill starts a new document.
@@ -235,6 +265,68 @@ impl Generator {
             _ => return Err(Error::Input("checkpoint from the other backend".into())),
         }
         Ok(())
+    }
+
+    /// A checkpoint's contents as bytes (on the GPU, read back), to keep outside the engine.
+    pub async fn checkpoint_parts(&self, checkpoint: &Checkpoint) -> Result<StateParts> {
+        match (&self.backend, checkpoint) {
+            (Backend::Cpu { .. }, Checkpoint::Cpu(state)) => Ok(StateParts {
+                backend: BackendKind::Cpu,
+                position: state.position as u64,
+                generated: 0,
+                last_sampled: None,
+                buffers: state.arrays().map(|a| bytemuck::cast_slice(a).to_vec()).collect(),
+            }),
+            (Backend::Gpu { engine, .. }, Checkpoint::Gpu { snapshot, last_sampled }) => Ok(StateParts {
+                backend: BackendKind::Gpu,
+                position: snapshot.position() as u64,
+                generated: snapshot.generated(),
+                last_sampled: *last_sampled,
+                buffers: engine.snapshot_bytes(snapshot).await?,
+            }),
+            _ => Err(Error::Input("checkpoint from the other backend".into())),
+        }
+    }
+
+    /// A checkpoint of this generator's model from [`Generator::checkpoint_parts`]' bytes; ones
+    /// of another backend or shape are refused.
+    pub fn checkpoint_from_parts(&self, parts: &StateParts) -> Result<Checkpoint> {
+        // Positions feed RoPE and the ring slots as 32-bit values on the GPU.
+        let position = usize::try_from(parts.position)
+            .ok()
+            .filter(|&p| p <= MAX_SAVED_POSITION)
+            .ok_or_else(|| Error::Input(format!("saved state: position {} is too large", parts.position)))?;
+        match &self.backend {
+            Backend::Cpu { model, .. } => {
+                if parts.backend != BackendKind::Cpu {
+                    return Err(Error::Input("saved state: taken by the GPU engine, not the CPU reference".into()));
+                }
+                let mut state = State::new(&model.config);
+                let arrays = state.arrays().count();
+                let fits = parts.buffers.len() == arrays
+                    && state.arrays().zip(&parts.buffers).all(|(a, bytes)| 4 * a.len() == bytes.len());
+                if !fits {
+                    return Err(Error::Input("saved state: its arrays do not fit this model's".into()));
+                }
+                for (array, bytes) in state.arrays_mut().zip(&parts.buffers) {
+                    for (value, word) in array.iter_mut().zip(bytes.chunks_exact(4)) {
+                        *value = f32::from_le_bytes(word.try_into().expect("4 bytes"));
+                    }
+                }
+                state.position = position;
+                Ok(Checkpoint::Cpu(state))
+            }
+            Backend::Gpu { engine, .. } => {
+                if parts.backend != BackendKind::Gpu {
+                    return Err(Error::Input("saved state: taken by the CPU reference, not the GPU engine".into()));
+                }
+                if let Some(id) = parts.last_sampled.filter(|&id| id as usize >= engine.config.vocab_size) {
+                    return Err(Error::Input(format!("saved state: token id {id} is out of range")));
+                }
+                let snapshot = engine.snapshot_from_bytes(&parts.buffers, position, parts.generated)?;
+                Ok(Checkpoint::Gpu { snapshot, last_sampled: parts.last_sampled })
+            }
+        }
     }
 
     /// Feeds `ids` and samples the token that follows them.
@@ -332,6 +424,7 @@ impl Generator {
         }
         let mut generated = Vec::new();
         self.timing = Timing::default();
+        self.start_reply();
         let start = Instant::now();
         let Some(last_piece) = self.feed_unless_stopped(prompt, &stopped).await? else {
             return Ok(generated);
@@ -436,6 +529,8 @@ impl Generator {
         let mut text = String::new();
         // Asked whether to stop between the pieces it is given: never borrowed twice at once.
         let listener = RefCell::new(listener);
+        let start = Instant::now();
+        let mut live = Live { prompt_tokens: prompt.len(), ..Live::default() };
         let ids = self
             .generate(
                 prompt,
@@ -443,6 +538,16 @@ impl Generator {
                 stops,
                 || listener.borrow().stopped(),
                 |id| {
+                    let seconds = start.elapsed().as_secs_f64();
+                    live.generated_tokens += 1;
+                    if live.generated_tokens == 1 {
+                        live.time_to_first_token_seconds = seconds;
+                        live.prefill_tokens_per_second = rate(prompt.len(), seconds);
+                    } else {
+                        let decoding = seconds - live.time_to_first_token_seconds;
+                        live.decode_tokens_per_second = rate(live.generated_tokens - 1, decoding);
+                    }
+                    listener.borrow_mut().live(&live);
                     Ok(match stream.push(tokenizer, id)? {
                         Some(piece) => {
                             text.push_str(&piece);
@@ -461,28 +566,95 @@ impl Generator {
     }
 }
 
+/// Why a reply ended (OpenAI's `finish_reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// The model ended its turn, or a stop string came.
+    Stop,
+    /// `max_tokens` were generated.
+    Length,
+    /// The caller stopped it (`abort()`, a Stop button).
+    Abort,
+}
+
+impl Finish {
+    pub fn name(self) -> &'static str {
+        match self {
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+            Finish::Abort => "abort",
+        }
+    }
+}
+
 /// One reply of a chat.
 #[derive(Clone, Debug)]
 pub struct Reply {
+    /// Every id the reply generated (past a stop string too: the state holds them).
     pub ids: Vec<u32>,
+    /// The reply's text, cut before the first stop string.
     pub text: String,
-    /// Tokens fed for this turn (its prompt), the only prefill the turn needed; 0 when it was
-    /// stopped before its prefill ended (the state is then as it was before the turn).
+    /// Tokens fed for this turn, the only prefill the turn needed; 0 when it was stopped before
+    /// its prefill ended (the state is then as it was before the turn).
     pub prefilled: usize,
+    /// The whole prompt's tokens: the conversation so far plus the new turn (OpenAI's
+    /// `prompt_tokens`); more than `prefilled` when the state already held a prefix of it.
+    pub prompt_tokens: usize,
+    pub finish: Finish,
     pub timing: Timing,
 }
+
+/// A copy of the conversation's state, with the ids it holds when they are known.
+pub struct SavedTurn {
+    pub checkpoint: Checkpoint,
+    pub history: Option<Vec<u32>>,
+}
+
+/// Checkpoints a session keeps of its conversation's earlier turns, newest last: a request that
+/// branches from an earlier turn (an edited message, a regenerated reply) restores the longest
+/// one its messages extend instead of prefilling the whole conversation. Each costs one state
+/// (33 MiB for the 2B), so only the last few are kept.
+pub const SAVED_TURNS: usize = 3;
+
+/// Replies a session remembers the ids of (see `ChatSession::replies`).
+const REMEMBERED_REPLIES: usize = 16;
 
 /// A Gemma chat: user turns in, model replies out, the state carried from turn to turn.
 pub struct ChatSession {
     generator: Generator,
     tokenizer: GemmaTokenizer,
-    /// The state before the last turn, and that turn's message: what `regenerate` replays.
-    last_turn: Option<(Checkpoint, String)>,
+    /// The state before the last turn, its ids, and that turn's message: what `regenerate` replays.
+    last_turn: Option<(Checkpoint, Option<Vec<u32>>, String)>,
+    /// The ids the state holds, in order (its `position` of them); None after a failure left
+    /// them unknown, when no later request can reuse the state.
+    history: Option<Vec<u32>>,
+    saved: Vec<(Vec<u32>, Checkpoint)>,
+    /// This session's recent replies, as text and as the ids they were sampled as: a request that
+    /// sends one back unchanged gets those ids, so it extends the state that holds them (the text
+    /// need not tokenize back to the same ids, and the template's trimming would change it).
+    replies: VecDeque<(String, Vec<u32>)>,
+    /// Strings that end a reply where they appear (OpenAI's `stop`), cut from its text.
+    stop_strings: Vec<String>,
 }
 
 impl ChatSession {
     pub fn new(generator: Generator, tokenizer: GemmaTokenizer) -> Self {
-        ChatSession { generator, tokenizer, last_turn: None }
+        ChatSession {
+            generator,
+            tokenizer,
+            last_turn: None,
+            history: Some(Vec::new()),
+            saved: Vec::new(),
+            replies: VecDeque::new(),
+            stop_strings: Vec::new(),
+        }
+    }
+
+    /// The stop strings of the replies to come (none: only the model's own end of turn).
+    pub fn set_stop_strings(&mut self, stops: Vec<String>) -> Result<()> {
+        StopText::new(stops.clone())?;
+        self.stop_strings = stops;
+        Ok(())
     }
 
     pub fn generator(&mut self) -> &mut Generator {
@@ -497,8 +669,17 @@ impl ChatSession {
         &self.generator
     }
 
+    pub fn tokenizer(&self) -> &GemmaTokenizer {
+        &self.tokenizer
+    }
+
+    /// The ids the state holds, when known.
+    pub fn history(&self) -> Option<&[u32]> {
+        self.history.as_deref()
+    }
+
     /// Continues the conversation's token stream with `text` as it is (no chat template), then
-    /// generates until `<eos>` or `max_tokens`: plain completion, for base models.
+    /// generates until `<eos>`, `max_tokens` or a stop string: plain completion, for base models.
     pub async fn complete(&mut self, text: &str, max_tokens: usize, listener: impl Listener) -> Result<Reply> {
         check_max_tokens(max_tokens)?;
         let prompt = self.tokenizer.encode(text, self.generator.position() == 0)?;
@@ -506,32 +687,93 @@ impl ChatSession {
         self.reply(&prompt, max_tokens, false, listener).await
     }
 
-    /// Feeds `prompt` and generates until `<eos>` (and, in a chat, `<end_of_turn>`).
+    /// Feeds `prompt` and generates until `<eos>` (and, in a chat, `<end_of_turn>`), `max_tokens`
+    /// or a stop string; the history follows what the state holds.
     async fn reply(&mut self, prompt: &[u32], max_tokens: usize, chat: bool, listener: impl Listener) -> Result<Reply> {
         let eos = self.generator.eos_token_id();
         let mut stops = vec![eos];
         if chat {
             stops.extend(CHAT_STOPS);
         }
-        let (ids, text) = self.generator.generate_text(&self.tokenizer, prompt, max_tokens, &stops, listener).await?;
+        let listener = RefCell::new(listener);
+        let stop = RefCell::new(StopText::new(self.stop_strings.clone())?);
+        let aborted = Cell::new(false);
+        let cut = CutAtStopText { listener: &listener, stop: &stop, aborted: &aborted };
+        let generated = self.generator.generate_text(&self.tokenizer, prompt, max_tokens, &stops, cut).await;
+        let ids = match generated {
+            Ok((ids, _)) => ids,
+            Err(e) => {
+                // Some of the reply may be in the state: which ids it holds is not known.
+                self.history = None;
+                return Err(e);
+            }
+        };
         let timing = self.generator.timing();
         // A stop during the prefill took it back: nothing of this turn is in the state.
-        Ok(Reply { ids, text, prefilled: timing.prefill_tokens, timing })
+        if timing.prefill_tokens > 0 {
+            if let Some(history) = &mut self.history {
+                history.extend_from_slice(prompt);
+                history.extend_from_slice(&ids);
+            }
+        }
+        let mut stop = stop.into_inner();
+        let rest = stop.finish();
+        let mut listener = listener.into_inner();
+        if !rest.is_empty() {
+            listener.text(&rest);
+        }
+        let finish = if aborted.get() {
+            Finish::Abort
+        } else if stop.hit() || ids.len() < max_tokens {
+            Finish::Stop
+        } else {
+            Finish::Length
+        };
+        // A reply cut by a stop string is not its ids: sent back, it is fed as text.
+        if chat && !stop.hit() && timing.prefill_tokens > 0 {
+            self.replies.push_back((stop.text().to_string(), ids.clone()));
+            if self.replies.len() > REMEMBERED_REPLIES {
+                self.replies.pop_front();
+            }
+        }
+        Ok(Reply {
+            ids,
+            text: stop.text().to_string(),
+            prefilled: timing.prefill_tokens,
+            prompt_tokens: prompt.len(),
+            finish,
+            timing,
+        })
     }
 
     /// Starts a new conversation.
     pub fn reset(&mut self) {
         self.generator.reset();
         self.last_turn = None;
+        self.history = Some(Vec::new());
+    }
+
+    /// A copy of the conversation's state and the ids it holds.
+    pub fn save(&self) -> SavedTurn {
+        SavedTurn { checkpoint: self.generator.checkpoint(), history: self.history.clone() }
+    }
+
+    /// Returns to a saved state: the conversation continues from there.
+    pub fn restore(&mut self, saved: &SavedTurn) -> Result<()> {
+        self.generator.restore(&saved.checkpoint)?;
+        self.history = saved.history.clone();
+        self.last_turn = None;
+        Ok(())
     }
 
     /// Answers the last message again from the state before it (a new seed, set with
     /// [`Generator::set_sampling`], gives a different reply).
     pub async fn regenerate(&mut self, max_tokens: usize, listener: impl Listener) -> Result<Reply> {
         check_max_tokens(max_tokens)?;
-        let (checkpoint, message) =
+        let (checkpoint, history, message) =
             self.last_turn.take().ok_or_else(|| Error::Input("there is no reply to regenerate".into()))?;
         self.generator.restore(&checkpoint)?;
+        self.history = history;
         self.send(&message, max_tokens, listener).await
     }
 
@@ -552,7 +794,125 @@ impl ChatSession {
     pub async fn send(&mut self, message: &str, max_tokens: usize, listener: impl Listener) -> Result<Reply> {
         check_max_tokens(max_tokens)?;
         let prompt = self.turn_ids(message)?;
-        self.last_turn = Some((self.generator.checkpoint(), message.to_string()));
+        self.last_turn = Some((self.generator.checkpoint(), self.history.clone(), message.to_string()));
         self.reply(&prompt, max_tokens, true, listener).await
+    }
+
+    /// Answers a whole conversation (the OpenAI way: every request carries all the messages),
+    /// prefilling only what the state does not hold yet. The state is reused when it holds a
+    /// prefix of the conversation's ids (the previous request and its reply, extended); else
+    /// the longest saved turn the conversation extends is restored; else it starts afresh. A
+    /// reply of this session sent back unchanged stands for the ids it was sampled as; one cut
+    /// by a stop string, edited or from elsewhere is fed as its (trimmed) text. Either way the
+    /// state ends as one prefill of [`ChatSession::conversation_ids`] would leave it.
+    pub async fn answer(&mut self, turns: &[Turn], max_tokens: usize, listener: impl Listener) -> Result<Reply> {
+        check_max_tokens(max_tokens)?;
+        let ids = self.conversation_ids(turns)?;
+        self.resume_longest_prefix(&ids)?;
+        let reused = self.history.as_ref().map_or(0, Vec::len);
+        self.last_turn = None;
+        let mut reply = self.reply(&ids[reused..], max_tokens, true, listener).await?;
+        reply.prompt_tokens = ids.len();
+        Ok(reply)
+    }
+
+    /// The ids of `turns` as one prefill would feed them: `<bos>`, each user turn with the
+    /// template around it, each reply as the ids this session sampled it as (or else its trimmed
+    /// text), and the opening of the model's turn.
+    pub fn conversation_ids(&self, turns: &[Turn]) -> Result<Vec<u32>> {
+        if turns.is_empty() {
+            return Err(Error::Input("messages: at least one user message is needed".into()));
+        }
+        let mut ids = vec![BOS];
+        for (index, turn) in turns.iter().enumerate() {
+            let expected = if index % 2 == 0 { Role::User } else { Role::Model };
+            if turn.role != expected {
+                return Err(Error::Input(format!(
+                    "messages: user and assistant messages must alternate, starting with user (after an optional \
+                     system message); message {index} of those is from the {}",
+                    if turn.role == Role::User { "user" } else { "assistant" }
+                )));
+            }
+            let text = match (turn.role, index) {
+                (Role::User, 0) => first_user_turn(&turn.content),
+                (Role::User, _) => next_user_turn(&turn.content),
+                (Role::Model, _) => {
+                    if let Some((_, sampled)) = self.replies.iter().rev().find(|(text, _)| *text == turn.content) {
+                        ids.extend(sampled);
+                        continue;
+                    }
+                    turn.content.trim().to_string()
+                }
+            };
+            ids.extend(self.tokenizer.encode(&text, false)?);
+        }
+        if turns.len().is_multiple_of(2) {
+            return Err(Error::Input("messages: the last message must be from the user".into()));
+        }
+        Ok(ids)
+    }
+
+    /// Brings the state to the longest prefix of `ids` it can reach without feeding anything
+    /// (always short of all of `ids`: the last one is what the reply starts from).
+    fn resume_longest_prefix(&mut self, ids: &[u32]) -> Result<()> {
+        let extends = |held: &[u32]| held.len() < ids.len() && ids.starts_with(held);
+        if let Some(history) = self.history.as_ref().filter(|h| extends(h)) {
+            // Kept as a turn to come back to, unless it is the one last restored.
+            if !history.is_empty() && self.saved.last().is_none_or(|(saved, _)| saved != history) {
+                let history = history.clone();
+                self.saved.push((history, self.generator.checkpoint()));
+                if self.saved.len() > SAVED_TURNS {
+                    self.saved.remove(0);
+                }
+            }
+            return Ok(());
+        }
+        let best = (0..self.saved.len()).filter(|&i| extends(&self.saved[i].0)).max_by_key(|&i| self.saved[i].0.len());
+        match best {
+            Some(i) => {
+                let (history, checkpoint) = self.saved.remove(i);
+                self.generator.restore(&checkpoint)?;
+                self.history = Some(history.clone());
+                // The most recently used last: the first to be kept.
+                self.saved.push((history, checkpoint));
+            }
+            None => {
+                self.generator.reset();
+                self.history = Some(Vec::new());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The caller's listener behind a stop-string filter: it gets the reply's text cut before the
+/// first stop string, and the generation stops there.
+struct CutAtStopText<'a, L> {
+    listener: &'a RefCell<L>,
+    stop: &'a RefCell<StopText>,
+    /// Set once the listener asked to stop: the reply was aborted.
+    aborted: &'a Cell<bool>,
+}
+
+impl<L: Listener> Listener for CutAtStopText<'_, L> {
+    fn text(&mut self, piece: &str) -> bool {
+        let out = self.stop.borrow_mut().push(piece);
+        let wanted = out.is_empty() || self.listener.borrow_mut().text(&out);
+        if !wanted {
+            self.aborted.set(true);
+        }
+        wanted && !self.stop.borrow().hit()
+    }
+
+    fn stopped(&self) -> bool {
+        let stopped = self.listener.borrow().stopped();
+        if stopped {
+            self.aborted.set(true);
+        }
+        stopped
+    }
+
+    fn live(&mut self, live: &Live) {
+        self.listener.borrow_mut().live(live);
     }
 }

@@ -27,6 +27,18 @@ pub struct Snapshot {
     generated: u32,
 }
 
+impl Snapshot {
+    /// Tokens the state holds.
+    pub fn position(&self) -> usize {
+        self.position
+    }
+
+    /// Tokens sampled so far: the sampler's draw counter, part of a seeded draw.
+    pub fn generated(&self) -> u32 {
+        self.generated
+    }
+}
+
 /// Decode steps the engine keeps queued ahead of the host while it streams a generation: the GPU
 /// runs them while the host reads an id back, turns it into text and hands it on.
 pub const STEPS_IN_FLIGHT: usize = 2;
@@ -61,6 +73,16 @@ pub struct Engine {
     chunk_info: wgpu::Buffer,
     sampling: wgpu::Buffer,
     sampling_params: SamplingParams,
+    /// `[vocab]` u32: how often the sampler drew each id in this reply, counted on the GPU by
+    /// `sample.wgsl`; what the penalties read.
+    counts: wgpu::Buffer,
+    /// The counts are cleared at the start of the next submission: a reply starts
+    /// ([`Engine::start_reply`]).
+    clear_counts: bool,
+    /// `generated_count` when the current reply started (see `SampleParams::first_draw`).
+    first_draw: u32,
+    /// `[vocab]` f32: `logit_bias` as a dense row, written when it changes.
+    bias: wgpu::Buffer,
     /// The ids that halt a streamed generation when drawn (end of turn, EOS, the caller's).
     stops: Vec<u32>,
     stream: Stream,
@@ -109,6 +131,9 @@ impl Engine {
         let sampling = ctx.uniform("sampling", bytemuck::bytes_of(&SampleParams::zeroed()));
         let tokens = ctx.storage("tokens", 4 * CHUNK as u64);
         let generated = ctx.storage("generated", 4 * GENERATED_RING as u64);
+        // Zeroed at creation: no draws, no bias.
+        let counts = ctx.storage("repetition counts", 4 * config.vocab_size as u64);
+        let bias = ctx.storage("logit bias", 4 * config.vocab_size as u64);
         let readback_bytes = 4 * (LOGIT_ROWS * config.vocab_size) as u64;
         let readback =
             ctx.buffer("readback", readback_bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
@@ -125,7 +150,15 @@ impl Engine {
                 }
             })
             .collect();
-        let io = Io { tokens: &tokens, step: &state[0], layers, sampling: &sampling, generated: &generated };
+        let io = Io {
+            tokens: &tokens,
+            step: &state[0],
+            layers,
+            sampling: &sampling,
+            generated: &generated,
+            counts: &counts,
+            bias: &bias,
+        };
         let decode_plan = forward::plan(&ops, &config, &weights, &acts, &io, Path::Decode);
         let prefill_plan = forward::plan(&ops, &config, &weights, &acts, &io, Path::Prefill);
 
@@ -137,6 +170,10 @@ impl Engine {
             chunk_info,
             sampling,
             sampling_params: SamplingParams::default(),
+            counts,
+            clear_counts: false,
+            first_draw: 0,
+            bias,
             stops: Vec::new(),
             stream: Stream::default(),
             tokens,
@@ -259,10 +296,31 @@ impl Engine {
         self.weights.sink(&self.ctx.queue)
     }
 
+    /// How the next tokens are drawn, from the next submission on. The repetition counts are
+    /// kept (they change only by drawing, [`Engine::start_reply`] and [`Engine::reset`]); a new
+    /// `logit_bias` is uploaded as a dense row (4 bytes per vocabulary entry), only when it
+    /// changed.
     pub fn set_sampling(&mut self, params: &SamplingParams) -> Result<()> {
         params.validate()?;
-        self.sampling_params = *params;
+        params.validate_ids(self.config.vocab_size)?;
+        if params.logit_bias != self.sampling_params.logit_bias {
+            let mut dense = vec![0.0f32; self.config.vocab_size];
+            for &(id, bias) in &params.logit_bias {
+                dense[id as usize] = bias;
+            }
+            self.ctx.queue.write_buffer(&self.bias, 0, bytemuck::cast_slice(&dense));
+        }
+        self.sampling_params = params.clone();
         Ok(())
+    }
+
+    /// A new reply starts: the repetition counts (the tokens drawn in this reply, which the
+    /// penalties read) are cleared on the GPU at the start of the next submission, before it
+    /// samples. Prompt tokens are never counted; every token the sampler draws is, penalties on
+    /// or off.
+    pub fn start_reply(&mut self) {
+        self.clear_counts = true;
+        self.first_draw = self.generated_count;
     }
 
     /// The ids that end a streamed generation ([`Engine::start`]) when sampled: the step that
@@ -282,12 +340,14 @@ impl Engine {
         self.ctx.device.destroy();
     }
 
-    /// Forgets the conversation: zeroes the state.
+    /// Forgets the conversation: zeroes the state and the repetition counts.
     pub fn reset(&mut self) {
         let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
-        for buffer in &self.state {
+        for buffer in self.state.iter().chain([&self.counts]) {
             encoder.clear_buffer(buffer, 0, None);
         }
+        self.clear_counts = false;
+        self.first_draw = 0;
         self.ctx.queue.submit([encoder.finish()]);
         self.position = 0;
         self.generated_count = 0;
@@ -337,6 +397,54 @@ impl Engine {
         // A streamed generation left unfinished: its steps ran before the copy.
         self.stream.pending.clear();
         Ok(())
+    }
+
+    /// The bytes of a snapshot's buffers, in order, read back from the GPU.
+    pub async fn snapshot_bytes(&self, snapshot: &Snapshot) -> Result<Vec<Vec<u8>>> {
+        let piece = self.readback.size();
+        let mut parts = Vec::with_capacity(snapshot.buffers.len());
+        for buffer in &snapshot.buffers {
+            let mut bytes = Vec::with_capacity(buffer.size() as usize);
+            let mut offset = 0;
+            while offset < buffer.size() {
+                let size = piece.min(buffer.size() - offset);
+                bytes.extend(self.ctx.read(buffer, offset, size, &self.readback).await?);
+                offset += size;
+            }
+            parts.push(bytes);
+        }
+        Ok(parts)
+    }
+
+    /// A snapshot made of bytes that [`Engine::snapshot_bytes`] gave: one buffer of exactly the
+    /// engine's size for each of its conversation buffers.
+    pub fn snapshot_from_bytes(&self, parts: &[Vec<u8>], position: usize, generated: u32) -> Result<Snapshot> {
+        let sizes: Vec<u64> = self.conversation_buffers().map(wgpu::Buffer::size).collect();
+        let given: Vec<u64> = parts.iter().map(|p| p.len() as u64).collect();
+        if given != sizes {
+            return Err(Error::Input(format!(
+                "saved state: its buffers ({} of {} bytes) do not fit this model's ({} of {} bytes)",
+                given.len(),
+                given.iter().sum::<u64>(),
+                sizes.len(),
+                sizes.iter().sum::<u64>()
+            )));
+        }
+        let buffers = parts
+            .iter()
+            .map(|bytes| {
+                let buffer = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("snapshot"),
+                    size: bytes.len() as u64,
+                    usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                self.ctx.queue.write_buffer(&buffer, 0, bytes);
+                buffer
+            })
+            .collect();
+        self.ctx.check()?;
+        Ok(Snapshot { buffers, position, generated })
     }
 
     fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
@@ -463,6 +571,11 @@ impl Engine {
             seed: (p.seed ^ (p.seed >> 32)) as u32,
             mode: sample as u32,
             vocab: self.config.vocab_size as u32,
+            adjust: p.adjusts_logits() as u32,
+            frequency_penalty: p.frequency_penalty,
+            presence_penalty: p.presence_penalty,
+            repetition_penalty: p.repetition_penalty,
+            first_draw: self.first_draw,
             ..SampleParams::zeroed()
         };
         if halt_on_stops {
@@ -471,6 +584,9 @@ impl Engine {
         }
         self.ctx.queue.write_buffer(&self.sampling, 0, bytemuck::bytes_of(&sample_params));
         let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+        if std::mem::take(&mut self.clear_counts) {
+            encoder.clear_buffer(&self.counts, 0, None);
+        }
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             let plan = self.plan_for(n);

@@ -102,6 +102,10 @@ pub struct Io<'a> {
     pub sampling: &'a wgpu::Buffer,
     /// The ring of sampled ids.
     pub generated: &'a wgpu::Buffer,
+    /// `[vocab]` u32: how often each id was drawn in this reply (the penalties' counts).
+    pub counts: &'a wgpu::Buffer,
+    /// `[vocab]` f32: the logit bias of each id.
+    pub bias: &'a wgpu::Buffer,
 }
 
 /// One chunk's ops: the body for every token, the head for the tokens that get logits, then the
@@ -248,6 +252,6 @@ pub fn plan(ops: &Ops, config: &Config, w: &GpuWeights, a: &Activations, io: &Io
     let head = ops.matmul(&embedding, Some(norm(names::FINAL_NORM)), &a.x, &a.logits, cap);
 
     // next token ~ sample(logits of the last row); position += tokens
-    let finish = vec![ops.sample(io.sampling, io.step, &a.logits, io.tokens, io.generated)];
+    let finish = vec![ops.sample(io.sampling, io.step, &a.logits, io.tokens, io.generated, io.counts, io.bias)];
     Plan { body, head, finish }
 }

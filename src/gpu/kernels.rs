@@ -480,7 +480,17 @@ pub struct SampleParams {
     pub vocab: u32,
     /// How many of `stops` are in use: the ids that halt the run when drawn.
     pub stop_count: u32,
-    pub _pad: u32,
+    /// 1: the logits are adjusted by `bias` and the repetition `counts` as below; 0: they are
+    /// read as they are, and neither buffer is read.
+    pub adjust: u32,
+    /// [`crate::chat::SamplingParams`]' penalties (read only when `adjust` is 1).
+    pub frequency_penalty: f32,
+    pub presence_penalty: f32,
+    pub repetition_penalty: f32,
+    /// The draw counter when this reply started: a draw's random number depends on the seed and
+    /// its index in the reply, not on what came before it (so a conversation continued from a
+    /// kept state draws as one prefilled afresh does).
+    pub first_draw: u32,
     pub stops: [u32; MAX_STOPS as usize],
 }
 

@@ -550,8 +550,11 @@ impl Ops<'_> {
     }
 
     /// The next token from the last row of logits, into `tokens[0]` and the ring of generated
-    /// ids; advances the step (`sample.wgsl`). `sampling` is the uniform the caller rewrites per
+    /// ids, counted in `counts` (`[vocab]` u32, draws in this reply); advances the step
+    /// (`sample.wgsl`). The logits are adjusted by `bias` (`[vocab]` f32) and penalties on
+    /// `counts` when the uniform says so. `sampling` is the uniform the caller rewrites per
     /// submission.
+    #[allow(clippy::too_many_arguments)]
     pub fn sample(
         &self,
         sampling: &wgpu::Buffer,
@@ -559,8 +562,10 @@ impl Ops<'_> {
         logits: &wgpu::Buffer,
         tokens: &wgpu::Buffer,
         generated: &wgpu::Buffer,
+        counts: &wgpu::Buffer,
+        bias: &wgpu::Buffer,
     ) -> Op {
-        let buffers = [sampling, self.chunk, step, logits, tokens, generated];
+        let buffers = [sampling, self.chunk, step, logits, tokens, generated, counts, bias];
         self.bound(Kernel::Sample, None, &buffers, Groups::Fixed(1, 1))
     }
 }

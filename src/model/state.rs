@@ -43,6 +43,21 @@ impl State {
         State { position: 0, layers }
     }
 
+    /// The state's arrays in a fixed order (per layer: conv then h, or keys then values).
+    pub fn arrays(&self) -> impl Iterator<Item = &Vec<f32>> {
+        self.layers.iter().flat_map(|layer| match layer {
+            LayerState::Recurrent { conv, h } => [conv, h],
+            LayerState::Attention { keys, values } => [keys, values],
+        })
+    }
+
+    pub fn arrays_mut(&mut self) -> impl Iterator<Item = &mut Vec<f32>> {
+        self.layers.iter_mut().flat_map(|layer| match layer {
+            LayerState::Recurrent { conv, h } => [conv, h],
+            LayerState::Attention { keys, values } => [keys, values],
+        })
+    }
+
     /// Bytes of f32 state, constant for a given config (2B: 34,291,712 B).
     pub fn size_bytes(&self) -> usize {
         let floats: usize = self

@@ -16,8 +16,10 @@ use wasm_bindgen::prelude::*;
 use super::download::{self, CacheState, Source};
 use super::js;
 use super::loader::{self, LoadProgress, Stage};
-use crate::chat::session::{Backend, ChatSession, Checkpoint, Generator, Listener, Reply};
-use crate::chat::SamplingParams;
+use crate::chat::saved::SavedConversation;
+use crate::chat::session::{Backend, ChatSession, Generator, Listener, Live, Reply, SavedTurn};
+use crate::chat::stop::{StopText, MAX_STOP_STRINGS};
+use crate::chat::{Role, SamplingParams, Turn as ChatTurn};
 use crate::weights::format::Manifest;
 use crate::Error;
 
@@ -81,57 +83,272 @@ fn describe(value: &JsValue) -> String {
     }
 }
 
-/// Reads the generation options a caller may pass (`{ temperature, topK, topP, seed, maxTokens }`);
-/// what is left out is greedy decoding and 256 tokens, whatever earlier calls passed. Every value
-/// is checked here, before anything changes; a bad one is an error that names it.
-fn options(value: &JsValue) -> Result<(SamplingParams, usize), JsError> {
-    let given = !(value.is_undefined() || value.is_null());
-    if given && !value.is_object() {
-        return Err(JsError::new(&format!("options must be an object, got {}", describe(value))));
+fn field_error(what: &str, name: &str, message: impl std::fmt::Display) -> JsError {
+    JsError::new(&format!("{what}.{name} {message}"))
+}
+
+/// A caller's object of settings (`options` of the simple calls, or an OpenAI-style `request`):
+/// every value is checked as it is read, and a bad one is an error that names it.
+struct Fields<'a> {
+    value: &'a JsValue,
+    /// What the caller calls the object: "options" or "request".
+    what: &'static str,
+}
+
+impl<'a> Fields<'a> {
+    fn new(value: &'a JsValue, what: &'static str, required: bool) -> Result<Self, JsError> {
+        let absent = value.is_undefined() || value.is_null();
+        if (absent && required) || (!absent && !value.is_object()) {
+            return Err(JsError::new(&format!("{what} must be an object, got {}", describe(value))));
+        }
+        Ok(Fields { value, what })
     }
-    let field = |name: &str| -> Result<Option<f64>, JsError> {
-        if !given {
+
+    fn get(&self, name: &str) -> Result<Option<JsValue>, JsError> {
+        if !self.value.is_object() {
             return Ok(None);
         }
-        let v = Reflect::get(value, &name.into()).map_err(|_| JsError::new("options must be an object"))?;
-        if v.is_undefined() || v.is_null() {
-            return Ok(None);
+        let v = Reflect::get(self.value, &name.into())
+            .map_err(|_| JsError::new(&format!("{} must be an object", self.what)))?;
+        Ok((!(v.is_undefined() || v.is_null())).then_some(v))
+    }
+
+    fn error(&self, name: &str, message: impl std::fmt::Display) -> JsError {
+        field_error(self.what, name, message)
+    }
+
+    fn number(&self, name: &str) -> Result<Option<f64>, JsError> {
+        match self.get(name)? {
+            None => Ok(None),
+            Some(v) => match v.as_f64() {
+                Some(x) if x.is_finite() => Ok(Some(x)),
+                _ => Err(self.error(name, format_args!("must be a finite number, got {}", describe(&v)))),
+            },
         }
-        match v.as_f64() {
-            Some(x) if x.is_finite() => Ok(Some(x)),
-            _ => Err(JsError::new(&format!("options.{name} must be a finite number, got {}", describe(&v)))),
-        }
-    };
-    let whole = |name: &str, least: f64| -> Result<Option<f64>, JsError> {
-        match field(name)? {
-            Some(x) if x.fract() != 0.0 || x < least || x > MAX_SAFE_INTEGER => {
-                Err(JsError::new(&format!("options.{name} must be a whole number >= {least}, got {x}")))
+    }
+
+    fn within(&self, name: &str, low: f64, high: f64) -> Result<Option<f64>, JsError> {
+        match self.number(name)? {
+            Some(x) if !(low..=high).contains(&x) => {
+                Err(self.error(name, format_args!("must be in [{low}, {high}], got {x}")))
             }
             x => Ok(x),
         }
-    };
-    let mut params = SamplingParams::default();
-    if let Some(t) = field("temperature")? {
+    }
+
+    fn whole(&self, name: &str, least: f64) -> Result<Option<f64>, JsError> {
+        match self.number(name)? {
+            Some(x) if x.fract() != 0.0 || x < least || x > MAX_SAFE_INTEGER => {
+                Err(self.error(name, format_args!("must be a whole number >= {least}, got {x}")))
+            }
+            x => Ok(x),
+        }
+    }
+
+    /// `{ "token id": bias }`, OpenAI's `logit_bias`.
+    fn logit_bias(&self, name: &str) -> Result<Vec<(u32, f32)>, JsError> {
+        let Some(value) = self.get(name)? else { return Ok(Vec::new()) };
+        if !value.is_object() || js_sys::Array::is_array(&value) {
+            return Err(
+                self.error(name, format_args!("must be an object of token id → bias, got {}", describe(&value)))
+            );
+        }
+        let mut biases = Vec::new();
+        for entry in Object::entries(value.unchecked_ref::<Object>()).iter() {
+            let entry: js_sys::Array = entry.unchecked_into();
+            let key = entry.get(0).as_string().unwrap_or_default();
+            let id = key.parse::<u32>().map_err(|_| self.error(name, format_args!("key {key:?} is not a token id")))?;
+            let bias = entry.get(1).as_f64().filter(|b| b.is_finite() && (-100.0..=100.0).contains(b));
+            let bias = bias.ok_or_else(|| {
+                let field = format!("{name}[{key:?}]");
+                self.error(&field, format_args!("must be a number in [-100, 100], got {}", describe(&entry.get(1))))
+            })?;
+            biases.push((id, bias as f32));
+        }
+        Ok(biases)
+    }
+
+    /// A string or an array of strings.
+    fn strings(&self, name: &str) -> Result<Vec<String>, JsError> {
+        let Some(value) = self.get(name)? else { return Ok(Vec::new()) };
+        if let Some(one) = value.as_string() {
+            return Ok(vec![one]);
+        }
+        let not_strings = || self.error(name, "must be a string or an array of strings");
+        if !js_sys::Array::is_array(&value) {
+            return Err(not_strings());
+        }
+        let array: &js_sys::Array = value.unchecked_ref();
+        if array.length() as usize > MAX_STOP_STRINGS {
+            return Err(self.error(name, format_args!("has {} strings, at most {MAX_STOP_STRINGS}", array.length())));
+        }
+        array.iter().map(|v| v.as_string().ok_or_else(not_strings)).collect()
+    }
+}
+
+/// What a call's settings are called: the simple layer's camelCase `options`, or the OpenAI
+/// request's snake_case fields (whose defaults are OpenAI's: temperature 1, a random seed).
+struct Names {
+    what: &'static str,
+    top_k: Option<&'static str>,
+    top_p: &'static str,
+    max_tokens: &'static str,
+    frequency_penalty: &'static str,
+    presence_penalty: &'static str,
+    repetition_penalty: &'static str,
+    logit_bias: &'static str,
+    default_temperature: f32,
+    random_seed: bool,
+}
+
+const OPTIONS: Names = Names {
+    what: "options",
+    top_k: Some("topK"),
+    top_p: "topP",
+    max_tokens: "maxTokens",
+    frequency_penalty: "frequencyPenalty",
+    presence_penalty: "presencePenalty",
+    repetition_penalty: "repetitionPenalty",
+    logit_bias: "logitBias",
+    default_temperature: 0.0,
+    random_seed: false,
+};
+
+const REQUEST: Names = Names {
+    what: "request",
+    top_k: None,
+    top_p: "top_p",
+    max_tokens: "max_tokens",
+    frequency_penalty: "frequency_penalty",
+    presence_penalty: "presence_penalty",
+    repetition_penalty: "repetition_penalty",
+    logit_bias: "logit_bias",
+    default_temperature: 1.0,
+    random_seed: true,
+};
+
+/// One call's settings, all checked before anything changes.
+struct Call {
+    params: SamplingParams,
+    max_tokens: usize,
+    stop: Vec<String>,
+}
+
+/// Reads a call's settings; what is left out takes its default, whatever earlier calls passed.
+fn call_settings(value: &JsValue, names: &Names) -> Result<Call, JsError> {
+    let fields = Fields::new(value, names.what, false)?;
+    let mut params = SamplingParams { temperature: names.default_temperature, ..SamplingParams::default() };
+    if let Some(t) = fields.number("temperature")? {
         if t < 0.0 {
-            return Err(JsError::new(&format!("options.temperature must be >= 0 (0 is greedy), got {t}")));
+            return Err(fields.error("temperature", format_args!("must be >= 0 (0 is greedy), got {t}")));
         }
         params.temperature = t as f32;
     }
-    if let Some(k) = whole("topK", 0.0)? {
-        params.top_k = k as usize;
+    if let Some(name) = names.top_k {
+        if let Some(k) = fields.whole(name, 0.0)? {
+            params.top_k = k as usize;
+        }
     }
-    if let Some(p) = field("topP")? {
+    if let Some(p) = fields.number(names.top_p)? {
         if !(p > 0.0 && p <= 1.0) {
-            return Err(JsError::new(&format!("options.topP must be in (0, 1], got {p}")));
+            return Err(fields.error(names.top_p, format_args!("must be in (0, 1], got {p}")));
         }
         params.top_p = p as f32;
     }
-    if let Some(seed) = whole("seed", 0.0)? {
-        params.seed = seed as u64;
+    params.seed = match fields.whole("seed", 0.0)? {
+        Some(seed) => seed as u64,
+        None if names.random_seed => (js_sys::Math::random() * u32::MAX as f64) as u64,
+        None => 0,
+    };
+    if let Some(f) = fields.within(names.frequency_penalty, -2.0, 2.0)? {
+        params.frequency_penalty = f as f32;
     }
-    let max_tokens = whole("maxTokens", 1.0)?.map(|m| m as usize).unwrap_or(256);
+    if let Some(p) = fields.within(names.presence_penalty, -2.0, 2.0)? {
+        params.presence_penalty = p as f32;
+    }
+    if let Some(r) = fields.number(names.repetition_penalty)? {
+        if r <= 0.0 {
+            return Err(fields.error(names.repetition_penalty, format_args!("must be > 0 (1 is off), got {r}")));
+        }
+        params.repetition_penalty = r as f32;
+    }
+    params.logit_bias = fields.logit_bias(names.logit_bias)?;
+    if names.what == "request" {
+        if let Some(n) = fields.number("n")? {
+            if n != 1.0 {
+                return Err(fields.error("n", format_args!("must be 1 (one choice per request), got {n}")));
+            }
+        }
+    }
+    let max_tokens = fields.whole(names.max_tokens, 1.0)?.map(|m| m as usize).unwrap_or(DEFAULT_MAX_TOKENS);
+    let stop = fields.strings("stop")?;
     params.validate().map_err(to_js)?;
-    Ok((params, max_tokens))
+    StopText::new(stop.clone()).map_err(to_js)?;
+    Ok(Call { params, max_tokens, stop })
+}
+
+/// A reply's longest length when the caller gives none.
+const DEFAULT_MAX_TOKENS: usize = 256;
+
+/// OpenAI-style `messages` as Gemma turns. Gemma has no system turn: a system message (first,
+/// at most one) goes in front of the first user message, separated by a blank line.
+fn chat_turns(request: &JsValue) -> Result<Vec<ChatTurn>, JsError> {
+    let fields = Fields::new(request, "request", true)?;
+    let messages = fields.get("messages")?.filter(js_sys::Array::is_array);
+    let messages: js_sys::Array = messages.map(JsCast::unchecked_into).unwrap_or_default();
+    if messages.length() == 0 {
+        return Err(JsError::new("request.messages must be a non-empty array of { role, content }"));
+    }
+    let mut system = None;
+    let mut turns = Vec::new();
+    for (index, message) in messages.iter().enumerate() {
+        let name = format!("messages[{index}]");
+        let message = Fields::new(&message, "request", true)
+            .map_err(|_| JsError::new(&format!("request.{name} must be an object {{ role, content }}")))?;
+        let role = message.get("role")?.and_then(|r| r.as_string()).unwrap_or_default();
+        let content = message_text(&message.get("content")?).ok_or_else(|| {
+            field_error("request", &format!("{name}.content"), "must be a string (or an array of text parts)")
+        })?;
+        match role.as_str() {
+            "system" if index == 0 => system = Some(content),
+            "system" => return Err(field_error("request", &name, "is a system message: only the first may be one")),
+            "user" => turns.push(ChatTurn::user(content)),
+            "assistant" => turns.push(ChatTurn::model(content)),
+            _ => {
+                return Err(field_error(
+                    "request",
+                    &format!("{name}.role"),
+                    format_args!("must be \"system\", \"user\" or \"assistant\", got {role:?}"),
+                ))
+            }
+        }
+    }
+    match (system, turns.first_mut()) {
+        (Some(system), Some(first)) if first.role == Role::User => {
+            first.content = format!("{}\n\n{}", system.trim(), first.content.trim());
+        }
+        (Some(_), _) => {
+            return Err(JsError::new("request.messages: a system message must be followed by a user message"))
+        }
+        _ => {}
+    }
+    Ok(turns)
+}
+
+/// A message's text: a string, or OpenAI's array of `{ type: "text", text }` parts joined.
+fn message_text(content: &Option<JsValue>) -> Option<String> {
+    let content = content.as_ref()?;
+    if let Some(text) = content.as_string() {
+        return Some(text);
+    }
+    let parts: &js_sys::Array = content.dyn_ref()?;
+    parts
+        .iter()
+        .map(|part| {
+            let kind = Reflect::get(&part, &"type".into()).ok()?.as_string()?;
+            (kind == "text").then(|| Reflect::get(&part, &"text".into()).ok()?.as_string())?
+        })
+        .collect()
 }
 
 /// What tells one engine's snapshots from another's.
@@ -141,56 +358,81 @@ struct Stamp {
     /// whose buffers this one cannot copy.
     engine: u64,
     /// The sha256 of the model's manifest (which holds every shard's sha256): its identity.
-    model: String,
+    model: [u8; 32],
 }
 
 thread_local! {
     static NEXT_ENGINE: Cell<u64> = const { Cell::new(1) };
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl Stamp {
     fn new(manifest: &Manifest) -> Result<Stamp, JsError> {
         let json = serde_json::to_vec(manifest).map_err(|e| JsError::new(&format!("manifest: {e}")))?;
-        let model = Sha256::digest(&json).iter().map(|b| format!("{b:02x}")).collect();
         let engine = NEXT_ENGINE.with(|next| next.replace(next.get() + 1));
-        Ok(Stamp { engine, model })
+        Ok(Stamp { engine, model: Sha256::digest(&json).into() })
+    }
+
+    /// A state of the model `model` can be restored here only if it is this one.
+    fn admit_model(&self, model: &[u8; 32]) -> Result<(), JsError> {
+        if *model != self.model {
+            let (theirs, ours) = (hex(&model[..6]), hex(&self.model[..6]));
+            return Err(JsError::new(&format!(
+                "this state is of another model (manifest sha256 {theirs}…, this one's {ours}…): nothing was restored"
+            )));
+        }
+        Ok(())
     }
 
     /// Whether a snapshot stamped `snapshot` can be restored into the engine stamped `self`.
     fn admit(&self, snapshot: &Stamp) -> Result<(), JsError> {
-        if snapshot.model != self.model {
-            let (theirs, ours) = (&snapshot.model[..12], &self.model[..12]);
-            return Err(JsError::new(&format!(
-                "this snapshot is of another model (manifest sha256 {theirs}…, this one's {ours}…): nothing was restored"
-            )));
-        }
+        self.admit_model(&snapshot.model)?;
         if snapshot.engine != self.engine {
             return Err(JsError::new(
                 "this snapshot was taken by another engine (each has its own GPU device): restore it into the \
-                 engine that made it; nothing was restored",
+                 engine that made it, or restore its toBytes(); nothing was restored",
             ));
         }
         Ok(())
     }
 }
 
-/// One call's listener: the text goes to the caller's `onToken`, and the call stops once its own
-/// flag is set (by `abort()` or `dispose()`).
+/// A reply's figures so far, as JS sees them.
+fn live_object(live: &Live) -> JsValue {
+    object(&[
+        ("promptTokens", number(live.prompt_tokens as f64)),
+        ("generatedTokens", number(live.generated_tokens as f64)),
+        ("timeToFirstTokenSeconds", number(live.time_to_first_token_seconds)),
+        ("prefillTokensPerSecond", number(live.prefill_tokens_per_second)),
+        ("decodeTokensPerSecond", number(live.decode_tokens_per_second)),
+    ])
+}
+
+/// One call's listener: the text goes to the caller's `onToken(piece, live)`, and the call stops
+/// once its own flag is set (by `abort()` or `dispose()`).
 struct CallListener {
     on_token: Option<Function>,
     stop: Rc<Cell<bool>>,
+    live: Live,
 }
 
 impl Listener for CallListener {
     fn text(&mut self, piece: &str) -> bool {
         if let Some(callback) = &self.on_token {
-            let _ = callback.call1(&JsValue::NULL, &JsValue::from_str(piece));
+            let _ = callback.call2(&JsValue::NULL, &JsValue::from_str(piece), &live_object(&self.live));
         }
         !self.stop.get()
     }
 
     fn stopped(&self) -> bool {
         self.stop.get()
+    }
+
+    fn live(&mut self, live: &Live) {
+        self.live = *live;
     }
 }
 
@@ -214,11 +456,12 @@ pub struct RecurrentGemma {
     stamp: Stamp,
 }
 
-/// A saved conversation state (`model.snapshot()`), restorable with `model.restore(s)`. Call
-/// `free()` when done with it: it holds a copy of the state in GPU memory.
+/// A saved conversation state (`model.snapshot()`), restorable with `model.restore(s)`, or kept
+/// as bytes (`model.snapshotBytes(s)`). Call `free()` when done with it: it holds a copy of the
+/// state in GPU memory.
 #[wasm_bindgen]
 pub struct StateSnapshot {
-    checkpoint: Checkpoint,
+    saved: SavedTurn,
     stamp: Stamp,
 }
 
@@ -227,42 +470,31 @@ impl RecurrentGemma {
     /// Loads the model whose `manifest.json`, `tokenizer.json` and shards are under `baseUrl`.
     /// `onProgress(progress)` is called as bytes stream in.
     pub async fn load(base_url: String, on_progress: Option<Function>) -> Result<RecurrentGemma, JsError> {
-        let ctx = loader::gpu_context().await.map_err(to_js)?;
         let source = Source::url(&base_url).map_err(to_js)?;
-        let mut report = |progress: &LoadProgress| {
-            if let Some(callback) = &on_progress {
-                let _ = callback.call1(&JsValue::NULL, &progress_object(progress));
-            }
-        };
-        let model = loader::load(ctx, source, &mut report).await.map_err(to_js)?;
-        let stamp = Stamp::new(&model.manifest)?;
-        let gpu_bytes = model.engine.memory_bytes();
-        let generator = Generator::gpu(model.engine, SamplingParams::default()).map_err(to_js)?;
-        let loaded = Loaded {
-            session: ChatSession::new(generator, model.tokenizer),
-            manifest: model.manifest,
-            load: model.progress,
-        };
-        Ok(RecurrentGemma {
-            loaded: RefCell::new(Some(loaded)),
-            generating: Cell::new(false),
-            disposed: Cell::new(false),
-            stop: RefCell::new(Rc::new(Cell::new(false))),
-            gpu_bytes: Cell::new(gpu_bytes),
-            stamp,
-        })
+        Self::open(source, on_progress).await
+    }
+
+    /// Loads the model from a picked folder's files (`<input type=file webkitdirectory>`): its
+    /// `manifest.json`, `tokenizer.json` and shards.
+    #[wasm_bindgen(js_name = loadFiles)]
+    pub async fn load_files(
+        files: web_sys::FileList,
+        on_progress: Option<Function>,
+    ) -> Result<RecurrentGemma, JsError> {
+        Self::open(Source::folder(&files), on_progress).await
     }
 
     /// Sends a chat message (Gemma chat template; the state after earlier turns is kept, so only
-    /// this turn's tokens are prefilled). `onToken(text)` receives the reply as it streams.
-    /// Resolves to `{ text, tokenIds, promptTokens, stopped }`.
+    /// this turn's tokens are prefilled). `onToken(text, live)` receives the reply as it streams.
+    /// Resolves to `{ text, tokenIds, promptTokens, stopped, finishReason, … }`.
     pub async fn chat(
         &self,
         message: String,
         options: JsValue,
         on_token: Option<Function>,
     ) -> Result<JsValue, JsError> {
-        self.run(options, on_token, |session, max, listener| {
+        let call = call_settings(&options, &OPTIONS)?;
+        self.run(call, on_token, |session, max, listener| {
             Box::pin(async move { session.send(&message, max, listener).await })
         })
         .await
@@ -275,7 +507,8 @@ impl RecurrentGemma {
         options: JsValue,
         on_token: Option<Function>,
     ) -> Result<JsValue, JsError> {
-        self.run(options, on_token, |session, max, listener| {
+        let call = call_settings(&options, &OPTIONS)?;
+        self.run(call, on_token, |session, max, listener| {
             Box::pin(async move { session.complete(&prompt, max, listener).await })
         })
         .await
@@ -283,8 +516,23 @@ impl RecurrentGemma {
 
     /// Answers the last chat message again (pass a new `seed` for a different reply).
     pub async fn regenerate(&self, options: JsValue, on_token: Option<Function>) -> Result<JsValue, JsError> {
-        self.run(options, on_token, |session, max, listener| {
+        let call = call_settings(&options, &OPTIONS)?;
+        self.run(call, on_token, |session, max, listener| {
             Box::pin(async move { session.regenerate(max, listener).await })
+        })
+        .await
+    }
+
+    /// An OpenAI-style chat completion: `request` carries the whole conversation (`messages`) and
+    /// the sampling settings (snake_case, OpenAI's names and ranges). Only what the state does
+    /// not hold yet is prefilled (see `ChatSession::answer`). `pkg/index.js` turns the result
+    /// into OpenAI's objects.
+    #[wasm_bindgen(js_name = chatCompletion)]
+    pub async fn chat_completion(&self, request: JsValue, on_token: Option<Function>) -> Result<JsValue, JsError> {
+        let turns = chat_turns(&request)?;
+        let call = call_settings(&request, &REQUEST)?;
+        self.run(call, on_token, |session, max, listener| {
+            Box::pin(async move { session.answer(&turns, max, listener).await })
         })
         .await
     }
@@ -305,20 +553,52 @@ impl RecurrentGemma {
 
     /// A copy of the conversation state (fixed size, whatever the conversation's length).
     pub fn snapshot(&self) -> Result<StateSnapshot, JsError> {
-        self.with(|loaded| {
-            Ok(StateSnapshot { checkpoint: loaded.session.generator().checkpoint(), stamp: self.stamp.clone() })
-        })
+        self.with(|loaded| Ok(StateSnapshot { saved: loaded.session.save(), stamp: self.stamp.clone() }))
     }
 
     /// Returns to a snapshot this engine took; one of another engine or model is refused.
     pub fn restore(&self, snapshot: &StateSnapshot) -> Result<(), JsError> {
         self.stamp.admit(&snapshot.stamp)?;
-        self.with(|loaded| loaded.session.generator().restore(&snapshot.checkpoint).map_err(to_js))
+        self.with(|loaded| loaded.session.restore(&snapshot.saved).map_err(to_js))
+    }
+
+    /// A snapshot as bytes to keep (IndexedDB, a file): the state, the ids it holds, a format
+    /// version and the model's identity. `restoreBytes` takes them back, after a reload too.
+    #[wasm_bindgen(js_name = snapshotBytes)]
+    pub async fn snapshot_bytes(&self, snapshot: &StateSnapshot) -> Result<js_sys::Uint8Array, JsError> {
+        self.stamp.admit(&snapshot.stamp)?;
+        let loaded = self.take_loaded()?;
+        let parts = loaded.session.generator_ref().checkpoint_parts(&snapshot.saved.checkpoint).await;
+        self.put_back(loaded)?;
+        let saved = SavedConversation {
+            model: self.stamp.model,
+            history: snapshot.saved.history.clone(),
+            state: parts.map_err(to_js)?,
+        };
+        Ok(js_sys::Uint8Array::from(saved.to_bytes().as_slice()))
+    }
+
+    /// Returns to a state kept as bytes (`snapshotBytes`); a state of another model, another
+    /// format version, or damaged bytes are refused, and the state stays as it was.
+    #[wasm_bindgen(js_name = restoreBytes)]
+    pub fn restore_bytes(&self, bytes: &[u8]) -> Result<(), JsError> {
+        let saved = SavedConversation::from_bytes(bytes).map_err(to_js)?;
+        self.stamp.admit_model(&saved.model)?;
+        self.with(|loaded| {
+            let checkpoint = loaded.session.generator_ref().checkpoint_from_parts(&saved.state).map_err(to_js)?;
+            loaded.session.restore(&SavedTurn { checkpoint, history: saved.history }).map_err(to_js)
+        })
+    }
+
+    /// The model's identity: the sha256 of its manifest, in hex.
+    #[wasm_bindgen(getter, js_name = modelId)]
+    pub fn model_id(&self) -> String {
+        hex(&self.stamp.model)
     }
 
     /// `{ prefillTokensPerSecond, decodeTokensPerSecond, timeToFirstTokenSeconds, promptTokens, generatedTokens,
     ///   conversationTokens, weightBytes, weightFormat, stateBytes, gpuBytes, wasmBytes,
-    ///   loadSeconds, bytesFromCache, adapter }`
+    ///   loadSeconds, bytesFromCache, vocabSize, adapter, modelId }`
     pub fn stats(&self) -> Result<JsValue, JsError> {
         self.with(|loaded| {
             let generator = loaded.session.generator_ref();
@@ -344,6 +624,7 @@ impl RecurrentGemma {
                 ("bytesFromCache", number(loaded.load.bytes_from_cache as f64)),
                 ("vocabSize", number(loaded.manifest.config.vocab_size as f64)),
                 ("adapter", adapter.into()),
+                ("modelId", hex(&self.stamp.model).into()),
             ]))
         })
     }
@@ -381,6 +662,32 @@ impl RecurrentGemma {
 type Turn<'s> = std::pin::Pin<Box<dyn std::future::Future<Output = crate::Result<Reply>> + 's>>;
 
 impl RecurrentGemma {
+    async fn open(source: Source, on_progress: Option<Function>) -> Result<RecurrentGemma, JsError> {
+        let ctx = loader::gpu_context().await.map_err(to_js)?;
+        let mut report = |progress: &LoadProgress| {
+            if let Some(callback) = &on_progress {
+                let _ = callback.call1(&JsValue::NULL, &progress_object(progress));
+            }
+        };
+        let model = loader::load(ctx, source, &mut report).await.map_err(to_js)?;
+        let stamp = Stamp::new(&model.manifest)?;
+        let gpu_bytes = model.engine.memory_bytes();
+        let generator = Generator::gpu(model.engine, SamplingParams::default()).map_err(to_js)?;
+        let loaded = Loaded {
+            session: ChatSession::new(generator, model.tokenizer),
+            manifest: model.manifest,
+            load: model.progress,
+        };
+        Ok(RecurrentGemma {
+            loaded: RefCell::new(Some(loaded)),
+            generating: Cell::new(false),
+            disposed: Cell::new(false),
+            stop: RefCell::new(Rc::new(Cell::new(false))),
+            gpu_bytes: Cell::new(gpu_bytes),
+            stamp,
+        })
+    }
+
     fn check_usable(&self) -> Result<(), JsError> {
         if self.disposed.get() {
             return Err(JsError::new("this model was disposed"));
@@ -398,38 +705,62 @@ impl RecurrentGemma {
         f(loaded)
     }
 
-    async fn run(
-        &self,
-        options_value: JsValue,
-        on_token: Option<Function>,
-        turn: impl for<'s> FnOnce(&'s mut ChatSession, usize, CallListener) -> Turn<'s>,
-    ) -> Result<JsValue, JsError> {
-        let (params, max_tokens) = options(&options_value)?;
+    /// Takes the model out of its cell for an asynchronous call: every other call meanwhile is
+    /// "busy". [`RecurrentGemma::put_back`] ends it.
+    fn take_loaded(&self) -> Result<Loaded, JsError> {
         self.check_usable()?;
-        let mut loaded = self.loaded.borrow_mut().take().ok_or_else(|| JsError::new("this model was disposed"))?;
-        if let Err(e) = loaded.session.generator().set_sampling(params) {
-            *self.loaded.borrow_mut() = Some(loaded);
-            return Err(to_js(e));
-        }
-        let stop = Rc::new(Cell::new(false));
-        *self.stop.borrow_mut() = stop.clone();
-        let listener = CallListener { on_token, stop: stop.clone() };
+        let loaded = self.loaded.borrow_mut().take().ok_or_else(|| JsError::new("this model was disposed"))?;
         self.generating.set(true);
-        let reply = turn(&mut loaded.session, max_tokens, listener).await;
+        Ok(loaded)
+    }
+
+    fn put_back(&self, loaded: Loaded) -> Result<(), JsError> {
         self.generating.set(false);
         if self.disposed.get() {
             loaded.session.into_generator().destroy();
             return Err(JsError::new("this model was disposed during the call"));
         }
         *self.loaded.borrow_mut() = Some(loaded);
+        Ok(())
+    }
+
+    async fn run(
+        &self,
+        call: Call,
+        on_token: Option<Function>,
+        turn: impl for<'s> FnOnce(&'s mut ChatSession, usize, CallListener) -> Turn<'s>,
+    ) -> Result<JsValue, JsError> {
+        let mut loaded = self.take_loaded()?;
+        let settings = loaded
+            .session
+            .set_stop_strings(call.stop)
+            .and_then(|()| loaded.session.generator().set_sampling(call.params));
+        if let Err(e) = settings {
+            self.put_back(loaded)?;
+            return Err(to_js(e));
+        }
+        let stop = Rc::new(Cell::new(false));
+        *self.stop.borrow_mut() = stop.clone();
+        let listener = CallListener { on_token, stop: stop.clone(), live: Live::default() };
+        let reply = turn(&mut loaded.session, call.max_tokens, listener).await;
+        let state_bytes = loaded.session.generator_ref().state_bytes();
+        self.put_back(loaded)?;
         let reply = reply.map_err(to_js)?;
         let ids = reply.ids.iter().map(|&id| JsValue::from(id)).collect::<js_sys::Array>();
-        let result = object(&[
+        let timing = &reply.timing;
+        Ok(object(&[
             ("text", JsValue::from_str(&reply.text)),
             ("tokenIds", ids.into()),
             ("promptTokens", number(reply.prefilled as f64)),
             ("stopped", stop.get().into()),
-        ]);
-        Ok(result)
+            ("finishReason", reply.finish.name().into()),
+            ("conversationPromptTokens", number(reply.prompt_tokens as f64)),
+            ("prefilledTokens", number(reply.prefilled as f64)),
+            ("completionTokens", number(reply.ids.len() as f64)),
+            ("timeToFirstTokenSeconds", number(timing.time_to_first_token_seconds())),
+            ("prefillTokensPerSecond", number(timing.prefill_tokens_per_second())),
+            ("decodeTokensPerSecond", number(timing.decode_tokens_per_second())),
+            ("stateBytes", number(state_bytes as f64)),
+        ]))
     }
 }

@@ -26,11 +26,12 @@ export function launchBrowser() {
     return chromium.launch({ executablePath, headless: true, args: ARGS });
 }
 
-/** The ids and text `rg generate --backend cpu` produces for `prompt` as a first chat turn, greedy. */
-export function cpuReference(modelDir, prompt, maxTokens) {
+/** The ids and text `rg generate --backend cpu` produces for `prompt` as a first chat turn, greedy
+ * (`extra`: more of its flags, e.g. penalties). */
+export function cpuReference(modelDir, prompt, maxTokens, extra = []) {
     const rg = process.env.RG ?? path.join(root, 'target/debug/rg');
     const run = spawnSync(rg, ['generate', modelDir, '--chat', '--prompt', prompt, '--max-tokens', String(maxTokens),
-        '--backend', 'cpu', '--print-ids'], { encoding: 'utf8' });
+        '--backend', 'cpu', '--print-ids', ...extra], { encoding: 'utf8' });
     assert.equal(run.status, 0, run.stderr);
     // --print-ids writes `ids: 1,2,3` to stderr as its last line.
     const ids = run.stderr.trim().split('\n').at(-1).replace(/^ids:/, '').split(',').map(Number);

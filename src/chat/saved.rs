@@ -1,0 +1,229 @@
+//! A conversation's state as bytes, to keep (IndexedDB, a file) and restore later, after a reload
+//! or on another day: the fixed-size state, the ids it holds and the model it belongs to. Nothing
+//! is prefilled again, however long the conversation was.
+//!
+//! ```text
+//! offset  size  field
+//!      0     8  magic "RGSTATE\0"
+//!      8     4  format version (u32 LE; this is 1)
+//!     12    32  the model's identity: sha256 of its manifest
+//!     44     1  backend: 0 CPU reference, 1 WebGPU engine (their buffers are laid out differently)
+//!     45     1  1 if the history is known
+//!     46     2  zero
+//!     48     8  position: tokens the state holds
+//!     56     4  tokens sampled so far (the GPU sampler's draw counter)
+//!     60     4  the pending sampled id, or 0xFFFFFFFF
+//!     64     4  history length H (= position when known, else 0)
+//!     68     4  buffer count B
+//!     72    4H  the history's ids
+//!      …        B × (u64 LE length, then that many bytes)
+//!    end    32  sha256 of everything before it
+//! ```
+//! Every length is checked against the bytes that are there before anything is allocated, so a
+//! hostile or damaged file is one clear error.
+
+use sha2::{Digest, Sha256};
+
+use crate::{Error, Result};
+
+const MAGIC: &[u8; 8] = b"RGSTATE\0";
+pub const FORMAT_VERSION: u32 = 1;
+const HEADER: usize = 72;
+const CHECKSUM: usize = 32;
+/// More buffers than any model has (2 per layer plus 2).
+const MAX_BUFFERS: usize = 1024;
+const NO_TOKEN: u32 = u32::MAX;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    Cpu = 0,
+    Gpu = 1,
+}
+
+/// A checkpoint's contents, whichever backend took it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateParts {
+    pub backend: BackendKind,
+    pub position: u64,
+    pub generated: u32,
+    pub last_sampled: Option<u32>,
+    pub buffers: Vec<Vec<u8>>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SavedConversation {
+    /// The sha256 of the model's manifest.
+    pub model: [u8; 32],
+    pub history: Option<Vec<u32>>,
+    pub state: StateParts,
+}
+
+impl SavedConversation {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let history = self.history.as_deref().unwrap_or_default();
+        let state = &self.state;
+        let buffer_bytes: usize = state.buffers.iter().map(|b| 8 + b.len()).sum();
+        let mut out = Vec::with_capacity(HEADER + 4 * history.len() + buffer_bytes + CHECKSUM);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&self.model);
+        out.extend_from_slice(&[state.backend as u8, self.history.is_some() as u8, 0, 0]);
+        out.extend_from_slice(&state.position.to_le_bytes());
+        out.extend_from_slice(&state.generated.to_le_bytes());
+        out.extend_from_slice(&state.last_sampled.unwrap_or(NO_TOKEN).to_le_bytes());
+        out.extend_from_slice(&(history.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(state.buffers.len() as u32).to_le_bytes());
+        for id in history {
+            out.extend_from_slice(&id.to_le_bytes());
+        }
+        for buffer in &state.buffers {
+            out.extend_from_slice(&(buffer.len() as u64).to_le_bytes());
+            out.extend_from_slice(buffer);
+        }
+        let checksum = Sha256::digest(&out);
+        out.extend_from_slice(&checksum);
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let bad = |why: &str| Error::Input(format!("saved state: {why}"));
+        if bytes.len() < 12 || &bytes[..8] != MAGIC {
+            return Err(bad("not a saved RecurrentGemma conversation state"));
+        }
+        let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+        if version != FORMAT_VERSION {
+            return Err(bad(&format!("format version {version}; this build reads version {FORMAT_VERSION}")));
+        }
+        if bytes.len() < HEADER + CHECKSUM {
+            return Err(bad(&format!("{} bytes is too short", bytes.len())));
+        }
+        let (body, checksum) = bytes.split_at(bytes.len() - CHECKSUM);
+        if Sha256::digest(body).as_slice() != checksum {
+            return Err(bad("the checksum does not match: the bytes are damaged or cut short"));
+        }
+        let mut reader = Reader { bytes: body, at: 12 };
+        let model: [u8; 32] = reader.take(32)?.try_into().expect("32 bytes");
+        let flags = reader.take(4)?;
+        let backend = match flags[0] {
+            0 => BackendKind::Cpu,
+            1 => BackendKind::Gpu,
+            other => return Err(bad(&format!("unknown backend {other}"))),
+        };
+        let history_known = match flags[1] {
+            0 => false,
+            1 => true,
+            other => return Err(bad(&format!("bad history flag {other}"))),
+        };
+        let position = reader.u64()?;
+        let generated = reader.u32()?;
+        let last_sampled = Some(reader.u32()?).filter(|&id| id != NO_TOKEN);
+        let history_len = reader.u32()? as usize;
+        let buffer_count = reader.u32()? as usize;
+        if buffer_count > MAX_BUFFERS {
+            return Err(bad(&format!("{buffer_count} buffers, at most {MAX_BUFFERS}")));
+        }
+        if history_known && history_len as u64 != position {
+            return Err(bad(&format!("its history has {history_len} tokens but its state holds {position}")));
+        }
+        if !history_known && history_len != 0 {
+            return Err(bad("a history is given but marked unknown"));
+        }
+        let history = reader.take(4 * history_len)?.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap()));
+        let history = history_known.then(|| history.collect());
+        let mut buffers = Vec::with_capacity(buffer_count);
+        for _ in 0..buffer_count {
+            let len = usize::try_from(reader.u64()?).map_err(|_| bad("a buffer longer than memory"))?;
+            buffers.push(reader.take(len)?.to_vec());
+        }
+        if reader.at != body.len() {
+            return Err(bad(&format!("{} bytes after the last buffer", body.len() - reader.at)));
+        }
+        Ok(SavedConversation {
+            model,
+            history,
+            state: StateParts { backend, position, generated, last_sampled, buffers },
+        })
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let end = self.at.checked_add(n).filter(|&end| end <= self.bytes.len()).ok_or_else(|| {
+            Error::Input(format!("saved state: {n} bytes are needed at offset {}, past its end", self.at))
+        })?;
+        let out = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(out)
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> SavedConversation {
+        SavedConversation {
+            model: [7; 32],
+            history: Some(vec![2, 106, 1645]),
+            state: StateParts {
+                backend: BackendKind::Gpu,
+                position: 3,
+                generated: 1,
+                last_sampled: Some(1645),
+                buffers: vec![vec![1, 2, 3, 4], Vec::new(), vec![9; 40]],
+            },
+        }
+    }
+
+    #[test]
+    fn round_trips_exactly() {
+        let saved = sample();
+        assert_eq!(SavedConversation::from_bytes(&saved.to_bytes()).unwrap(), saved);
+        let unknown = SavedConversation { history: None, ..sample() };
+        assert_eq!(SavedConversation::from_bytes(&unknown.to_bytes()).unwrap(), unknown);
+    }
+
+    #[test]
+    fn every_damage_is_one_clear_error() {
+        let bytes = sample().to_bytes();
+        let err = |b: &[u8]| SavedConversation::from_bytes(b).unwrap_err().to_string();
+        assert!(err(b"hello").contains("not a saved"));
+        let mut version = bytes.clone();
+        version[8] = 2;
+        assert!(err(&version).contains("format version 2"));
+        // Every cut, and every flipped byte, is caught (by a length or by the checksum).
+        for cut in 0..bytes.len() {
+            assert!(SavedConversation::from_bytes(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        for at in 12..bytes.len() {
+            let mut flipped = bytes.clone();
+            flipped[at] ^= 0x40;
+            assert!(SavedConversation::from_bytes(&flipped).is_err(), "flip at {at}");
+        }
+    }
+
+    #[test]
+    fn lengths_are_checked_before_allocating() {
+        // A well-formed checksum over a header that claims 4 GiB of history: refused, not allocated.
+        let mut body = sample().to_bytes();
+        body.truncate(body.len() - CHECKSUM);
+        body[64..68].copy_from_slice(&u32::MAX.to_le_bytes());
+        body[48..56].copy_from_slice(&(u32::MAX as u64).to_le_bytes());
+        let checksum = Sha256::digest(&body);
+        body.extend_from_slice(&checksum);
+        assert!(SavedConversation::from_bytes(&body).unwrap_err().to_string().contains("past its end"));
+    }
+}

@@ -1,0 +1,283 @@
+// Tests the package's OpenAI-style API (`engine.chat.completions.create`) in a real Chromium, on
+// the page's thread and in a worker, against the CPU reference (`rg generate --backend cpu`):
+// non-streaming and streaming replies with usage, prefix reuse across a growing `messages` array,
+// stop strings, penalties and logit_bias, abort, bad requests, and states kept as bytes
+// (`snapshot().toBytes()` / `restore(bytes)`), including bytes of another model and damaged ones.
+//
+// Usage: node completions.mjs   (after scripts/build-package.sh, scripts/demo-model.sh, cargo build --bin rg)
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { cpuReference, launchContext, root } from './chromium.mjs';
+import { startServer } from './server.mjs';
+
+const modelDir = path.join(root, 'www/models/demo');
+const PROMPT = 'Read me Psalms 23:1-3.';
+const MAX_TOKENS = 16;
+const TIMEOUT = 600_000;
+
+function log(message) {
+    console.log(`[completions e2e] ${message}`);
+}
+
+async function exercise(context, server, reference, worker) {
+    const mode = worker ? 'worker' : 'page thread';
+    const page = await context.newPage();
+    const errors = [];
+    page.on('pageerror', (e) => errors.push(String(e)));
+    await page.goto(`${server.url}/embed/`);
+    page.setDefaultTimeout(TIMEOUT);
+    const out = await page.evaluate(async ({ worker, PROMPT, MAX_TOKENS }) => {
+        const { createEngine } = await import('/pkg/index.js');
+        const engine = await createEngine('/models/demo/', { worker });
+        const failure = (promise) => promise.then(() => 'no error', (e) => String(e?.message ?? e));
+        const user = (content) => ({ role: 'user', content });
+        const r = {};
+
+        // Not streamed: OpenAI's object.
+        const first = await engine.chat.completions.create({
+            messages: [user(PROMPT)], temperature: 0, max_tokens: MAX_TOKENS,
+        });
+        r.first = first;
+
+        // Streamed, with usage: the same text, piece by piece.
+        await engine.reset();
+        const chunks = [];
+        for await (const chunk of await engine.chat.completions.create({
+            messages: [user(PROMPT)], temperature: 0, max_tokens: MAX_TOKENS, stream: true,
+            stream_options: { include_usage: true },
+        })) chunks.push(chunk);
+        r.chunks = chunks;
+
+        // A growing conversation: only the new message is prefilled, and the reply is the one a
+        // fresh prefill of the whole history gives.
+        const history = [user(PROMPT), { role: 'assistant', content: first.choices[0].message.content },
+            user('Read me Genesis 1:1.')];
+        r.grown = await engine.chat.completions.create({ messages: history, temperature: 0, max_tokens: 16 });
+        await engine.reset();
+        r.fresh = await engine.chat.completions.create({ messages: history, temperature: 0, max_tokens: 16 });
+        // Seeded too: the same seed from the reused state and from a fresh prefill. With top_p the
+        // draw is among a few candidates; over all 256,000 (top_p 1) a draw lands so close to a
+        // boundary that the decode and the prefill kernels' last-bit differences can flip it.
+        const seeded = { temperature: 0.8, top_p: 0.9, seed: 42, max_tokens: 12 };
+        const third = [...history, { role: 'assistant', content: r.fresh.choices[0].message.content }, user('And verse 2?')];
+        r.seededGrown = await engine.chat.completions.create({ messages: third, ...seeded });
+        await engine.reset();
+        r.seededFresh = await engine.chat.completions.create({ messages: third, ...seeded });
+        // A system message goes in front of the first user message.
+        r.system = await engine.chat.completions.create({
+            messages: [{ role: 'system', content: 'Answer briefly.' }, user(PROMPT)], temperature: 0, max_tokens: 4,
+        });
+
+        // Stop strings: the text ends before the first one; the next turn continues from the visible text.
+        const text = first.choices[0].message.content;
+        r.stopAt = text.slice(Math.floor(text.length / 2), Math.floor(text.length / 2) + 3);
+        r.stopped = await engine.chat.completions.create({
+            messages: [user(PROMPT)], temperature: 0, max_tokens: MAX_TOKENS, stop: [r.stopAt, 'never-there'],
+        });
+        const afterStop = [user(PROMPT), { role: 'assistant', content: r.stopped.choices[0].message.content },
+            user('Read me Genesis 1:1.')];
+        r.afterStop = await engine.chat.completions.create({ messages: afterStop, temperature: 0, max_tokens: 12 });
+        await engine.reset();
+        r.afterStopFresh = await engine.chat.completions.create({ messages: afterStop, temperature: 0, max_tokens: 12 });
+
+        // Penalties and logit_bias.
+        const plain = { messages: [user(PROMPT)], temperature: 0, max_tokens: MAX_TOKENS };
+        r.penalized = await engine.chat.completions.create({ ...plain, frequency_penalty: 1.5, presence_penalty: 0.5 });
+        r.repetition = await engine.chat.completions.create({ ...plain, repetition_penalty: 1.5 });
+        await engine.reset();
+        const firstId = (await engine.chat(PROMPT, { temperature: 0, maxTokens: 1 })).tokenIds[0];
+        await engine.reset();
+        r.firstId = firstId;
+        r.banned = await engine.chat.completions.create({ ...plain, max_tokens: 4, logit_bias: { [firstId]: -100 } });
+        r.bannedIds = (await engine.chat(PROMPT, { temperature: 0, maxTokens: 4, logitBias: { [firstId]: -100 } })).tokenIds;
+        await engine.reset();
+
+        // Abort: interruptGenerate() mid-stream ends it with finish_reason 'abort'.
+        const long = await engine.chat.completions.create({ ...plain, max_tokens: 2000, stream: true });
+        const aborted = [];
+        for await (const chunk of long) {
+            aborted.push(chunk);
+            if (aborted.length === 4) engine.interruptGenerate();
+        }
+        r.abortedFinish = aborted.at(-1).choices[0].finish_reason;
+        r.abortedPieces = aborted.length;
+        // Breaking out of the loop stops the reply too, and the engine takes the next request.
+        for await (const chunk of await engine.chat.completions.create({ ...plain, max_tokens: 2000, stream: true })) {
+            if (chunk.choices[0]?.delta.content) break;
+        }
+        r.afterBreak = (await engine.chat.completions.create({ ...plain, max_tokens: 2 })).choices[0].finish_reason;
+
+        // Bad requests: an Error naming the field, before anything runs.
+        const bad = {
+            'messages': { messages: [] },
+            'messages[0].role': { messages: [{ role: 'tool', content: 'x' }] },
+            'messages[0].content': { messages: [{ role: 'user', content: 5 }] },
+            'messages[1]': { messages: [user('a'), { role: 'system', content: 'b' }] },
+            'last message': { messages: [user('a'), { role: 'assistant', content: 'b' }] },
+            'alternate': { messages: [user('a'), user('b')] },
+            'temperature': { messages: [user('a')], temperature: -1 },
+            'top_p': { messages: [user('a')], top_p: 2 },
+            'max_tokens': { messages: [user('a')], max_tokens: 0 },
+            'frequency_penalty': { messages: [user('a')], frequency_penalty: 3 },
+            'presence_penalty': { messages: [user('a')], presence_penalty: -2.5 },
+            'repetition_penalty': { messages: [user('a')], repetition_penalty: 0 },
+            'logit_bias': { messages: [user('a')], logit_bias: { x: 1 } },
+            'logit_bias[': { messages: [user('a')], logit_bias: { 5: 101 } },
+            'stop': { messages: [user('a')], stop: Array(17).fill('x') },
+            'n': { messages: [user('a')], n: 2 },
+            'stream': { messages: [user('a')], stream: 'yes' },
+        };
+        r.bad = {};
+        for (const [field, request] of Object.entries(bad)) r.bad[field] = await failure(engine.chat.completions.create(request));
+        r.badStream = await failure(engine.chat.completions.create({ messages: [], stream: true }));
+
+        // A state kept as bytes: restored after other work, the conversation continues exactly.
+        await engine.reset();
+        const turn1 = [user(PROMPT)];
+        const a1 = await engine.chat.completions.create({ messages: turn1, temperature: 0, max_tokens: 10 });
+        const snapshot = await engine.snapshot();
+        const bytes = await snapshot.toBytes();
+        await snapshot.free();
+        r.bytesKind = Object.prototype.toString.call(bytes);
+        r.bytesLength = bytes.length;
+        const turn2 = [...turn1, { role: 'assistant', content: a1.choices[0].message.content }, user('Read me Genesis 1:1.')];
+        const uninterrupted = await engine.chat.completions.create({ messages: turn2, temperature: 1, seed: 3, max_tokens: 10 });
+        await engine.reset();
+        await engine.chat('Something else entirely.', { maxTokens: 3 });
+        await engine.restore(bytes);
+        const afterRestore = await engine.chat.completions.create({ messages: turn2, temperature: 1, seed: 3, max_tokens: 10 });
+        r.restoredEqual = afterRestore.choices[0].message.content === uninterrupted.choices[0].message.content;
+        r.restoredPrefill = [afterRestore.usage.extra.prefilled_tokens, afterRestore.usage.prompt_tokens];
+        // Damaged bytes, another model's, another version: refused, and the state stays.
+        const tokensBefore = (await engine.stats()).conversationTokens;
+        const damaged = bytes.slice();
+        damaged[damaged.length - 100] ^= 1;
+        r.damaged = await failure(engine.restore(damaged));
+        r.truncated = await failure(engine.restore(bytes.slice(0, 1000)));
+        const version = bytes.slice();
+        version[8] = 9;
+        r.version = await failure(engine.restore(version));
+        // Another model's identity, with a checksum that matches (as real bytes of another model would).
+        const other = bytes.slice(0, bytes.length - 32);
+        other[12] ^= 0xff;
+        const sum = new Uint8Array(await crypto.subtle.digest('SHA-256', other));
+        const otherModel = new Uint8Array(bytes.length);
+        otherModel.set(other);
+        otherModel.set(sum, other.length);
+        r.otherModel = await failure(engine.restore(otherModel));
+        r.stateKept = (await engine.stats()).conversationTokens === tokensBefore;
+        r.modelId = engine.modelId;
+        await engine.dispose();
+        return r;
+    }, { worker, PROMPT, MAX_TOKENS });
+
+    // Not streamed: OpenAI's shape, and the CPU reference's greedy text.
+    const first = out.first;
+    assert.match(first.id, /^chatcmpl-[0-9a-f]{24}$/);
+    assert.equal(first.object, 'chat.completion');
+    assert.ok(Number.isInteger(first.created) && first.model.endsWith('/models/demo/'));
+    assert.equal(first.choices.length, 1);
+    assert.equal(first.choices[0].message.role, 'assistant');
+    assert.equal(first.choices[0].message.content, reference.text, `${mode}: the reply is the CPU reference's`);
+    assert.equal(first.choices[0].finish_reason, reference.ids.length === MAX_TOKENS ? 'length' : 'stop');
+    const usage = first.usage;
+    assert.equal(usage.completion_tokens, reference.ids.length);
+    assert.equal(usage.total_tokens, usage.prompt_tokens + usage.completion_tokens);
+    assert.equal(usage.extra.prefilled_tokens, usage.prompt_tokens, 'a first request prefills all of it');
+    for (const key of ['prefill_tokens_per_s', 'decode_tokens_per_s', 'time_to_first_token_s', 'e2e_latency_s', 'state_bytes']) {
+        assert.ok(usage.extra[key] > 0, `${mode}: usage.extra.${key} = ${usage.extra[key]}`);
+    }
+    log(`${mode}: non-streamed reply equals the CPU reference; usage ${JSON.stringify(usage)}`);
+
+    // Streamed: a role chunk, content chunks, a finish chunk, then usage with no choices.
+    const chunks = out.chunks;
+    assert.deepEqual(chunks[0].choices[0].delta, { role: 'assistant', content: '' });
+    assert.ok(chunks.every((c) => c.id === chunks[0].id && c.object === 'chat.completion.chunk'));
+    const text = chunks.map((c) => c.choices[0]?.delta.content ?? '').join('');
+    assert.equal(text, reference.text, `${mode}: the streamed text equals the CPU reference's`);
+    assert.equal(chunks.at(-2).choices[0].finish_reason, first.choices[0].finish_reason);
+    assert.deepEqual(chunks.at(-1).choices, []);
+    assert.equal(chunks.at(-1).usage.completion_tokens, usage.completion_tokens);
+    assert.ok(chunks.slice(1, -2).every((c) => c.choices[0].finish_reason === null && c.choices[0].delta.content));
+    log(`${mode}: streamed ${chunks.length} chunks`);
+
+    // Prefix reuse.
+    assert.equal(out.grown.choices[0].message.content, out.fresh.choices[0].message.content, `${mode}: reuse = fresh prefill`);
+    assert.equal(out.grown.usage.prompt_tokens, out.fresh.usage.prompt_tokens);
+    const held = usage.prompt_tokens + usage.completion_tokens;
+    assert.equal(out.grown.usage.extra.prefilled_tokens, out.grown.usage.prompt_tokens - held,
+        `${mode}: only the new message was prefilled`);
+    assert.equal(out.fresh.usage.extra.prefilled_tokens, out.fresh.usage.prompt_tokens);
+    assert.equal(out.seededGrown.choices[0].message.content, out.seededFresh.choices[0].message.content,
+        `${mode}: seeded, reuse = fresh prefill`);
+    assert.ok(out.seededGrown.usage.extra.prefilled_tokens < out.seededGrown.usage.prompt_tokens / 2);
+    assert.ok(out.system.usage.prompt_tokens > usage.prompt_tokens + 2, `${mode}: the system message is in the prompt`);
+    log(`${mode}: prefix reuse prefilled ${out.grown.usage.extra.prefilled_tokens} of ${out.grown.usage.prompt_tokens} tokens`);
+
+    // Stop strings.
+    const cut = reference.text.slice(0, reference.text.indexOf(out.stopAt));
+    assert.equal(out.stopped.choices[0].message.content, cut, `${mode}: cut before ${JSON.stringify(out.stopAt)}`);
+    assert.equal(out.stopped.choices[0].finish_reason, 'stop');
+    assert.equal(out.afterStop.choices[0].message.content, out.afterStopFresh.choices[0].message.content,
+        `${mode}: after a stop string the next turn equals a fresh prefill of the visible conversation`);
+    log(`${mode}: stop ${JSON.stringify(out.stopAt)} cut the reply to ${JSON.stringify(cut)}`);
+
+    // Penalties and logit_bias: as the CPU reference with the same settings.
+    assert.equal(out.penalized.choices[0].message.content, reference.penalized.text, `${mode}: frequency/presence penalties`);
+    assert.equal(out.repetition.choices[0].message.content, reference.repetition.text, `${mode}: repetition penalty`);
+    assert.notEqual(reference.penalized.text, reference.text, 'the penalties change this reply');
+    assert.equal(out.firstId, reference.ids[0]);
+    assert.notEqual(out.bannedIds[0], out.firstId, `${mode}: a banned token is never drawn`);
+    assert.deepEqual(out.bannedIds, reference.banned.ids, `${mode}: logitBias as the CPU reference`);
+    log(`${mode}: penalties and logit_bias equal the CPU reference`);
+
+    assert.equal(out.abortedFinish, 'abort', `${mode}: interruptGenerate() → finish_reason 'abort'`);
+    assert.ok(out.abortedPieces < 100);
+    assert.ok(['stop', 'length'].includes(out.afterBreak), `${mode}: usable after breaking out of a stream`);
+
+    for (const [field, message] of Object.entries(out.bad)) {
+        assert.ok(message !== 'no error' && message.includes(field), `${mode}: a bad ${field} → ${message}`);
+    }
+    assert.match(out.badStream, /messages/);
+    log(`${mode}: ${Object.keys(out.bad).length} bad requests refused, each naming its field`);
+
+    assert.equal(out.bytesKind, '[object Uint8Array]');
+    assert.ok(out.restoredEqual, `${mode}: a state restored from bytes continues exactly`);
+    assert.ok(out.restoredPrefill[0] < out.restoredPrefill[1] / 2, `${mode}: after restore(bytes) only the new turn is prefilled`);
+    assert.match(out.damaged, /damaged/);
+    assert.match(out.truncated, /damaged|short|past its end/);
+    assert.match(out.version, /format version 9/);
+    assert.match(out.otherModel, /another model/);
+    assert.ok(out.stateKept, `${mode}: refused bytes left the state as it was`);
+    assert.match(out.modelId, /^[0-9a-f]{64}$/);
+    log(`${mode}: a ${out.bytesLength}-byte state restored exactly (prefilled ${out.restoredPrefill.join(' of ')}); damaged, `
+        + 'cut, other-version and other-model bytes refused');
+    assert.deepEqual(errors, [], `${mode}: no uncaught errors`);
+    await page.close();
+}
+
+async function main() {
+    for (const file of ['pkg/index.js', 'pkg/rgweb_bg.wasm', 'www/models/demo/manifest.json']) {
+        assert.ok(fs.existsSync(path.join(root, file)), `${file} is missing: build the package and the demo model first`);
+    }
+    const reference = cpuReference(modelDir, PROMPT, MAX_TOKENS);
+    reference.penalized = cpuReference(modelDir, PROMPT, MAX_TOKENS, ['--frequency-penalty', '1.5', '--presence-penalty', '0.5']);
+    reference.repetition = cpuReference(modelDir, PROMPT, MAX_TOKENS, ['--repetition-penalty', '1.5']);
+    reference.banned = cpuReference(modelDir, PROMPT, 4, ['--logit-bias', `${reference.ids[0]}=-100`]);
+    const server = await startServer({ '/pkg/': path.join(root, 'pkg'), '/embed/': path.join(root, 'www/embed'), '/models/': path.join(root, 'www/models') });
+    const context = await launchContext();
+    try {
+        await exercise(context, server, reference, false);
+        await exercise(context, server, reference, true);
+    } finally {
+        await context.close();
+        await server.close();
+    }
+    log('all passed');
+}
+
+main().catch((e) => {
+    console.error(e);
+    process.exit(1);
+});
