@@ -7,6 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup-web.sh
+# `trunk serve --release` runs wasm-opt 132 (Trunk.toml): npm's binaryen@132.0.0, on PATH (trunk's
+# own download of binaryen fails offline).
+wasm_opt_bin=$(bash scripts/setup-wasm-opt.sh)
+export PATH="$wasm_opt_bin:$PATH"
 cargo build --release --quiet --bin rg
 bash scripts/demo-model.sh target/release/rg
 

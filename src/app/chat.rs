@@ -2,6 +2,7 @@
 
 use leptos::prelude::*;
 
+use super::conversations::ConversationList;
 use super::loading::{mebibytes, megabytes};
 use super::markdown::markdown;
 use super::{AppState, Message, Settings, Speaker};
@@ -12,6 +13,7 @@ pub fn ChatView() -> impl IntoView {
     let state = expect_context::<AppState>();
     view! {
         <div class="chat-layout">
+            <ConversationList />
             <section class="chat">
                 <div class="model-banner">
                     <strong>{move || state.model_label.get()}</strong>
@@ -19,7 +21,9 @@ pub fn ChatView() -> impl IntoView {
                     <LoadSummary />
                 </div>
                 <MessageList />
+                {move || state.restore_note.get().map(|n| view! { <p class="restore-note">{n}</p> })}
                 {move || state.chat_error.get().map(|e| view! { <p class="chat-error">{e}</p> })}
+                {move || state.store_error.get().map(|e| view! { <p class="store-error">{e}</p> })}
                 <Composer />
             </section>
             <aside>
@@ -56,22 +60,19 @@ fn LoadSummary() -> impl IntoView {
     }
 }
 
+/// The messages, kept scrolled to the newest by CSS (`.messages` is a reversed flex column around
+/// one inner column: it stays at the bottom as a reply grows, unless the reader scrolled up), so
+/// no script reads the layout while a reply streams.
 #[component]
 fn MessageList() -> impl IntoView {
     let state = expect_context::<AppState>();
-    let list = NodeRef::<leptos::html::Div>::new();
-    // Follow the reply as it streams.
-    Effect::new(move |_| {
-        state.messages.with(|m| m.last().map(|m| m.text.track()));
-        if let Some(list) = list.get() {
-            list.set_scroll_top(list.scroll_height());
-        }
-    });
     view! {
-        <div class="messages" node_ref=list>
-            <For each=move || state.messages.get() key=|m| m.id let:message>
-                <MessageView message=message />
-            </For>
+        <div class="messages">
+            <div class="messages-inner">
+                <For each=move || state.messages.get() key=|m| m.id let:message>
+                    <MessageView message=message />
+                </For>
+            </div>
         </div>
     }
 }
@@ -90,6 +91,7 @@ fn MessageView(message: Message) -> impl IntoView {
                 data-token-ids=ids
                 data-done=move || done().to_string()
                 data-stopped=move || message.stopped.get().to_string()
+                data-prompt-tokens=move || message.prompt_tokens.get().map(|n| n.to_string())
             >
                 {move || markdown(&message.text.get())}
                 {move || message.stopped.get().then(|| view! { <span class="stopped">" (stopped)"</span> })}
@@ -133,16 +135,20 @@ fn Composer() -> impl IntoView {
                         <button class="send" on:click=move |_| send()>"Send"</button>
                     }
                 >
-                    <button class="stop" on:click=move |_| state.stop.set(true)>"Stop"</button>
+                    <button class="stop" on:click=move |_| state.stop()>"Stop"</button>
                 </Show>
                 <button
                     class="regenerate"
-                    disabled=move || state.busy.get() || !state.messages.with(|m| m.last().is_some_and(|m| m.speaker == Speaker::Model))
+                    disabled=move || {
+                        state.busy.get()
+                            || !state.can_regenerate.get()
+                            || !state.messages.with(|m| m.last().is_some_and(|m| m.speaker == Speaker::Model))
+                    }
                     on:click=move |_| state.regenerate()
                 >
                     "Regenerate"
                 </button>
-                <button class="new-chat" disabled=move || state.busy.get() on:click=move |_| state.new_chat()>
+                <button class="new-chat" disabled=move || state.busy.get() on:click=move |_| state.new_conversation()>
                     "New chat"
                 </button>
             </div>
@@ -263,45 +269,53 @@ fn SettingsPanel() -> impl IntoView {
 fn StatsPanel() -> impl IntoView {
     let state = expect_context::<AppState>();
     let stats = state.stats;
+    // Each figure reads only its own field: the reply's figures change with every piece.
+    let turn = move || stats.with(|s| s.turn);
     view! {
         <div class="stats">
             <h3>"Figures"</h3>
             <dl>
                 <dt>"Prefill"</dt>
-                <dd class="prefill-rate">{move || format!("{:.1} tok/s", stats.get().last_turn.prefill_tokens_per_second())}</dd>
+                <dd class="prefill-rate">{move || format!("{:.1} tok/s", turn().prefill_tokens_per_second)}</dd>
+                <dt>"Prompt tokens this turn"</dt>
+                <dd class="prompt-tokens">{move || turn().prompt_tokens}</dd>
                 <dt>"First token after"</dt>
-                <dd class="first-token" data-seconds=move || stats.get().last_turn.time_to_first_token_seconds().to_string()>
-                    {move || format!("{:.0} ms", 1000.0 * stats.get().last_turn.time_to_first_token_seconds())}
+                <dd class="first-token" data-seconds=move || turn().time_to_first_token_seconds.to_string()>
+                    {move || format!("{:.0} ms", 1000.0 * turn().time_to_first_token_seconds)}
                 </dd>
                 <dt>"Decode"</dt>
-                <dd class="decode-rate">{move || format!("{:.1} tok/s", stats.get().last_turn.decode_tokens_per_second())}</dd>
+                <dd class="decode-rate" data-rate=move || turn().decode_tokens_per_second.to_string()>
+                    {move || format!("{:.1} tok/s", turn().decode_tokens_per_second)}
+                </dd>
                 <dt>"Tokens in the conversation"</dt>
-                <dd class="conversation-tokens">{move || stats.get().conversation_tokens}</dd>
+                <dd class="conversation-tokens">{move || stats.with(|s| s.conversation_tokens)}</dd>
                 <dt>"GPU memory: weights"</dt>
-                <dd class="weight-bytes" data-format=move || stats.get().weight_format.map(|q| q.name()).unwrap_or_default()>
-                    {move || {
-                        let stats = stats.get();
-                        let format = stats.weight_format.map(|q| format!(", {}", q.name())).unwrap_or_default();
-                        format!("{}{format}", mebibytes(stats.weight_bytes))
-                    }}
+                <dd class="weight-bytes" data-format=move || stats.with(|s| s.weight_format.clone())>
+                    {move || stats.with(|s| {
+                        let format = if s.weight_format.is_empty() { String::new() } else { format!(", {}", s.weight_format) };
+                        format!("{}{format}", mebibytes(s.weight_bytes))
+                    })}
                 </dd>
                 <dt>"GPU memory: conversation state"</dt>
-                <dd class="state-bytes" data-bytes=move || stats.get().state_bytes.to_string()>
-                    {move || mebibytes(stats.get().state_bytes)}
+                <dd class="state-bytes" data-bytes=move || stats.with(|s| s.state_bytes.to_string())>
+                    {move || mebibytes(stats.with(|s| s.state_bytes))}
                     <span class="constant">" — fixed, however long the chat"</span>
                 </dd>
                 <dt>"GPU memory: all buffers"</dt>
-                <dd class="gpu-bytes" data-bytes=move || stats.get().gpu_bytes.to_string()>{move || mebibytes(stats.get().gpu_bytes)}</dd>
-                <dt>"wasm heap"</dt>
-                <dd class="wasm-bytes">{move || megabytes(stats.get().wasm_bytes)}</dd>
+                <dd class="gpu-bytes" data-bytes=move || stats.with(|s| s.gpu_bytes.to_string())>
+                    {move || mebibytes(stats.with(|s| s.gpu_bytes))}
+                </dd>
+                <dt>"Engine's wasm heap"</dt>
+                <dd class="wasm-bytes">{move || megabytes(stats.with(|s| s.wasm_bytes))}</dd>
                 <dt>"Load"</dt>
-                <dd class="load-figures" data-peak-wasm=move || stats.get().load_peak_wasm_bytes.to_string()>
-                    {move || format!("{:.1} s, wasm heap peak {}", stats.get().load_seconds, megabytes(stats.get().load_peak_wasm_bytes))}
+                <dd class="load-figures" data-peak-wasm=move || stats.with(|s| s.load_peak_wasm_bytes.to_string())>
+                    {move || stats.with(|s| format!("{:.1} s, wasm heap peak {}", s.load_seconds, megabytes(s.load_peak_wasm_bytes)))}
                 </dd>
             </dl>
             <p class="explain">
                 "RecurrentGemma keeps a fixed-size state (an RG-LRU vector per recurrent layer and a "
-                "local-attention window of the last tokens) instead of a transformer's ever-growing KV cache."
+                "local-attention window of the last tokens) instead of a transformer's ever-growing KV cache. "
+                "The model runs in a worker: this page never waits for it."
             </p>
         </div>
     }

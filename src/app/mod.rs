@@ -1,10 +1,15 @@
 //! The chat page (Leptos, client-side rendered). The state lives in [`AppState`], a bundle of
-//! signals shared through context; the components in [`loading`] and [`chat`] read and change it.
-//! Loading and generation run as local tasks that await the GPU, so the page stays responsive.
+//! signals shared through context; the components in [`loading`], [`chat`] and [`conversations`]
+//! read and change it. The model runs in the package's worker ([`engine`]): this thread only
+//! renders, so a load or a reply never makes the page stutter. Conversations are kept in
+//! IndexedDB ([`store`]).
 
 pub mod chat;
+pub mod conversations;
+pub mod engine;
 pub mod loading;
 pub mod markdown;
 mod page;
+pub mod store;
 
 pub use page::*;

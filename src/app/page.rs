@@ -1,16 +1,18 @@
 //! The page's state and its root component.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use leptos::prelude::*;
 use leptos::task::spawn_local;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::{chat, loading};
-use crate::chat::session::{ChatSession, Generator, Stoppable, Timing};
-use crate::chat::SamplingParams;
+use super::engine::{LoadSource, Reply, Sampling, TurnFigures, WorkerEngine};
+use super::{chat, loading, store};
 use crate::web::download::{self, Source};
 use crate::web::js;
 use crate::web::loader::{self, LoadProgress};
-use crate::weights::format::{Quantization, MAX_MANIFEST_BYTES};
+use crate::weights::format::MAX_MANIFEST_BYTES;
 use crate::Error;
 
 /// Where the page is in its life.
@@ -52,19 +54,17 @@ pub struct PendingDownload {
 #[derive(Clone)]
 pub enum ModelChoice {
     /// Chosen on the page: a `models.json` entry or a URL the visitor typed.
-    Url {
-        name: String,
-        url: String,
-        note: String,
-    },
+    Url { name: String, url: String, note: String },
     /// A `?model=URL` link: someone else chose it, so a link must not silently make a visitor
     /// download gigabytes. It loads at once only from this page's origin, an origin
     /// `models.json` lists, or one the visitor agreed to; otherwise the visitor is asked first.
     Link(String),
+    /// A converted model folder picked on this computer; its files are handed to the worker.
     Folder(web_sys::FileList),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Speaker {
     User,
     Model,
@@ -78,6 +78,20 @@ pub struct Message {
     /// The reply's token ids once it is complete (shown as a data attribute, for tests).
     pub token_ids: RwSignal<Vec<u32>>,
     pub stopped: RwSignal<bool>,
+    /// Tokens the engine prefilled for the turn this reply answers (only the turn's own).
+    pub prompt_tokens: RwSignal<Option<u64>>,
+}
+
+impl Message {
+    pub fn saved(&self) -> store::SavedMessage {
+        store::SavedMessage {
+            speaker: self.speaker,
+            text: self.text.get_untracked(),
+            token_ids: self.token_ids.get_untracked(),
+            stopped: self.stopped.get_untracked(),
+            prompt_tokens: self.prompt_tokens.get_untracked(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -96,24 +110,39 @@ impl Default for Settings {
 }
 
 impl Settings {
-    fn sampling(&self) -> SamplingParams {
-        SamplingParams { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, seed: self.seed }
+    fn sampling(&self) -> Sampling {
+        Sampling {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+            max_tokens: self.max_tokens,
+        }
     }
 }
 
 /// Figures for the stats panel.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Stats {
-    pub last_turn: Timing,
-    pub conversation_tokens: usize,
+    /// The reply streaming now (updated with every piece) or the last one.
+    pub turn: TurnFigures,
+    pub conversation_tokens: u64,
     pub weight_bytes: u64,
-    /// How the loaded model's matrices are stored.
-    pub weight_format: Option<Quantization>,
+    /// How the loaded model's matrices are stored (`int8`, `int4`, `f32`).
+    pub weight_format: String,
     pub state_bytes: u64,
     pub gpu_bytes: u64,
+    /// The engine's wasm heap (in its worker).
     pub wasm_bytes: u64,
     pub load_seconds: f64,
     pub load_peak_wasm_bytes: u64,
+}
+
+/// What a reply answers.
+enum Turn {
+    Message(String),
+    /// The last message again; the reply it replaces comes back if the engine cannot.
+    Regenerate(Message),
 }
 
 #[derive(Clone, Copy)]
@@ -123,12 +152,19 @@ pub struct AppState {
     pub choice: StoredValue<Option<ModelChoice>, LocalStorage>,
     pub model_label: RwSignal<String>,
     pub model_note: RwSignal<String>,
-    /// Out of the store while a reply is generated.
-    pub session: StoredValue<Option<ChatSession>, LocalStorage>,
+    /// The loaded model, running in its worker.
+    pub engine: StoredValue<Option<WorkerEngine>, LocalStorage>,
+    /// The loaded model's identity (its manifest's sha256): saved states are keyed by it.
+    pub model_id: StoredValue<Option<String>>,
+    /// Counts loads, so a load overtaken by a newer one is disposed of, not shown.
+    pub load_serial: StoredValue<u64>,
     pub messages: RwSignal<Vec<Message>>,
     pub next_id: StoredValue<usize>,
+    /// A reply, or a conversation being opened, is in progress: one engine call at a time.
     pub busy: RwSignal<bool>,
-    pub stop: RwSignal<bool>,
+    /// The engine can answer the last message again: it replied to it in this session (a
+    /// conversation reopened from its saved state holds no state from before its last reply).
+    pub can_regenerate: RwSignal<bool>,
     pub settings: RwSignal<Settings>,
     pub stats: RwSignal<Stats>,
     pub chat_error: RwSignal<Option<String>>,
@@ -137,6 +173,14 @@ pub struct AppState {
     pub last_load: RwSignal<Option<LoadProgress>>,
     /// Origins the visitor agreed to download from, so a reload does not ask again.
     pub approved_origins: StoredValue<Vec<String>>,
+    /// The saved conversations (as stored), the most recent first.
+    pub conversations: RwSignal<Vec<store::Conversation>>,
+    /// The open conversation's id; `None` for a new one, saved with its first reply.
+    pub current: RwSignal<Option<String>>,
+    /// Why the last save (or the conversation list) failed, e.g. a full quota.
+    pub store_error: RwSignal<Option<String>>,
+    /// What the model remembers of the open conversation, when not all of it (a refused state).
+    pub restore_note: RwSignal<Option<String>>,
 }
 
 impl AppState {
@@ -147,21 +191,27 @@ impl AppState {
             choice: StoredValue::new_local(None),
             model_label: RwSignal::new(String::new()),
             model_note: RwSignal::new(String::new()),
-            session: StoredValue::new_local(None),
+            engine: StoredValue::new_local(None),
+            model_id: StoredValue::new(None),
+            load_serial: StoredValue::new(0),
             messages: RwSignal::new(Vec::new()),
             next_id: StoredValue::new(0),
             busy: RwSignal::new(false),
-            stop: RwSignal::new(false),
+            can_regenerate: RwSignal::new(false),
             settings: RwSignal::new(Settings::default()),
             stats: RwSignal::new(Stats::default()),
             chat_error: RwSignal::new(None),
             cached_bytes: RwSignal::new(None),
             last_load: RwSignal::new(None),
             approved_origins: StoredValue::new(Vec::new()),
+            conversations: RwSignal::new(Vec::new()),
+            current: RwSignal::new(None),
+            store_error: RwSignal::new(None),
+            restore_note: RwSignal::new(None),
         }
     }
 
-    fn message(&self, speaker: Speaker, text: &str) -> Message {
+    pub fn message(&self, speaker: Speaker, text: &str) -> Message {
         let id = self.next_id.get_value();
         self.next_id.set_value(id + 1);
         Message {
@@ -170,16 +220,22 @@ impl AppState {
             text: RwSignal::new(text.to_string()),
             token_ids: RwSignal::new(Vec::new()),
             stopped: RwSignal::new(false),
+            prompt_tokens: RwSignal::new(None),
         }
     }
 
-    /// Loads `choice` (dropping any loaded model first), reporting progress into `phase`.
+    /// Loads `choice` (ending any loaded model's worker first), reporting progress into `phase`.
     pub fn load(self, choice: ModelChoice) {
-        if let Some(session) = self.session.try_update_value(|s| s.take()).flatten() {
-            session.into_generator().destroy();
-        }
+        let serial = self.load_serial.get_value() + 1;
+        self.load_serial.set_value(serial);
+        let previous = self.engine.try_update_value(|e| e.take()).flatten();
+        self.model_id.set_value(None);
         self.messages.set(Vec::new());
+        self.current.set(None);
         self.chat_error.set(None);
+        self.restore_note.set(None);
+        self.busy.set(false);
+        self.can_regenerate.set(false);
         let (label, note) = match &choice {
             ModelChoice::Url { name, note, .. } => (name.clone(), note.clone()),
             ModelChoice::Link(url) => (url.clone(), String::new()),
@@ -190,7 +246,11 @@ impl AppState {
         self.choice.set_value(Some(choice.clone()));
         self.phase.set(Phase::Loading(LoadProgress::default()));
         spawn_local(async move {
-            // Before the GPU is touched: a visitor who declines gets nothing set up.
+            // The old model's GPU memory goes before the new one's is taken.
+            if let Some(previous) = previous {
+                previous.dispose().await;
+            }
+            // Before anything is downloaded: a visitor who declines gets nothing set up.
             match self.pending_download(&choice).await {
                 Ok(None) => {}
                 Ok(Some(pending)) => {
@@ -202,53 +262,68 @@ impl AppState {
                     return;
                 }
             }
-            // The source first: a bad address must not leave a GPU device behind.
+            // The source is checked here (a bad address, a folder of two models) before a worker starts.
             let source = match &choice {
                 ModelChoice::Url { url, .. } | ModelChoice::Link(url) => Source::url(url),
                 ModelChoice::Folder(files) => Ok(Source::folder(files)),
             };
-            let source = match source {
-                Ok(source) => source,
-                Err(e) => {
-                    self.phase.set(Phase::Failed(e.to_string()));
-                    return;
-                }
-            };
-            let ctx = match loader::gpu_context().await {
-                Ok(ctx) => ctx,
-                Err(e) => {
-                    self.phase.set(Phase::NoWebGpu(e.to_string()));
-                    return;
-                }
-            };
-            let phase = self.phase;
-            let mut report = |progress: &LoadProgress| phase.set(Phase::Loading(progress.clone()));
-            let loaded = loader::load(ctx, source, &mut report).await;
-            let model = match loaded {
-                Ok(model) => model,
-                Err(e) => {
-                    self.phase.set(Phase::Failed(e.to_string()));
-                    return;
-                }
-            };
-            let settings = self.settings.get_untracked();
-            match Generator::gpu(model.engine, settings.sampling()) {
-                Ok(generator) => {
-                    let session = ChatSession::new(generator, model.tokenizer);
-                    let load = Stats {
-                        weight_format: Some(model.manifest.quantization),
-                        load_seconds: model.progress.seconds,
-                        load_peak_wasm_bytes: model.progress.peak_wasm_bytes,
-                        ..Stats::default()
-                    };
-                    self.stats.set(stats_of(&session, load));
-                    self.session.set_value(Some(session));
-                    self.last_load.set(Some(model.progress));
-                    self.phase.set(Phase::Ready);
-                    self.refresh_cached_bytes();
-                }
-                Err(e) => self.phase.set(Phase::Failed(e.to_string())),
+            if let Err(e) =
+                source.as_ref().map_err(|e| e.to_string()).and_then(|s| s.check().map_err(|e| e.to_string()))
+            {
+                self.phase.set(Phase::Failed(e));
+                return;
             }
+            if let Err(why) = super::engine::check_adapter().await {
+                self.phase.set(Phase::NoWebGpu(why));
+                return;
+            }
+            // Another model chosen meanwhile: this load has nothing left to do.
+            if self.load_serial.get_value() != serial {
+                return;
+            }
+            let phase = self.phase;
+            let serial_now = self.load_serial;
+            let last = Rc::new(RefCell::new(LoadProgress::default()));
+            let report = {
+                let last = last.clone();
+                move |progress: LoadProgress| {
+                    if serial_now.get_value() == serial {
+                        *last.borrow_mut() = progress.clone();
+                        phase.set(Phase::Loading(progress));
+                    }
+                }
+            };
+            let url = match &source {
+                Ok(Source::Url(base)) => Some(base.clone()),
+                _ => None,
+            };
+            let source = match (&choice, &url) {
+                (ModelChoice::Folder(files), _) => LoadSource::Folder(files),
+                (_, Some(url)) => LoadSource::Url(url),
+                (_, None) => return,
+            };
+            let loaded = WorkerEngine::load(source, report).await;
+            if self.load_serial.get_value() != serial {
+                if let Ok(engine) = loaded {
+                    engine.dispose().await;
+                }
+                return;
+            }
+            let engine = match loaded {
+                Ok(engine) => engine,
+                Err(e) => {
+                    self.phase.set(Phase::Failed(e));
+                    return;
+                }
+            };
+            let progress = last.take();
+            self.model_id.set_value(engine.model_id().await);
+            self.stats.set(Stats { load_peak_wasm_bytes: progress.peak_wasm_bytes, ..Stats::default() });
+            self.engine.set_value(Some(engine));
+            self.refresh_stats().await;
+            self.last_load.set(Some(progress));
+            self.phase.set(Phase::Ready);
+            self.refresh_cached_bytes();
         });
     }
 
@@ -297,122 +372,127 @@ impl AppState {
         });
     }
 
+    /// The engine's figures now, keeping the load's.
+    pub async fn refresh_stats(self) {
+        let Some(engine) = self.engine.get_value() else { return };
+        if let Ok(now) = engine.stats().await {
+            self.stats.update(|stats| {
+                *stats = Stats {
+                    turn: now.turn,
+                    conversation_tokens: now.conversation_tokens,
+                    weight_bytes: now.weight_bytes,
+                    weight_format: now.weight_format,
+                    state_bytes: now.state_bytes,
+                    gpu_bytes: now.gpu_bytes,
+                    wasm_bytes: now.wasm_bytes,
+                    load_seconds: now.load_seconds,
+                    load_peak_wasm_bytes: stats.load_peak_wasm_bytes,
+                }
+            });
+        }
+    }
+
     /// Sends the user's message and streams the reply.
     pub fn send(self, text: String) {
         let text = text.trim().to_string();
-        if text.is_empty() || self.busy.get_untracked() {
+        if text.is_empty() || self.busy.get_untracked() || self.engine.with_value(Option::is_none) {
             return;
         }
         let user = self.message(Speaker::User, &text);
         self.messages.update(|m| m.push(user));
-        self.generate(move |session, max, on_text| Box::pin(async move { session.send(&text, max, on_text).await }));
+        self.generate(Turn::Message(text));
     }
 
     /// Answers the last message again with the next seed.
     pub fn regenerate(self) {
-        if self.busy.get_untracked() {
+        if self.busy.get_untracked() || self.engine.with_value(Option::is_none) || !self.can_regenerate.get_untracked()
+        {
             return;
         }
         let last_is_reply = self.messages.with_untracked(|m| m.last().is_some_and(|m| m.speaker == Speaker::Model));
         if !last_is_reply {
             return;
         }
-        self.messages.update(|m| {
-            m.pop();
-        });
+        let Some(replaced) = self.messages.try_update(|m| m.pop()).flatten() else { return };
         self.settings.update(|s| s.seed = s.seed.wrapping_add(1));
-        self.generate(|session, max, on_text| Box::pin(async move { session.regenerate(max, on_text).await }));
+        self.generate(Turn::Regenerate(replaced));
     }
 
-    pub fn new_chat(self) {
-        if self.busy.get_untracked() {
-            return;
+    /// Stops the reply in progress (even mid-prompt: the prompt is then taken back).
+    pub fn stop(self) {
+        if let Some(engine) = self.engine.get_value() {
+            engine.abort();
         }
-        self.session.update_value(|s| {
-            if let Some(session) = s {
-                session.reset();
-            }
-        });
-        self.messages.set(Vec::new());
-        self.chat_error.set(None);
-        self.session.with_value(|s| {
-            if let Some(session) = s {
-                self.stats.update(|stats| stats.conversation_tokens = session.generator_ref().position());
-            }
-        });
     }
 
-    fn generate(self, turn: impl for<'s> FnOnce(&'s mut ChatSession, usize, PageListener<'s>) -> Turn<'s> + 'static) {
-        let Some(mut session) = self.session.try_update_value(|s| s.take()).flatten() else {
-            return;
-        };
+    fn generate(self, turn: Turn) {
+        let Some(engine) = self.engine.get_value() else { return };
         let reply = self.message(Speaker::Model, "");
         self.messages.update(|m| m.push(reply));
         self.busy.set(true);
-        self.stop.set(false);
         self.chat_error.set(None);
-        let settings = self.settings.get_untracked();
+        // The figures start from zero: whatever they show during the reply is the reply's.
+        self.stats.update(|s| s.turn = TurnFigures::default());
+        let sampling = self.settings.get_untracked().sampling();
+        let stats = self.stats;
+        let on_token = move |piece: String, live: Option<TurnFigures>| {
+            reply.text.update(|t| t.push_str(&piece));
+            if let Some(live) = live {
+                stats.update(|s| s.turn = live);
+            }
+        };
         spawn_local(async move {
-            let stop = self.stop;
-            let mut on_text = |piece: &str| {
-                reply.text.update(|t| t.push_str(piece));
-                !stop.get_untracked()
-            };
-            let result = match session.generator().set_sampling(settings.sampling()) {
-                Ok(()) => {
-                    // Stop is also asked mid-prompt and after tokens that make no text.
-                    let stopped = || stop.get_untracked();
-                    turn(&mut session, settings.max_tokens, Stoppable { on_text: &mut on_text, stopped: &stopped })
-                        .await
-                }
-                Err(e) => Err(e),
+            let (result, replaced) = match turn {
+                Turn::Message(text) => (engine.chat(&text, &sampling, on_token).await, None),
+                Turn::Regenerate(old) => (engine.regenerate(&sampling, on_token).await, Some(old)),
             };
             match result {
                 Ok(done) => {
-                    reply.token_ids.set(done.ids);
-                    reply.stopped.set(self.stop.get_untracked());
-                    self.stats.update(|stats| *stats = stats_of(&session, *stats));
-                    self.session.set_value(Some(session));
+                    self.finish(reply, done);
+                    self.refresh_stats().await;
+                    // Saved before the next call can change the state (one engine call at a time).
+                    self.save_current(engine).await;
                 }
                 Err(e) => {
-                    // The device-lost promise may settle just after the failed submission.
-                    js::sleep_ms(100).await;
-                    self.fail(e, session);
+                    if let Some(old) = replaced {
+                        self.messages.update(|m| {
+                            m.pop();
+                            m.push(old);
+                        });
+                    }
+                    self.fail(e, engine).await
                 }
             }
             self.busy.set(false);
         });
     }
 
-    fn fail(self, error: Error, session: ChatSession) {
-        let message = error.to_string();
-        if session.generator_ref().device_lost() {
-            drop(session);
-            self.phase.set(Phase::DeviceLost(message));
-        } else {
-            self.session.set_value(Some(session));
-            self.chat_error.set(Some(message));
-        }
+    fn finish(self, reply: Message, done: Reply) {
+        self.can_regenerate.set(true);
+        reply.text.set(done.text);
+        reply.token_ids.set(done.token_ids);
+        reply.stopped.set(done.stopped);
+        reply.prompt_tokens.set(Some(done.prompt_tokens));
     }
-}
 
-/// What a reply streams to: its message's text, and the Stop button's flag.
-type PageListener<'s> = Stoppable<&'s mut dyn FnMut(&str) -> bool, &'s dyn Fn() -> bool>;
-
-type Turn<'s> = std::pin::Pin<Box<dyn std::future::Future<Output = crate::Result<crate::chat::session::Reply>> + 's>>;
-
-/// The session's current figures; the load figures come from `previous`.
-fn stats_of(session: &ChatSession, previous: Stats) -> Stats {
-    let generator = session.generator_ref();
-    let (weight_bytes, gpu_bytes) = generator.gpu_bytes();
-    Stats {
-        last_turn: generator.timing(),
-        conversation_tokens: generator.position(),
-        weight_bytes,
-        state_bytes: generator.state_bytes(),
-        gpu_bytes,
-        wasm_bytes: js::wasm_memory_bytes(),
-        ..previous
+    async fn fail(self, error: String, engine: WorkerEngine) {
+        // The device-lost report may come just after the failed submission.
+        js::sleep_ms(100).await;
+        // The engine says whether its device is gone; an engine that does not say is judged by its
+        // message (a lost device fails the reply's read-back of the sampled token).
+        let said = engine.stats().await.ok().and_then(|s| s.device_lost);
+        let lost = said.unwrap_or_else(|| error.contains("device lost") || error.contains("map a buffer"));
+        if lost {
+            self.engine.set_value(None);
+            engine.dispose().await;
+            self.phase.set(Phase::DeviceLost(error));
+        } else if error.contains("worker failed") {
+            // The engine is gone with its worker: what is left is loading the model again.
+            self.engine.set_value(None);
+            self.phase.set(Phase::Failed(error));
+        } else {
+            self.chat_error.set(Some(error));
+        }
     }
 }
 
@@ -450,6 +530,7 @@ pub fn App() -> impl IntoView {
         state.known_models.set(fetch_known_models().await);
     });
     state.refresh_cached_bytes();
+    state.refresh_conversations();
 
     view! {
         <header class="top">

@@ -3,7 +3,8 @@
 // must end in a loaded model or in one clear line with a Retry, never in a model downloaded
 // twice, a poisoned cache or leaked GPU memory. The built site (dist/) is served on one origin;
 // the demo model on it and, for the cross-origin case, on a second origin that, like most CDNs,
-// does not expose Content-Range.
+// does not expose Content-Range. The page loads in the package's worker, which is served with test
+// hooks (worker-hooks.mjs): it reports the GPU buffers it makes, and can be made to fail cache writes.
 //
 // Usage: node downloads.mjs   (after `trunk build --release` with the demo model in www/models/demo)
 import assert from 'node:assert/strict';
@@ -12,6 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { launchContext, root } from './chromium.mjs';
 import { startServer } from './server.mjs';
+import { FAIL_SHARD_PUTS, hookedPackage, noEngineWorker } from './worker-hooks.mjs';
 
 const dist = path.join(root, 'dist');
 const modelDir = path.join(dist, 'models/demo');
@@ -114,41 +116,14 @@ async function main() {
     assert.ok(shardBytes > SEGMENT_BYTES + 1_000_000, `the demo shard (${shardBytes} B) spans a cache segment`);
     const tokenizer = '/models/demo/tokenizer.json';
 
-    const site = await startServer({ '/': dist });
+    const site = await startServer({ '/': dist, '/pkg/': hookedPackage(dist) });
     const host = await startServer({ '/models/': path.join(dist, 'models') });
     const context = await launchContext();
-    // Every GPU buffer a document makes, and whether it was freed: destroyed itself or with its device.
+    // The GPU buffers the engine's worker made, and how many are still held (as it last reported).
     await context.addInitScript(() => {
-        if (!self.GPUDevice) return;
-        const created = [];
-        const destroyed = new Set();
-        const createBuffer = GPUDevice.prototype.createBuffer;
-        GPUDevice.prototype.createBuffer = function (...args) {
-            const buffer = createBuffer.apply(this, args);
-            created.push({ buffer, device: this });
-            return buffer;
-        };
-        for (const kind of [GPUBuffer, GPUDevice]) {
-            const destroy = kind.prototype.destroy;
-            kind.prototype.destroy = function () {
-                destroyed.add(this);
-                return destroy.call(this);
-            };
-        }
-        window.__gpuBuffers = () => ({
-            created: created.length,
-            live: created.filter(({ buffer, device }) => !destroyed.has(buffer) && !destroyed.has(device)).length,
-        });
-        // `?...&fail-shard-puts`: the storage fills up mid-load (every cache put of a shard fails).
-        if (new URLSearchParams(location.search).has('fail-shard-puts')) {
-            const put = Cache.prototype.put;
-            Cache.prototype.put = function (request, response) {
-                if (String(request.url ?? request).includes('.safetensors')) {
-                    return Promise.reject(new DOMException('the quota is full', 'QuotaExceededError'));
-                }
-                return put.call(this, request, response);
-            };
-        }
+        let counts = { created: 0, live: 0 };
+        new BroadcastChannel('rg-test-gpu').onmessage = ({ data }) => { counts = data; };
+        window.__gpuBuffers = () => counts;
     });
     const page = context.pages()[0] ?? await context.newPage();
     const pageErrors = [];
@@ -235,8 +210,10 @@ async function main() {
         //    stops, the load goes on, nothing is fetched twice.
         await clearCache(page);
         mark = site.requests.length;
-        await page.goto(`${modelUrl}&fail-shard-puts`);
+        await page.evaluate((name) => caches.open(name), FAIL_SHARD_PUTS);
+        await page.goto(modelUrl);
         await expectReady(page, 'quota exceeded mid-load');
+        await page.evaluate((name) => caches.delete(name), FAIL_SHARD_PUTS);
         assert.equal(requestsOf(site, shard, mark).length, 1);
         assert.equal(await page.locator('.load-summary').getAttribute('data-cache'), 'QuotaExceeded');
         log('quota exceeded mid-load: loaded, without writing');
@@ -259,19 +236,20 @@ async function main() {
         await expectReady(page, 'retry after the host was fixed');
         log('poisoned tokenizer: clear errors, never cached, Retry loads once fixed');
 
-        // 8. A load that fails after the engine was made frees every GPU buffer it made.
+        // 8. A load that fails after the engine was made frees every GPU buffer it made: its
+        //    worker, and the GPU device with it, is ended.
         await clearCache(page);
         site.corrupt(shard);
         await page.goto(modelUrl);
         await expectFailure(page, /model-00000\.safetensors/, 'damaged shard');
         const failed = await page.evaluate(() => window.__gpuBuffers());
         assert.ok(failed.created > 10, `the engine was made before the failure (${failed.created} buffers)`);
-        assert.equal(failed.live, 0, `${failed.live} of ${failed.created} GPU buffers left after a failed load`);
+        await noEngineWorker(page);
         assert.ok(!(await cachedUrls(page)).some((url) => url.includes('.safetensors')), 'the damaged shard is not cached');
         site.corrupt(shard, false);
         await page.locator('section.load-failed button.retry').click();
         await expectReady(page, 'retry after a damaged shard');
-        log(`a failed load freed all ${failed.created} of its GPU buffers`);
+        log(`a failed load ended its worker and with it all ${failed.created} of its GPU buffers`);
 
         // 9. A manifest that never ends is cut off at the cap, not read into memory whole.
         site.endless('/models/demo/manifest.json', 64 << 20);
@@ -284,8 +262,8 @@ async function main() {
         await page.goto(`${site.url}/`);
         await page.locator('.folder input[type=file]').setInputFiles(folderOfTwoModels());
         await expectFailure(page, /2 models/, 'a folder of two models');
-        const none = await page.evaluate(() => window.__gpuBuffers());
-        assert.equal(none.live, 0, 'nothing was allocated for it');
+        assert.equal((await page.evaluate(() => window.__gpuBuffers())).created, 0, 'nothing was allocated for it');
+        assert.equal(page.workers().length, 0, 'no engine was started for it');
         log('a folder of two models: refused');
 
         // 11. A malformed int4 model (scales that do not match the groups) is one clear error
@@ -296,7 +274,8 @@ async function main() {
             await loadTypedUrl(page, `${bad.url}/models/bad/`);
             await expectFailure(page, /manifest\.json: piece .*scales.* expected .*int4 scales: one f16 per group/, 'malformed int4');
             assert.ok(!bad.requests.some((r) => r.path.endsWith('.safetensors')), 'no shard was fetched');
-            assert.equal((await page.evaluate(() => window.__gpuBuffers())).live, 0, 'no GPU memory is held');
+            assert.equal((await page.evaluate(() => window.__gpuBuffers())).created, 0, 'no GPU memory was taken');
+            await noEngineWorker(page);
             log('a malformed int4 manifest: one clear error');
         } finally {
             await bad.close();

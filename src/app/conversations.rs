@@ -1,0 +1,280 @@
+//! Conversations that survive a reload: the sidebar (list, New, rename, delete) and what each
+//! action does. A conversation is saved after every reply with the engine's state at that point,
+//! bit for bit, so reopening it after a reload restores the state and the next message prefills
+//! only its own tokens. A state is only offered back to the model that made it (the page checks
+//! the stored model identity, and the engine refuses another model's bytes); when there is none to
+//! restore, the messages stay on screen and the model starts afresh, which the page says.
+
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+
+use super::engine::WorkerEngine;
+use super::store::{self, Conversation};
+use super::{AppState, Message, Speaker};
+
+/// Longest title made from a first message, in characters.
+const TITLE_CHARS: usize = 48;
+
+/// A new conversation's title: the first line of its first message.
+fn title_of(first_message: &str) -> String {
+    let line = first_message.lines().next().unwrap_or_default().trim();
+    if line.chars().count() > TITLE_CHARS {
+        format!("{}…", line.chars().take(TITLE_CHARS - 1).collect::<String>().trim_end())
+    } else if line.is_empty() {
+        "Conversation".into()
+    } else {
+        line.to_string()
+    }
+}
+
+/// A fresh id: the time and a random tail, unique enough for one browser's conversations.
+fn new_id() -> String {
+    let random = (js_sys::Math::random() * 2f64.powi(48)) as u64;
+    format!("c{:x}-{random:x}", js_sys::Date::now() as u64)
+}
+
+impl AppState {
+    /// Reads the saved conversations into the sidebar.
+    pub fn refresh_conversations(self) {
+        spawn_local(async move {
+            match store::list().await {
+                Ok(list) => self.conversations.set(list),
+                Err(e) => self.store_error.set(Some(e)),
+            }
+        });
+    }
+
+    /// Saves the open conversation and the engine's state after its last reply. Runs while the
+    /// page is still busy with the reply, so no other call can change the state first.
+    pub async fn save_current(self, engine: WorkerEngine) {
+        let messages: Vec<_> = self.messages.with_untracked(|m| m.iter().map(Message::saved).collect());
+        let id = self.current.get_untracked().unwrap_or_else(new_id);
+        let title = self
+            .conversations
+            .with_untracked(|list| list.iter().find(|c| c.id == id).map(|c| c.title.clone()))
+            .unwrap_or_else(|| {
+                let first = messages.iter().find(|m| m.speaker == Speaker::User);
+                title_of(first.map_or("", |m| m.text.as_str()))
+            });
+        self.current.set(Some(id.clone()));
+        let model_id = self.model_id.get_value().unwrap_or_default();
+        // Without its state the conversation is still saved, and reopening it says the model starts afresh.
+        let (state, problem) = match engine.state_bytes().await {
+            Ok(bytes) if !model_id.is_empty() => (Some(bytes), None),
+            Ok(_) => (None, Some("the engine did not say which model it runs".to_string())),
+            Err(e) => (None, Some(e)),
+        };
+        let conversation = Conversation { id, title, updated: js_sys::Date::now(), messages };
+        match store::save(&conversation, &model_id, state).await {
+            Ok(()) => {
+                self.store_error.set(problem.map(|p| format!("The conversation was saved without its state ({p}).")));
+                self.conversations.update(|list| {
+                    list.retain(|c| c.id != conversation.id);
+                    list.insert(0, conversation);
+                });
+            }
+            Err(e) => self.store_error.set(Some(e)),
+        }
+    }
+
+    /// Opens a saved conversation: its messages, and the engine's state after its last reply.
+    pub fn open(self, id: String) {
+        if self.busy.get_untracked() || self.current.get_untracked().as_deref() == Some(id.as_str()) {
+            return;
+        }
+        let Some(conversation) = self.conversations.with_untracked(|l| l.iter().find(|c| c.id == id).cloned()) else {
+            return;
+        };
+        let Some(engine) = self.engine.get_value() else { return };
+        self.busy.set(true);
+        self.can_regenerate.set(false);
+        self.chat_error.set(None);
+        self.store_error.set(None);
+        self.restore_note.set(None);
+        self.current.set(Some(id.clone()));
+        let messages = conversation
+            .messages
+            .iter()
+            .map(|saved| {
+                let message = self.message(saved.speaker, &saved.text);
+                message.token_ids.set(saved.token_ids.clone());
+                message.stopped.set(saved.stopped);
+                message.prompt_tokens.set(saved.prompt_tokens);
+                message
+            })
+            .collect();
+        self.messages.set(messages);
+        let model_id = self.model_id.get_value();
+        spawn_local(async move {
+            const AFRESH: &str = "The model starts this conversation afresh: it does not remember the messages above.";
+            let note = match store::state(&id).await {
+                Ok(Some(saved)) if model_id.as_deref() == Some(saved.model_id.as_str()) => {
+                    match engine.restore(&saved.bytes).await {
+                        Ok(()) => None,
+                        Err(e) => Some(format!("The saved state was refused: {e}. {AFRESH}")),
+                    }
+                }
+                Ok(Some(saved)) => {
+                    let theirs = saved.model_id.get(..12).unwrap_or(&saved.model_id);
+                    Some(format!(
+                        "This conversation's state was saved with another model (manifest sha256 {theirs}…), so \
+                         it is not offered to this one. {AFRESH}"
+                    ))
+                }
+                Ok(None) => (!conversation.messages.is_empty()).then(|| format!("No saved state. {AFRESH}")),
+                Err(e) => Some(format!("The saved state could not be read ({e}). {AFRESH}")),
+            };
+            if note.is_some() {
+                if let Err(e) = engine.reset().await {
+                    self.chat_error.set(Some(e));
+                }
+            }
+            self.restore_note.set(note);
+            self.refresh_stats().await;
+            self.busy.set(false);
+        });
+    }
+
+    /// Starts a new conversation (saved with its first reply).
+    pub fn new_conversation(self) {
+        if self.busy.get_untracked() {
+            return;
+        }
+        self.current.set(None);
+        self.messages.set(Vec::new());
+        self.can_regenerate.set(false);
+        self.chat_error.set(None);
+        self.restore_note.set(None);
+        let Some(engine) = self.engine.get_value() else { return };
+        // Not busy while it resets: the worker answers calls in order, so a message sent at once
+        // still finds the state reset.
+        spawn_local(async move {
+            if let Err(e) = engine.reset().await {
+                self.chat_error.set(Some(e));
+            }
+            if !self.busy.get_untracked() {
+                self.refresh_stats().await;
+            }
+        });
+    }
+
+    pub fn rename(self, id: &str, title: String) {
+        let title = title.trim().to_string();
+        if title.is_empty() {
+            return;
+        }
+        let Some(mut conversation) = self.conversations.with_untracked(|l| l.iter().find(|c| c.id == id).cloned())
+        else {
+            return;
+        };
+        conversation.title = title;
+        spawn_local(async move {
+            match store::put(&conversation).await {
+                Ok(()) => self.conversations.update(|list| {
+                    if let Some(c) = list.iter_mut().find(|c| c.id == conversation.id) {
+                        c.title = conversation.title;
+                    }
+                }),
+                Err(e) => self.store_error.set(Some(e)),
+            }
+        });
+    }
+
+    /// Deletes a conversation and its saved state; the open one gives way to a new one.
+    pub fn delete(self, id: String) {
+        if self.busy.get_untracked() {
+            return;
+        }
+        spawn_local(async move {
+            match store::delete(&id).await {
+                Ok(()) => {
+                    self.conversations.update(|list| list.retain(|c| c.id != id));
+                    if self.current.get_untracked().as_deref() == Some(id.as_str()) {
+                        self.new_conversation();
+                    }
+                }
+                Err(e) => self.store_error.set(Some(e)),
+            }
+        });
+    }
+}
+
+/// The sidebar: every saved conversation, the open one highlighted.
+#[component]
+pub fn ConversationList() -> impl IntoView {
+    let state = expect_context::<AppState>();
+    view! {
+        <nav class="conversations">
+            <div class="conversations-head">
+                <h3>"Conversations"</h3>
+                <button class="new-conversation" disabled=move || state.busy.get() on:click=move |_| state.new_conversation()>
+                    "New"
+                </button>
+            </div>
+            <ul>
+                {move || state.current.with(Option::is_none).then(|| view! {
+                    <li class="conversation current unsaved"><span class="title">"New conversation"</span></li>
+                })}
+                <For
+                    each=move || state.conversations.get()
+                    key=|c| (c.id.clone(), c.title.clone(), c.messages.len())
+                    let:conversation
+                >
+                    <ConversationItem conversation=conversation />
+                </For>
+            </ul>
+        </nav>
+    }
+}
+
+#[component]
+fn ConversationItem(conversation: Conversation) -> impl IntoView {
+    let state = expect_context::<AppState>();
+    let id = StoredValue::new(conversation.id.clone());
+    let title = conversation.title.clone();
+    let editing = RwSignal::new(false);
+    let current = move || state.current.with(|c| id.with_value(|id| c.as_ref() == Some(id)));
+    let input = NodeRef::<leptos::html::Input>::new();
+    // Focus the field as it appears, so the new name can be typed at once.
+    Effect::new(move |_| {
+        if let Some(input) = input.get() {
+            let _ = input.focus();
+            input.select();
+        }
+    });
+    let commit = move |value: String| {
+        if editing.get_untracked() {
+            editing.set(false);
+            state.rename(&id.get_value(), value);
+        }
+    };
+    view! {
+        <li class="conversation" class:current=current data-id=conversation.id.clone() data-messages=conversation.messages.len()>
+            {move || if editing.get() {
+                view! {
+                    <input
+                        class="rename-input"
+                        node_ref=input
+                        prop:value=title.clone()
+                        on:keydown=move |ev| match ev.key().as_str() {
+                            "Enter" => commit(event_target_value(&ev)),
+                            "Escape" => editing.set(false),
+                            _ => {}
+                        }
+                        on:blur=move |ev| commit(event_target_value(&ev))
+                    />
+                }
+                .into_any()
+            } else {
+                view! {
+                    <button class="open" title=title.clone() disabled=move || state.busy.get() on:click=move |_| state.open(id.get_value())>
+                        {title.clone()}
+                    </button>
+                }
+                .into_any()
+            }}
+            <button class="rename" title="Rename" disabled=move || state.busy.get() on:click=move |_| editing.set(true)>"Rename"</button>
+            <button class="delete" title="Delete" disabled=move || state.busy.get() on:click=move |_| state.delete(id.get_value())>"Delete"</button>
+        </li>
+    }
+}

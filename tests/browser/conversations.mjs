@@ -1,0 +1,272 @@
+// Conversations that survive a reload, in Chromium (WebGPU on SwiftShader): the page keeps each
+// conversation's messages and the engine's state after its last reply in IndexedDB, bit for bit.
+// 1. Two turns, a reload, the conversation reopened from the sidebar: the third turn prefills only
+//    its own tokens and its reply equals that of a second browser that sent the same three
+//    messages without a reload (sampled, same seed: the state carries the sampler's position too).
+// 2. A state saved with another model is refused, with the reason on the page, and the model starts
+//    the conversation afresh: by the page (the stored model identity differs) and by the engine
+//    (the identity inside the bytes differs while the stored one was made to match).
+// 3. Rename survives a reload; a full storage quota is a message, never a crash; delete removes the
+//    conversation and its state from the store.
+//
+// Usage: node conversations.mjs   (after `trunk build --release` with the demo model in www/models/demo)
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { launchContext, root } from './chromium.mjs';
+import { startServer } from './server.mjs';
+
+const dist = path.join(root, 'dist');
+const screenshots = process.env.SCREENSHOTS ?? path.join(root, 'target/screenshots');
+const TIMEOUT = 300_000;
+const MESSAGES = ['Who made the heaven and the earth?', 'And what did he say then?', 'Tell me of the light.'];
+/** Sampled, seeded: a reply depends on the state, the seed and the tokens sampled so far. */
+const SETTINGS = { temperature: 1, 'top-k': 0, 'top-p': 1, seed: 5, 'max-tokens': 12 };
+
+function log(message) {
+    console.log(`[conversations e2e] ${message}`);
+}
+
+async function openPage(context, url) {
+    const page = context.pages()[0] ?? await context.newPage();
+    const errors = [];
+    page.on('pageerror', (e) => errors.push(String(e)));
+    await page.goto(url);
+    await waitReady(page);
+    return { page, errors };
+}
+
+async function waitReady(page) {
+    await page.waitForSelector('section.chat', { timeout: TIMEOUT });
+}
+
+async function applySettings(page) {
+    for (const [cls, value] of Object.entries(SETTINGS)) {
+        const input = page.locator(`.settings .${cls} input`);
+        await input.fill(String(value));
+        await input.dispatchEvent('change');
+    }
+}
+
+/** Waits until no engine call is in progress (a reply, or a conversation being opened). */
+async function idle(page) {
+    await page.waitForFunction(() => !document.querySelector('button.stop')
+        && !document.querySelector('button.new-conversation').disabled, null, { timeout: TIMEOUT });
+}
+
+/** Sends `text`, waits for the reply and for the conversation to be saved; the reply's ids and prompt tokens. */
+async function send(page, text) {
+    const before = await page.locator('.message.model').count();
+    await page.locator('textarea.prompt').fill(text);
+    await page.locator('textarea.prompt').press('Enter');
+    await page.waitForFunction((i) => document.querySelectorAll('.message.model')[i]?.dataset.done === 'true', before, { timeout: TIMEOUT });
+    await idle(page);
+    const reply = page.locator('.message.model').nth(before);
+    const messages = await page.locator('.message').count();
+    await page.waitForSelector(`li.conversation.current[data-messages="${messages}"]`, { timeout: 30_000 });
+    return {
+        ids: (await reply.getAttribute('data-token-ids')).split(',').filter(Boolean).map(Number),
+        promptTokens: Number(await reply.getAttribute('data-prompt-tokens')),
+    };
+}
+
+async function conversationTokens(page) {
+    return Number(await page.locator('.conversation-tokens').innerText());
+}
+
+/** Opens the saved conversation `id` from the sidebar and waits until its state is restored (or refused). */
+async function open(page, id) {
+    await page.locator(`li.conversation[data-id="${id}"] button.open`).click();
+    await page.waitForSelector(`li.conversation.current[data-id="${id}"]`);
+    await idle(page);
+}
+
+/** What the page's IndexedDB holds: { conversations: [...], states: [{ id, modelId, bytes: length }] }. */
+async function stored(page) {
+    return page.evaluate(async () => {
+        const db = await new Promise((resolve, reject) => {
+            const request = indexedDB.open('recurrentgemma-chat');
+            request.onsuccess = () => resolve(request.result);
+            request.onerror = () => reject(request.error);
+        });
+        const all = (name) => new Promise((resolve, reject) => {
+            const request = db.transaction(name).objectStore(name).getAll();
+            request.onsuccess = () => resolve(request.result);
+            request.onerror = () => reject(request.error);
+        });
+        const result = {
+            conversations: await all('conversations'),
+            states: (await all('states')).map((s) => ({ id: s.id, modelId: s.modelId, bytes: s.bytes.length })),
+        };
+        db.close();
+        return result;
+    });
+}
+
+/** Changes the stored state of `id` in the page: `change(record, arg)` edits it in place (it may be async). */
+async function tamper(page, id, change, arg) {
+    await page.evaluate(async ({ id, change, arg }) => {
+        const edit = new Function(`return ${change}`)();
+        const db = await new Promise((resolve, reject) => {
+            const request = indexedDB.open('recurrentgemma-chat');
+            request.onsuccess = () => resolve(request.result);
+            request.onerror = () => reject(request.error);
+        });
+        const record = await new Promise((resolve) => {
+            const request = db.transaction('states').objectStore('states').get(id);
+            request.onsuccess = () => resolve(request.result);
+        });
+        await edit(record, arg);
+        await new Promise((resolve, reject) => {
+            const tx = db.transaction('states', 'readwrite');
+            tx.objectStore('states').put(record);
+            tx.oncomplete = resolve;
+            tx.onabort = () => reject(tx.error);
+        });
+        db.close();
+    }, { id, change: change.toString(), arg });
+}
+
+async function main() {
+    assert.ok(fs.existsSync(path.join(dist, 'index.html')), 'dist/ is missing: run trunk build --release first');
+    assert.ok(fs.existsSync(path.join(dist, 'models/demo/manifest.json')), 'the demo model is missing from dist/');
+    fs.mkdirSync(screenshots, { recursive: true });
+    const server = await startServer({ '/': dist });
+    const modelUrl = `${server.url}/?model=models/demo/`;
+    const context = await launchContext({ viewport: { width: 1400, height: 860 } });
+    const reference = await launchContext();
+    try {
+        // 1. Two turns, saved with their state.
+        let { page, errors } = await openPage(context, modelUrl);
+        assert.equal(await page.locator('li.conversation.current.unsaved').count(), 1, 'a new conversation is open');
+        await applySettings(page);
+        const firstTurn = await send(page, MESSAGES[0]);
+        await send(page, MESSAGES[1]);
+        const history = await conversationTokens(page);
+        const id = await page.locator('li.conversation.current').getAttribute('data-id');
+        assert.equal(await page.locator('li.conversation.current button.open').innerText(), MESSAGES[0], 'titled by its first message');
+        let store = await stored(page);
+        assert.equal(store.conversations.length, 1);
+        assert.equal(store.conversations[0].messages.length, 4);
+        const modelId = store.states[0].modelId;
+        assert.match(modelId, /^[0-9a-f]{64}$/, 'the state is stored with the model identity');
+        log(`two turns saved: ${history} tokens in the conversation, its state ${store.states[0].bytes} B`);
+
+        // ... after a reload, reopened: the state is restored, and the third turn prefills only itself.
+        await page.reload();
+        await waitReady(page);
+        await applySettings(page);
+        assert.equal(await page.locator('li.conversation.current.unsaved').count(), 1, 'a reload opens a new conversation');
+        await open(page, id);
+        assert.equal(await page.locator('.message').count(), 4, 'the messages are back');
+        assert.equal(await page.locator('.restore-note').count(), 0, 'the state was restored');
+        assert.equal(await conversationTokens(page), history, 'the engine holds the whole conversation again');
+        // The saved state is the one after the last reply: there is none from before it to answer again from.
+        assert.ok(await page.locator('button.regenerate').isDisabled(), 'Regenerate waits for a new reply');
+        const third = await send(page, MESSAGES[2]);
+        await page.screenshot({ path: path.join(screenshots, 'conversations.png') });
+
+        // The reference: the same three messages in one go, in another browser, never reloaded.
+        const other = await openPage(reference, modelUrl);
+        await applySettings(other.page);
+        await send(other.page, MESSAGES[0]);
+        await send(other.page, MESSAGES[1]);
+        assert.equal(await conversationTokens(other.page), history, 'the reference conversation is as long');
+        const expected = await send(other.page, MESSAGES[2]);
+        assert.deepEqual(third.ids, expected.ids, 'the third reply after the reload equals the uninterrupted one');
+        assert.equal(third.promptTokens, expected.promptTokens, 'and prefilled as many tokens');
+        assert.ok(third.promptTokens > 0 && third.promptTokens < history,
+            `only the new turn was prefilled (${third.promptTokens} of ${history + third.promptTokens})`);
+        log(`after a reload the third turn prefilled ${third.promptTokens} tokens (the whole history is `
+            + `${history + third.promptTokens}) and replied as the uninterrupted conversation: ${third.ids.join(',')}`);
+        assert.deepEqual(other.errors, []);
+
+        // 2. Another model's state. The page refuses a state stored under another model's identity...
+        await page.locator('button.new-conversation').click();
+        await idle(page);
+        await tamper(page, id, (record) => { record.modelId = 'f'.repeat(64); });
+        await open(page, id);
+        assert.match(await page.locator('.restore-note').innerText(), /another model.*afresh/);
+        assert.equal(await conversationTokens(page), 0, 'the model starts afresh');
+        log(`a state stored for another model is not offered: "${await page.locator('.restore-note').innerText()}"`);
+        // ... and the engine refuses bytes made by another model (their identity changed and their
+        // checksum made right again), stored under this model's identity.
+        await page.locator('button.new-conversation').click();
+        await idle(page);
+        await tamper(page, id, async (record, modelId) => {
+            const bytes = new Uint8Array(record.bytes);
+            bytes[12] ^= 0xff; // the first byte of the model's identity (src/chat/saved.rs)
+            const body = bytes.subarray(0, bytes.length - 32);
+            bytes.set(new Uint8Array(await crypto.subtle.digest('SHA-256', body)), bytes.length - 32);
+            record.bytes = bytes;
+            record.modelId = modelId;
+        }, modelId);
+        await open(page, id);
+        const refused = await page.locator('.restore-note').innerText();
+        assert.match(refused, /refused.*another model/, refused);
+        assert.equal(await conversationTokens(page), 0, 'the model starts afresh');
+        log(`the engine refused another model's bytes: "${refused}"`);
+        // Afresh means afresh: the next message is a first turn, and saving it stores a good state again.
+        const afresh = await send(page, MESSAGES[0]);
+        assert.equal(afresh.promptTokens, firstTurn.promptTokens, 'a first turn');
+        assert.equal(await page.locator('.message').count(), 8, 'the old messages stay on the page');
+
+        // 3. Rename, and it survives a reload.
+        await page.locator(`li.conversation[data-id="${id}"] button.rename`).click();
+        await page.locator(`li.conversation[data-id="${id}"] .rename-input`).fill('Genesis');
+        await page.locator(`li.conversation[data-id="${id}"] .rename-input`).press('Enter');
+        await page.waitForSelector(`li.conversation[data-id="${id}"] button.open:text("Genesis")`);
+        await page.reload();
+        await waitReady(page);
+        assert.equal(await page.locator(`li.conversation[data-id="${id}"] button.open`).innerText(), 'Genesis');
+        log('rename survives a reload');
+
+        // Delete frees the conversation and its state.
+        assert.ok((await stored(page)).states.some((s) => s.id === id));
+        await page.locator(`li.conversation[data-id="${id}"] button.delete`).click();
+        await page.waitForSelector(`li.conversation[data-id="${id}"]`, { state: 'detached' });
+        store = await stored(page);
+        assert.ok(!store.conversations.some((c) => c.id === id), 'the conversation is gone from the store');
+        assert.ok(!store.states.some((s) => s.id === id), 'and its state');
+        await page.reload();
+        await waitReady(page);
+        assert.equal(await page.locator(`li.conversation[data-id="${id}"]`).count(), 0, 'for good');
+        log('delete removes the conversation and its state');
+
+        assert.deepEqual(errors, [], 'no page errors');
+
+        // A full quota: the reply is shown, the page says it was not saved, nothing crashes. In a
+        // browser of its own, whose storage took no write yet (Chromium checks a store's room
+        // again only now and then, so a quota lowered after a write is not seen at once).
+        const tight = await launchContext();
+        try {
+            const { page: full, errors: fullErrors } = await openPage(tight, modelUrl);
+            await applySettings(full);
+            const cdp = await tight.newCDPSession(full);
+            await cdp.send('Storage.overrideQuotaForOrigin', { origin: server.url, quotaSize: 1 });
+            await full.locator('textarea.prompt').fill(MESSAGES[0]);
+            await full.locator('textarea.prompt').press('Enter');
+            await full.waitForFunction(() => document.querySelector('.message.model')?.dataset.done === 'true', null, { timeout: TIMEOUT });
+            await idle(full);
+            assert.equal(await full.locator('.store-error').count(), 1,
+                `the page says it could not save: ${await full.locator('section.chat').innerText()}`);
+            assert.match(await full.locator('.store-error').innerText(), /storage .* is full/);
+            assert.equal(await full.locator('.message.model[data-done="true"]').count(), 1, 'the reply is there');
+            assert.equal((await stored(full)).conversations.length, 0, 'nothing was saved');
+            assert.deepEqual(fullErrors, [], 'no page errors');
+            log(`a full quota: "${await full.locator('.store-error').innerText()}"`);
+        } finally {
+            await tight.close();
+        }
+    } finally {
+        await context.close();
+        await reference.close();
+        await server.close();
+    }
+    log('all passed');
+}
+
+main().catch((e) => {
+    console.error(e);
+    process.exit(1);
+});
