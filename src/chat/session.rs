@@ -669,10 +669,6 @@ impl ChatSession {
         &self.generator
     }
 
-    pub fn tokenizer(&self) -> &GemmaTokenizer {
-        &self.tokenizer
-    }
-
     /// The ids the state holds, when known.
     pub fn history(&self) -> Option<&[u32]> {
         self.history.as_deref()
