@@ -84,10 +84,11 @@ export interface Reply {
     finishReason: 'stop' | 'length' | 'abort';
 }
 
-/** OpenAI's chat message. Gemma has no system turn: a system message (only the first message
- * may be one) is put in front of the first user message, separated by a blank line. */
+/** OpenAI's chat message. Gemma has no system turn: a system message (or OpenAI's newer
+ * `developer` message; only the first message may be either) is put in front of the first user
+ * message, separated by a blank line. */
 export interface ChatMessage {
-    role: 'system' | 'user' | 'assistant';
+    role: 'system' | 'developer' | 'user' | 'assistant';
     content: string | { type: 'text'; text: string }[];
 }
 
@@ -103,6 +104,8 @@ export interface ChatCompletionRequest {
     stream_options?: { include_usage?: boolean };
     /** Default 256. */
     max_tokens?: number;
+    /** OpenAI's newer name for `max_tokens`; if both are given they must be equal. */
+    max_completion_tokens?: number;
     /** Default 1 (OpenAI's); 0 is greedy. */
     temperature?: number;
     top_p?: number;
@@ -117,6 +120,13 @@ export interface ChatCompletionRequest {
     n?: number;
     /** Echoed back; the loaded model answers whatever it says. */
     model?: string;
+    /** Aborts the request (finish_reason 'abort'), on the page thread and with a worker alike. */
+    signal?: AbortSignal;
+    /** Not supported yet: a request with `response_format`, `tools`, `tool_choice` (other than
+     * 'none'), `functions`, `function_call`, `logprobs` (other than false) or `top_logprobs` is
+     * refused with an Error naming the field, never answered as if it were honoured. */
+    response_format?: never;
+    tools?: never;
 }
 
 export interface CompletionUsage {
@@ -215,7 +225,7 @@ export interface RecurrentGemmaEngine {
     /** A snapshot this engine took, or a state's bytes (`toBytes()`, after a reload too): one of
      * another engine, another model, another format version or damaged bytes is rejected, and the
      * state stays. */
-    restore(saved: Snapshot | Uint8Array | ArrayBuffer): Promise<void>;
+    restore(saved: Snapshot | Uint8Array | ArrayBuffer | Blob): Promise<void>;
     stats(): Promise<Stats>;
     gpuBytes(): Promise<number>;
     /** Frees the GPU memory (and ends the worker in worker mode); the reply in progress is rejected. */

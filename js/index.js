@@ -38,7 +38,11 @@ class Snapshot {
 
 let initialized;
 function initOnce() {
-    initialized ??= init();
+    // A failed start (a network error fetching the wasm) is not kept: the next load tries again.
+    initialized ??= init().catch((e) => {
+        initialized = undefined;
+        throw e;
+    });
     return initialized;
 }
 
@@ -133,8 +137,17 @@ function finishReason(reply) {
 /** `engine.chat.completions.create(request)`: OpenAI's chat completions, streamed or not. */
 async function createCompletion(engine, request) {
     if (request === null || typeof request !== 'object') throw new Error('request must be an object { messages, … }');
-    const { stream = false, stream_options: streamOptions, ...rest } = request;
+    const { stream = false, stream_options: streamOptions, signal, ...rest } = request;
     if (typeof stream !== 'boolean') throw new Error(`request.stream must be true or false, got ${stream}`);
+    // The signal stays on this thread (it cannot be posted to a worker): it aborts through abort().
+    if (signal != null && !(signal instanceof AbortSignal)) throw new TypeError('request.signal must be an AbortSignal');
+    if (signal?.aborted) throw new DOMException('the signal was aborted before the request started', 'AbortError');
+    const invoke = (onToken) => {
+        const release = withSignal(engine, signal);
+        const running = engine.invoke('chatCompletion', [rest], onToken);
+        running.finally(release).catch(() => {});
+        return running;
+    };
     if (streamOptions != null && !stream) throw new Error('request.stream_options needs request.stream: true');
     const includeUsage = Boolean(streamOptions?.include_usage);
     const id = completionId();
@@ -143,7 +156,7 @@ async function createCompletion(engine, request) {
     const begun = performance.now();
     const seconds = () => (performance.now() - begun) / 1000;
     if (!stream) {
-        const reply = await engine.invoke('chatCompletion', [rest], null);
+        const reply = await invoke(null);
         return {
             id,
             object: 'chat.completion',
@@ -158,7 +171,7 @@ async function createCompletion(engine, request) {
             usage: usageOf(reply, seconds()),
         };
     }
-    const call = queued(engine, (onToken) => engine.invoke('chatCompletion', [rest], onToken));
+    const call = queued(engine, invoke);
     await call.started;
     const chunk = (delta, finish) => ({
         id,
@@ -271,6 +284,7 @@ export class Engine extends EngineApi {
 
     /** Returns to a snapshot this engine took, or to a state kept as bytes (`toBytes()`). */
     async restore(saved) {
+        if (saved instanceof Blob) saved = await saved.arrayBuffer();
         if (isBytes(saved)) return this.#model.restoreBytes(new Uint8Array(saved));
         // Another engine's snapshot is refused by the engine itself, after its model is checked.
         if (!(saved instanceof Snapshot) || !(saved.engine instanceof Engine)) throw new Error(OTHER_ENGINE);
@@ -381,6 +395,7 @@ export class WorkerEngine extends EngineApi {
     }
 
     async restore(saved) {
+        if (saved instanceof Blob) saved = await saved.arrayBuffer();
         if (isBytes(saved)) return this.call('restoreBytes', [new Uint8Array(saved)]);
         // Snapshot ids are per worker: another engine's id could name one of this engine's snapshots.
         if (!(saved instanceof Snapshot) || saved.engine !== this) throw new Error(OTHER_ENGINE);

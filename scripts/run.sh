@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/setup-web.sh
+bash scripts/setup-web.sh --trunk
 # `trunk serve --release` runs wasm-opt 132 (Trunk.toml): npm's binaryen@132.0.0, on PATH (trunk's
 # own download of binaryen fails offline).
 wasm_opt_bin=$(bash scripts/setup-wasm-opt.sh)

@@ -8,13 +8,11 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s\n' "$*"; }
 
-step "toolchain (wasm32 target, trunk, wasm-bindgen-cli)"
+step "toolchain (wasm32 target, wasm-bindgen-cli)"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 bash scripts/setup-web.sh
-# wasm-opt 132 (npm binaryen@132.0.0, pinned in tests/browser): build-package.sh runs it, and
-# `trunk build --release` finds it on PATH (Trunk.toml pins version_132; trunk cannot download its own offline).
-wasm_opt_bin=$(bash scripts/setup-wasm-opt.sh)
-export PATH="$wasm_opt_bin:$PATH"
+# wasm-opt 132 (npm binaryen@132.0.0, pinned in tests/browser): build-package.sh and build-site.sh run it.
+bash scripts/setup-wasm-opt.sh >/dev/null
 
 step "Vulkan driver (Mesa lavapipe: wgpu on the CPU when there is no GPU) and Chromium"
 sudo=""
@@ -49,10 +47,9 @@ cargo test --all-targets
 
 step "the chat page end to end in Chromium: its model in the package's worker, conversations kept in IndexedDB"
 bash scripts/demo-model.sh target/debug/rg
-# The page runs its model through the package (pkg/, which trunk copies into dist/): built here
-# when missing or stale (trunk's pre-build hook runs the same script), so it is up to date below.
-bash scripts/package-for-page.sh
-trunk build --release
+# The site as it is deployed (dist/), built without trunk; it builds the package (pkg/) the page
+# runs its model through when missing or stale, so the package step below finds it up to date.
+bash scripts/build-site.sh
 (cd tests/browser && node app.mjs)
 (cd tests/browser && node conversations.mjs)
 (cd tests/browser && node csp.mjs)

@@ -7,8 +7,9 @@
 //!   its incremental parser, and the converter from Hugging Face checkpoints.
 //! - [`chat`]: the real Gemma tokenizer, the chat template, streaming detokenizer and sampler.
 //!
-//! - [`gpu`]: the WebGPU engine (WGSL kernels in `shaders/`), checked against [`model`].
-//! - `web` (wasm32 only): fetch, cache and load in the browser, and the JavaScript API.
+//! - `gpu` (feature `gpu`, on by default): the WebGPU engine (WGSL kernels in `shaders/`), checked
+//!   against [`model`].
+//! - `web` (wasm32 and feature `gpu`): fetch, cache and load in the browser, and the JavaScript API.
 //! - `app` (feature `app`): the Leptos chat page.
 
 #[cfg(all(target_arch = "wasm32", feature = "app"))]
@@ -16,9 +17,10 @@ pub mod app;
 pub mod chat;
 pub mod config;
 pub mod error;
+#[cfg(feature = "gpu")]
 pub mod gpu;
 pub mod model;
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "gpu"))]
 pub mod web;
 pub mod weights;
 

@@ -357,6 +357,47 @@ fn an_error_mid_stream_still_ends_the_generation_cleanly() {
 
 const THREE: [&str; 3] = ["Hello! Who are you?", "Tell me more about 東京 🤖.", "And the weather?"];
 
+/// An empty prompt is the same error on both backends, and changes nothing: the GPU engine used
+/// to continue from its pending token, which left a state its history did not describe (and its
+/// saved bytes refused).
+fn check_empty_prompt(make: fn() -> Generator) {
+    let mut session = ChatSession::new(make(), tokenizer());
+    block_on(session.send(MESSAGES[0], 4, |_: &str| true)).unwrap();
+    let (position, history) = (session.generator().position(), session.history().unwrap().to_vec());
+    let error = block_on(session.complete("", 4, |_: &str| true)).expect_err("an empty prompt").to_string();
+    assert!(error.contains("nothing to prefill"), "{error}");
+    let error = block_on(session.generator().generate(&[], 4, &[], || false, |_| Ok(true))).unwrap_err().to_string();
+    assert!(error.contains("nothing to prefill"), "{error}");
+    assert_eq!(session.generator().position(), position, "the state did not move");
+    assert_eq!(session.history().unwrap(), history.as_slice());
+    assert_eq!(history.len(), position, "the history still describes the state");
+}
+
+#[test]
+fn an_empty_prompt_is_an_error_that_changes_nothing_on_the_cpu_and_gpu() {
+    check_empty_prompt(cpu);
+    check_empty_prompt(gpu);
+}
+
+/// After `reset` a session answers as a new one does: it remembers neither the ids its replies
+/// were sampled as nor its saved turns.
+#[test]
+fn reset_forgets_the_replies_and_turns_of_the_old_conversation() {
+    let mut warm = ChatSession::new(gpu(), tokenizer());
+    let first = block_on(warm.answer(&[Turn::user(THREE[0])], 8, |_: &str| true)).unwrap();
+    let turns = [Turn::user(THREE[0]), Turn::model(first.text.clone()), Turn::user(THREE[1])];
+    let fresh = ChatSession::new(gpu(), tokenizer());
+    let as_text = fresh.conversation_ids(&turns).unwrap();
+    // What makes this test able to fail: the sampled ids do not re-tokenize to themselves.
+    assert_ne!(warm.conversation_ids(&turns).unwrap(), as_text, "the warm session uses the sampled ids");
+    warm.reset();
+    assert_eq!(warm.conversation_ids(&turns).unwrap(), as_text, "after reset, the reply is its text");
+    let mut fresh = fresh;
+    let expected = block_on(fresh.answer(&turns, 8, |_: &str| true)).unwrap();
+    let reply = block_on(warm.answer(&turns, 8, |_: &str| true)).unwrap();
+    assert_eq!((reply.ids, reply.prefilled), (expected.ids, expected.prefilled));
+}
+
 fn reference_reply(make: fn() -> Generator, ids: &[u32], max: usize) -> Vec<u32> {
     let mut fresh = make();
     let eos = fresh.eos_token_id();
@@ -530,7 +571,7 @@ fn a_state_saved_as_bytes_continues_exactly_on_the_cpu_and_gpu() {
 }
 
 #[test]
-fn saved_bytes_of_the_other_backend_or_shape_are_refused() {
+fn saved_bytes_of_the_other_backend_shape_or_layout_are_refused() {
     let cpu_session = ChatSession::new(cpu(), tokenizer());
     let gpu_session = ChatSession::new(gpu(), tokenizer());
     let cpu_parts = block_on(cpu_session.generator_ref().checkpoint_parts(&cpu_session.save().checkpoint)).unwrap();
@@ -538,6 +579,10 @@ fn saved_bytes_of_the_other_backend_or_shape_are_refused() {
     let err = |g: &Generator, p: &StateParts| g.checkpoint_from_parts(p).err().unwrap().to_string();
     assert!(err(gpu_session.generator_ref(), &cpu_parts).contains("CPU reference"));
     assert!(err(cpu_session.generator_ref(), &gpu_parts).contains("GPU engine"));
+    let newer = StateParts { layout: cpu_parts.layout + 1, ..cpu_parts.clone() };
+    assert!(err(cpu_session.generator_ref(), &newer).contains("state layout 2, this engine reads layout 1"));
+    let newer = StateParts { layout: gpu_parts.layout + 1, ..gpu_parts.clone() };
+    assert!(err(gpu_session.generator_ref(), &newer).contains("state layout 2, this engine reads layout 1"));
     gpu_parts.buffers[1].pop();
     assert!(err(gpu_session.generator_ref(), &gpu_parts).contains("do not fit"));
 }

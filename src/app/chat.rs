@@ -168,11 +168,14 @@ fn non_negative(value: f64) -> Result<(), &'static str> {
     }
 }
 
+/// 2^53 − 1: a larger number is not exact in JavaScript, and the engine refuses it (on every send).
+const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
+
 fn whole(value: f64) -> Result<(), &'static str> {
-    if value.is_finite() && value >= 0.0 && value.fract() == 0.0 {
+    if value.is_finite() && value >= 0.0 && value.fract() == 0.0 && value <= MAX_SAFE_INTEGER {
         Ok(())
     } else {
-        Err("must be a whole number >= 0")
+        Err("must be a whole number from 0 to 2^53 − 1")
     }
 }
 
@@ -185,10 +188,10 @@ fn probability(value: f64) -> Result<(), &'static str> {
 }
 
 fn at_least_one(value: f64) -> Result<(), &'static str> {
-    if value.is_finite() && value >= 1.0 && value.fract() == 0.0 {
+    if value.is_finite() && value >= 1.0 && value.fract() == 0.0 && value <= MAX_SAFE_INTEGER {
         Ok(())
     } else {
-        Err("must be a whole number >= 1")
+        Err("must be a whole number from 1 to 2^53 − 1")
     }
 }
 

@@ -414,7 +414,8 @@ impl AppState {
             return;
         }
         let Some(replaced) = self.messages.try_update(|m| m.pop()).flatten() else { return };
-        self.settings.update(|s| s.seed = s.seed.wrapping_add(1));
+        // Seeds stay below 2^53, the largest exact JavaScript number, which the engine takes.
+        self.settings.update(|s| s.seed = (s.seed + 1) % (1 << 53));
         self.generate(Turn::Regenerate(replaced));
     }
 

@@ -5,6 +5,7 @@
 pub mod markdown;
 pub mod sampler;
 pub mod saved;
+#[cfg(feature = "gpu")]
 pub mod session;
 pub mod stop;
 pub mod template;

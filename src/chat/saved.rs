@@ -5,11 +5,12 @@
 //! ```text
 //! offset  size  field
 //!      0     8  magic "RGSTATE\0"
-//!      8     4  format version (u32 LE; this is 1)
+//!      8     4  format version (u32 LE; this is 2)
 //!     12    32  the model's identity: sha256 of its manifest
 //!     44     1  backend: 0 CPU reference, 1 WebGPU engine (their buffers are laid out differently)
 //!     45     1  1 if the history is known
-//!     46     2  zero
+//!     46     2  the backend's state layout (u16 LE): how its buffers are laid out, so that a
+//!               build that changes a layout refuses an older one of the same sizes
 //!     48     8  position: tokens the state holds
 //!     56     4  tokens sampled so far (the GPU sampler's draw counter)
 //!     60     4  the pending sampled id, or 0xFFFFFFFF
@@ -20,14 +21,17 @@
 //!    end    32  sha256 of everything before it
 //! ```
 //! Every length is checked against the bytes that are there before anything is allocated, so a
-//! hostile or damaged file is one clear error.
+//! hostile or damaged file is one clear error. Version 1, which had zero at offset 46, is read as
+//! layout 1: the layouts have not changed since.
 
 use sha2::{Digest, Sha256};
 
 use crate::{Error, Result};
 
 const MAGIC: &[u8; 8] = b"RGSTATE\0";
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// Version 1 is version 2 with its layout field zero and every layout at 1.
+const FIRST_LAYOUT: u16 = 1;
 const HEADER: usize = 72;
 const CHECKSUM: usize = 32;
 /// More buffers than any model has (2 per layer plus 2).
@@ -44,6 +48,8 @@ pub enum BackendKind {
 #[derive(Clone, Debug, PartialEq)]
 pub struct StateParts {
     pub backend: BackendKind,
+    /// The backend's state layout version (`model::STATE_LAYOUT`, `gpu::engine::STATE_LAYOUT`).
+    pub layout: u16,
     pub position: u64,
     pub generated: u32,
     pub last_sampled: Option<u32>,
@@ -67,7 +73,8 @@ impl SavedConversation {
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         out.extend_from_slice(&self.model);
-        out.extend_from_slice(&[state.backend as u8, self.history.is_some() as u8, 0, 0]);
+        out.extend_from_slice(&[state.backend as u8, self.history.is_some() as u8]);
+        out.extend_from_slice(&state.layout.to_le_bytes());
         out.extend_from_slice(&state.position.to_le_bytes());
         out.extend_from_slice(&state.generated.to_le_bytes());
         out.extend_from_slice(&state.last_sampled.unwrap_or(NO_TOKEN).to_le_bytes());
@@ -91,8 +98,8 @@ impl SavedConversation {
             return Err(bad("not a saved RecurrentGemma conversation state"));
         }
         let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-        if version != FORMAT_VERSION {
-            return Err(bad(&format!("format version {version}; this build reads version {FORMAT_VERSION}")));
+        if version != 1 && version != FORMAT_VERSION {
+            return Err(bad(&format!("format version {version}; this build reads versions 1 and {FORMAT_VERSION}")));
         }
         if bytes.len() < HEADER + CHECKSUM {
             return Err(bad(&format!("{} bytes is too short", bytes.len())));
@@ -114,21 +121,31 @@ impl SavedConversation {
             1 => true,
             other => return Err(bad(&format!("bad history flag {other}"))),
         };
+        let layout = match (version, u16::from_le_bytes([flags[2], flags[3]])) {
+            (1, 0) => FIRST_LAYOUT,
+            (1, _) => return Err(bad("format version 1 has zero at offset 46")),
+            (_, layout) => layout,
+        };
         let position = reader.u64()?;
         let generated = reader.u32()?;
         let last_sampled = Some(reader.u32()?).filter(|&id| id != NO_TOKEN);
-        let history_len = reader.u32()? as usize;
+        let history_len = reader.u32()?;
         let buffer_count = reader.u32()? as usize;
         if buffer_count > MAX_BUFFERS {
             return Err(bad(&format!("{buffer_count} buffers, at most {MAX_BUFFERS}")));
         }
-        if history_known && history_len as u64 != position {
+        if history_known && u64::from(history_len) != position {
             return Err(bad(&format!("its history has {history_len} tokens but its state holds {position}")));
         }
         if !history_known && history_len != 0 {
             return Err(bad("a history is given but marked unknown"));
         }
-        let history = reader.take(4 * history_len)?.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap()));
+        // In u32, so that it cannot wrap on wasm32, where usize is 32 bits.
+        let history_bytes = history_len
+            .checked_mul(4)
+            .ok_or_else(|| bad(&format!("a history of {history_len} tokens is longer than 4 GiB")))?;
+        let history =
+            reader.take(history_bytes as usize)?.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap()));
         let history = history_known.then(|| history.collect());
         let mut buffers = Vec::with_capacity(buffer_count);
         for _ in 0..buffer_count {
@@ -141,7 +158,7 @@ impl SavedConversation {
         Ok(SavedConversation {
             model,
             history,
-            state: StateParts { backend, position, generated, last_sampled, buffers },
+            state: StateParts { backend, layout, position, generated, last_sampled, buffers },
         })
     }
 }
@@ -180,6 +197,7 @@ mod tests {
             history: Some(vec![2, 106, 1645]),
             state: StateParts {
                 backend: BackendKind::Gpu,
+                layout: 7,
                 position: 3,
                 generated: 1,
                 last_sampled: Some(1645),
@@ -202,8 +220,8 @@ mod tests {
         let err = |b: &[u8]| SavedConversation::from_bytes(b).unwrap_err().to_string();
         assert!(err(b"hello").contains("not a saved"));
         let mut version = bytes.clone();
-        version[8] = 2;
-        assert!(err(&version).contains("format version 2"));
+        version[8] = 3;
+        assert!(err(&version).contains("format version 3"));
         // Every cut, and every flipped byte, is caught (by a length or by the checksum).
         for cut in 0..bytes.len() {
             assert!(SavedConversation::from_bytes(&bytes[..cut]).is_err(), "cut at {cut}");
@@ -220,10 +238,47 @@ mod tests {
         // A well-formed checksum over a header that claims 4 GiB of history: refused, not allocated.
         let mut body = sample().to_bytes();
         body.truncate(body.len() - CHECKSUM);
-        body[64..68].copy_from_slice(&u32::MAX.to_le_bytes());
-        body[48..56].copy_from_slice(&(u32::MAX as u64).to_le_bytes());
+        let claimed = u32::MAX / 4;
+        body[64..68].copy_from_slice(&claimed.to_le_bytes());
+        body[48..56].copy_from_slice(&u64::from(claimed).to_le_bytes());
         let checksum = Sha256::digest(&body);
         body.extend_from_slice(&checksum);
         assert!(SavedConversation::from_bytes(&body).unwrap_err().to_string().contains("past its end"));
+    }
+
+    /// `body` (everything before the checksum) with a valid checksum after it.
+    fn with_checksum(mut body: Vec<u8>) -> Vec<u8> {
+        let checksum = Sha256::digest(&body);
+        body.extend_from_slice(&checksum);
+        body
+    }
+
+    #[test]
+    fn a_history_length_that_wraps_in_32_bits_is_refused() {
+        // 4 × (2^30 + 1) is 4 in 32-bit arithmetic: with usize arithmetic on wasm32 the reader
+        // would take one id for a history claiming 2^30 + 1, then trust that count.
+        let mut body = sample().to_bytes();
+        body.truncate(body.len() - CHECKSUM);
+        let claimed = (1u32 << 30) + 1;
+        body[64..68].copy_from_slice(&claimed.to_le_bytes());
+        body[48..56].copy_from_slice(&u64::from(claimed).to_le_bytes());
+        let err = SavedConversation::from_bytes(&with_checksum(body)).unwrap_err().to_string();
+        assert!(err.contains("a history of 1073741825 tokens is longer than 4 GiB"), "{err}");
+    }
+
+    #[test]
+    fn version_1_reads_as_layout_1_and_the_layout_round_trips() {
+        let mut body = sample().to_bytes();
+        body.truncate(body.len() - CHECKSUM);
+        body[8..12].copy_from_slice(&1u32.to_le_bytes());
+        body[46..48].copy_from_slice(&[0, 0]);
+        let old = SavedConversation::from_bytes(&with_checksum(body.clone())).unwrap();
+        assert_eq!(old.state.layout, FIRST_LAYOUT);
+        assert_eq!(old.state.buffers, sample().state.buffers);
+        body[46] = 2;
+        let err = SavedConversation::from_bytes(&with_checksum(body)).unwrap_err().to_string();
+        assert!(err.contains("version 1 has zero at offset 46"), "{err}");
+        let bytes = sample().to_bytes();
+        assert_eq!(u16::from_le_bytes([bytes[46], bytes[47]]), 7);
     }
 }

@@ -122,6 +122,26 @@ impl<T: FnMut(&str) -> bool, S: Fn() -> bool> Listener for Stoppable<T, S> {
     }
 }
 
+/// Buffers of another layout may have the same sizes: restoring them would be garbage.
+fn check_layout(parts: &StateParts, layout: u16) -> Result<()> {
+    if parts.layout == layout {
+        return Ok(());
+    }
+    Err(Error::Input(format!(
+        "saved state: its buffers are in state layout {}, this engine reads layout {layout}: nothing was restored",
+        parts.layout
+    )))
+}
+
+/// The same on both backends: the GPU engine could continue from its pending token, but the state
+/// would then hold a token no history records.
+fn check_prompt(prompt: &[u32]) -> Result<()> {
+    if prompt.is_empty() {
+        return Err(Error::Input("nothing to prefill: the prompt is empty".into()));
+    }
+    Ok(())
+}
+
 fn check_max_tokens(max_tokens: usize) -> Result<()> {
     if max_tokens == 0 {
         return Err(Error::Input("max_tokens must be at least 1".into()));
@@ -272,6 +292,7 @@ impl Generator {
         match (&self.backend, checkpoint) {
             (Backend::Cpu { .. }, Checkpoint::Cpu(state)) => Ok(StateParts {
                 backend: BackendKind::Cpu,
+                layout: crate::model::state::STATE_LAYOUT,
                 position: state.position as u64,
                 generated: 0,
                 last_sampled: None,
@@ -279,6 +300,7 @@ impl Generator {
             }),
             (Backend::Gpu { engine, .. }, Checkpoint::Gpu { snapshot, last_sampled }) => Ok(StateParts {
                 backend: BackendKind::Gpu,
+                layout: crate::gpu::engine::STATE_LAYOUT,
                 position: snapshot.position() as u64,
                 generated: snapshot.generated(),
                 last_sampled: *last_sampled,
@@ -301,6 +323,7 @@ impl Generator {
                 if parts.backend != BackendKind::Cpu {
                     return Err(Error::Input("saved state: taken by the GPU engine, not the CPU reference".into()));
                 }
+                check_layout(parts, crate::model::state::STATE_LAYOUT)?;
                 let mut state = State::new(&model.config);
                 let arrays = state.arrays().count();
                 let fits = parts.buffers.len() == arrays
@@ -320,6 +343,7 @@ impl Generator {
                 if parts.backend != BackendKind::Gpu {
                     return Err(Error::Input("saved state: taken by the CPU reference, not the GPU engine".into()));
                 }
+                check_layout(parts, crate::gpu::engine::STATE_LAYOUT)?;
                 if let Some(id) = parts.last_sampled.filter(|&id| id as usize >= engine.config.vocab_size) {
                     return Err(Error::Input(format!("saved state: token id {id} is out of range")));
                 }
@@ -417,6 +441,7 @@ impl Generator {
         mut on_token: impl FnMut(u32) -> Result<bool>,
     ) -> Result<Vec<u32>> {
         check_max_tokens(max_tokens)?;
+        check_prompt(prompt)?;
         // All of them before any: a bad id must not leave a prompt half fed.
         let vocab_size = self.vocab_size();
         if let Some(id) = prompt.iter().find(|&&id| id as usize >= vocab_size) {
@@ -686,6 +711,8 @@ impl ChatSession {
     /// Feeds `prompt` and generates until `<eos>` (and, in a chat, `<end_of_turn>`), `max_tokens`
     /// or a stop string; the history follows what the state holds.
     async fn reply(&mut self, prompt: &[u32], max_tokens: usize, chat: bool, listener: impl Listener) -> Result<Reply> {
+        // Refused before the generation, which would leave the history unknown on any error.
+        check_prompt(prompt)?;
         let eos = self.generator.eos_token_id();
         let mut stops = vec![eos];
         if chat {
@@ -742,11 +769,15 @@ impl ChatSession {
         })
     }
 
-    /// Starts a new conversation.
+    /// Starts a new conversation, remembering nothing of the old one: neither its saved turns
+    /// (a state each) nor the ids its replies were sampled as, so that the session answers the
+    /// next request as a new one would.
     pub fn reset(&mut self) {
         self.generator.reset();
         self.last_turn = None;
         self.history = Some(Vec::new());
+        self.saved.clear();
+        self.replies.clear();
     }
 
     /// A copy of the conversation's state and the ids it holds.

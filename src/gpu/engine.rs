@@ -27,6 +27,16 @@ pub struct Snapshot {
     generated: u32,
 }
 
+/// On the web a dropped buffer keeps its GPU memory until JavaScript's garbage collector runs
+/// (the 2B's snapshot is 34 MB): free it now. Work already submitted that reads it still runs.
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        for buffer in &self.buffers {
+            buffer.destroy();
+        }
+    }
+}
+
 impl Snapshot {
     /// Tokens the state holds.
     pub fn position(&self) -> usize {
@@ -38,6 +48,11 @@ impl Snapshot {
         self.generated
     }
 }
+
+/// The version of the state buffers' order and layout as saved bytes ([`Engine::snapshot_bytes`]):
+/// raise it whenever they change, so that older saved states are refused instead of restored as
+/// garbage.
+pub const STATE_LAYOUT: u16 = 1;
 
 /// Decode steps the engine keeps queued ahead of the host while it streams a generation: the GPU
 /// runs them while the host reads an id back, turns it into text and hands it on.
@@ -677,23 +692,37 @@ impl Engine {
         self.stream.pending.push_back(Pending { submission, staging, mapped });
     }
 
-    /// Waits for the oldest queued step: the `Step` block after it and the token it drew, or
-    /// None if it ran halted.
-    async fn complete_oldest(&mut self) -> Result<Option<(StepState, u32)>> {
-        let Some(pending) = self.stream.pending.pop_front() else { return Ok(None) };
+    /// The bytes a queued step read back.
+    async fn read_back(ctx: &GpuContext, pending: &mut Pending) -> Result<Vec<u8>> {
         // Natively the callback runs inside poll; on the web the browser runs it and poll is a no-op.
-        let wait = wgpu::PollType::Wait { submission_index: Some(pending.submission), timeout: None };
-        self.ctx.device.poll(wait).map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
-        pending
-            .mapped
+        let wait = wgpu::PollType::Wait { submission_index: Some(pending.submission.clone()), timeout: None };
+        ctx.device.poll(wait).map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        (&mut pending.mapped)
             .await
             .map_err(|_| Error::Gpu("readback was cancelled".into()))?
             .map_err(|e| Error::Gpu(format!("reading back: {e}")))?;
         let bytes =
             pending.staging.get_mapped_range(..).map_err(|e| Error::Gpu(format!("reading back: {e}")))?.to_vec();
         pending.staging.unmap();
-        self.stream.free.push(pending.staging);
-        self.ctx.check()?;
+        ctx.check()?;
+        Ok(bytes)
+    }
+
+    /// Waits for the oldest queued step: the `Step` block after it and the token it drew, or
+    /// None if it ran halted.
+    async fn complete_oldest(&mut self) -> Result<Option<(StepState, u32)>> {
+        let Some(mut pending) = self.stream.pending.pop_front() else { return Ok(None) };
+        let bytes = match Self::read_back(&self.ctx, &mut pending).await {
+            Ok(bytes) => {
+                self.stream.free.push(pending.staging);
+                bytes
+            }
+            Err(e) => {
+                // Its memory, now, not when the garbage collector runs (on the web).
+                pending.staging.destroy();
+                return Err(e);
+            }
+        };
         let step: StepState = bytemuck::pod_read_unaligned(&bytes[..STEP_READBACK as usize - 4]);
         let token = u32::from_le_bytes(bytes[STEP_READBACK as usize - 4..].try_into().expect("4 bytes"));
         if self.stream.pending.is_empty() {
@@ -714,9 +743,25 @@ impl Engine {
     /// The next id the streamed generation drew (queuing another step first), or None when it
     /// is over: every allowed step read, or halted by a stop id already returned.
     pub async fn next_token(&mut self) -> Result<Option<u32>> {
-        let drawn = self.complete_oldest().await?;
+        let drawn = match self.complete_oldest().await {
+            Ok(drawn) => drawn,
+            Err(e) => {
+                self.abandon().await;
+                return Err(e);
+            }
+        };
         self.queue_steps();
         Ok(drawn.map(|(_, token)| token))
+    }
+
+    /// Ends a streamed generation that failed: queues nothing more and waits for what is queued,
+    /// whatever it read back, so that the next run can start ("a generation is still running"
+    /// otherwise, for ever).
+    async fn abandon(&mut self) {
+        self.stream.steps_left = 0;
+        while !self.stream.pending.is_empty() {
+            let _ = self.complete_oldest().await;
+        }
     }
 
     /// Ends the streamed generation: queues no more steps and waits for those queued. Returns
@@ -727,8 +772,13 @@ impl Engine {
         self.stream.steps_left = 0;
         let mut drawn = Vec::new();
         while !self.stream.pending.is_empty() {
-            if let Some((_, token)) = self.complete_oldest().await? {
-                drawn.push(token);
+            match self.complete_oldest().await {
+                Ok(Some((_, token))) => drawn.push(token),
+                Ok(None) => {}
+                Err(e) => {
+                    self.abandon().await;
+                    return Err(e);
+                }
             }
         }
         drawn.pop();

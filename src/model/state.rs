@@ -3,6 +3,10 @@
 
 use crate::config::{BlockType, Config};
 
+/// The version of [`State::arrays`]' order and contents as saved bytes (`chat::saved`): raise it
+/// whenever they change, so that older saved states are refused instead of restored as garbage.
+pub const STATE_LAYOUT: u16 = 1;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct State {
     /// Tokens seen so far; the next token sits at this position.

@@ -280,7 +280,19 @@ fn call_settings(value: &JsValue, names: &Names) -> Result<Call, JsError> {
             }
         }
     }
-    let max_tokens = fields.whole(names.max_tokens, 1.0)?.map(|m| m as usize).unwrap_or(DEFAULT_MAX_TOKENS);
+    let mut max_tokens = fields.whole(names.max_tokens, 1.0)?;
+    if names.what == "request" {
+        // OpenAI's newer name for it; both may be sent, but not with two values.
+        let newer = fields.whole("max_completion_tokens", 1.0)?;
+        if let (Some(old), Some(new)) = (max_tokens, newer) {
+            if old != new {
+                let message = format_args!("is {new} but max_tokens is {old}: give one, or both equal");
+                return Err(fields.error("max_completion_tokens", message));
+            }
+        }
+        max_tokens = max_tokens.or(newer);
+    }
+    let max_tokens = max_tokens.map(|m| m as usize).unwrap_or(DEFAULT_MAX_TOKENS);
     let stop = fields.strings("stop")?;
     params.validate().map_err(to_js)?;
     StopText::new(stop.clone()).map_err(to_js)?;
@@ -290,10 +302,26 @@ fn call_settings(value: &JsValue, names: &Names) -> Result<Call, JsError> {
 /// A reply's longest length when the caller gives none.
 const DEFAULT_MAX_TOKENS: usize = 256;
 
-/// OpenAI-style `messages` as Gemma turns. Gemma has no system turn: a system message (first,
-/// at most one) goes in front of the first user message, separated by a blank line.
+/// OpenAI request fields this engine does not honour yet: refused, never silently ignored (a caller
+/// asking for JSON or a tool call must not get free text it takes for one).
+const UNSUPPORTED_FIELDS: [&str; 7] =
+    ["response_format", "tools", "tool_choice", "functions", "function_call", "logprobs", "top_logprobs"];
+
+/// OpenAI-style `messages` as Gemma turns. Gemma has no system turn: a system (or OpenAI's newer
+/// `developer`) message, first and at most one, goes in front of the first user message,
+/// separated by a blank line.
 fn chat_turns(request: &JsValue) -> Result<Vec<ChatTurn>, JsError> {
     let fields = Fields::new(request, "request", true)?;
+    for name in UNSUPPORTED_FIELDS {
+        // `logprobs: false` and `tool_choice: "none"` ask for nothing.
+        let asks = match fields.get(name)? {
+            None => false,
+            Some(v) => v.as_bool() != Some(false) && v.as_string().as_deref() != Some("none"),
+        };
+        if asks {
+            return Err(fields.error(name, "is not supported by this engine yet: leave it out"));
+        }
+    }
     let messages = fields.get("messages")?.filter(js_sys::Array::is_array);
     let messages: js_sys::Array = messages.map(JsCast::unchecked_into).unwrap_or_default();
     if messages.length() == 0 {
@@ -310,15 +338,17 @@ fn chat_turns(request: &JsValue) -> Result<Vec<ChatTurn>, JsError> {
             field_error("request", &format!("{name}.content"), "must be a string (or an array of text parts)")
         })?;
         match role.as_str() {
-            "system" if index == 0 => system = Some(content),
-            "system" => return Err(field_error("request", &name, "is a system message: only the first may be one")),
+            "system" | "developer" if index == 0 => system = Some(content),
+            "system" | "developer" => {
+                return Err(field_error("request", &name, "is a system message: only the first may be one"))
+            }
             "user" => turns.push(ChatTurn::user(content)),
             "assistant" => turns.push(ChatTurn::model(content)),
             _ => {
                 return Err(field_error(
                     "request",
                     &format!("{name}.role"),
-                    format_args!("must be \"system\", \"user\" or \"assistant\", got {role:?}"),
+                    format_args!("must be \"system\", \"developer\", \"user\" or \"assistant\", got {role:?}"),
                 ))
             }
         }

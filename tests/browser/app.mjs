@@ -6,7 +6,7 @@
 // (Long Tasks API; a task that only waited for a CPU, as a Chromium trace of the same run shows,
 // is excused: see main-thread.mjs), and the figures must update while a reply streams.
 //
-// Usage: node app.mjs   (after `trunk build --release` and `cargo build --bin rg`)
+// Usage: node app.mjs   (after `bash scripts/build-site.sh` and `cargo build --bin rg`)
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -83,7 +83,7 @@ function shardRequests(server, since) {
 }
 
 async function main() {
-    assert.ok(fs.existsSync(path.join(dist, 'index.html')), 'dist/ is missing: run trunk build --release first');
+    assert.ok(fs.existsSync(path.join(dist, 'index.html')), 'dist/ is missing: run bash scripts/build-site.sh first');
     assert.ok(fs.existsSync(path.join(modelDir, 'manifest.json')), 'the demo model is missing from dist/models/demo');
     fs.mkdirSync(screenshots, { recursive: true });
     const expected = cpuReference(modelDir, PROMPT, MAX_TOKENS).ids;
@@ -166,7 +166,7 @@ async function main() {
         // 2. A setting the model cannot use is refused where it is typed, with the reason; the
         // field keeps the old value and the next message goes through.
         for (const [cls, value, kept] of [['top-p', 0, '0.95'], ['top-p', 1.5, '0.95'], ['max-tokens', 0, String(MAX_TOKENS)],
-            ['temperature', -1, '0'], ['top-k', 2.5, '40']]) {
+            ['temperature', -1, '0'], ['top-k', 2.5, '40'], ['seed', 2 ** 53, '0'], ['max-tokens', 2 ** 53, String(MAX_TOKENS)]]) {
             await setNumber(page, cls, value);
             const error = page.locator(`.settings .${cls} .setting-error`);
             assert.match(await error.innerText(), /must be/, `${cls} = ${value} is refused`);

@@ -68,6 +68,15 @@ async function exercise(context, server, reference, worker) {
         r.system = await engine.chat.completions.create({
             messages: [{ role: 'system', content: 'Answer briefly.' }, user(PROMPT)], temperature: 0, max_tokens: 4,
         });
+        // OpenAI's newer names: a `developer` message is a system message, `max_completion_tokens` is `max_tokens`.
+        r.developer = await engine.chat.completions.create({
+            messages: [{ role: 'developer', content: 'Answer briefly.' }, user(PROMPT)], temperature: 0,
+            max_completion_tokens: 4,
+        });
+        // Fields that ask for nothing are accepted.
+        r.askingNothing = await engine.chat.completions.create({
+            messages: [user(PROMPT)], temperature: 0, max_tokens: 4, logprobs: false, tool_choice: 'none',
+        });
 
         // Stop strings: the text ends before the first one; the next turn continues from the visible text.
         const text = first.choices[0].message.content;
@@ -107,6 +116,17 @@ async function exercise(context, server, reference, worker) {
             if (chunk.choices[0]?.delta.content) break;
         }
         r.afterBreak = (await engine.chat.completions.create({ ...plain, max_tokens: 2 })).choices[0].finish_reason;
+        // A request's own AbortSignal (in a worker too, where a signal cannot be posted).
+        const controller = new AbortController();
+        const signalled = [];
+        for await (const chunk of await engine.chat.completions.create({ ...plain, max_tokens: 2000, stream: true, signal: controller.signal })) {
+            signalled.push(chunk);
+            if (signalled.length === 3) controller.abort();
+        }
+        r.signalFinish = signalled.at(-1).choices[0].finish_reason;
+        r.signalPieces = signalled.length;
+        r.preAborted = await failure(engine.chat.completions.create({ ...plain, signal: AbortSignal.abort() }));
+        r.afterSignal = (await engine.chat.completions.create({ ...plain, max_tokens: 2 })).choices[0].finish_reason;
 
         // Bad requests: an Error naming the field, before anything runs.
         const bad = {
@@ -127,6 +147,14 @@ async function exercise(context, server, reference, worker) {
             'stop': { messages: [user('a')], stop: Array(17).fill('x') },
             'n': { messages: [user('a')], n: 2 },
             'stream': { messages: [user('a')], stream: 'yes' },
+            'max_completion_tokens': { messages: [user('a')], max_tokens: 4, max_completion_tokens: 5 },
+            'messages[1] is a system': { messages: [user('a'), { role: 'developer', content: 'b' }] },
+            // Not built yet: refused, never ignored.
+            'response_format': { messages: [user('a')], response_format: { type: 'json_object' } },
+            'tools': { messages: [user('a')], tools: [{ type: 'function', function: { name: 'f' } }] },
+            'tool_choice': { messages: [user('a')], tool_choice: 'required' },
+            'logprobs': { messages: [user('a')], logprobs: true },
+            'top_logprobs': { messages: [user('a')], top_logprobs: 2 },
         };
         r.bad = {};
         for (const [field, request] of Object.entries(bad)) r.bad[field] = await failure(engine.chat.completions.create(request));
@@ -148,6 +176,11 @@ async function exercise(context, server, reference, worker) {
         await engine.restore(bytes);
         const afterRestore = await engine.chat.completions.create({ messages: turn2, temperature: 1, seed: 3, max_tokens: 10 });
         r.restoredEqual = afterRestore.choices[0].message.content === uninterrupted.choices[0].message.content;
+        // The bytes as a Blob (as IndexedDB or a file input gives them) restore the same.
+        await engine.reset();
+        await engine.restore(new Blob([bytes]));
+        const fromBlob = await engine.chat.completions.create({ messages: turn2, temperature: 1, seed: 3, max_tokens: 10 });
+        r.blobEqual = fromBlob.choices[0].message.content === uninterrupted.choices[0].message.content;
         r.restoredPrefill = [afterRestore.usage.extra.prefilled_tokens, afterRestore.usage.prompt_tokens];
         // Damaged bytes, another model's, another version: refused, and the state stays.
         const tokensBefore = (await engine.stats()).conversationTokens;
@@ -235,7 +268,14 @@ async function exercise(context, server, reference, worker) {
     assert.equal(out.abortedFinish, 'abort', `${mode}: interruptGenerate() → finish_reason 'abort'`);
     assert.ok(out.abortedPieces < 100);
     assert.ok(['stop', 'length'].includes(out.afterBreak), `${mode}: usable after breaking out of a stream`);
+    assert.equal(out.signalFinish, 'abort', `${mode}: request.signal aborts the reply`);
+    assert.ok(out.signalPieces < 2000, `${mode}: the aborted reply ended early`);
+    assert.match(out.preAborted, /aborted before the request started/, `${mode}: an aborted signal starts nothing`);
+    assert.ok(['stop', 'length'].includes(out.afterSignal), `${mode}: usable after a signalled abort`);
 
+    assert.deepEqual(out.developer.choices[0].message, out.system.choices[0].message, `${mode}: developer = system`);
+    assert.equal(out.developer.usage.completion_tokens, out.system.usage.completion_tokens);
+    assert.ok(out.askingNothing.usage.completion_tokens >= 1, `${mode}: logprobs false, tool_choice none`);
     for (const [field, message] of Object.entries(out.bad)) {
         assert.ok(message !== 'no error' && message.includes(field), `${mode}: a bad ${field} → ${message}`);
     }
@@ -244,6 +284,7 @@ async function exercise(context, server, reference, worker) {
 
     assert.equal(out.bytesKind, '[object Uint8Array]');
     assert.ok(out.restoredEqual, `${mode}: a state restored from bytes continues exactly`);
+    assert.ok(out.blobEqual, `${mode}: the same bytes as a Blob restore the same`);
     assert.ok(out.restoredPrefill[0] < out.restoredPrefill[1] / 2, `${mode}: after restore(bytes) only the new turn is prefilled`);
     assert.match(out.damaged, /damaged/);
     assert.match(out.truncated, /damaged|short|past its end/);

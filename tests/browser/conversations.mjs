@@ -9,7 +9,7 @@
 // 3. Rename survives a reload; a full storage quota is a message, never a crash; delete removes the
 //    conversation and its state from the store.
 //
-// Usage: node conversations.mjs   (after `trunk build --release` with the demo model in www/models/demo)
+// Usage: node conversations.mjs   (after `bash scripts/build-site.sh` with the demo model in www/models/demo)
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -128,7 +128,7 @@ async function tamper(page, id, change, arg) {
 }
 
 async function main() {
-    assert.ok(fs.existsSync(path.join(dist, 'index.html')), 'dist/ is missing: run trunk build --release first');
+    assert.ok(fs.existsSync(path.join(dist, 'index.html')), 'dist/ is missing: run bash scripts/build-site.sh first');
     assert.ok(fs.existsSync(path.join(dist, 'models/demo/manifest.json')), 'the demo model is missing from dist/');
     fs.mkdirSync(screenshots, { recursive: true });
     const server = await startServer({ '/': dist });

@@ -5,7 +5,7 @@
 // 2. ?model= naming a second origin shows that origin and the download size and fetches no
 //    tokenizer and no shard until the visitor says Download; Cancel goes back to the picker.
 //
-// Usage: node csp.mjs   (after `trunk build --release` with the demo model in www/models/demo)
+// Usage: node csp.mjs   (after `bash scripts/build-site.sh` with the demo model in www/models/demo)
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -123,7 +123,7 @@ async function otherOrigin(server) {
 }
 
 async function main() {
-    assert.ok(fs.existsSync(path.join(dist, 'index.html')), 'dist/ is missing: run trunk build --release first');
+    assert.ok(fs.existsSync(path.join(dist, 'index.html')), 'dist/ is missing: run bash scripts/build-site.sh first');
     assert.ok(fs.existsSync(path.join(dist, 'models/demo/manifest.json')), 'the demo model is missing from dist/');
     fs.mkdirSync(screenshots, { recursive: true });
     const server = await startServer({ '/': dist });

@@ -6,7 +6,7 @@
 // does not expose Content-Range. The page loads in the package's worker, which is served with test
 // hooks (worker-hooks.mjs): it reports the GPU buffers it makes, and can be made to fail cache writes.
 //
-// Usage: node downloads.mjs   (after `trunk build --release` with the demo model in www/models/demo)
+// Usage: node downloads.mjs   (after `bash scripts/build-site.sh` with the demo model in www/models/demo)
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -106,10 +106,10 @@ function malformedInt4Model() {
 }
 
 async function main() {
-    assert.ok(fs.existsSync(path.join(dist, 'index.html')), 'dist/ is missing: run trunk build --release first');
+    assert.ok(fs.existsSync(path.join(dist, 'index.html')), 'dist/ is missing: run bash scripts/build-site.sh first');
     const manifest = JSON.parse(fs.readFileSync(path.join(modelDir, 'manifest.json'), 'utf8'));
     assert.ok(manifest.tokenizer?.sha256, 'the demo model has no tokenizer digest: delete www/models/demo, '
-        + 'run scripts/demo-model.sh and trunk build again');
+        + 'run scripts/demo-model.sh and scripts/build-site.sh again');
     assert.equal(manifest.shards.length, 1, 'the demo model is one shard');
     const shard = `/models/demo/${manifest.shards[0].file}`;
     const shardBytes = manifest.shards[0].bytes;

@@ -1,0 +1,25 @@
+//! A conversation's state as bytes (`chat::saved`), as the page reads it back from IndexedDB or a
+//! user's file. The input is the body: the target appends its sha256, so that the fuzzer reaches
+//! the parser behind the checksum; the bytes as given are parsed too.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use recurrentgemma_web_fuzz as _;
+use rgweb::chat::saved::SavedConversation;
+use sha2::{Digest, Sha256};
+
+fuzz_target!(|data: &[u8]| {
+    let _ = SavedConversation::from_bytes(data);
+    let mut bytes = data.to_vec();
+    bytes.extend_from_slice(&Sha256::digest(data));
+    if let Ok(saved) = SavedConversation::from_bytes(&bytes) {
+        // What a caller relies on: the history, when known, is as long as the state's position,
+        // and the bytes are the ones this build writes (a version 1 file comes back as version 2).
+        if let Some(history) = &saved.history {
+            assert_eq!(history.len() as u64, saved.state.position);
+        }
+        if u32::from_le_bytes(data[8..12].try_into().expect("a header")) != 1 {
+            assert_eq!(saved.to_bytes(), bytes);
+        }
+    }
+});
