@@ -192,6 +192,12 @@ export interface Stats {
     bytesFromCache: number;
     vocabSize: number;
     adapter: string;
+    /** The manifest's sha256, in hex (as `modelId`). */
+    modelId: string;
+    /** The GPU device is gone (a driver reset, sleep, another tab): load the model again. */
+    deviceLost: boolean;
+    /** A GPU error (a lost device among them) makes every call fail: load the model again. */
+    broken: boolean;
 }
 
 export interface Snapshot {

@@ -8,7 +8,7 @@ use std::cell::Cell;
 use common::{tiny, tokenizer_path};
 use pollster::block_on;
 use rgweb::chat::saved::{SavedConversation, StateParts};
-use rgweb::chat::session::{ChatSession, Finish, Generator, Listener, SavedTurn};
+use rgweb::chat::session::{Backend, ChatSession, Finish, Generator, Listener, SavedTurn};
 use rgweb::chat::tokenizer::END_OF_TURN;
 use rgweb::chat::Turn;
 use rgweb::chat::{GemmaTokenizer, SamplingParams};
@@ -351,6 +351,24 @@ fn an_error_mid_stream_still_ends_the_generation_cleanly() {
     let mut cpu = cpu();
     block_on(cpu.generate(&PROMPT, 4, &[], || false, |_| Ok(true))).unwrap();
     assert_eq!(next, block_on(cpu.generate(&NEXT, 4, &[], || false, |_| Ok(true))).unwrap());
+}
+
+/// A GPU failure while the first token is drawn (here a destroyed device) fails the reply and every
+/// later one with the GPU's error, and the engine reports itself broken: the queued steps are
+/// dropped, so no later call says "a generation is still running" instead.
+#[test]
+fn a_gpu_failure_as_a_reply_starts_is_reported_and_never_jams_the_engine() {
+    let mut gpu = gpu();
+    let Backend::Gpu { engine, .. } = gpu.backend() else { unreachable!() };
+    let device = engine.context().device.clone();
+    assert!(!gpu.broken());
+    device.destroy();
+    for attempt in 0..2 {
+        let error = block_on(gpu.generate(&PROMPT, 8, &[], || false, |_| Ok(true))).unwrap_err().to_string();
+        assert!(!error.contains("still running"), "attempt {attempt}: {error}");
+        assert!(error.starts_with("gpu:"), "attempt {attempt}: {error}");
+    }
+    assert!(gpu.broken());
 }
 
 // ---- OpenAI-style requests: the whole conversation each time, only the new part prefilled ----

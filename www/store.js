@@ -5,20 +5,28 @@
 //                  bit for bit (`snapshot.toBytes()`), and the identity (manifest sha256) of the
 //                  model that made it, so it is only ever offered back to that model.
 // A conversation and its state are written in one transaction: the two never disagree. Failures
-// reject with the DOMException IndexedDB gives (a full quota is a `QuotaExceededError`).
+// reject with the DOMException IndexedDB gives (a full quota is a `QuotaExceededError`); an
+// operation that has not settled within OPERATION_MS rejects with a `TimeoutError`, so the page
+// never waits on a hung one for good.
 // Imported by the page's wasm (src/app/store.rs); records cross as JSON text and a Uint8Array.
 
 const NAME = 'recurrentgemma-chat';
 const VERSION = 1;
+const OPERATION_MS = 15_000;
 
 let opening = null;
 
 function database() {
     opening ??= new Promise((resolve, reject) => {
         const request = indexedDB.open(NAME, VERSION);
-        request.onupgradeneeded = () => {
-            request.result.createObjectStore('conversations', { keyPath: 'id' });
-            request.result.createObjectStore('states', { keyPath: 'id' });
+        // Each version's changes, applied in order from the version the browser holds (0: none),
+        // so that a later VERSION adds its step here and keeps every saved conversation.
+        request.onupgradeneeded = (event) => {
+            const db = request.result;
+            if (event.oldVersion < 1) {
+                db.createObjectStore('conversations', { keyPath: 'id' });
+                db.createObjectStore('states', { keyPath: 'id' });
+            }
         };
         request.onsuccess = () => {
             // Another tab upgrading the schema: let it, and reopen on the next call.
@@ -34,18 +42,27 @@ function database() {
 }
 
 /** Runs `work(stores...)` in one transaction; resolves with what its returned request read, once committed. */
-async function transaction(names, mode, work) {
-    const db = await database();
-    return new Promise((resolve, reject) => {
-        const tx = db.transaction(names, mode);
-        const request = work(...names.map((name) => tx.objectStore(name)));
-        tx.oncomplete = () => resolve(request?.result);
-        // A failed request aborts the transaction; its error (QuotaExceededError, ...) is the one to report.
-        tx.onabort = () => reject(tx.error ?? request?.error ?? new DOMException('the transaction was aborted', 'AbortError'));
+function transaction(names, mode, work) {
+    let timer;
+    const timeout = new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new DOMException(
+            `the browser's storage (IndexedDB) did not answer within ${OPERATION_MS / 1000} s`, 'TimeoutError')), OPERATION_MS);
     });
+    const run = (async () => {
+        const db = await database();
+        return new Promise((resolve, reject) => {
+            const tx = db.transaction(names, mode);
+            const request = work(...names.map((name) => tx.objectStore(name)));
+            tx.oncomplete = () => resolve(request?.result);
+            // A failed request aborts the transaction; its error (QuotaExceededError, ...) is the one to report.
+            tx.onabort = () => reject(tx.error ?? request?.error ?? new DOMException('the transaction was aborted', 'AbortError'));
+        });
+    })();
+    return Promise.race([run, timeout]).finally(() => clearTimeout(timer));
 }
 
-/** Every saved conversation (without states), most recent first, as JSON text. */
+/** Every saved conversation (without states), most recent first, as JSON text: the records as they
+ * are stored, which the page reads one by one (it skips one it cannot read). */
 export async function listConversations() {
     const all = await transaction(['conversations'], 'readonly', (conversations) => conversations.getAll());
     all.sort((a, b) => b.updated - a.updated);
@@ -54,21 +71,42 @@ export async function listConversations() {
 
 /**
  * Saves a conversation (JSON text) and, in the same transaction, the state after its last reply
- * (`bytes`, made by the model `modelId`), or removes a stale one when `bytes` is null.
+ * (`bytes`, made by the model `modelId`), or removes a stale one when `bytes` is null. When the
+ * state does not fit the quota, the conversation is saved without it (and without the older state,
+ * which no longer matches its messages). Resolves with whether the state was saved.
  */
-export function saveConversation(json, modelId, bytes) {
+export async function saveConversation(json, modelId, bytes) {
     const conversation = JSON.parse(json);
-    return transaction(['conversations', 'states'], 'readwrite', (conversations, states) => {
+    const write = (withState) => transaction(['conversations', 'states'], 'readwrite', (conversations, states) => {
         conversations.put(conversation);
-        if (bytes) states.put({ id: conversation.id, modelId, bytes });
+        if (withState) states.put({ id: conversation.id, modelId, bytes });
         else states.delete(conversation.id);
+    });
+    try {
+        await write(Boolean(bytes));
+        return Boolean(bytes);
+    } catch (e) {
+        if (!bytes || e?.name !== 'QuotaExceededError') throw e;
+        await write(false);
+        return false;
+    }
+}
+
+/** Renames a conversation: its title alone changes, whatever else another tab saved meanwhile. */
+export function renameConversation(id, title) {
+    return transaction(['conversations'], 'readwrite', (conversations) => {
+        const read = conversations.get(id);
+        read.onsuccess = () => {
+            if (read.result) conversations.put({ ...read.result, title });
+        };
     });
 }
 
-/** Saves a conversation's record alone (a new title); its state is left as it is. */
-export function putConversation(json) {
-    const conversation = JSON.parse(json);
-    return transaction(['conversations'], 'readwrite', (conversations) => { conversations.put(conversation); });
+/** Asks the browser to keep this site's storage when space runs low (it may say no); resolves with
+ * whether it will: true, false, or null where the browser cannot be asked. */
+export async function persistStorage() {
+    if (!navigator.storage?.persist) return null;
+    return (await navigator.storage.persisted()) || navigator.storage.persist();
 }
 
 /** `{ id, modelId, bytes }`, or null when the conversation has no saved state. */

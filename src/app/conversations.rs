@@ -38,7 +38,13 @@ impl AppState {
     pub fn refresh_conversations(self) {
         spawn_local(async move {
             match store::list().await {
-                Ok(list) => self.conversations.set(list),
+                Ok((list, unreadable)) => {
+                    self.conversations.set(list);
+                    if unreadable > 0 {
+                        let what = if unreadable == 1 { "conversation is" } else { "conversations are" };
+                        self.store_error.set(Some(format!("{unreadable} saved {what} unreadable and not listed.")));
+                    }
+                }
                 Err(e) => self.store_error.set(Some(e)),
             }
         });
@@ -65,9 +71,25 @@ impl AppState {
             Err(e) => (None, Some(e)),
         };
         let conversation = Conversation { id, title, updated: js_sys::Date::now(), messages };
+        let gave_state = state.is_some();
         match store::save(&conversation, &model_id, state).await {
-            Ok(()) => {
-                self.store_error.set(problem.map(|p| format!("The conversation was saved without its state ({p}).")));
+            Ok(saved) => {
+                let problem = match (saved, problem) {
+                    (_, Some(problem)) => Some(problem),
+                    (store::Saved::WithoutState, None) if gave_state => {
+                        Some("this site's storage in the browser is full".to_string())
+                    }
+                    _ => None,
+                };
+                self.store_error.set(problem.map(|p| {
+                    format!(
+                        "The conversation was saved without its state ({p}): reopened, the model will not remember \
+                         it."
+                    )
+                }));
+                if self.storage_persisted.get_untracked().is_none() {
+                    self.storage_persisted.set(Some(store::persist().await));
+                }
                 self.conversations.update(|list| {
                     list.retain(|c| c.id != conversation.id);
                     list.insert(0, conversation);
@@ -169,7 +191,7 @@ impl AppState {
         };
         conversation.title = title;
         spawn_local(async move {
-            match store::put(&conversation).await {
+            match store::rename(&conversation.id, &conversation.title).await {
                 Ok(()) => self.conversations.update(|list| {
                     if let Some(c) = list.iter_mut().find(|c| c.id == conversation.id) {
                         c.title = conversation.title;
@@ -223,6 +245,14 @@ pub fn ConversationList() -> impl IntoView {
                     <ConversationItem conversation=conversation />
                 </For>
             </ul>
+            {move || state.storage_persisted.get().map(|answer| {
+                let (class, text) = match answer {
+                    Some(true) => ("storage-persisted", "Kept by the browser until you delete them."),
+                    Some(false) => ("storage-best-effort", "The browser may clear these when space runs low."),
+                    None => ("storage-best-effort", "This browser cannot be asked to keep these."),
+                };
+                view! { <p class=format!("storage-note {class}")>{text}</p> }
+            })}
         </nav>
     }
 }

@@ -138,8 +138,10 @@ pub struct EngineStats {
     pub wasm_bytes: u64,
     pub load_seconds: f64,
     pub model_id: Option<String>,
-    /// Whether the engine's GPU device is gone, when the engine says (`stats().deviceLost`).
-    pub device_lost: Option<bool>,
+    /// Whether the engine's GPU device is gone (`stats().deviceLost`).
+    pub device_lost: bool,
+    /// Whether a GPU error makes every call fail (`stats().broken`): a lost device is one.
+    pub broken: bool,
 }
 
 /// A finished reply.
@@ -264,7 +266,8 @@ impl WorkerEngine {
             wasm_bytes: number(&stats, "wasmBytes") as u64,
             load_seconds: number(&stats, "loadSeconds"),
             model_id,
-            device_lost: get(&stats, "deviceLost").as_bool(),
+            device_lost: get(&stats, "deviceLost").as_bool() == Some(true),
+            broken: get(&stats, "broken").as_bool() == Some(true),
         })
     }
 

@@ -179,6 +179,9 @@ pub struct AppState {
     pub current: RwSignal<Option<String>>,
     /// Why the last save (or the conversation list) failed, e.g. a full quota.
     pub store_error: RwSignal<Option<String>>,
+    /// The browser's answer to `navigator.storage.persist()`, asked at the first save: `Some(None)`
+    /// where it cannot be asked.
+    pub storage_persisted: RwSignal<Option<Option<bool>>>,
     /// What the model remembers of the open conversation, when not all of it (a refused state).
     pub restore_note: RwSignal<Option<String>>,
 }
@@ -207,6 +210,7 @@ impl AppState {
             conversations: RwSignal::new(Vec::new()),
             current: RwSignal::new(None),
             store_error: RwSignal::new(None),
+            storage_persisted: RwSignal::new(None),
             restore_note: RwSignal::new(None),
         }
     }
@@ -479,11 +483,10 @@ impl AppState {
     async fn fail(self, error: String, engine: WorkerEngine) {
         // The device-lost report may come just after the failed submission.
         js::sleep_ms(100).await;
-        // The engine says whether its device is gone; an engine that does not say is judged by its
-        // message (a lost device fails the reply's read-back of the sampled token).
-        let said = engine.stats().await.ok().and_then(|s| s.device_lost);
-        let lost = said.unwrap_or_else(|| error.contains("device lost") || error.contains("map a buffer"));
-        if lost {
+        // The engine says whether its device is gone, or a GPU error it keeps failing with: either
+        // way only loading the model again helps.
+        let stats = engine.stats().await.ok();
+        if stats.is_some_and(|s| s.device_lost || s.broken) {
             self.engine.set_value(None);
             engine.dispose().await;
             self.phase.set(Phase::DeviceLost(error));

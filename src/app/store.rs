@@ -15,8 +15,10 @@ extern "C" {
     fn list_js() -> Promise;
     #[wasm_bindgen(js_name = saveConversation)]
     fn save_js(json: &str, model_id: &str, bytes: Option<Uint8Array>) -> Promise;
-    #[wasm_bindgen(js_name = putConversation)]
-    fn put_js(json: &str) -> Promise;
+    #[wasm_bindgen(js_name = renameConversation)]
+    fn rename_js(id: &str, title: &str) -> Promise;
+    #[wasm_bindgen(js_name = persistStorage)]
+    fn persist_js() -> Promise;
     #[wasm_bindgen(js_name = getState)]
     fn get_state_js(id: &str) -> Promise;
     #[wasm_bindgen(js_name = deleteConversation)]
@@ -66,22 +68,44 @@ async fn settle(promise: Promise) -> Result<JsValue, String> {
     JsFuture::from(promise).await.map_err(failure)
 }
 
-/// Every saved conversation, the most recent first.
-pub async fn list() -> Result<Vec<Conversation>, String> {
+/// The saved conversations that could be read, the most recent first, and how many could not (a
+/// record damaged, or written by another version of the page): one bad record hides only itself.
+pub async fn list() -> Result<(Vec<Conversation>, usize), String> {
     let json = settle(list_js()).await?.as_string().unwrap_or_default();
-    serde_json::from_str(&json).map_err(|e| format!("the saved conversations are unreadable: {e}"))
+    let records: Vec<serde_json::Value> =
+        serde_json::from_str(&json).map_err(|e| format!("the saved conversations are unreadable: {e}"))?;
+    let total = records.len();
+    let readable: Vec<Conversation> = records.into_iter().filter_map(|r| serde_json::from_value(r).ok()).collect();
+    let unreadable = total - readable.len();
+    Ok((readable, unreadable))
+}
+
+/// How a save went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Saved {
+    /// The messages and the state given.
+    WithState,
+    /// The messages alone: no state was given, or it did not fit the quota (any older state of the
+    /// conversation is removed, so that none is restored beside messages it does not match).
+    WithoutState,
 }
 
 /// Saves `conversation` with its state (`None`: it has none, and any older one is removed).
-pub async fn save(conversation: &Conversation, model_id: &str, state: Option<Uint8Array>) -> Result<(), String> {
+pub async fn save(conversation: &Conversation, model_id: &str, state: Option<Uint8Array>) -> Result<Saved, String> {
     let json = serde_json::to_string(conversation).map_err(|e| e.to_string())?;
-    settle(save_js(&json, model_id, state)).await.map(drop)
+    let with_state = settle(save_js(&json, model_id, state)).await?.as_bool() == Some(true);
+    Ok(if with_state { Saved::WithState } else { Saved::WithoutState })
 }
 
-/// Saves `conversation`'s record alone (its title), leaving its state as it is.
-pub async fn put(conversation: &Conversation) -> Result<(), String> {
-    let json = serde_json::to_string(conversation).map_err(|e| e.to_string())?;
-    settle(put_js(&json)).await.map(drop)
+/// Renames a conversation: only its title is written, whatever else another tab saved meanwhile.
+pub async fn rename(id: &str, title: &str) -> Result<(), String> {
+    settle(rename_js(id, title)).await.map(drop)
+}
+
+/// Asks the browser to keep the saved conversations when space runs low: `Some(true)` if it will,
+/// `Some(false)` if it may still clear them, `None` where it cannot be asked.
+pub async fn persist() -> Option<bool> {
+    JsFuture::from(persist_js()).await.ok()?.as_bool()
 }
 
 pub async fn state(id: &str) -> Result<Option<SavedState>, String> {

@@ -231,6 +231,15 @@ impl Generator {
         }
     }
 
+    /// Whether the engine met a GPU error it keeps failing with (a lost device is one): only
+    /// loading the model again helps.
+    pub fn broken(&self) -> bool {
+        match &self.backend {
+            Backend::Cpu { .. } => false,
+            Backend::Gpu { engine, .. } => engine.context().has_failed(),
+        }
+    }
+
     /// Frees the engine's GPU memory now instead of when the buffers are dropped.
     pub fn destroy(self) {
         if let Backend::Gpu { engine, .. } = self.backend {

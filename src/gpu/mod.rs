@@ -97,6 +97,12 @@ impl GpuContext {
         }
     }
 
+    /// Whether a device error or loss was reported: every later call fails with it ([`GpuContext::check`]),
+    /// so the engine must be made again.
+    pub fn has_failed(&self) -> bool {
+        self.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).is_some()
+    }
+
     /// Whether the device is gone (and with it every buffer): the engine must be made again.
     pub fn is_lost(&self) -> bool {
         self.lost.load(Ordering::Relaxed)

@@ -628,7 +628,9 @@ impl RecurrentGemma {
 
     /// `{ prefillTokensPerSecond, decodeTokensPerSecond, timeToFirstTokenSeconds, promptTokens, generatedTokens,
     ///   conversationTokens, weightBytes, weightFormat, stateBytes, gpuBytes, wasmBytes,
-    ///   loadSeconds, bytesFromCache, vocabSize, adapter, modelId }`
+    ///   loadSeconds, bytesFromCache, vocabSize, adapter, modelId, deviceLost, broken }`: `deviceLost`
+    ///   when the GPU device is gone, `broken` when a GPU error (a lost device too) makes every
+    ///   call fail; either way, load the model again.
     pub fn stats(&self) -> Result<JsValue, JsError> {
         self.with(|loaded| {
             let generator = loaded.session.generator_ref();
@@ -655,6 +657,8 @@ impl RecurrentGemma {
                 ("vocabSize", number(loaded.manifest.config.vocab_size as f64)),
                 ("adapter", adapter.into()),
                 ("modelId", hex(&self.stamp.model).into()),
+                ("deviceLost", generator.device_lost().into()),
+                ("broken", generator.broken().into()),
             ]))
         })
     }

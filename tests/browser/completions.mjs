@@ -25,6 +25,24 @@ async function exercise(context, server, reference, worker) {
     const page = await context.newPage();
     const errors = [];
     page.on('pageerror', (e) => errors.push(String(e)));
+    // Counts the GPU buffers of the page's thread that are alive: made and not destroyed. A dropped
+    // buffer keeps its memory until the garbage collector runs, so only destroy() counts.
+    await page.addInitScript(() => {
+        if (!self.GPUDevice) return;
+        const live = new Set();
+        const createBuffer = GPUDevice.prototype.createBuffer;
+        GPUDevice.prototype.createBuffer = function (...args) {
+            const buffer = createBuffer.apply(this, args);
+            live.add(buffer);
+            return buffer;
+        };
+        const destroy = GPUBuffer.prototype.destroy;
+        GPUBuffer.prototype.destroy = function () {
+            live.delete(this);
+            return destroy.call(this);
+        };
+        self.__liveBuffers = () => live.size;
+    });
     await page.goto(`${server.url}/embed/`);
     page.setDefaultTimeout(TIMEOUT);
     const out = await page.evaluate(async ({ worker, PROMPT, MAX_TOKENS }) => {
@@ -127,6 +145,24 @@ async function exercise(context, server, reference, worker) {
         r.signalPieces = signalled.length;
         r.preAborted = await failure(engine.chat.completions.create({ ...plain, signal: AbortSignal.abort() }));
         r.afterSignal = (await engine.chat.completions.create({ ...plain, max_tokens: 2 })).choices[0].finish_reason;
+
+        // GPU memory on the page's thread: a growing conversation keeps a state per saved turn (the
+        // last 3), and a freed snapshot gives its buffers back at once.
+        r.liveBuffers = [];
+        if (!worker) {
+            await engine.reset();
+            const conversation = [];
+            for (let turn = 1; turn <= 8; turn++) {
+                conversation.push(user(`Read me Psalms ${turn}:1.`));
+                const reply = await engine.chat.completions.create({ messages: conversation, temperature: 0, max_tokens: 3 });
+                conversation.push({ role: 'assistant', content: reply.choices[0].message.content });
+                r.liveBuffers.push(self.__liveBuffers());
+            }
+            const snapshot = await engine.snapshot();
+            r.withSnapshot = self.__liveBuffers();
+            await snapshot.free();
+            r.afterFree = self.__liveBuffers();
+        }
 
         // Bad requests: an Error naming the field, before anything runs.
         const bad = {
@@ -268,6 +304,12 @@ async function exercise(context, server, reference, worker) {
     assert.equal(out.abortedFinish, 'abort', `${mode}: interruptGenerate() → finish_reason 'abort'`);
     assert.ok(out.abortedPieces < 100);
     assert.ok(['stop', 'length'].includes(out.afterBreak), `${mode}: usable after breaking out of a stream`);
+    if (!worker) {
+        const [, , , full, ...later] = out.liveBuffers;
+        assert.ok(later.every((n) => n === full), `live GPU buffers after turns 1-8: ${out.liveBuffers}`);
+        assert.ok(out.withSnapshot > out.afterFree && out.afterFree === full, `a freed snapshot: ${out.withSnapshot} → ${out.afterFree}`);
+        log(`${mode}: live GPU buffers after turns 1-8: ${out.liveBuffers.join(', ')}; a snapshot freed ${out.withSnapshot - out.afterFree}`);
+    }
     assert.equal(out.signalFinish, 'abort', `${mode}: request.signal aborts the reply`);
     assert.ok(out.signalPieces < 2000, `${mode}: the aborted reply ended early`);
     assert.match(out.preAborted, /aborted before the request started/, `${mode}: an aborted signal starts nothing`);

@@ -258,6 +258,51 @@ async function main() {
         } finally {
             await tight.close();
         }
+
+        // Room for the messages but not for the state: the conversation is saved without its state,
+        // the page says so, and after a reload it is there, with the model starting afresh.
+        const roomy = await launchContext();
+        try {
+            const { page: some, errors: someErrors } = await openPage(roomy, modelUrl);
+            await applySettings(some);
+            const usage = await some.evaluate(async () => (await navigator.storage.estimate()).usage);
+            const cdp = await roomy.newCDPSession(some);
+            await cdp.send('Storage.overrideQuotaForOrigin', { origin: server.url, quotaSize: usage + 40_000 });
+            await some.locator('textarea.prompt').fill(MESSAGES[0]);
+            await some.locator('textarea.prompt').press('Enter');
+            await some.waitForFunction(() => document.querySelector('.message.model')?.dataset.done === 'true', null, { timeout: TIMEOUT });
+            await idle(some);
+            await some.waitForSelector('.store-error', { timeout: 30_000 });
+            assert.match(await some.locator('.store-error').innerText(), /saved without its state \(this site's storage in the browser is full\)/);
+            const kept = await stored(some);
+            assert.equal(kept.conversations.length, 1, 'the messages were saved');
+            assert.equal(kept.conversations[0].messages.length, 2);
+            assert.equal(kept.states.length, 0, 'no state was saved');
+            // One record another version of the page wrote, unreadable to this one: skipped, not the whole list.
+            await some.evaluate(async () => {
+                const db = await new Promise((resolve) => { const r = indexedDB.open('recurrentgemma-chat'); r.onsuccess = () => resolve(r.result); });
+                await new Promise((resolve, reject) => {
+                    const tx = db.transaction('conversations', 'readwrite');
+                    tx.objectStore('conversations').put({ id: 'from-elsewhere', title: 5, messages: 'none' });
+                    tx.oncomplete = resolve;
+                    tx.onabort = () => reject(tx.error);
+                });
+                db.close();
+            });
+            await cdp.send('Storage.overrideQuotaForOrigin', { origin: server.url });
+            await some.reload();
+            await waitReady(some);
+            await some.waitForSelector('li.conversation[data-id]', { timeout: 30_000 });
+            assert.equal(await some.locator('li.conversation[data-id]').count(), 1, 'the readable conversation is listed');
+            assert.match(await some.locator('.store-error').innerText(), /1 saved conversation is unreadable/);
+            await open(some, kept.conversations[0].id);
+            assert.equal(await some.locator('.message').count(), 2, 'its messages came back');
+            assert.match(await some.locator('.restore-note').innerText(), /No saved state/);
+            assert.deepEqual(someErrors, [], 'no page errors');
+            log('room for the messages only: saved without its state, said so; an unreadable record is skipped');
+        } finally {
+            await roomy.close();
+        }
     } finally {
         await context.close();
         await reference.close();
