@@ -219,6 +219,13 @@ export interface RecurrentGemmaEngine {
     /** The URL the model was loaded from (or "local folder"): `model` in completions. */
     readonly model: string;
     generate(prompt: string, options?: GenerateOptions): Promise<Reply>;
+    /** Brings the state to `messages` (ending with the assistant's reply) without replying, for a
+     * conversation whose saved state is lost or refused; its next request prefills only the new
+     * message. Resolves to the tokens prefilled, or null when aborted (the state is then as it was). */
+    prefillMessages(
+        messages: ChatMessage[],
+        options?: { onProgress?: (progress: { fed: number; total: number }) => void; signal?: AbortSignal },
+    ): Promise<number | null>;
     regenerate(options?: GenerateOptions): Promise<Reply>;
     /** The reply as an async iterator of text pieces; breaking out of the loop aborts it. */
     stream(message: string, options?: GenerateOptions): AsyncGenerator<string, Reply | undefined>;

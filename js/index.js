@@ -232,6 +232,25 @@ class EngineApi {
         }
     }
 
+    /**
+     * Brings the state to `messages` (OpenAI's, ending with the assistant's reply) without
+     * replying: for a conversation whose saved state is lost or refused, so that its next request
+     * prefills only the new message. `onProgress({ fed, total })` follows it in tokens; `signal`
+     * or `abort()` stops it, leaving the state as it was. Resolves to the tokens prefilled, or null
+     * when aborted.
+     */
+    async prefillMessages(messages, { onProgress, signal } = {}) {
+        if (signal?.aborted) throw new DOMException('the signal was aborted before the call started', 'AbortError');
+        const release = withSignal(this, signal);
+        // Progress comes back the way a reply's pieces do: through the call's streamed callback.
+        const progress = onProgress ? (fed, total) => onProgress({ fed, total }) : null;
+        try {
+            return await this.invoke('prefillMessages', [{ messages }], progress);
+        } finally {
+            release();
+        }
+    }
+
     /** Plain completion of `prompt` (no chat template). */
     generate(prompt, options) { return this.#run('generate', String(prompt), options); }
 

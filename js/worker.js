@@ -30,6 +30,7 @@ const methods = {
     generate: (id, prompt, options) => needEngine().generate(prompt, { ...options, onToken: streamer(id) }),
     regenerate: (id, options) => needEngine().regenerate({ ...options, onToken: streamer(id) }),
     chatCompletion: (id, request) => needEngine().invoke('chatCompletion', [request], streamer(id)),
+    prefillMessages: (id, request) => needEngine().invoke('prefillMessages', [request], streamer(id)),
     abort: () => engine?.abort(),
     reset: () => needEngine().reset(),
     async snapshot() {

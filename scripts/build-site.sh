@@ -59,6 +59,9 @@ while IFS= read -r line; do
         wasm=$(hashed_name "$staging/wasm/${bin}_bg.wasm")
         mv "$staging/wasm/$bin.js" "$staging/$js"
         mv "$staging/wasm/${bin}_bg.wasm" "$staging/$wasm"
+        # The JavaScript modules the Rust code imports (#[wasm_bindgen(module = ...)]), which the
+        # glue imports from ./snippets/.
+        if [[ -d "$staging/wasm/snippets" ]]; then mv "$staging/wasm/snippets" "$staging/"; fi
         rm -r "$staging/wasm"
         # Trunk.toml's pattern_script: www/loader.js starts the wasm from these names (the page's
         # CSP allows no inline script).

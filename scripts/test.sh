@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n== %s\n' "$*"; }
+# Each step's heading says how long the run has taken so far: CI has a time limit to stay inside.
+step() { printf '\n== [%d:%02d] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
 step "toolchain (wasm32 target, wasm-bindgen-cli)"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
@@ -63,3 +64,4 @@ bash scripts/build-package.sh
 
 step "fuzzing: every parser of network bytes for a minute each (fuzz/, its own build in fuzz/target)"
 bash scripts/fuzz.sh 60
+step "done"

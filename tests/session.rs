@@ -416,6 +416,43 @@ fn reset_forgets_the_replies_and_turns_of_the_old_conversation() {
     assert_eq!((reply.ids, reply.prefilled), (expected.ids, expected.prefilled));
 }
 
+/// A conversation whose state was lost: a new session prefills its history (ending with a reply)
+/// without generating, and the next request prefills only the new message and replies as one
+/// prefill of the whole conversation does.
+fn check_prefill_history(make: fn() -> Generator) {
+    let mut first = ChatSession::new(make(), tokenizer());
+    let reply = block_on(first.answer(&[Turn::user(THREE[0])], 8, |_: &str| true)).unwrap();
+    let mut turns = vec![Turn::user(THREE[0]), Turn::model(reply.text)];
+
+    let mut reopened = ChatSession::new(make(), tokenizer());
+    // Told to stop before it starts: nothing changes.
+    let stopped = block_on(reopened.prefill_history(&turns, || true, |_, _| {}));
+    assert_eq!(stopped.unwrap(), None);
+    assert_eq!(reopened.generator().position(), 0);
+    let mut seen = Vec::new();
+    let fed = block_on(reopened.prefill_history(&turns, || false, |fed, total| seen.push((fed, total))));
+    let history = reopened.history_ids(&turns).unwrap();
+    assert_eq!(fed.unwrap(), Some(history.len()));
+    assert_eq!(seen.last(), Some(&(history.len(), history.len())), "progress ends at the whole history");
+    assert_eq!(reopened.history().unwrap(), history.as_slice());
+    assert_eq!(reopened.generator().position(), history.len());
+
+    turns.push(Turn::user(THREE[1]));
+    let whole = reopened.conversation_ids(&turns).unwrap();
+    let next = block_on(reopened.answer(&turns, 8, |_: &str| true)).unwrap();
+    assert_eq!(next.prefilled, whole.len() - history.len(), "only the new message is prefilled");
+    assert_eq!(next.ids, reference_reply(make, &whole, 8), "as one prefill of the whole conversation");
+    // A history must end with a reply.
+    let error = reopened.history_ids(&turns).unwrap_err().to_string();
+    assert!(error.contains("must be the assistant's reply"), "{error}");
+}
+
+#[test]
+fn a_history_prefilled_without_a_reply_continues_exactly_on_the_cpu_and_gpu() {
+    check_prefill_history(cpu);
+    check_prefill_history(gpu);
+}
+
 fn reference_reply(make: fn() -> Generator, ids: &[u32], max: usize) -> Vec<u32> {
     let mut fresh = make();
     let eos = fresh.eos_token_id();

@@ -1,6 +1,6 @@
 // The page's saved conversations, in this origin's IndexedDB (nothing leaves the browser).
 // Two object stores, both keyed by the conversation's id:
-//   conversations: { id, title, updated, messages: [{ speaker, text, tokenIds, stopped, promptTokens }] }
+//   conversations: { id, title, updated, revision, messages: [{ speaker, text, tokenIds, stopped, promptTokens }] }
 //   states:        { id, modelId, bytes } — the engine's state after the conversation's last reply,
 //                  bit for bit (`snapshot.toBytes()`), and the identity (manifest sha256) of the
 //                  model that made it, so it is only ever offered back to that model.
@@ -9,10 +9,27 @@
 // operation that has not settled within OPERATION_MS rejects with a `TimeoutError`, so the page
 // never waits on a hung one for good.
 // Imported by the page's wasm (src/app/store.rs); records cross as JSON text and a Uint8Array.
+//
+// Several tabs share the store. Every save carries the conversation's next revision and is refused
+// (a `StaleError`) unless the stored one is the revision before it: a tab never overwrites what
+// another saved since it read, nor brings back a conversation another deleted. Every change is
+// announced on the BroadcastChannel CHANNEL as { id, change: 'saved' | 'renamed' | 'deleted' }.
 
 const NAME = 'recurrentgemma-chat';
 const VERSION = 1;
 const OPERATION_MS = 15_000;
+export const CHANNEL = 'recurrentgemma-chat';
+
+const announcer = typeof BroadcastChannel === 'function' ? new BroadcastChannel(CHANNEL) : null;
+function announce(id, change) {
+    announcer?.postMessage({ id, change });
+}
+
+/** Calls `onChange(id, change)` for every change another tab makes (a channel does not hear its
+ * own messages, so this tab's changes are not reported back to it). */
+export function listenForChanges(onChange) {
+    if (announcer) announcer.onmessage = ({ data }) => onChange(String(data?.id), String(data?.change));
+}
 
 let opening = null;
 
@@ -77,29 +94,56 @@ export async function listConversations() {
  */
 export async function saveConversation(json, modelId, bytes) {
     const conversation = JSON.parse(json);
+    let stale = null;
     const write = (withState) => transaction(['conversations', 'states'], 'readwrite', (conversations, states) => {
-        conversations.put(conversation);
-        if (withState) states.put({ id: conversation.id, modelId, bytes });
-        else states.delete(conversation.id);
+        const read = conversations.get(conversation.id);
+        read.onsuccess = () => {
+            const stored = read.result;
+            const expected = conversation.revision - 1;
+            if ((stored?.revision ?? 0) !== expected) {
+                stale = stored ? 'changed' : 'deleted';
+                read.transaction.abort();
+                return;
+            }
+            conversations.put(conversation);
+            if (withState) states.put({ id: conversation.id, modelId, bytes });
+            else states.delete(conversation.id);
+        };
     });
+    const refuse = () => new DOMException(`this conversation was ${stale} in another tab`, 'StaleError');
+    let withState = Boolean(bytes);
     try {
-        await write(Boolean(bytes));
-        return Boolean(bytes);
+        await write(withState);
     } catch (e) {
+        if (stale) throw refuse();
         if (!bytes || e?.name !== 'QuotaExceededError') throw e;
-        await write(false);
-        return false;
+        withState = false;
+        await write(false).catch((again) => { throw stale ? refuse() : again; });
     }
+    announce(conversation.id, 'saved');
+    return withState;
+}
+
+/** `{ conversation: JSON text, state: { modelId, bytes } | null }`, read in one transaction (so
+ * that the state is the one saved with these messages), or null when there is no such conversation. */
+export async function openConversation(id) {
+    let conversation;
+    const state = await transaction(['conversations', 'states'], 'readonly', (conversations, states) => {
+        conversations.get(id).onsuccess = (event) => { conversation = event.target.result; };
+        return states.get(id);
+    });
+    return conversation ? { conversation: JSON.stringify(conversation), state: state ?? null } : null;
 }
 
 /** Renames a conversation: its title alone changes, whatever else another tab saved meanwhile. */
-export function renameConversation(id, title) {
-    return transaction(['conversations'], 'readwrite', (conversations) => {
+export async function renameConversation(id, title) {
+    await transaction(['conversations'], 'readwrite', (conversations) => {
         const read = conversations.get(id);
         read.onsuccess = () => {
             if (read.result) conversations.put({ ...read.result, title });
         };
     });
+    announce(id, 'renamed');
 }
 
 /** Asks the browser to keep this site's storage when space runs low (it may say no); resolves with
@@ -109,15 +153,11 @@ export async function persistStorage() {
     return (await navigator.storage.persisted()) || navigator.storage.persist();
 }
 
-/** `{ id, modelId, bytes }`, or null when the conversation has no saved state. */
-export async function getState(id) {
-    return (await transaction(['states'], 'readonly', (states) => states.get(id))) ?? null;
-}
-
 /** Deletes a conversation and its state (the space is freed when IndexedDB compacts). */
-export function deleteConversation(id) {
-    return transaction(['conversations', 'states'], 'readwrite', (conversations, states) => {
+export async function deleteConversation(id) {
+    await transaction(['conversations', 'states'], 'readwrite', (conversations, states) => {
         conversations.delete(id);
         states.delete(id);
     });
+    announce(id, 'deleted');
 }

@@ -63,6 +63,7 @@ impl AppState {
                 title_of(first.map_or("", |m| m.text.as_str()))
             });
         self.current.set(Some(id.clone()));
+        let revision = self.current_revision.get_value() + 1;
         let model_id = self.model_id.get_value().unwrap_or_default();
         // Without its state the conversation is still saved, and reopening it says the model starts afresh.
         let (state, problem) = match engine.state_bytes().await {
@@ -70,10 +71,12 @@ impl AppState {
             Ok(_) => (None, Some("the engine did not say which model it runs".to_string())),
             Err(e) => (None, Some(e)),
         };
-        let conversation = Conversation { id, title, updated: js_sys::Date::now(), messages };
+        let state_from = self.state_from.get_value();
+        let conversation = Conversation { id, title, updated: js_sys::Date::now(), revision, state_from, messages };
         let gave_state = state.is_some();
         match store::save(&conversation, &model_id, state).await {
             Ok(saved) => {
+                self.current_revision.set_value(revision);
                 let problem = match (saved, problem) {
                     (_, Some(problem)) => Some(problem),
                     (store::Saved::WithoutState, None) if gave_state => {
@@ -99,62 +102,143 @@ impl AppState {
         }
     }
 
-    /// Opens a saved conversation: its messages, and the engine's state after its last reply.
+    /// Opens a saved conversation: its messages and the engine's state after its last reply, read
+    /// together as they are stored now (another tab may have saved since this one listed them).
     pub fn open(self, id: String) {
-        if self.busy.get_untracked() || self.current.get_untracked().as_deref() == Some(id.as_str()) {
+        let is_current = self.current.get_untracked().as_deref() == Some(id.as_str());
+        if self.busy.get_untracked() || (is_current && !self.current_is_stale.get_value()) {
             return;
         }
-        let Some(conversation) = self.conversations.with_untracked(|l| l.iter().find(|c| c.id == id).cloned()) else {
-            return;
-        };
         let Some(engine) = self.engine.get_value() else { return };
         self.busy.set(true);
         self.can_regenerate.set(false);
         self.chat_error.set(None);
         self.store_error.set(None);
         self.restore_note.set(None);
-        self.current.set(Some(id.clone()));
-        let messages = conversation
-            .messages
-            .iter()
-            .map(|saved| {
-                let message = self.message(saved.speaker, &saved.text);
-                message.token_ids.set(saved.token_ids.clone());
-                message.stopped.set(saved.stopped);
-                message.prompt_tokens.set(saved.prompt_tokens);
-                message
-            })
-            .collect();
-        self.messages.set(messages);
         let model_id = self.model_id.get_value();
         spawn_local(async move {
-            const AFRESH: &str = "The model starts this conversation afresh: it does not remember the messages above.";
-            let note = match store::state(&id).await {
+            let (conversation, state) = match store::open(&id).await {
+                Ok(Some(found)) => found,
+                Ok(None) => {
+                    self.store_error.set(Some("That conversation was deleted in another tab.".into()));
+                    self.refresh_conversations();
+                    self.busy.set(false);
+                    return;
+                }
+                Err(e) => {
+                    self.store_error.set(Some(e));
+                    self.busy.set(false);
+                    return;
+                }
+            };
+            self.current.set(Some(id.clone()));
+            self.current_revision.set_value(conversation.revision);
+            self.current_is_stale.set_value(false);
+            let messages = conversation
+                .messages
+                .iter()
+                .map(|saved| {
+                    let message = self.message(saved.speaker, &saved.text);
+                    message.token_ids.set(saved.token_ids.clone());
+                    message.stopped.set(saved.stopped);
+                    message.prompt_tokens.set(saved.prompt_tokens);
+                    message
+                })
+                .collect();
+            self.messages.set(messages);
+            self.conversations.update(|list| {
+                if let Some(listed) = list.iter_mut().find(|c| c.id == id) {
+                    *listed = conversation.clone();
+                }
+            });
+            // Why the saved state cannot be restored, if it cannot.
+            let unusable = match state {
+                _ if conversation.state_from > 0 => {
+                    Some(format!("Its saved state misses the first {} messages", conversation.state_from))
+                }
                 Ok(Some(saved)) if model_id.as_deref() == Some(saved.model_id.as_str()) => {
                     match engine.restore(&saved.bytes).await {
                         Ok(()) => None,
-                        Err(e) => Some(format!("The saved state was refused: {e}. {AFRESH}")),
+                        Err(e) => Some(format!("The saved state was refused ({e})")),
                     }
                 }
                 Ok(Some(saved)) => {
                     let theirs = saved.model_id.get(..12).unwrap_or(&saved.model_id);
                     Some(format!(
-                        "This conversation's state was saved with another model (manifest sha256 {theirs}…), so \
-                         it is not offered to this one. {AFRESH}"
+                        "Its state was saved with another model (manifest sha256 {theirs}…), so it is not offered \
+                         to this one"
                     ))
                 }
-                Ok(None) => (!conversation.messages.is_empty()).then(|| format!("No saved state. {AFRESH}")),
-                Err(e) => Some(format!("The saved state could not be read ({e}). {AFRESH}")),
+                Ok(None) => (!conversation.messages.is_empty()).then(|| "It has no saved state".to_string()),
+                Err(e) => Some(format!("Its saved state could not be read ({e})")),
             };
-            if note.is_some() {
-                if let Err(e) = engine.reset().await {
-                    self.chat_error.set(Some(e));
-                }
-            }
+            self.state_from.set_value(0);
+            let note = match unusable {
+                None => None,
+                Some(reason) => Some(self.reread(&engine, &conversation, reason).await),
+            };
             self.restore_note.set(note);
             self.refresh_stats().await;
             self.busy.set(false);
         });
+    }
+
+    /// The engine reads `conversation` again (its saved state could not be restored: `reason`), so
+    /// that the model remembers it; returns what the page says of it. When that fails the model
+    /// starts afresh, and the next save records that its state misses the messages before.
+    async fn reread(self, engine: &WorkerEngine, conversation: &Conversation, reason: String) -> String {
+        let messages = &conversation.messages;
+        let alternates = messages
+            .iter()
+            .enumerate()
+            .all(|(i, m)| m.speaker == if i % 2 == 0 { Speaker::User } else { Speaker::Model });
+        if alternates && !messages.is_empty() && messages.len().is_multiple_of(2) {
+            let history: Vec<(&str, &str)> = messages
+                .iter()
+                .map(|m| (if m.speaker == Speaker::User { "user" } else { "assistant" }, m.text.as_str()))
+                .collect();
+            let reading = reason.clone();
+            self.restore_note.set(Some(format!("{reading}: the model is re-reading the conversation…")));
+            let progress = move |fed: u64, total: u64| {
+                self.restore_note.set(Some(format!(
+                    "{reading}: the model is re-reading the conversation ({fed} of {total} tokens)…"
+                )));
+            };
+            if let Ok(Some(tokens)) = engine.prefill_messages(&history, progress).await {
+                return format!("{reason}: the model re-read the conversation ({tokens} tokens).");
+            }
+        }
+        if let Err(e) = engine.reset().await {
+            self.chat_error.set(Some(e));
+        }
+        self.state_from.set_value(messages.len());
+        format!("{reason}. The model starts this conversation afresh: it does not remember the messages above.")
+    }
+
+    /// Another tab saved, renamed or deleted conversation `id`: the list follows, and if it is the
+    /// open one the page says what happened (this tab's next save of it would be refused).
+    pub fn changed_in_another_tab(self, id: String, change: store::Change) {
+        self.refresh_conversations();
+        if self.current.get_untracked().as_deref() != Some(id.as_str()) {
+            return;
+        }
+        match change {
+            store::Change::Renamed => {}
+            store::Change::Saved => {
+                self.current_is_stale.set_value(true);
+                self.store_error.set(Some(
+                    "Another tab saved this conversation: open it again from the list to continue from there.".into(),
+                ));
+            }
+            store::Change::Deleted => {
+                // What is on screen is saved as a new conversation with its next reply, if any.
+                self.current.set(None);
+                self.current_revision.set_value(0);
+                self.store_error.set(Some(
+                    "Another tab deleted this conversation: a new message here saves it as a new one.".into(),
+                ));
+            }
+        }
     }
 
     /// Starts a new conversation (saved with its first reply).
@@ -163,6 +247,9 @@ impl AppState {
             return;
         }
         self.current.set(None);
+        self.current_revision.set_value(0);
+        self.current_is_stale.set_value(false);
+        self.state_from.set_value(0);
         self.messages.set(Vec::new());
         self.can_regenerate.set(false);
         self.chat_error.set(None);

@@ -48,6 +48,9 @@ extern "C" {
     #[wasm_bindgen(method, js_name = restore, catch)]
     fn restore_js(this: &WorkerEngine, bytes: &Uint8Array) -> Result<Promise, JsValue>;
 
+    #[wasm_bindgen(method, js_name = prefillMessages, catch)]
+    fn prefill_messages_js(this: &WorkerEngine, messages: &Array, options: &Object) -> Result<Promise, JsValue>;
+
     #[wasm_bindgen(method, js_name = dispose, catch)]
     fn dispose_js(this: &WorkerEngine) -> Result<Promise, JsValue>;
 
@@ -292,6 +295,32 @@ impl WorkerEngine {
     /// another model's (the message says so) and keeps its state.
     pub async fn restore(&self, bytes: &Uint8Array) -> Result<(), String> {
         settle(self.restore_js(bytes)).await.map(drop)
+    }
+
+    /// Brings the engine to a conversation that ends with a reply, without replying: `messages`
+    /// are OpenAI's `(role, content)`. `on_progress(fed, total)` follows it in tokens. The tokens
+    /// prefilled, or None when it was aborted (the state is then as it was).
+    pub async fn prefill_messages(
+        &self,
+        messages: &[(&str, &str)],
+        on_progress: impl FnMut(u64, u64) + 'static,
+    ) -> Result<Option<u64>, String> {
+        let list = Array::new();
+        for (role, content) in messages {
+            let message = Object::new();
+            set(&message, "role", &JsValue::from_str(role));
+            set(&message, "content", &JsValue::from_str(content));
+            list.push(&message);
+        }
+        let mut on_progress = on_progress;
+        let callback = Closure::<dyn FnMut(JsValue)>::new(move |p: JsValue| {
+            on_progress(number(&p, "fed") as u64, number(&p, "total") as u64)
+        });
+        let options = Object::new();
+        set(&options, "onProgress", callback.as_ref());
+        let fed = settle(self.prefill_messages_js(&list, &options)).await;
+        drop(callback);
+        Ok(fed?.as_f64().map(|n| n as u64))
     }
 
     /// Frees the GPU memory and ends the worker.

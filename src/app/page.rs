@@ -177,6 +177,14 @@ pub struct AppState {
     pub conversations: RwSignal<Vec<store::Conversation>>,
     /// The open conversation's id; `None` for a new one, saved with its first reply.
     pub current: RwSignal<Option<String>>,
+    /// The revision of the open conversation this tab read or last saved (0 for a new one): its
+    /// next save is refused if another tab saved another since.
+    pub current_revision: StoredValue<u64>,
+    /// Another tab saved the open conversation since this one read it: opening it again reads it anew.
+    pub current_is_stale: StoredValue<bool>,
+    /// The first message of the open conversation the engine's state covers (see
+    /// `Conversation::state_from`).
+    pub state_from: StoredValue<usize>,
     /// Why the last save (or the conversation list) failed, e.g. a full quota.
     pub store_error: RwSignal<Option<String>>,
     /// The browser's answer to `navigator.storage.persist()`, asked at the first save: `Some(None)`
@@ -209,6 +217,9 @@ impl AppState {
             approved_origins: StoredValue::new(Vec::new()),
             conversations: RwSignal::new(Vec::new()),
             current: RwSignal::new(None),
+            current_revision: StoredValue::new(0),
+            current_is_stale: StoredValue::new(false),
+            state_from: StoredValue::new(0),
             store_error: RwSignal::new(None),
             storage_persisted: RwSignal::new(None),
             restore_note: RwSignal::new(None),
@@ -535,6 +546,7 @@ pub fn App() -> impl IntoView {
     });
     state.refresh_cached_bytes();
     state.refresh_conversations();
+    store::listen(move |id, change| state.changed_in_another_tab(id, change));
 
     view! {
         <header class="top">

@@ -19,8 +19,10 @@ extern "C" {
     fn rename_js(id: &str, title: &str) -> Promise;
     #[wasm_bindgen(js_name = persistStorage)]
     fn persist_js() -> Promise;
-    #[wasm_bindgen(js_name = getState)]
-    fn get_state_js(id: &str) -> Promise;
+    #[wasm_bindgen(js_name = openConversation)]
+    fn open_js(id: &str) -> Promise;
+    #[wasm_bindgen(js_name = listenForChanges)]
+    fn listen_js(on_change: &Closure<dyn Fn(String, String)>);
     #[wasm_bindgen(js_name = deleteConversation)]
     fn delete_js(id: &str) -> Promise;
 }
@@ -45,6 +47,14 @@ pub struct Conversation {
     pub title: String,
     /// When it was last saved, in ms since the epoch: the list shows the latest first.
     pub updated: f64,
+    /// Raised by one at every save; a save is refused unless the stored record is the revision
+    /// before it (another tab saved or deleted it since). Records from before revisions read as 0.
+    #[serde(default)]
+    pub revision: u64,
+    /// The first message the saved state covers: 0 when it holds the whole conversation; more
+    /// when the model started afresh partway (its state then misses the messages before).
+    #[serde(default)]
+    pub state_from: usize,
     pub messages: Vec<SavedMessage>,
 }
 
@@ -54,14 +64,19 @@ pub struct SavedState {
     pub bytes: Uint8Array,
 }
 
-/// A storage failure as the page shows it: a full quota says what to do about it.
+/// A storage failure as the page shows it: a full quota says what to do about it, and so does a
+/// conversation another tab changed.
 fn failure(error: JsValue) -> String {
-    if exception_name(&error).as_deref() == Some("QuotaExceededError") {
-        return "Not saved: this site's storage in the browser is full. Delete a conversation or clear the \
-                downloaded models to make room."
-            .into();
+    match exception_name(&error).as_deref() {
+        Some("QuotaExceededError") => "Not saved: this site's storage in the browser is full. Delete a conversation \
+                                       or clear the downloaded models to make room."
+            .into(),
+        Some("StaleError") => format!(
+            "Not saved: {}. Open it again from the list to continue from what that tab saved.",
+            describe(&error)
+        ),
+        _ => format!("Not saved: {}", describe(&error)),
     }
-    format!("Not saved: {}", describe(&error))
 }
 
 async fn settle(promise: Promise) -> Result<JsValue, String> {
@@ -108,16 +123,49 @@ pub async fn persist() -> Option<bool> {
     JsFuture::from(persist_js()).await.ok()?.as_bool()
 }
 
-pub async fn state(id: &str) -> Result<Option<SavedState>, String> {
-    let record = settle(get_state_js(id)).await?;
-    if record.is_null() || record.is_undefined() {
+/// A conversation as stored now and the state saved with it, read together (None: another tab
+/// deleted it). The state is an error when it is damaged, beside messages that are fine.
+pub async fn open(id: &str) -> Result<Option<(Conversation, Result<Option<SavedState>, String>)>, String> {
+    let found = settle(open_js(id)).await?;
+    if found.is_null() || found.is_undefined() {
         return Ok(None);
     }
-    let field = |key: &str| Reflect::get(&record, &JsValue::from_str(key)).unwrap_or(JsValue::UNDEFINED);
-    let model_id = field("modelId").as_string().unwrap_or_default();
-    let bytes =
-        field("bytes").dyn_into::<Uint8Array>().map_err(|_| "a saved state is damaged (no bytes)".to_string())?;
-    Ok(Some(SavedState { model_id, bytes }))
+    let field = |value: &JsValue, key: &str| Reflect::get(value, &JsValue::from_str(key)).unwrap_or(JsValue::UNDEFINED);
+    let json = field(&found, "conversation").as_string().unwrap_or_default();
+    let conversation = serde_json::from_str(&json).map_err(|e| format!("the conversation is unreadable: {e}"))?;
+    let record = field(&found, "state");
+    if record.is_null() || record.is_undefined() {
+        return Ok(Some((conversation, Ok(None))));
+    }
+    let model_id = field(&record, "modelId").as_string().unwrap_or_default();
+    let state = match field(&record, "bytes").dyn_into::<Uint8Array>() {
+        Ok(bytes) => Ok(Some(SavedState { model_id, bytes })),
+        Err(_) => Err("a saved state is damaged (no bytes)".to_string()),
+    };
+    Ok(Some((conversation, state)))
+}
+
+/// What another tab did to a conversation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    Saved,
+    Renamed,
+    Deleted,
+}
+
+/// Calls `on_change(id, change)` for every change another tab makes, for the page's life.
+pub fn listen(on_change: impl Fn(String, Change) + 'static) {
+    let closure = Closure::<dyn Fn(String, String)>::new(move |id: String, change: String| {
+        let change = match change.as_str() {
+            "deleted" => Change::Deleted,
+            "renamed" => Change::Renamed,
+            _ => Change::Saved,
+        };
+        on_change(id, change);
+    });
+    listen_js(&closure);
+    // The page listens for its whole life.
+    closure.forget();
 }
 
 pub async fn delete(id: &str) -> Result<(), String> {

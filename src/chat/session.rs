@@ -392,6 +392,34 @@ impl Generator {
         }
     }
 
+    /// Feeds all of `ids` without sampling, in pieces, asking `stopped` before each and handing
+    /// `progress` the tokens fed so far after each. Returns false when it was told to stop: the
+    /// state is then as it was before the call.
+    pub async fn feed_history(
+        &mut self,
+        ids: &[u32],
+        stopped: impl Fn() -> bool,
+        mut progress: impl FnMut(usize),
+    ) -> Result<bool> {
+        check_prompt(ids)?;
+        let vocab_size = self.vocab_size();
+        if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab_size) {
+            return Err(Error::Input(format!("token id {id} is out of range: vocab size is {vocab_size}")));
+        }
+        let before = self.checkpoint();
+        let mut fed = 0;
+        for piece in ids.chunks(PREFILL_PIECE) {
+            if stopped() {
+                self.restore(&before)?;
+                return Ok(false);
+            }
+            self.feed(piece).await?;
+            fed += piece.len();
+            progress(fed);
+        }
+        Ok(true)
+    }
+
     /// Feeds all of `prompt` but its last piece (never empty), piece by piece, asking `stopped`
     /// before each piece; returns that last piece. None when it said stop: the state is then as
     /// it was before the call.
@@ -852,6 +880,51 @@ impl ChatSession {
         Ok(reply)
     }
 
+    /// Brings the state to a conversation that ends with a reply, generating nothing: what a
+    /// saved conversation needs when its state is lost or refused, before its next message.
+    /// Starts afresh and feeds [`ChatSession::history_ids`], asking `stopped` between pieces (a
+    /// stop leaves the state as it was) and handing `progress(fed, total)` the tokens fed so far.
+    /// Returns the tokens fed, or None when stopped.
+    pub async fn prefill_history(
+        &mut self,
+        turns: &[Turn],
+        stopped: impl Fn() -> bool,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<Option<usize>> {
+        let ids = self.history_ids(turns)?;
+        let saved = self.save();
+        self.generator.reset();
+        match self.generator.feed_history(&ids, stopped, |fed| progress(fed, ids.len())).await {
+            Ok(true) => {
+                self.history = Some(ids.clone());
+                self.last_turn = None;
+                Ok(Some(ids.len()))
+            }
+            Ok(false) => {
+                self.restore(&saved)?;
+                Ok(None)
+            }
+            Err(e) => {
+                self.history = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// The ids the state holds after the reply that ends `turns`, as [`ChatSession::answer`]
+    /// would have left them: the conversation's ids up to that reply, its `<end_of_turn>` not
+    /// fed (the next message's ids start with it).
+    pub fn history_ids(&self, turns: &[Turn]) -> Result<Vec<u32>> {
+        if turns.is_empty() {
+            return Err(Error::Input("messages: at least one user message and its reply are needed".into()));
+        }
+        let ids = self.ids_of_turns(turns)?;
+        if !turns.len().is_multiple_of(2) {
+            return Err(Error::Input("messages: the last message must be the assistant's reply".into()));
+        }
+        Ok(ids)
+    }
+
     /// The ids of `turns` as one prefill would feed them: `<bos>`, each user turn with the
     /// template around it, each reply as the ids this session sampled it as (or else its trimmed
     /// text), and the opening of the model's turn.
@@ -859,6 +932,15 @@ impl ChatSession {
         if turns.is_empty() {
             return Err(Error::Input("messages: at least one user message is needed".into()));
         }
+        let ids = self.ids_of_turns(turns)?;
+        if turns.len().is_multiple_of(2) {
+            return Err(Error::Input("messages: the last message must be from the user".into()));
+        }
+        Ok(ids)
+    }
+
+    /// `<bos>` and `turns` (alternating, starting with the user's) as the template lays them out.
+    fn ids_of_turns(&self, turns: &[Turn]) -> Result<Vec<u32>> {
         let mut ids = vec![BOS];
         for (index, turn) in turns.iter().enumerate() {
             let expected = if index % 2 == 0 { Role::User } else { Role::Model };
@@ -881,9 +963,6 @@ impl ChatSession {
                 }
             };
             ids.extend(self.tokenizer.encode(&text, false)?);
-        }
-        if turns.len().is_multiple_of(2) {
-            return Err(Error::Input("messages: the last message must be from the user".into()));
         }
         Ok(ids)
     }

@@ -567,6 +567,27 @@ impl RecurrentGemma {
         .await
     }
 
+    /// Brings the state to `request.messages` (OpenAI's, ending with the assistant's reply)
+    /// without generating: for a conversation whose saved state is gone or refused, before its
+    /// next message, which then prefills only itself. `onProgress(fed, total)` follows the prefill
+    /// in tokens; `abort()` stops it and leaves the state as it was. Resolves to the tokens
+    /// prefilled, or null when aborted.
+    #[wasm_bindgen(js_name = prefillMessages)]
+    pub async fn prefill_messages(&self, request: JsValue, on_progress: Option<Function>) -> Result<JsValue, JsError> {
+        let turns = chat_turns(&request)?;
+        let mut loaded = self.take_loaded()?;
+        let stop = Rc::new(Cell::new(false));
+        *self.stop.borrow_mut() = stop.clone();
+        let progress = |fed: usize, total: usize| {
+            if let Some(callback) = &on_progress {
+                let _ = callback.call2(&JsValue::NULL, &number(fed as f64), &number(total as f64));
+            }
+        };
+        let fed = loaded.session.prefill_history(&turns, || stop.get(), progress).await;
+        self.put_back(loaded)?;
+        Ok(fed.map_err(to_js)?.map_or(JsValue::NULL, |n| number(n as f64)))
+    }
+
     /// Stops the generation in progress, even mid-prompt or between tokens that make no text; its
     /// promise resolves with what was generated so far.
     pub fn abort(&self) {

@@ -186,8 +186,11 @@ async function main() {
         await idle(page);
         await tamper(page, id, (record) => { record.modelId = 'f'.repeat(64); });
         await open(page, id);
-        assert.match(await page.locator('.restore-note').innerText(), /another model.*afresh/);
-        assert.equal(await conversationTokens(page), 0, 'the model starts afresh');
+        // Not offered; the model re-reads the conversation instead, so it still remembers it.
+        const reread = /another model.*re-read the conversation \((\d+) tokens\)/.exec(await page.locator('.restore-note').innerText());
+        assert.ok(reread, await page.locator('.restore-note').innerText());
+        assert.equal(await conversationTokens(page), Number(reread[1]), 'the engine holds the re-read conversation');
+        assert.ok(Number(reread[1]) > 0.8 * (history + third.promptTokens), `the whole conversation was re-read: ${reread[1]} tokens`);
         log(`a state stored for another model is not offered: "${await page.locator('.restore-note').innerText()}"`);
         // ... and the engine refuses bytes made by another model (their identity changed and their
         // checksum made right again), stored under this model's identity.
@@ -203,12 +206,14 @@ async function main() {
         }, modelId);
         await open(page, id);
         const refused = await page.locator('.restore-note').innerText();
-        assert.match(refused, /refused.*another model/, refused);
-        assert.equal(await conversationTokens(page), 0, 'the model starts afresh');
+        assert.match(refused, /refused.*another model.*re-read the conversation/, refused);
+        const reread2 = await conversationTokens(page);
+        assert.ok(reread2 > 0, 'the model re-read the conversation');
         log(`the engine refused another model's bytes: "${refused}"`);
-        // Afresh means afresh: the next message is a first turn, and saving it stores a good state again.
-        const afresh = await send(page, MESSAGES[0]);
-        assert.equal(afresh.promptTokens, firstTurn.promptTokens, 'a first turn');
+        // The next message prefills only itself, and saving it stores a good state again.
+        const afterReread = await send(page, MESSAGES[0]);
+        assert.ok(afterReread.promptTokens < reread2, `only the new message was prefilled (${afterReread.promptTokens})`);
+        assert.ok(afterReread.promptTokens <= firstTurn.promptTokens + 4, 'a later turn, not the whole conversation');
         assert.equal(await page.locator('.message').count(), 8, 'the old messages stay on the page');
 
         // 3. Rename, and it survives a reload.
@@ -232,6 +237,54 @@ async function main() {
         await waitReady(page);
         assert.equal(await page.locator(`li.conversation[data-id="${id}"]`).count(), 0, 'for good');
         log('delete removes the conversation and its state');
+
+        // 4. Two tabs on one conversation. Tab B opens what tab A saved; A saves again, and B is
+        // told; B's own save is refused rather than overwriting A's; B reads it anew; B's rename
+        // keeps A's messages; A's delete reaches B's list.
+        await applySettings(page);
+        await send(page, MESSAGES[0]);
+        const shared = await page.locator('li.conversation.current').getAttribute('data-id');
+        const tab = await context.newPage();
+        const tabErrors = [];
+        tab.on('pageerror', (e) => tabErrors.push(String(e)));
+        await tab.goto(modelUrl);
+        await waitReady(tab);
+        await applySettings(tab);
+        await open(tab, shared);
+        assert.equal(await tab.locator('.message').count(), 2);
+        await send(page, MESSAGES[1]);
+        await tab.waitForSelector(`li.conversation[data-id="${shared}"][data-messages="4"]`, { timeout: 30_000 });
+        assert.match(await tab.locator('.store-error').innerText(), /Another tab saved this conversation/);
+        // B answers from what it has (two messages) and is refused the save.
+        await tab.locator('textarea.prompt').fill(MESSAGES[2]);
+        await tab.locator('textarea.prompt').press('Enter');
+        await tab.waitForFunction(() => document.querySelectorAll('.message.model')[1]?.dataset.done === 'true', null, { timeout: TIMEOUT });
+        await idle(tab);
+        await tab.waitForFunction(() => /changed in another tab/.test(document.querySelector('.store-error')?.textContent ?? ''), null, { timeout: 30_000 });
+        let record = (await stored(tab)).conversations.find((c) => c.id === shared);
+        assert.equal(record.messages[2].text, MESSAGES[1], 'A\'s save stands: B did not overwrite it');
+        const revision = record.revision;
+        // Opening it again in B reads what A saved, with its state.
+        await tab.locator(`li.conversation[data-id="${shared}"] button.open`).click();
+        await tab.waitForFunction(() => document.querySelectorAll('.message').length === 4, null, { timeout: TIMEOUT });
+        await idle(tab);
+        assert.equal(await tab.locator('.message.user').nth(1).innerText(), MESSAGES[1]);
+        assert.equal(await tab.locator('.restore-note').count(), 0, 'with its state');
+        // B renames: only the title changes.
+        await tab.locator(`li.conversation[data-id="${shared}"] button.rename`).click();
+        await tab.locator(`li.conversation[data-id="${shared}"] .rename-input`).fill('Shared');
+        await tab.locator(`li.conversation[data-id="${shared}"] .rename-input`).press('Enter');
+        await page.waitForSelector(`li.conversation[data-id="${shared}"] button.open:text("Shared")`, { timeout: 30_000 });
+        record = (await stored(page)).conversations.find((c) => c.id === shared);
+        assert.equal(record.messages.length, 4, 'the rename kept the messages');
+        assert.equal(record.revision, revision, 'a rename is not a save of the messages');
+        // A deletes it: B's list follows, and B's next save does not bring it back under that id.
+        await page.locator(`li.conversation[data-id="${shared}"] button.delete`).click();
+        await tab.waitForSelector(`li.conversation[data-id="${shared}"]`, { state: 'detached', timeout: 30_000 });
+        assert.match(await tab.locator('.store-error').innerText(), /Another tab deleted this conversation/);
+        assert.deepEqual(tabErrors, [], 'no page errors in the second tab');
+        await tab.close();
+        log('two tabs: a save of one is announced to the other, a stale save is refused, a rename keeps the messages, a delete reaches both');
 
         assert.deepEqual(errors, [], 'no page errors');
 
@@ -297,7 +350,8 @@ async function main() {
             assert.match(await some.locator('.store-error').innerText(), /1 saved conversation is unreadable/);
             await open(some, kept.conversations[0].id);
             assert.equal(await some.locator('.message').count(), 2, 'its messages came back');
-            assert.match(await some.locator('.restore-note').innerText(), /No saved state/);
+            assert.match(await some.locator('.restore-note').innerText(), /no saved state: the model re-read the conversation/);
+            assert.ok(await conversationTokens(some) > 0, 'the model remembers it');
             assert.deepEqual(someErrors, [], 'no page errors');
             log('room for the messages only: saved without its state, said so; an unreadable record is skipped');
         } finally {
