@@ -1,8 +1,8 @@
 //! The engine the page talks to: typed bindings to the package's `WorkerEngine` (`pkg/index.js`,
-//! copied into the site next to the page by trunk). The model, its tokenizer and every GPU call
-//! live in the package's dedicated worker, so a load or a reply never holds up this thread; the
-//! page only sends messages and renders what comes back. One engine code path serves the page
-//! and every site that embeds the package.
+//! copied into the site next to the page by scripts/build-site.sh or trunk). The model, its
+//! tokenizer and every GPU call live in the package's dedicated worker, so a load or a reply
+//! never holds up this thread; the page only sends messages and renders what comes back. One
+//! engine code path serves the page and every site that embeds the package.
 //!
 //! The package's wasm is never instantiated here: `pkg/index.js` initialises it lazily, and only
 //! `WorkerEngine.load` is called on this thread, which starts the worker.

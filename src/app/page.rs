@@ -171,8 +171,8 @@ pub struct AppState {
     pub cached_bytes: RwSignal<Option<u64>>,
     /// How the last load went (cache use, notes), shown beside the chat.
     pub last_load: RwSignal<Option<LoadProgress>>,
-    /// Origins the visitor agreed to download from, so a reload does not ask again.
-    pub approved_origins: StoredValue<Vec<String>>,
+    /// Model addresses the visitor agreed to download, so a reload does not ask again.
+    pub approved_urls: StoredValue<Vec<String>>,
     /// The saved conversations (as stored), the most recent first.
     pub conversations: RwSignal<Vec<store::Conversation>>,
     /// The open conversation's id; `None` for a new one, saved with its first reply.
@@ -214,7 +214,7 @@ impl AppState {
             chat_error: RwSignal::new(None),
             cached_bytes: RwSignal::new(None),
             last_load: RwSignal::new(None),
-            approved_origins: StoredValue::new(Vec::new()),
+            approved_urls: StoredValue::new(Vec::new()),
             conversations: RwSignal::new(Vec::new()),
             current: RwSignal::new(None),
             current_revision: StoredValue::new(0),
@@ -342,26 +342,46 @@ impl AppState {
         });
     }
 
-    /// `None` when `choice` loads without asking (see [`ModelChoice::Link`]). Otherwise reads the
-    /// (small) manifest so the question can say how much would be downloaded.
+    /// `None` when `choice` loads without asking (see [`ModelChoice::Link`]): a model under the
+    /// page's own folder, under a model URL the page lists, or one the visitor approved in this
+    /// session. Not by origin: a shared CDN or huggingface.co hosts anyone's files. Otherwise reads
+    /// the (small) manifest so the question can say how much would be downloaded. Inside another
+    /// site's frame it does not ask at all, where the question could be overlaid and the click on
+    /// Download disguised.
     async fn pending_download(self, choice: &ModelChoice) -> crate::Result<Option<PendingDownload>> {
         let ModelChoice::Link(url) = choice else { return Ok(None) };
-        let origin = origin_of(url)?;
-        if origin == origin_of("./")? || self.approved_origins.with_value(|o| o.contains(&origin)) {
+        let address = js::absolute_url(url)?;
+        // A folder: `…/main` must not let `…/main-other/` through.
+        let under = |base: &str| {
+            js::absolute_url(base).is_ok_and(|base| {
+                let folder = if base.ends_with('/') { base.clone() } else { format!("{base}/") };
+                address == base || address.starts_with(&folder)
+            })
+        };
+        if under("./") || self.approved_urls.with_value(|a| a.contains(&address)) {
             return Ok(None);
         }
         let known = fetch_known_models().await;
-        if known.iter().any(|m| origin_of(&m.url).is_ok_and(|o| o == origin)) {
+        if known.iter().any(|m| under(&m.url)) {
             return Ok(None);
         }
+        if js::in_frame() {
+            return Err(Error::Input(format!(
+                "this page is inside another site's frame, so it does not offer to download a model from \
+                 {address}: open the page in a tab of its own"
+            )));
+        }
+        let origin = origin_of(url)?;
         let manifest = loader::read_manifest(&download::Fetcher::new(Source::url(url)?).await).await?;
         let tokenizer = manifest.tokenizer.as_ref().map_or(0, |t| t.bytes);
         Ok(Some(PendingDownload { url: url.clone(), origin, bytes: manifest.total_bytes() + tokenizer }))
     }
 
-    /// The visitor agreed: remember the origin and load.
+    /// The visitor agreed: remember the model's address and load.
     pub fn approve(self, pending: PendingDownload) {
-        self.approved_origins.update_value(|o| o.push(pending.origin));
+        if let Ok(address) = js::absolute_url(&pending.url) {
+            self.approved_urls.update_value(|a| a.push(address));
+        }
         self.load(ModelChoice::Link(pending.url));
     }
 

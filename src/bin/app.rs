@@ -1,4 +1,4 @@
-//! The chat page's entry point; trunk builds it from `index.html`.
+//! The chat page's entry point; scripts/build-site.sh (or trunk) builds it from `index.html`.
 
 #[cfg(target_arch = "wasm32")]
 fn main() {
@@ -7,6 +7,6 @@ fn main() {
 
 #[cfg(not(target_arch = "wasm32"))]
 fn main() {
-    eprintln!("the chat page is built for the browser: run `trunk serve` (see README)");
+    eprintln!("the chat page is built for the browser: run `bash scripts/run.sh` or `bash scripts/build-site.sh` (see README)");
     std::process::exit(2);
 }

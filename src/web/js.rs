@@ -78,6 +78,17 @@ pub async fn storage_estimate() -> Option<(f64, f64)> {
     Some((number("usage")?, number("quota")?))
 }
 
+/// Whether this page is shown inside another page's frame (where what it shows can be overlaid
+/// and a click on it disguised).
+pub fn in_frame() -> bool {
+    let Some(window) = web_sys::window() else { return false };
+    match window.top() {
+        Ok(Some(top)) => !js_sys::Object::is(&top, &window),
+        // A top window that cannot be read is another origin's.
+        _ => true,
+    }
+}
+
 /// Whether `navigator.gpu` exists at all (an adapter may still be refused).
 pub fn has_webgpu() -> bool {
     let navigator = match scope() {

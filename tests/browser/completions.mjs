@@ -237,6 +237,22 @@ async function exercise(context, server, reference, worker) {
         r.otherModel = await failure(engine.restore(otherModel));
         r.stateKept = (await engine.stats()).conversationTokens === tokensBefore;
         r.modelId = engine.modelId;
+
+        // A conversation whose state is gone: prefillMessages brings the engine to it without a
+        // reply; the next request prefills only its new message and replies as a new engine does.
+        const kept = [user(PROMPT), { role: 'assistant', content: a1.choices[0].message.content }];
+        const nextTurn = [...kept, user('And verse 2?')];
+        const progress = [];
+        r.prefilled = await engine.prefillMessages(kept, { onProgress: (p) => progress.push(p) });
+        r.prefillProgress = progress.at(-1);
+        r.prefillTokens = (await engine.stats()).conversationTokens;
+        const continued = await engine.chat.completions.create({ messages: nextTurn, temperature: 0, max_tokens: 8 });
+        r.afterPrefill = [continued.usage.extra.prefilled_tokens, continued.usage.prompt_tokens];
+        const other2 = await createEngine('/models/demo/', { worker });
+        const fresh = await other2.chat.completions.create({ messages: nextTurn, temperature: 0, max_tokens: 8 });
+        await other2.dispose();
+        r.prefillEqual = continued.choices[0].message.content === fresh.choices[0].message.content;
+        r.prefillBad = await failure(engine.prefillMessages([user('a')]));
         await engine.dispose();
         return r;
     }, { worker, PROMPT, MAX_TOKENS });
@@ -328,6 +344,11 @@ async function exercise(context, server, reference, worker) {
     assert.ok(out.restoredEqual, `${mode}: a state restored from bytes continues exactly`);
     assert.ok(out.blobEqual, `${mode}: the same bytes as a Blob restore the same`);
     assert.ok(out.restoredPrefill[0] < out.restoredPrefill[1] / 2, `${mode}: after restore(bytes) only the new turn is prefilled`);
+    assert.ok(out.prefilled > 0 && out.prefillTokens === out.prefilled, `${mode}: prefillMessages fed ${out.prefilled} tokens`);
+    assert.deepEqual(out.prefillProgress, { fed: out.prefilled, total: out.prefilled }, `${mode}: its progress ends at the whole history`);
+    assert.equal(out.afterPrefill[0], out.afterPrefill[1] - out.prefilled, `${mode}: then only the new message is prefilled`);
+    assert.ok(out.prefillEqual, `${mode}: and the reply is a new engine's`);
+    assert.match(out.prefillBad, /must be the assistant's reply/);
     assert.match(out.damaged, /damaged/);
     assert.match(out.truncated, /damaged|short|past its end/);
     assert.match(out.version, /format version 9/);

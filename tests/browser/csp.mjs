@@ -8,6 +8,7 @@
 // Usage: node csp.mjs   (after `bash scripts/build-site.sh` with the demo model in www/models/demo)
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { launchContext, root } from './chromium.mjs';
 import { startServer } from './server.mjs';
@@ -122,6 +123,43 @@ async function otherOrigin(server) {
     }
 }
 
+/** Asking goes by the model's address, not its origin: a model on the page's own origin but
+ * outside its folder is asked about; one under the folder is not. And inside another site's frame
+ * the page does not ask at all (the question could be overlaid, the click on Download disguised). */
+async function byFolderAndNotInFrames(server) {
+    const site = await startServer({ '/app/': dist, '/elsewhere/': path.join(dist, 'models') });
+    const framer = fs.mkdtempSync(path.join(os.tmpdir(), 'rg-framer-'));
+    const framed = `${server.url}/?model=${encodeURIComponent(`${site.url}/elsewhere/demo/`)}`;
+    fs.writeFileSync(path.join(framer, 'index.html'), `<!doctype html><iframe src="${framed}" width="900" height="600"></iframe>`);
+    const outside = await startServer({ '/': framer });
+    const context = await launchContext();
+    try {
+        const { page, errors } = await openPage(context);
+        await page.goto(`${site.url}/app/?model=${encodeURIComponent('/elsewhere/demo/')}`);
+        const ask = page.locator('section.confirm-download');
+        await ask.waitFor({ timeout: 60_000 });
+        assert.equal(await ask.locator('.origin').innerText(), site.url, 'the same origin as the page, and still asked');
+        await ask.locator('button.cancel').click();
+        await page.goto(`${site.url}/app/?model=models/demo/`);
+        await page.waitForSelector('section.chat', { timeout: LOAD_TIMEOUT });
+        assert.deepEqual(errors, [], 'no page errors');
+        log('a model outside the page\'s folder is asked about, on its own origin too; one under it is not');
+
+        await page.goto(outside.url);
+        const frame = page.frameLocator('iframe');
+        await frame.locator('section.load-failed').waitFor({ timeout: 60_000 });
+        assert.match(await frame.locator('section.load-failed .why').innerText(), /inside another site's frame/);
+        assert.equal(await frame.locator('section.confirm-download').count(), 0, 'no question inside a frame');
+        assert.ok(!site.requests.some((r) => r.path.startsWith('/elsewhere/') && r.path.endsWith('.safetensors')), 'nothing downloaded');
+        log('inside another site\'s frame the page does not offer to download from another site');
+    } finally {
+        await context.close();
+        await site.close();
+        await outside.close();
+        fs.rmSync(framer, { recursive: true, force: true });
+    }
+}
+
 async function main() {
     assert.ok(fs.existsSync(path.join(dist, 'index.html')), 'dist/ is missing: run bash scripts/build-site.sh first');
     assert.ok(fs.existsSync(path.join(dist, 'models/demo/manifest.json')), 'the demo model is missing from dist/');
@@ -130,6 +168,7 @@ async function main() {
     try {
         await samePage(server);
         await otherOrigin(server);
+        await byFolderAndNotInFrames(server);
     } finally {
         await server.close();
     }
