@@ -30,7 +30,7 @@ trap 'rm -rf "$staging"' EXIT
 html="$staging/index.html"
 : >"$html"
 while IFS= read -r line; do
-    if [[ $line != *data-trunk* ]]; then
+    if ! [[ $line =~ \<(link|script)[[:space:]][^\>]*data-trunk ]]; then
         printf '%s\n' "$line" >>"$html"
         continue
     fi
