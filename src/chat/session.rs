@@ -392,6 +392,17 @@ impl Generator {
         }
     }
 
+    /// A prompt is fed only if it is not empty and every id is in the vocabulary: all are checked
+    /// before any is fed, so a bad id never leaves a prompt half fed.
+    fn check_prompt(&self, prompt: &[u32]) -> Result<()> {
+        check_prompt(prompt)?;
+        let vocab_size = self.vocab_size();
+        if let Some(id) = prompt.iter().find(|&&id| id as usize >= vocab_size) {
+            return Err(Error::Input(format!("token id {id} is out of range: vocab size is {vocab_size}")));
+        }
+        Ok(())
+    }
+
     /// Feeds all of `ids` without sampling, in pieces, asking `stopped` before each and handing
     /// `progress` the tokens fed so far after each. Returns false when it was told to stop: the
     /// state is then as it was before the call.
@@ -401,11 +412,7 @@ impl Generator {
         stopped: impl Fn() -> bool,
         mut progress: impl FnMut(usize),
     ) -> Result<bool> {
-        check_prompt(ids)?;
-        let vocab_size = self.vocab_size();
-        if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab_size) {
-            return Err(Error::Input(format!("token id {id} is out of range: vocab size is {vocab_size}")));
-        }
+        self.check_prompt(ids)?;
         let before = self.checkpoint();
         let mut fed = 0;
         for piece in ids.chunks(PREFILL_PIECE) {
@@ -478,12 +485,7 @@ impl Generator {
         mut on_token: impl FnMut(u32) -> Result<bool>,
     ) -> Result<Vec<u32>> {
         check_max_tokens(max_tokens)?;
-        check_prompt(prompt)?;
-        // All of them before any: a bad id must not leave a prompt half fed.
-        let vocab_size = self.vocab_size();
-        if let Some(id) = prompt.iter().find(|&&id| id as usize >= vocab_size) {
-            return Err(Error::Input(format!("token id {id} is out of range: vocab size is {vocab_size}")));
-        }
+        self.check_prompt(prompt)?;
         let mut generated = Vec::new();
         self.timing = Timing::default();
         self.start_reply();
