@@ -82,6 +82,9 @@ export interface Reply {
     /** The reply was cut short by abort(). */
     stopped: boolean;
     finishReason: 'stop' | 'length' | 'abort';
+    /** Tokens fed again after the reply so that the state holds it as its text tokenizes (the
+     * way the next request's messages are read): 0 when it was sampled that way, as usual. */
+    refedTokens: number;
 }
 
 /** OpenAI's chat message. Gemma has no system turn: a system message (or OpenAI's newer

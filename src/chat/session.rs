@@ -3,7 +3,6 @@
 //! grow with the conversation, and neither does memory.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 
 use super::sampler::{Sampler, SamplingParams};
 use super::saved::{BackendKind, StateParts};
@@ -654,13 +653,16 @@ impl Finish {
 /// One reply of a chat.
 #[derive(Clone, Debug)]
 pub struct Reply {
-    /// Every id the reply generated (past a stop string too: the state holds them).
+    /// Every id the reply generated (past a stop string too).
     pub ids: Vec<u32>,
     /// The reply's text, cut before the first stop string.
     pub text: String,
     /// Tokens fed for this turn, the only prefill the turn needed; 0 when it was stopped before
     /// its prefill ended (the state is then as it was before the turn).
     pub prefilled: usize,
+    /// Tokens fed again after the reply, so that the state holds it as its text tokenizes (see
+    /// `ChatSession::hold_reply_as_text`): 0 when it was sampled that way.
+    pub refed: usize,
     /// The whole prompt's tokens: the conversation so far plus the new turn (OpenAI's
     /// `prompt_tokens`); more than `prefilled` when the state already held a prefix of it.
     pub prompt_tokens: usize,
@@ -680,9 +682,6 @@ pub struct SavedTurn {
 /// (33 MiB for the 2B), so only the last few are kept.
 pub const SAVED_TURNS: usize = 3;
 
-/// Replies a session remembers the ids of (see `ChatSession::replies`).
-const REMEMBERED_REPLIES: usize = 16;
-
 /// A Gemma chat: user turns in, model replies out, the state carried from turn to turn.
 pub struct ChatSession {
     generator: Generator,
@@ -693,10 +692,6 @@ pub struct ChatSession {
     /// them unknown, when no later request can reuse the state.
     history: Option<Vec<u32>>,
     saved: Vec<(Vec<u32>, Checkpoint)>,
-    /// This session's recent replies, as text and as the ids they were sampled as: a request that
-    /// sends one back unchanged gets those ids, so it extends the state that holds them (the text
-    /// need not tokenize back to the same ids, and the template's trimming would change it).
-    replies: VecDeque<(String, Vec<u32>)>,
     /// Strings that end a reply where they appear (OpenAI's `stop`), cut from its text.
     stop_strings: Vec<String>,
 }
@@ -709,7 +704,6 @@ impl ChatSession {
             last_turn: None,
             history: Some(Vec::new()),
             saved: Vec::new(),
-            replies: VecDeque::new(),
             stop_strings: Vec::new(),
         }
     }
@@ -791,32 +785,65 @@ impl ChatSession {
         } else {
             Finish::Length
         };
-        // A reply cut by a stop string is not its ids: sent back, it is fed as text.
-        if chat && !stop.hit() && timing.prefill_tokens > 0 {
-            self.replies.push_back((stop.text().to_string(), ids.clone()));
-            if self.replies.len() > REMEMBERED_REPLIES {
-                self.replies.pop_front();
-            }
-        }
+        let text = stop.text().to_string();
+        let refed = if chat && timing.prefill_tokens > 0 { self.hold_reply_as_text(prompt, &ids, &text).await? } else { 0 };
         Ok(Reply {
             ids,
-            text: stop.text().to_string(),
+            text,
             prefilled: timing.prefill_tokens,
+            refed,
             prompt_tokens: prompt.len(),
             finish,
             timing,
         })
     }
 
-    /// Starts a new conversation, remembering nothing of the old one: neither its saved turns
-    /// (a state each) nor the ids its replies were sampled as, so that the session answers the
-    /// next request as a new one would.
+    /// Leaves the state holding the reply as its text tokenizes (`ids` were fed after `prompt`),
+    /// feeding the turn again from the state before it when the sampled ids differ: a reply
+    /// comes back in the next request as text, which need not tokenize to the ids it was
+    /// sampled as (nor does a reply cut by a stop string or trimmed by the template). So the
+    /// state after every turn is what one prefill of the visible conversation leaves, whichever
+    /// engine holds it: a warm one, one restored from saved bytes, or a new one. Returns the
+    /// tokens fed again (0 when the reply was sampled as its text tokenizes, as usual).
+    async fn hold_reply_as_text(&mut self, prompt: &[u32], ids: &[u32], text: &str) -> Result<usize> {
+        let as_text = self.tokenizer.encode(text.trim(), false)?;
+        let Some(history) = self.history.as_ref().filter(|_| as_text != ids) else {
+            return Ok(0);
+        };
+        let before = history[..history.len() - prompt.len() - ids.len()].to_vec();
+        let turn_start = if before.is_empty() {
+            None
+        } else {
+            let saved = self.saved.iter().rev().find(|(held, _)| *held == before).map(|(_, c)| c);
+            let last = self.last_turn.as_ref().filter(|(_, held, _)| held.as_deref() == Some(&before[..]));
+            // Every chat turn keeps the state it started from, one way or the other.
+            match saved.or(last.map(|(c, _, _)| c)) {
+                Some(checkpoint) => Some(checkpoint),
+                None => return Ok(0),
+            }
+        };
+        match turn_start {
+            Some(checkpoint) => self.generator.restore(checkpoint)?,
+            None => self.generator.reset(),
+        }
+        let turn: Vec<u32> = prompt.iter().chain(&as_text).copied().collect();
+        for piece in turn.chunks(PREFILL_PIECE) {
+            if let Err(e) = self.generator.feed(piece).await {
+                self.history = None;
+                return Err(e);
+            }
+        }
+        self.history = Some([before, turn.clone()].concat());
+        Ok(turn.len())
+    }
+
+    /// Starts a new conversation, remembering nothing of the old one, not even its saved turns
+    /// (a state each), so that the session answers the next request as a new one would.
     pub fn reset(&mut self) {
         self.generator.reset();
         self.last_turn = None;
         self.history = Some(Vec::new());
         self.saved.clear();
-        self.replies.clear();
     }
 
     /// A copy of the conversation's state and the ids it holds.
@@ -867,10 +894,10 @@ impl ChatSession {
     /// Answers a whole conversation (the OpenAI way: every request carries all the messages),
     /// prefilling only what the state does not hold yet. The state is reused when it holds a
     /// prefix of the conversation's ids (the previous request and its reply, extended); else
-    /// the longest saved turn the conversation extends is restored; else it starts afresh. A
-    /// reply of this session sent back unchanged stands for the ids it was sampled as; one cut
-    /// by a stop string, edited or from elsewhere is fed as its (trimmed) text. Either way the
-    /// state ends as one prefill of [`ChatSession::conversation_ids`] would leave it.
+    /// the longest saved turn the conversation extends is restored; else it starts afresh. Every
+    /// reply is read as its (trimmed) text, and the state after a reply holds it that way too,
+    /// so the state ends as one prefill of [`ChatSession::conversation_ids`] would leave it, and
+    /// a warm session, a restored one and a new one answer the same messages alike.
     pub async fn answer(&mut self, turns: &[Turn], max_tokens: usize, listener: impl Listener) -> Result<Reply> {
         check_max_tokens(max_tokens)?;
         let ids = self.conversation_ids(turns)?;
@@ -928,8 +955,7 @@ impl ChatSession {
     }
 
     /// The ids of `turns` as one prefill would feed them: `<bos>`, each user turn with the
-    /// template around it, each reply as the ids this session sampled it as (or else its trimmed
-    /// text), and the opening of the model's turn.
+    /// template around it, each reply as its trimmed text, and the opening of the model's turn.
     pub fn conversation_ids(&self, turns: &[Turn]) -> Result<Vec<u32>> {
         if turns.is_empty() {
             return Err(Error::Input("messages: at least one user message is needed".into()));
@@ -956,13 +982,7 @@ impl ChatSession {
             let text = match (turn.role, index) {
                 (Role::User, 0) => first_user_turn(&turn.content),
                 (Role::User, _) => next_user_turn(&turn.content),
-                (Role::Model, _) => {
-                    if let Some((_, sampled)) = self.replies.iter().rev().find(|(text, _)| *text == turn.content) {
-                        ids.extend(sampled);
-                        continue;
-                    }
-                    turn.content.trim().to_string()
-                }
+                (Role::Model, _) => turn.content.trim().to_string(),
             };
             ids.extend(self.tokenizer.encode(&text, false)?);
         }

@@ -811,6 +811,7 @@ impl RecurrentGemma {
             ("finishReason", reply.finish.name().into()),
             ("conversationPromptTokens", number(reply.prompt_tokens as f64)),
             ("prefilledTokens", number(reply.prefilled as f64)),
+            ("refedTokens", number(reply.refed as f64)),
             ("completionTokens", number(reply.ids.len() as f64)),
             ("timeToFirstTokenSeconds", number(timing.time_to_first_token_seconds())),
             ("prefillTokensPerSecond", number(timing.prefill_tokens_per_second())),
