@@ -399,9 +399,10 @@ fn chat(mut session: ChatSession, max_tokens: usize) -> Result<()> {
         print("\n");
         let generator = session.generator();
         eprintln!(
-            "[prefilled {} tokens, replied {}; conversation {} tokens; state {} bytes]",
+            "[prefilled {} tokens, replied {}, fed again as text {}; conversation {} tokens; state {} bytes]",
             reply.prefilled,
             reply.ids.len(),
+            reply.refed,
             generator.position(),
             generator.state_bytes()
         );
