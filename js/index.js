@@ -284,7 +284,12 @@ export class Engine extends EngineApi {
         return engine;
     }
 
-    invoke(method, args, onToken) { return this.#model[method](...args, onToken ?? null); }
+    invoke(method, args, onToken) {
+        // The call's body starts in a later microtask: its stop flag is made now, so that an
+        // abort() in this same tick stops it.
+        this.#model.armAbort();
+        return this.#model[method](...args, onToken ?? null);
+    }
 
     /** The model's identity: the sha256 of its manifest, in hex. */
     get modelId() { return this.#model.modelId; }

@@ -10,7 +10,6 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use js_sys::{Function, Object, Reflect};
-use sha2::{Digest, Sha256};
 use wasm_bindgen::prelude::*;
 
 use super::download::{self, CacheState, Source};
@@ -387,7 +386,9 @@ struct Stamp {
     /// Unique among the engines of this wasm instance: another engine has another GPU device,
     /// whose buffers this one cannot copy.
     engine: u64,
-    /// The sha256 of the model's manifest (which holds every shard's sha256): its identity.
+    /// The sha256 of the model's `manifest.json` as fetched (which holds every shard's sha256):
+    /// its identity. The bytes, not this build's reading of them, so a build that learns a new
+    /// manifest field still admits the states an older one saved.
     model: [u8; 32],
 }
 
@@ -400,10 +401,9 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 impl Stamp {
-    fn new(manifest: &Manifest) -> Result<Stamp, JsError> {
-        let json = serde_json::to_vec(manifest).map_err(|e| JsError::new(&format!("manifest: {e}")))?;
+    fn new(model: [u8; 32]) -> Stamp {
         let engine = NEXT_ENGINE.with(|next| next.replace(next.get() + 1));
-        Ok(Stamp { engine, model: Sha256::digest(&json).into() })
+        Stamp { engine, model }
     }
 
     /// A state of the model `model` can be restored here only if it is this one.
@@ -482,6 +482,8 @@ pub struct RecurrentGemma {
     /// The stop flag of the call in progress (or of the last one): each call makes its own, so an
     /// abort meant for one call never reaches the next.
     stop: RefCell<Rc<Cell<bool>>>,
+    /// Set by [`RecurrentGemma::arm_abort`]: the next call takes `stop` as it is.
+    armed: Cell<bool>,
     gpu_bytes: Cell<u64>,
     stamp: Stamp,
 }
@@ -576,8 +578,7 @@ impl RecurrentGemma {
     pub async fn prefill_messages(&self, request: JsValue, on_progress: Option<Function>) -> Result<JsValue, JsError> {
         let turns = chat_turns(&request)?;
         let mut loaded = self.take_loaded()?;
-        let stop = Rc::new(Cell::new(false));
-        *self.stop.borrow_mut() = stop.clone();
+        let stop = self.call_stop();
         let progress = |fed: usize, total: usize| {
             if let Some(callback) = &on_progress {
                 let _ = callback.call2(&JsValue::NULL, &number(fed as f64), &number(total as f64));
@@ -592,6 +593,26 @@ impl RecurrentGemma {
     /// promise resolves with what was generated so far.
     pub fn abort(&self) {
         self.stop.borrow().set(true);
+    }
+
+    /// Gives the next call its stop flag now. wasm-bindgen runs an async method's body in a later
+    /// microtask, so without this an `abort()` in the same tick as the call would set the last
+    /// call's flag and be lost. `pkg/index.js` calls it right before every call; while a call
+    /// runs it does nothing (the next call is refused as busy anyway).
+    #[wasm_bindgen(js_name = armAbort)]
+    pub fn arm_abort(&self) {
+        if !self.generating.get() {
+            *self.stop.borrow_mut() = Rc::new(Cell::new(false));
+            self.armed.set(true);
+        }
+    }
+
+    /// The stop flag of the call starting now: the armed one, else a new one.
+    fn call_stop(&self) -> Rc<Cell<bool>> {
+        if !self.armed.replace(false) {
+            *self.stop.borrow_mut() = Rc::new(Cell::new(false));
+        }
+        self.stop.borrow().clone()
     }
 
     /// Starts a new conversation.
@@ -725,7 +746,7 @@ impl RecurrentGemma {
             }
         };
         let model = loader::load(ctx, source, &mut report).await.map_err(to_js)?;
-        let stamp = Stamp::new(&model.manifest)?;
+        let stamp = Stamp::new(model.identity);
         let gpu_bytes = model.engine.memory_bytes();
         let generator = Generator::gpu(model.engine, SamplingParams::default()).map_err(to_js)?;
         let loaded = Loaded {
@@ -738,6 +759,7 @@ impl RecurrentGemma {
             generating: Cell::new(false),
             disposed: Cell::new(false),
             stop: RefCell::new(Rc::new(Cell::new(false))),
+            armed: Cell::new(false),
             gpu_bytes: Cell::new(gpu_bytes),
             stamp,
         })
@@ -794,8 +816,7 @@ impl RecurrentGemma {
             self.put_back(loaded)?;
             return Err(to_js(e));
         }
-        let stop = Rc::new(Cell::new(false));
-        *self.stop.borrow_mut() = stop.clone();
+        let stop = self.call_stop();
         let listener = CallListener { on_token, stop: stop.clone(), live: Live::default() };
         let reply = turn(&mut loaded.session, call.max_tokens, listener).await;
         let state_bytes = loaded.session.generator_ref().state_bytes();

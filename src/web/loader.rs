@@ -4,6 +4,7 @@
 //! check fails is evicted from the cache. The tokenizer is checked against the manifest's size
 //! and sha256 before it is parsed or cached.
 
+use sha2::{Digest, Sha256};
 use web_time::Instant;
 
 use super::download::{CacheState, ChunkQueue, Fetcher, OpenError, SegmentWriter, Source};
@@ -71,6 +72,9 @@ pub struct LoadedModel {
     pub engine: Engine,
     pub tokenizer: GemmaTokenizer,
     pub manifest: Manifest,
+    /// The sha256 of `manifest.json` as fetched (it holds every shard's sha256): the model's
+    /// identity, the same for every build of this engine that loads it.
+    pub identity: [u8; 32],
     pub progress: LoadProgress,
 }
 
@@ -158,7 +162,7 @@ async fn load_onto(ctx: GpuContext, source: Source, on_progress: &mut dyn FnMut(
         callback: on_progress,
     };
     reporter.stage(Stage::Manifest);
-    let manifest = read_manifest(&fetcher).await?;
+    let (manifest, identity) = read_manifest(&fetcher).await?;
     reporter.progress.bytes_total = manifest.total_bytes();
     reporter.progress.shards_total = manifest.shards.len();
     budget_cache(&mut fetcher, &manifest).await;
@@ -178,11 +182,11 @@ async fn load_onto(ctx: GpuContext, source: Source, on_progress: &mut dyn FnMut(
     }
     reporter.stage(Stage::Ready);
     let progress = reporter.progress.clone();
-    Ok(LoadedModel { engine, tokenizer, manifest, progress })
+    Ok(LoadedModel { engine, tokenizer, manifest, identity, progress })
 }
 
-/// The source's `manifest.json`, read with a size cap and checked.
-pub async fn read_manifest(fetcher: &Fetcher) -> Result<Manifest> {
+/// The source's `manifest.json`, read with a size cap and checked, and the sha256 of its bytes.
+pub async fn read_manifest(fetcher: &Fetcher) -> Result<(Manifest, [u8; 32])> {
     let bytes = fetcher.whole_file(MANIFEST_FILE, MAX_MANIFEST_BYTES).await?;
     let text = std::str::from_utf8(&bytes).map_err(|_| Error::Weights(format!("{MANIFEST_FILE} is not UTF-8 text")))?;
     if text.trim_start().starts_with('<') {
@@ -190,7 +194,7 @@ pub async fn read_manifest(fetcher: &Fetcher) -> Result<Manifest> {
             "{MANIFEST_FILE} is an HTML page, not a manifest (is the URL a converted model folder?)"
         )));
     }
-    Manifest::from_json(text)
+    Ok((Manifest::from_json(text)?, Sha256::digest(&bytes).into()))
 }
 
 /// Stops cache writes when what is not cached yet will not fit in the storage quota. This

@@ -6,6 +6,7 @@
 //
 // Usage: node completions.mjs   (after scripts/build-package.sh, scripts/demo-model.sh, cargo build --bin rg)
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { cpuReference, launchContext, root } from './chromium.mjs';
@@ -72,16 +73,18 @@ async function exercise(context, server, reference, worker) {
         const history = [user(PROMPT), { role: 'assistant', content: first.choices[0].message.content },
             user('Read me Genesis 1:1.')];
         r.grown = await engine.chat.completions.create({ messages: history, temperature: 0, max_tokens: 16 });
-        await engine.reset();
-        r.fresh = await engine.chat.completions.create({ messages: history, temperature: 0, max_tokens: 16 });
+        // "Fresh" is another engine, which has never seen these replies: the same session reset
+        // could hide what it remembers of them.
+        const newEngine = await createEngine('/models/demo/', { worker });
+        r.fresh = await newEngine.chat.completions.create({ messages: history, temperature: 0, max_tokens: 16 });
         // Seeded too: the same seed from the reused state and from a fresh prefill. With top_p the
         // draw is among a few candidates; over all 256,000 (top_p 1) a draw lands so close to a
         // boundary that the decode and the prefill kernels' last-bit differences can flip it.
         const seeded = { temperature: 0.8, top_p: 0.9, seed: 42, max_tokens: 12 };
         const third = [...history, { role: 'assistant', content: r.fresh.choices[0].message.content }, user('And verse 2?')];
         r.seededGrown = await engine.chat.completions.create({ messages: third, ...seeded });
-        await engine.reset();
-        r.seededFresh = await engine.chat.completions.create({ messages: third, ...seeded });
+        await newEngine.reset();
+        r.seededFresh = await newEngine.chat.completions.create({ messages: third, ...seeded });
         // A system message goes in front of the first user message.
         r.system = await engine.chat.completions.create({
             messages: [{ role: 'system', content: 'Answer briefly.' }, user(PROMPT)], temperature: 0, max_tokens: 4,
@@ -105,8 +108,9 @@ async function exercise(context, server, reference, worker) {
         const afterStop = [user(PROMPT), { role: 'assistant', content: r.stopped.choices[0].message.content },
             user('Read me Genesis 1:1.')];
         r.afterStop = await engine.chat.completions.create({ messages: afterStop, temperature: 0, max_tokens: 12 });
-        await engine.reset();
-        r.afterStopFresh = await engine.chat.completions.create({ messages: afterStop, temperature: 0, max_tokens: 12 });
+        await newEngine.reset();
+        r.afterStopFresh = await newEngine.chat.completions.create({ messages: afterStop, temperature: 0, max_tokens: 12 });
+        await newEngine.dispose();
 
         // Penalties and logit_bias.
         const plain = { messages: [user(PROMPT)], temperature: 0, max_tokens: MAX_TOKENS };
@@ -145,6 +149,13 @@ async function exercise(context, server, reference, worker) {
         r.signalPieces = signalled.length;
         r.preAborted = await failure(engine.chat.completions.create({ ...plain, signal: AbortSignal.abort() }));
         r.afterSignal = (await engine.chat.completions.create({ ...plain, max_tokens: 2 })).choices[0].finish_reason;
+        // An abort in the same tick as the call, before its body has run: the call is stopped
+        // before its prefill (on the page thread it used to set the last call's flag, and be lost).
+        const sameTick = engine.chat.completions.create({ ...plain, max_tokens: 2000 });
+        engine.abort();
+        const sameTickReply = await sameTick;
+        r.sameTick = [sameTickReply.choices[0].finish_reason, sameTickReply.usage.completion_tokens];
+        r.afterSameTick = (await engine.chat.completions.create({ ...plain, max_tokens: 2 })).choices[0].finish_reason;
 
         // GPU memory on the page's thread: a growing conversation keeps a state per saved turn (the
         // last 3), and a freed snapshot gives its buffers back at once.
@@ -330,6 +341,10 @@ async function exercise(context, server, reference, worker) {
     assert.ok(out.signalPieces < 2000, `${mode}: the aborted reply ended early`);
     assert.match(out.preAborted, /aborted before the request started/, `${mode}: an aborted signal starts nothing`);
     assert.ok(['stop', 'length'].includes(out.afterSignal), `${mode}: usable after a signalled abort`);
+    assert.equal(out.sameTick[0], 'abort', `${mode}: an abort in the same tick as the call stops it`);
+    // On the page thread before its prefill; a worker has started it by the time the abort arrives.
+    if (!worker) assert.equal(out.sameTick[1], 0, `${mode}: before it drew a token`);
+    assert.ok(['stop', 'length'].includes(out.afterSameTick), `${mode}: and the next call is not aborted`);
 
     assert.deepEqual(out.developer.choices[0].message, out.system.choices[0].message, `${mode}: developer = system`);
     assert.equal(out.developer.usage.completion_tokens, out.system.usage.completion_tokens);
@@ -354,7 +369,10 @@ async function exercise(context, server, reference, worker) {
     assert.match(out.version, /format version 9/);
     assert.match(out.otherModel, /another model/);
     assert.ok(out.stateKept, `${mode}: refused bytes left the state as it was`);
-    assert.match(out.modelId, /^[0-9a-f]{64}$/);
+    // The identity is the manifest's bytes as fetched, not this build's reading of them: a build
+    // that learns a new manifest field still admits the states an older build saved.
+    const manifestSha256 = crypto.createHash('sha256').update(fs.readFileSync(path.join(modelDir, 'manifest.json'))).digest('hex');
+    assert.equal(out.modelId, manifestSha256, `${mode}: modelId is the sha256 of manifest.json as served`);
     log(`${mode}: a ${out.bytesLength}-byte state restored exactly (prefilled ${out.restoredPrefill.join(' of ')}); damaged, `
         + 'cut, other-version and other-model bytes refused');
     assert.deepEqual(errors, [], `${mode}: no uncaught errors`);
