@@ -4,7 +4,7 @@ use leptos::prelude::*;
 
 use super::conversations::ConversationList;
 use super::loading::{mebibytes, megabytes};
-use super::markdown::markdown;
+use super::markdown::StreamedMarkdown;
 use super::{AppState, Message, Settings, Speaker};
 use crate::web::download::CacheState;
 
@@ -93,7 +93,7 @@ fn MessageView(message: Message) -> impl IntoView {
                 data-stopped=move || message.stopped.get().to_string()
                 data-prompt-tokens=move || message.prompt_tokens.get().map(|n| n.to_string())
             >
-                {move || markdown(&message.text.get())}
+                <StreamedMarkdown text=message.text />
                 {move || message.stopped.get().then(|| view! { <span class="stopped">" (stopped)"</span> })}
             </div>
         }

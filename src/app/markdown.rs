@@ -5,7 +5,7 @@
 use leptos::prelude::*;
 use pulldown_cmark::HeadingLevel;
 
-use crate::chat::markdown::{parse, Block, Node};
+use crate::chat::markdown::{parse, settled_blocks, Block, Node};
 
 /// Recurses once per level: the tree is at most [`crate::chat::markdown::MAX_DEPTH`] deep, however
 /// deeply the model nests its Markdown.
@@ -40,6 +40,33 @@ fn render(node: Node) -> AnyView {
 }
 
 /// `text` rendered as Markdown.
-pub fn markdown(text: &str) -> AnyView {
+fn markdown(text: &str) -> AnyView {
     parse(text).into_iter().map(render).collect::<Vec<_>>().into_any()
+}
+
+/// Model text rendered as Markdown while it streams: each top-level block that later text can
+/// no longer change is built once, keyed by its place and text, and kept (with the reader's
+/// selection in it); only the last block is rebuilt as tokens arrive.
+#[component]
+pub fn StreamedMarkdown(text: RwSignal<String>) -> impl IntoView {
+    let settled = Memo::new(move |_| {
+        text.with(|text| {
+            let (blocks, _) = settled_blocks(text);
+            let mut start = 0;
+            blocks
+                .into_iter()
+                .map(|block| {
+                    start += block.len();
+                    (start - block.len(), block.to_string())
+                })
+                .collect::<Vec<_>>()
+        })
+    });
+    let last = move || text.with(|text| markdown(settled_blocks(text).1));
+    view! {
+        <For each=move || settled.get() key=|block| block.clone() let:block>
+            {markdown(&block.1)}
+        </For>
+        {last}
+    }
 }

@@ -372,7 +372,7 @@ impl AppState {
             )));
         }
         let origin = origin_of(url)?;
-        let manifest = loader::read_manifest(&download::Fetcher::new(Source::url(url)?).await).await?;
+        let (manifest, _) = loader::read_manifest(&download::Fetcher::new(Source::url(url)?).await).await?;
         let tokenizer = manifest.tokenizer.as_ref().map_or(0, |t| t.bytes);
         Ok(Some(PendingDownload { url: url.clone(), origin, bytes: manifest.total_bytes() + tokenizer }))
     }

@@ -6,6 +6,7 @@
 use pulldown_cmark::{CodeBlockKind, Event, HeadingLevel, Options, Parser, Tag};
 
 /// A parsed Markdown element with its children.
+#[derive(Debug, PartialEq)]
 pub enum Node {
     Text(String),
     Code(String),
@@ -14,6 +15,7 @@ pub enum Node {
     Element(Block, Vec<Node>),
 }
 
+#[derive(Debug, PartialEq)]
 pub enum Block {
     Paragraph,
     Heading(HeadingLevel),
@@ -54,12 +56,41 @@ fn top(stack: &mut [(Block, Vec<Node>)]) -> &mut Vec<Node> {
     &mut stack.last_mut().expect("the root stays on the stack").1
 }
 
+const OPTIONS: Options = Options::ENABLE_STRIKETHROUGH;
+
+/// `text` cut into its top-level blocks but the last, and that last one (possibly empty), each
+/// with its text: what a streaming reply renders. More text extends or splits only the last
+/// block, so the others keep their DOM nodes (and the reader's selection) while a reply streams.
+/// Each piece parses as it does within the whole text (tested over every prefix of a corpus).
+pub fn settled_blocks(text: &str) -> (Vec<&str>, &str) {
+    let mut starts = Vec::new();
+    let mut depth = 0usize;
+    for (event, range) in Parser::new_ext(text, OPTIONS).into_offset_iter() {
+        match event {
+            Event::Start(_) => {
+                if depth == 0 {
+                    starts.push(range.start);
+                }
+                depth += 1;
+            }
+            Event::End(_) => depth = depth.saturating_sub(1),
+            Event::Rule if depth == 0 => starts.push(range.start),
+            _ => {}
+        }
+    }
+    let Some(&last) = starts.last() else { return (Vec::new(), text) };
+    // Text before the first block (blank lines, link definitions) stays with it.
+    starts[0] = 0;
+    let settled = starts.windows(2).map(|pair| &text[pair[0]..pair[1]]).collect();
+    (settled, &text[last..])
+}
+
 pub fn parse(text: &str) -> Vec<Node> {
     // The root, then one entry per open element.
     let mut stack: Vec<(Block, Vec<Node>)> = vec![(Block::Other, Vec::new())];
     // Elements opened beyond MAX_DEPTH and not closed yet: their ends close nothing.
     let mut flattened = 0usize;
-    for event in Parser::new_ext(text, Options::ENABLE_STRIKETHROUGH) {
+    for event in Parser::new_ext(text, OPTIONS) {
         match event {
             Event::Start(_) if stack.len() > MAX_DEPTH => flattened += 1,
             Event::Start(tag) => stack.push((block_of(tag), Vec::new())),
@@ -154,6 +185,49 @@ mod tests {
         // An image keeps only its alt text: its URL is nowhere in the tree, so nothing can load it.
         assert!(all.iter().any(|s| s == "alt"), "{all:?}");
         assert!(!all.iter().any(|s| s.contains("pixel.png")), "{all:?}");
+    }
+
+    const STREAMED: [&str; 6] = [
+        "# Title\n\nA paragraph with *emphasis* and `code`.\n\n- one\n- two\n\n  still two\n- three\n\n> a quote\n> goes on\n\nEnd.",
+        "Setext heading\n===\n\nthen text\n---\n\n***\n\n1. first\n2. second\n\n    indented code\n\nlast",
+        "```rust\nfn main() {\n\n    println!(\"hi\");\n}\n```\n\nafter the fence\n\n~~struck~~ [link](http://x) <b>html</b>",
+        "<div>\nraw html block\n</div>\n\ntext [ref]\n\n[ref]: http://example.com\n\n| a | b |\n|---|---|\n| 1 | 2 |",
+        "lazy\ncontinuation\n> quote\nlazy line\n\n- item\nlazy item\n\n\n\nfar below",
+        "東京 🤖 first\n\n* star list\n+ plus list\n\n2) paren list\n3) next\n\n\tTabbed code\n\nend",
+    ];
+
+    /// Every prefix of each reply, as it streams: the settled blocks and the last one parse as the
+    /// whole does, so rendering them apart shows the same reply.
+    #[test]
+    fn a_streaming_reply_cut_into_blocks_parses_as_the_whole() {
+        for reply in STREAMED {
+            for end in (0..=reply.len()).filter(|&end| reply.is_char_boundary(end)) {
+                let text = &reply[..end];
+                let (settled, last) = settled_blocks(text);
+                assert_eq!(settled.concat() + last, text, "the pieces are the text");
+                let pieces: Vec<Node> = settled.iter().chain([&last]).flat_map(|piece| parse(piece)).collect();
+                assert_eq!(pieces, parse(text), "{text:?} in pieces {settled:?} + {last:?}");
+            }
+        }
+    }
+
+    /// As a reply grows, a settled block stays settled with the same text: its DOM nodes are kept.
+    #[test]
+    fn a_settled_block_stays_settled_as_the_reply_grows() {
+        for reply in STREAMED {
+            let mut before: Vec<&str> = Vec::new();
+            let mut rebuilt = 0;
+            for end in (0..=reply.len()).filter(|&end| reply.is_char_boundary(end)) {
+                let (settled, _) = settled_blocks(&reply[..end]);
+                let kept = before.iter().zip(&settled).take_while(|(a, b)| a == b).count();
+                rebuilt += before.len() - kept;
+                before = settled;
+            }
+            // A block is taken back only where Markdown itself changes an earlier block (a
+            // setext underline, a link definition), never as a rule.
+            assert!(rebuilt <= 2, "{reply:?}: {rebuilt} settled blocks rebuilt");
+            assert!(before.len() >= 2, "{reply:?} has blocks to keep: {before:?}");
+        }
     }
 
     #[test]

@@ -352,6 +352,48 @@ async function main() {
             assert.equal(await some.locator('.message').count(), 2, 'its messages came back');
             assert.match(await some.locator('.restore-note').innerText(), /no saved state: the model re-read the conversation/);
             assert.ok(await conversationTokens(some) > 0, 'the model remembers it');
+
+            // A model reply is Markdown, rendered into the DOM: its links, images and raw HTML must
+            // produce no element that loads or follows anything. The reply is written into a stored
+            // conversation (the demo model writes no Markdown) and shown by opening it.
+            const hostile = '# Title\n\n[click](javascript:alert(1)) <a href="javascript:alert(2)">a</a> '
+                + '<img src="http://evil.invalid/pixel.png" onerror="alert(3)"> ![alt](http://evil.invalid/md.png)\n\n'
+                + '<script>alert(4)</script>\n\n<iframe src="http://evil.invalid/"></iframe>\n\n- *item* `code`';
+            await some.evaluate(async (text) => {
+                const db = await new Promise((resolve) => { const r = indexedDB.open('recurrentgemma-chat'); r.onsuccess = () => resolve(r.result); });
+                await new Promise((resolve, reject) => {
+                    const tx = db.transaction('conversations', 'readwrite');
+                    tx.objectStore('conversations').put({
+                        id: 'hostile', title: 'Hostile Markdown', updated: Date.now(), revision: 1, state_from: 0,
+                        messages: [{ speaker: 'user', text: 'Hi' }, { speaker: 'model', text }],
+                    });
+                    tx.oncomplete = resolve;
+                    tx.onabort = () => reject(tx.error);
+                });
+                db.close();
+            }, hostile);
+            await some.reload();
+            await waitReady(some);
+            await some.waitForSelector('li.conversation[data-id="hostile"]', { timeout: 30_000 });
+            await open(some, 'hostile');
+            const dom = await some.evaluate(() => {
+                const reply = document.querySelector('.message.model');
+                const all = [...reply.querySelectorAll('*')];
+                return {
+                    tags: [...new Set(all.map((e) => e.tagName.toLowerCase()))].sort(),
+                    attributes: [...new Set(all.flatMap((e) => [...e.attributes].map((a) => a.name)))].sort(),
+                    urls: all.flatMap((e) => [...e.attributes].map((a) => a.value)).filter((v) => /evil|javascript:/.test(v)),
+                    text: reply.innerText,
+                };
+            });
+            for (const tag of ['a', 'img', 'script', 'iframe']) assert.ok(!dom.tags.includes(tag), `no <${tag}> from model Markdown: ${dom.tags}`);
+            for (const name of ['href', 'src', 'onerror']) assert.ok(!dom.attributes.includes(name), `no ${name} attribute: ${dom.attributes}`);
+            // The Markdown link keeps its target as a title (shown on hover, never followed); nothing else carries a URL.
+            assert.deepEqual(dom.urls, ['javascript:alert(1)'], `only the link's title holds a URL: ${dom.urls}`);
+            assert.ok(dom.tags.includes('h3') && dom.tags.includes('li') && dom.tags.includes('code'), `the Markdown is rendered: ${dom.tags}`);
+            assert.ok(dom.text.includes('<img src="http://evil.invalid/pixel.png" onerror="alert(3)">'), 'raw HTML is shown as text');
+            assert.ok(dom.text.includes('<script>alert(4)</script>'), 'a script is shown as text');
+            log(`model Markdown: elements ${dom.tags.join(' ')}; attributes ${dom.attributes.join(' ')}; no URL but the link's title`);
             assert.deepEqual(someErrors, [], 'no page errors');
             log('room for the messages only: saved without its state, said so; an unreadable record is skipped');
         } finally {
