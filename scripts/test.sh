@@ -40,7 +40,8 @@ step "the library and the page build for the browser, lint-clean (wasm32-unknown
 cargo clippy --quiet --target wasm32-unknown-unknown --no-default-features --features app --lib --bin app -- -D warnings
 
 step "the WGSL kernels compile in Chromium's WebGPU (Tint's stricter rules)"
-cargo build --quiet --bin rg
+# Built as the tests build it (their dev-dependencies turn on wgpu's counters): compiled once.
+cargo test --quiet --all-targets --no-run
 (cd tests/browser && npm ci --silent --no-audit --no-fund && node shaders.mjs)
 
 step "tests"

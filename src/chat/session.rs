@@ -686,11 +686,14 @@ pub const SAVED_TURNS: usize = 3;
 pub struct ChatSession {
     generator: Generator,
     tokenizer: GemmaTokenizer,
-    /// The state before the last turn, its ids, and that turn's message: what `regenerate` replays.
-    last_turn: Option<(Checkpoint, Option<Vec<u32>>, String)>,
+    /// The ids the state held before the last message `send` sent, and that message: what
+    /// `regenerate` replays, from the saved turn holding those ids.
+    regenerable: Option<(Vec<u32>, String)>,
     /// The ids the state holds, in order (its `position` of them); None after a failure left
     /// them unknown, when no later request can reuse the state.
     history: Option<Vec<u32>>,
+    /// The one list of states to return to, each with the ids it holds, newest last: at most
+    /// [`SAVED_TURNS`] for `answer`'s branches, the one before the last message for `send`.
     saved: Vec<(Vec<u32>, Checkpoint)>,
     /// Strings that end a reply where they appear (OpenAI's `stop`), cut from its text.
     stop_strings: Vec<String>,
@@ -701,7 +704,7 @@ impl ChatSession {
         ChatSession {
             generator,
             tokenizer,
-            last_turn: None,
+            regenerable: None,
             history: Some(Vec::new()),
             saved: Vec::new(),
             stop_strings: Vec::new(),
@@ -737,7 +740,7 @@ impl ChatSession {
     pub async fn complete(&mut self, text: &str, max_tokens: usize, listener: impl Listener) -> Result<Reply> {
         check_max_tokens(max_tokens)?;
         let prompt = self.tokenizer.encode(text, self.generator.position() == 0)?;
-        self.last_turn = None;
+        self.regenerable = None;
         self.reply(&prompt, max_tokens, false, listener).await
     }
 
@@ -811,20 +814,9 @@ impl ChatSession {
             return Ok(0);
         };
         let before = history[..history.len() - prompt.len() - ids.len()].to_vec();
-        let turn_start = if before.is_empty() {
-            None
-        } else {
-            let saved = self.saved.iter().rev().find(|(held, _)| *held == before).map(|(_, c)| c);
-            let last = self.last_turn.as_ref().filter(|(_, held, _)| held.as_deref() == Some(&before[..]));
-            // Every chat turn keeps the state it started from, one way or the other.
-            match saved.or(last.map(|(c, _, _)| c)) {
-                Some(checkpoint) => Some(checkpoint),
-                None => return Ok(0),
-            }
-        };
-        match turn_start {
-            Some(checkpoint) => self.generator.restore(checkpoint)?,
-            None => self.generator.reset(),
+        // Every chat turn keeps the state it started from as a saved turn (or started afresh).
+        if !self.return_to(&before)? {
+            return Ok(0);
         }
         let turn: Vec<u32> = prompt.iter().chain(&as_text).copied().collect();
         for piece in turn.chunks(PREFILL_PIECE) {
@@ -841,7 +833,7 @@ impl ChatSession {
     /// (a state each), so that the session answers the next request as a new one would.
     pub fn reset(&mut self) {
         self.generator.reset();
-        self.last_turn = None;
+        self.regenerable = None;
         self.history = Some(Vec::new());
         self.saved.clear();
     }
@@ -855,7 +847,7 @@ impl ChatSession {
     pub fn restore(&mut self, saved: &SavedTurn) -> Result<()> {
         self.generator.restore(&saved.checkpoint)?;
         self.history = saved.history.clone();
-        self.last_turn = None;
+        self.regenerable = None;
         Ok(())
     }
 
@@ -863,10 +855,12 @@ impl ChatSession {
     /// [`Generator::set_sampling`], gives a different reply).
     pub async fn regenerate(&mut self, max_tokens: usize, listener: impl Listener) -> Result<Reply> {
         check_max_tokens(max_tokens)?;
-        let (checkpoint, history, message) =
-            self.last_turn.take().ok_or_else(|| Error::Input("there is no reply to regenerate".into()))?;
-        self.generator.restore(&checkpoint)?;
-        self.history = history;
+        let (history, message) =
+            self.regenerable.take().ok_or_else(|| Error::Input("there is no reply to regenerate".into()))?;
+        if !self.return_to(&history)? {
+            return Err(Error::Input("the state before the last message is no longer kept".into()));
+        }
+        self.history = Some(history);
         self.send(&message, max_tokens, listener).await
     }
 
@@ -887,7 +881,9 @@ impl ChatSession {
     pub async fn send(&mut self, message: &str, max_tokens: usize, listener: impl Listener) -> Result<Reply> {
         check_max_tokens(max_tokens)?;
         let prompt = self.turn_ids(message)?;
-        self.last_turn = Some((self.generator.checkpoint(), self.history.clone(), message.to_string()));
+        // A chat through `send` only ever returns to the turn before its last message.
+        self.keep_turn(1);
+        self.regenerable = self.history.clone().map(|history| (history, message.to_string()));
         self.reply(&prompt, max_tokens, true, listener).await
     }
 
@@ -903,7 +899,7 @@ impl ChatSession {
         let ids = self.conversation_ids(turns)?;
         self.resume_longest_prefix(&ids)?;
         let reused = self.history.as_ref().map_or(0, Vec::len);
-        self.last_turn = None;
+        self.regenerable = None;
         let mut reply = self.reply(&ids[reused..], max_tokens, true, listener).await?;
         reply.prompt_tokens = ids.len();
         Ok(reply)
@@ -926,7 +922,7 @@ impl ChatSession {
         match self.generator.feed_history(&ids, stopped, |fed| progress(fed, ids.len())).await {
             Ok(true) => {
                 self.history = Some(ids.clone());
-                self.last_turn = None;
+                self.regenerable = None;
                 Ok(Some(ids.len()))
             }
             Ok(false) => {
@@ -989,19 +985,40 @@ impl ChatSession {
         Ok(ids)
     }
 
+    /// Keeps the state as a saved turn to come back to (a branch, a regenerated reply, a reply
+    /// fed again as its text), unless its ids are unknown or none, or it is the one last kept;
+    /// then keeps no more than the `keep` newest.
+    fn keep_turn(&mut self, keep: usize) {
+        if let Some(history) = self.history.as_ref().filter(|h| !h.is_empty()) {
+            if self.saved.last().is_none_or(|(saved, _)| saved != history) {
+                let history = history.clone();
+                self.saved.push((history, self.generator.checkpoint()));
+            }
+        }
+        let excess = self.saved.len().saturating_sub(keep);
+        self.saved.drain(..excess);
+    }
+
+    /// Brings the state back to holding `history`: afresh when it is empty, else from the saved
+    /// turn that holds it. False when no saved turn does (nothing changes then).
+    fn return_to(&mut self, history: &[u32]) -> Result<bool> {
+        if history.is_empty() {
+            self.generator.reset();
+            return Ok(true);
+        }
+        match self.saved.iter().rev().find(|(held, _)| held == history) {
+            Some((_, checkpoint)) => self.generator.restore(checkpoint)?,
+            None => return Ok(false),
+        }
+        Ok(true)
+    }
+
     /// Brings the state to the longest prefix of `ids` it can reach without feeding anything
     /// (always short of all of `ids`: the last one is what the reply starts from).
     fn resume_longest_prefix(&mut self, ids: &[u32]) -> Result<()> {
         let extends = |held: &[u32]| held.len() < ids.len() && ids.starts_with(held);
-        if let Some(history) = self.history.as_ref().filter(|h| extends(h)) {
-            // Kept as a turn to come back to, unless it is the one last restored.
-            if !history.is_empty() && self.saved.last().is_none_or(|(saved, _)| saved != history) {
-                let history = history.clone();
-                self.saved.push((history, self.generator.checkpoint()));
-                if self.saved.len() > SAVED_TURNS {
-                    self.saved.remove(0);
-                }
-            }
+        if self.history.as_deref().is_some_and(extends) {
+            self.keep_turn(SAVED_TURNS);
             return Ok(());
         }
         let best = (0..self.saved.len()).filter(|&i| extends(&self.saved[i].0)).max_by_key(|&i| self.saved[i].0.len());

@@ -394,6 +394,23 @@ async function main() {
             assert.ok(dom.text.includes('<img src="http://evil.invalid/pixel.png" onerror="alert(3)">'), 'raw HTML is shown as text');
             assert.ok(dom.text.includes('<script>alert(4)</script>'), 'a script is shown as text');
             log(`model Markdown: elements ${dom.tags.join(' ')}; attributes ${dom.attributes.join(' ')}; no URL but the link's title`);
+
+            // IndexedDB stops answering (every transaction hangs): the save gives up after its
+            // timeout, the page says so, and Send comes back instead of staying hidden for good.
+            await some.locator('button.new-conversation').click();
+            await idle(some);
+            await some.evaluate(() => {
+                const hung = { objectStore: () => new Proxy({}, { get: () => () => ({}) }) };
+                IDBDatabase.prototype.transaction = () => hung;
+            });
+            await some.locator('textarea.prompt').fill(MESSAGES[0]);
+            await some.locator('textarea.prompt').press('Enter');
+            await some.waitForFunction(() => document.querySelector('.message.model')?.dataset.done === 'true', null, { timeout: TIMEOUT });
+            await some.waitForFunction(() => /did not answer within 15 s/.test(document.querySelector('.store-error')?.innerText ?? ''),
+                null, { timeout: 60_000 });
+            await idle(some);
+            assert.ok(await some.locator('button.send').isVisible(), 'Send is back after the hung save');
+            log(`a hung IndexedDB: "${await some.locator('.store-error').innerText()}", and Send is back`);
             assert.deepEqual(someErrors, [], 'no page errors');
             log('room for the messages only: saved without its state, said so; an unreadable record is skipped');
         } finally {
