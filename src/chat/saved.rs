@@ -5,7 +5,7 @@
 //! ```text
 //! offset  size  field
 //!      0     8  magic "RGSTATE\0"
-//!      8     4  format version (u32 LE; this is 2)
+//!      8     4  format version (u32 LE; this is 3)
 //!     12    32  the model's identity: sha256 of its manifest
 //!     44     1  backend: 0 CPU reference, 1 WebGPU engine (their buffers are laid out differently)
 //!     45     1  1 if the history is known
@@ -13,30 +13,32 @@
 //!               build that changes a layout refuses an older one of the same sizes
 //!     48     8  position: tokens the state holds
 //!     56     4  tokens sampled so far (the GPU sampler's draw counter)
-//!     60     4  the pending sampled id, or 0xFFFFFFFF
-//!     64     4  history length H (= position when known, else 0)
-//!     68     4  buffer count B
-//!     72    4H  the history's ids
+//!     60     4  history length H (= position when known, else 0)
+//!     64     4  buffer count B
+//!     68    4H  the history's ids
 //!      …        B × (u64 LE length, then that many bytes)
 //!    end    32  sha256 of everything before it
 //! ```
 //! Every length is checked against the bytes that are there before anything is allocated, so a
-//! hostile or damaged file is one clear error. Version 1, which had zero at offset 46, is read as
-//! layout 1: the layouts have not changed since.
+//! hostile or damaged file is one clear error. Older versions are read too: version 2 had the
+//! GPU's pending sampled id at offset 60 (every generation now starts from its prompt, so it
+//! is skipped); version 1 is version 2 with zero at offset 46, read as layout 1 (the layouts
+//! have not changed since).
 
 use sha2::{Digest, Sha256};
 
 use crate::{Error, Result};
 
 const MAGIC: &[u8; 8] = b"RGSTATE\0";
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Version 1 is version 2 with its layout field zero and every layout at 1.
 const FIRST_LAYOUT: u16 = 1;
-const HEADER: usize = 72;
+const HEADER: usize = 68;
+/// Versions 1 and 2 had 4 bytes more: the pending sampled id.
+const OLD_PENDING_ID: usize = 4;
 const CHECKSUM: usize = 32;
 /// More buffers than any model has (2 per layer plus 2).
 const MAX_BUFFERS: usize = 1024;
-const NO_TOKEN: u32 = u32::MAX;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendKind {
@@ -52,7 +54,6 @@ pub struct StateParts {
     pub layout: u16,
     pub position: u64,
     pub generated: u32,
-    pub last_sampled: Option<u32>,
     pub buffers: Vec<Vec<u8>>,
 }
 
@@ -77,7 +78,6 @@ impl SavedConversation {
         out.extend_from_slice(&state.layout.to_le_bytes());
         out.extend_from_slice(&state.position.to_le_bytes());
         out.extend_from_slice(&state.generated.to_le_bytes());
-        out.extend_from_slice(&state.last_sampled.unwrap_or(NO_TOKEN).to_le_bytes());
         out.extend_from_slice(&(history.len() as u32).to_le_bytes());
         out.extend_from_slice(&(state.buffers.len() as u32).to_le_bytes());
         for id in history {
@@ -98,10 +98,11 @@ impl SavedConversation {
             return Err(bad("not a saved RecurrentGemma conversation state"));
         }
         let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-        if version != 1 && version != FORMAT_VERSION {
-            return Err(bad(&format!("format version {version}; this build reads versions 1 and {FORMAT_VERSION}")));
+        if !(1..=FORMAT_VERSION).contains(&version) {
+            return Err(bad(&format!("format version {version}; this build reads versions 1 to {FORMAT_VERSION}")));
         }
-        if bytes.len() < HEADER + CHECKSUM {
+        let header = if version < 3 { HEADER + OLD_PENDING_ID } else { HEADER };
+        if bytes.len() < header + CHECKSUM {
             return Err(bad(&format!("{} bytes is too short", bytes.len())));
         }
         let (body, checksum) = bytes.split_at(bytes.len() - CHECKSUM);
@@ -128,7 +129,9 @@ impl SavedConversation {
         };
         let position = reader.u64()?;
         let generated = reader.u32()?;
-        let last_sampled = Some(reader.u32()?).filter(|&id| id != NO_TOKEN);
+        if version < 3 {
+            reader.take(OLD_PENDING_ID)?;
+        }
         let history_len = reader.u32()?;
         let buffer_count = reader.u32()? as usize;
         if buffer_count > MAX_BUFFERS {
@@ -155,11 +158,7 @@ impl SavedConversation {
         if reader.at != body.len() {
             return Err(bad(&format!("{} bytes after the last buffer", body.len() - reader.at)));
         }
-        Ok(SavedConversation {
-            model,
-            history,
-            state: StateParts { backend, layout, position, generated, last_sampled, buffers },
-        })
+        Ok(SavedConversation { model, history, state: StateParts { backend, layout, position, generated, buffers } })
     }
 }
 
@@ -200,7 +199,6 @@ mod tests {
                 layout: 7,
                 position: 3,
                 generated: 1,
-                last_sampled: Some(1645),
                 buffers: vec![vec![1, 2, 3, 4], Vec::new(), vec![9; 40]],
             },
         }
@@ -220,8 +218,8 @@ mod tests {
         let err = |b: &[u8]| SavedConversation::from_bytes(b).unwrap_err().to_string();
         assert!(err(b"hello").contains("not a saved"));
         let mut version = bytes.clone();
-        version[8] = 3;
-        assert!(err(&version).contains("format version 3"));
+        version[8] = 4;
+        assert!(err(&version).contains("format version 4; this build reads versions 1 to 3"));
         // Every cut, and every flipped byte, is caught (by a length or by the checksum).
         for cut in 0..bytes.len() {
             assert!(SavedConversation::from_bytes(&bytes[..cut]).is_err(), "cut at {cut}");
@@ -239,7 +237,7 @@ mod tests {
         let mut body = sample().to_bytes();
         body.truncate(body.len() - CHECKSUM);
         let claimed = u32::MAX / 4;
-        body[64..68].copy_from_slice(&claimed.to_le_bytes());
+        body[60..64].copy_from_slice(&claimed.to_le_bytes());
         body[48..56].copy_from_slice(&u64::from(claimed).to_le_bytes());
         let checksum = Sha256::digest(&body);
         body.extend_from_slice(&checksum);
@@ -260,16 +258,30 @@ mod tests {
         let mut body = sample().to_bytes();
         body.truncate(body.len() - CHECKSUM);
         let claimed = (1u32 << 30) + 1;
-        body[64..68].copy_from_slice(&claimed.to_le_bytes());
+        body[60..64].copy_from_slice(&claimed.to_le_bytes());
         body[48..56].copy_from_slice(&u64::from(claimed).to_le_bytes());
         let err = SavedConversation::from_bytes(&with_checksum(body)).unwrap_err().to_string();
         assert!(err.contains("a history of 1073741825 tokens is longer than 4 GiB"), "{err}");
     }
 
-    #[test]
-    fn version_1_reads_as_layout_1_and_the_layout_round_trips() {
+    /// `sample()` as version 2 wrote it: the pending sampled id (here 1645) at offset 60.
+    fn version_2_body() -> Vec<u8> {
         let mut body = sample().to_bytes();
         body.truncate(body.len() - CHECKSUM);
+        body[8..12].copy_from_slice(&2u32.to_le_bytes());
+        body.splice(60..60, 1645u32.to_le_bytes());
+        body
+    }
+
+    #[test]
+    fn version_2_reads_without_its_pending_id() {
+        let old = SavedConversation::from_bytes(&with_checksum(version_2_body())).unwrap();
+        assert_eq!(old, sample());
+    }
+
+    #[test]
+    fn version_1_reads_as_layout_1_and_the_layout_round_trips() {
+        let mut body = version_2_body();
         body[8..12].copy_from_slice(&1u32.to_le_bytes());
         body[46..48].copy_from_slice(&[0, 0]);
         let old = SavedConversation::from_bytes(&with_checksum(body.clone())).unwrap();

@@ -20,7 +20,7 @@ pub enum Backend {
     /// The CPU reference: samples on the host.
     Cpu { model: Box<Model>, state: State, sampler: Box<Sampler> },
     /// The WebGPU engine: samples on the device; only token ids come back.
-    Gpu { engine: Box<Engine>, last_sampled: Option<u32> },
+    Gpu { engine: Box<Engine> },
 }
 
 /// The furthest position a saved state may hold.
@@ -29,7 +29,7 @@ const MAX_SAVED_POSITION: usize = i32::MAX as usize;
 /// A saved conversation state to return to (e.g. to regenerate a reply).
 pub enum Checkpoint {
     Cpu(State),
-    Gpu { snapshot: Snapshot, last_sampled: Option<u32> },
+    Gpu(Snapshot),
 }
 
 /// How long the last [`Generator::generate`] took, split at its first sampled token.
@@ -169,10 +169,7 @@ impl Generator {
             engine.destroy();
             return Err(e);
         }
-        Ok(Generator {
-            backend: Backend::Gpu { engine: Box::new(engine), last_sampled: None },
-            timing: Timing::default(),
-        })
+        Ok(Generator { backend: Backend::Gpu { engine: Box::new(engine) }, timing: Timing::default() })
     }
 
     pub fn backend(&self) -> &Backend {
@@ -187,14 +184,14 @@ impl Generator {
     pub fn vocab_size(&self) -> usize {
         match &self.backend {
             Backend::Cpu { model, .. } => model.config.vocab_size,
-            Backend::Gpu { engine, .. } => engine.config.vocab_size,
+            Backend::Gpu { engine } => engine.config.vocab_size,
         }
     }
 
     pub fn eos_token_id(&self) -> u32 {
         match &self.backend {
             Backend::Cpu { model, .. } => model.config.eos_token_id,
-            Backend::Gpu { engine, .. } => engine.config.eos_token_id,
+            Backend::Gpu { engine } => engine.config.eos_token_id,
         }
     }
 
@@ -202,7 +199,7 @@ impl Generator {
     pub fn position(&self) -> usize {
         match &self.backend {
             Backend::Cpu { state, .. } => state.position,
-            Backend::Gpu { engine, .. } => engine.position(),
+            Backend::Gpu { engine } => engine.position(),
         }
     }
 
@@ -210,7 +207,7 @@ impl Generator {
     pub fn state_bytes(&self) -> u64 {
         match &self.backend {
             Backend::Cpu { state, .. } => state.size_bytes() as u64,
-            Backend::Gpu { engine, .. } => engine.state_bytes(),
+            Backend::Gpu { engine } => engine.state_bytes(),
         }
     }
 
@@ -218,7 +215,7 @@ impl Generator {
     pub fn gpu_bytes(&self) -> (u64, u64) {
         match &self.backend {
             Backend::Cpu { .. } => (0, 0),
-            Backend::Gpu { engine, .. } => (engine.weight_bytes(), engine.memory_bytes()),
+            Backend::Gpu { engine } => (engine.weight_bytes(), engine.memory_bytes()),
         }
     }
 
@@ -226,7 +223,7 @@ impl Generator {
     pub fn device_lost(&self) -> bool {
         match &self.backend {
             Backend::Cpu { .. } => false,
-            Backend::Gpu { engine, .. } => engine.context().is_lost(),
+            Backend::Gpu { engine } => engine.context().is_lost(),
         }
     }
 
@@ -235,13 +232,13 @@ impl Generator {
     pub fn broken(&self) -> bool {
         match &self.backend {
             Backend::Cpu { .. } => false,
-            Backend::Gpu { engine, .. } => engine.context().has_failed(),
+            Backend::Gpu { engine } => engine.context().has_failed(),
         }
     }
 
     /// Frees the engine's GPU memory now instead of when the buffers are dropped.
     pub fn destroy(self) {
-        if let Backend::Gpu { engine, .. } = self.backend {
+        if let Backend::Gpu { engine } = self.backend {
             engine.destroy();
         }
     }
@@ -249,7 +246,7 @@ impl Generator {
     pub fn set_sampling(&mut self, params: SamplingParams) -> Result<()> {
         match &mut self.backend {
             Backend::Cpu { sampler, .. } => sampler.set_params(params)?,
-            Backend::Gpu { engine, .. } => engine.set_sampling(&params)?,
+            Backend::Gpu { engine } => engine.set_sampling(&params)?,
         }
         Ok(())
     }
@@ -259,7 +256,7 @@ impl Generator {
     pub fn start_reply(&mut self) {
         match &mut self.backend {
             Backend::Cpu { sampler, .. } => sampler.start_reply(),
-            Backend::Gpu { engine, .. } => engine.start_reply(),
+            Backend::Gpu { engine } => engine.start_reply(),
         }
     }
 
@@ -267,29 +264,21 @@ impl Generator {
     pub fn reset(&mut self) {
         match &mut self.backend {
             Backend::Cpu { model, state, .. } => *state = State::new(&model.config),
-            Backend::Gpu { engine, last_sampled } => {
-                engine.reset();
-                *last_sampled = None;
-            }
+            Backend::Gpu { engine } => engine.reset(),
         }
     }
 
     pub fn checkpoint(&self) -> Checkpoint {
         match &self.backend {
             Backend::Cpu { state, .. } => Checkpoint::Cpu(state.clone()),
-            Backend::Gpu { engine, last_sampled } => {
-                Checkpoint::Gpu { snapshot: engine.snapshot(), last_sampled: *last_sampled }
-            }
+            Backend::Gpu { engine } => Checkpoint::Gpu(engine.snapshot()),
         }
     }
 
     pub fn restore(&mut self, checkpoint: &Checkpoint) -> Result<()> {
         match (&mut self.backend, checkpoint) {
             (Backend::Cpu { state, .. }, Checkpoint::Cpu(saved)) => *state = saved.clone(),
-            (Backend::Gpu { engine, last_sampled }, Checkpoint::Gpu { snapshot, last_sampled: saved }) => {
-                engine.restore(snapshot)?;
-                *last_sampled = *saved;
-            }
+            (Backend::Gpu { engine }, Checkpoint::Gpu(snapshot)) => engine.restore(snapshot)?,
             _ => return Err(Error::Input("checkpoint from the other backend".into())),
         }
         Ok(())
@@ -303,15 +292,13 @@ impl Generator {
                 layout: crate::model::state::STATE_LAYOUT,
                 position: state.position as u64,
                 generated: 0,
-                last_sampled: None,
                 buffers: state.arrays().map(|a| bytemuck::cast_slice(a).to_vec()).collect(),
             }),
-            (Backend::Gpu { engine, .. }, Checkpoint::Gpu { snapshot, last_sampled }) => Ok(StateParts {
+            (Backend::Gpu { engine }, Checkpoint::Gpu(snapshot)) => Ok(StateParts {
                 backend: BackendKind::Gpu,
                 layout: crate::gpu::engine::STATE_LAYOUT,
                 position: snapshot.position() as u64,
                 generated: snapshot.generated(),
-                last_sampled: *last_sampled,
                 buffers: engine.snapshot_bytes(snapshot).await?,
             }),
             _ => Err(Error::Input("checkpoint from the other backend".into())),
@@ -347,34 +334,13 @@ impl Generator {
                 state.position = position;
                 Ok(Checkpoint::Cpu(state))
             }
-            Backend::Gpu { engine, .. } => {
+            Backend::Gpu { engine } => {
                 if parts.backend != BackendKind::Gpu {
                     return Err(Error::Input("saved state: taken by the CPU reference, not the GPU engine".into()));
                 }
                 check_layout(parts, crate::gpu::engine::STATE_LAYOUT)?;
-                if let Some(id) = parts.last_sampled.filter(|&id| id as usize >= engine.config.vocab_size) {
-                    return Err(Error::Input(format!("saved state: token id {id} is out of range")));
-                }
                 let snapshot = engine.snapshot_from_bytes(&parts.buffers, position, parts.generated)?;
-                Ok(Checkpoint::Gpu { snapshot, last_sampled: parts.last_sampled })
-            }
-        }
-    }
-
-    /// Feeds `ids` and samples the token that follows them.
-    pub async fn prefill(&mut self, ids: &[u32]) -> Result<u32> {
-        if ids.is_empty() {
-            return Err(Error::Input("nothing to prefill".into()));
-        }
-        match &mut self.backend {
-            Backend::Cpu { model, state, sampler } => {
-                let logits = model.forward(ids, state)?;
-                sampler.sample(&logits[logits.len() - model.config.vocab_size..])
-            }
-            Backend::Gpu { engine, last_sampled } => {
-                let next = engine.prefill(ids).await?;
-                *last_sampled = Some(next);
-                Ok(next)
+                Ok(Checkpoint::Gpu(snapshot))
             }
         }
     }
@@ -383,11 +349,7 @@ impl Generator {
     async fn feed(&mut self, ids: &[u32]) -> Result<()> {
         match &mut self.backend {
             Backend::Cpu { model, state, .. } => model.forward(ids, state).map(drop),
-            Backend::Gpu { engine, last_sampled } => {
-                // The engine's pending input is overwritten by the fed ids.
-                *last_sampled = None;
-                engine.feed(ids).await
-            }
+            Backend::Gpu { engine } => engine.feed(ids).await,
         }
     }
 
@@ -450,20 +412,6 @@ impl Generator {
             }
         }
         Ok(Some(last))
-    }
-
-    /// Feeds one token and samples the next. On the GPU the last sampled token is already
-    /// waiting there as the next input, so nothing crosses the bus but the new id.
-    pub async fn step(&mut self, token: u32) -> Result<u32> {
-        match &mut self.backend {
-            Backend::Cpu { model, state, sampler } => sampler.sample(&model.step(token, state)?),
-            Backend::Gpu { engine, last_sampled } => {
-                let next =
-                    if *last_sampled == Some(token) { engine.step().await? } else { engine.prefill(&[token]).await? };
-                *last_sampled = Some(next);
-                Ok(next)
-            }
-        }
     }
 
     /// Prefills `prompt`, then samples until a stop token or `max_tokens` (at least 1), handing
@@ -541,9 +489,11 @@ impl Generator {
     /// generation's decode steps, which halt on `stops`.
     async fn begin(&mut self, last_piece: &[u32], max_tokens: usize, stops: &[u32]) -> Result<u32> {
         match &mut self.backend {
-            Backend::Cpu { .. } => self.prefill(last_piece).await,
-            Backend::Gpu { engine, last_sampled } => {
-                *last_sampled = None;
+            Backend::Cpu { model, state, sampler } => {
+                let logits = model.forward(last_piece, state)?;
+                sampler.sample(&logits[logits.len() - model.config.vocab_size..])
+            }
+            Backend::Gpu { engine } => {
                 engine.set_stops(stops)?;
                 engine.start(last_piece, max_tokens)?;
                 engine.next_token().await?.ok_or_else(|| Error::Gpu("the prefill drew no token".into()))
@@ -554,8 +504,8 @@ impl Generator {
     /// The token drawn after feeding `token`, the last one drawn.
     async fn draw_after(&mut self, token: u32) -> Result<u32> {
         match &mut self.backend {
-            Backend::Cpu { .. } => self.step(token).await,
-            Backend::Gpu { engine, .. } => {
+            Backend::Cpu { model, state, sampler } => sampler.sample(&model.step(token, state)?),
+            Backend::Gpu { engine } => {
                 engine.next_token().await?.ok_or_else(|| Error::Gpu("the generation ended early".into()))
             }
         }
@@ -566,13 +516,13 @@ impl Generator {
     /// the GPU's queued steps drew beyond it, which the state now holds.
     async fn end(&mut self, last: Option<u32>, stopped_by_token: bool) -> Result<Vec<u32>> {
         match &mut self.backend {
-            Backend::Cpu { .. } => {
+            Backend::Cpu { model, state, .. } => {
                 if let (Some(last), false) = (last, stopped_by_token) {
-                    self.step(last).await?;
+                    model.step(last, state)?;
                 }
                 Ok(Vec::new())
             }
-            Backend::Gpu { engine, .. } => engine.finish().await,
+            Backend::Gpu { engine } => engine.finish().await,
         }
     }
 }
@@ -789,16 +739,9 @@ impl ChatSession {
             Finish::Length
         };
         let text = stop.text().to_string();
-        let refed = if chat && timing.prefill_tokens > 0 { self.hold_reply_as_text(prompt, &ids, &text).await? } else { 0 };
-        Ok(Reply {
-            ids,
-            text,
-            prefilled: timing.prefill_tokens,
-            refed,
-            prompt_tokens: prompt.len(),
-            finish,
-            timing,
-        })
+        let refed =
+            if chat && timing.prefill_tokens > 0 { self.hold_reply_as_text(prompt, &ids, &text).await? } else { 0 };
+        Ok(Reply { ids, text, prefilled: timing.prefill_tokens, refed, prompt_tokens: prompt.len(), finish, timing })
     }
 
     /// Leaves the state holding the reply as its text tokenizes (`ids` were fed after `prompt`),

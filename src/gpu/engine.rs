@@ -472,7 +472,7 @@ impl Engine {
     }
 
     /// Runs `tokens` through the model from the current position and samples the next token,
-    /// which is returned and also kept on the GPU as the input of the next [`Engine::step`].
+    /// which is returned and also kept on the GPU as the input of the next [`Engine::decode`].
     pub async fn prefill(&mut self, tokens: &[u32]) -> Result<u32> {
         if tokens.is_empty() {
             return Err(Error::Input("prefill needs at least one token".into()));
@@ -499,11 +499,6 @@ impl Engine {
             self.submit_chunk(chunk.len() as u32, None, false, 1);
         }
         self.ctx.read(&self.tokens, 0, 4, &self.readback).await.map(drop)
-    }
-
-    /// Feeds the last sampled token and returns the next one.
-    pub async fn step(&mut self) -> Result<u32> {
-        self.decode(1).await.map(|ids| ids[0])
     }
 
     /// `n` decode steps queued in one submission; returns the `n` sampled tokens. A stop token
