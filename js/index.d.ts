@@ -217,7 +217,9 @@ export interface Snapshot {
 export interface RecurrentGemmaEngine {
     /** `chat(message)`: the simple layer; `chat.completions.create(request)`: OpenAI's API. */
     chat: ((message: string, options?: GenerateOptions) => Promise<Reply>) & { completions: ChatCompletions };
-    /** The sha256 of the model's manifest, in hex: what a saved state is tied to. */
+    /** The sha256 of the model's `manifest.json` as fetched, in hex: what a saved state is tied
+     * to. The file's bytes, not this build's reading of them, so a later build of the engine
+     * still admits the states an earlier one saved of the same model. */
     readonly modelId: string;
     /** The URL the model was loaded from (or "local folder"): `model` in completions. */
     readonly model: string;

@@ -26,21 +26,27 @@ async function exercise(context, server, reference, worker) {
     const page = await context.newPage();
     const errors = [];
     page.on('pageerror', (e) => errors.push(String(e)));
-    // Counts the GPU buffers of the page's thread that are alive: made and not destroyed. A dropped
-    // buffer keeps its memory until the garbage collector runs, so only destroy() counts.
+    // Counts the GPU buffers of the page's thread that are alive: made and not destroyed, by
+    // their own destroy() or their device's (a disposed engine destroys its device). A dropped
+    // buffer keeps its memory until the garbage collector runs, so dropping does not count.
     await page.addInitScript(() => {
         if (!self.GPUDevice) return;
-        const live = new Set();
+        const live = new Map();
         const createBuffer = GPUDevice.prototype.createBuffer;
         GPUDevice.prototype.createBuffer = function (...args) {
             const buffer = createBuffer.apply(this, args);
-            live.add(buffer);
+            live.set(buffer, this);
             return buffer;
         };
         const destroy = GPUBuffer.prototype.destroy;
         GPUBuffer.prototype.destroy = function () {
             live.delete(this);
             return destroy.call(this);
+        };
+        const destroyDevice = GPUDevice.prototype.destroy;
+        GPUDevice.prototype.destroy = function () {
+            for (const [buffer, device] of live) if (device === this) live.delete(buffer);
+            return destroyDevice.call(this);
         };
         self.__liveBuffers = () => live.size;
     });
