@@ -10,6 +10,8 @@ pub mod engine;
 pub mod loading;
 pub mod markdown;
 mod page;
+mod state;
 pub mod store;
 
-pub use page::*;
+pub use page::App;
+pub use state::*;
