@@ -9,6 +9,7 @@ use common::{tiny, tokenizer_path};
 use pollster::block_on;
 use rgweb::chat::saved::{SavedConversation, StateParts};
 use rgweb::chat::session::{Backend, ChatSession, Finish, Generator, Listener, Reply, SavedTurn};
+use rgweb::chat::stop::StopStrings;
 use rgweb::chat::tokenizer::END_OF_TURN;
 use rgweb::chat::Turn;
 use rgweb::chat::{GemmaTokenizer, SamplingParams};
@@ -616,7 +617,7 @@ fn check_stop_strings(make: fn() -> Generator) -> (String, Vec<u32>) {
     let expected_text = &full.text[..full.text.find(&stop).unwrap()];
 
     session.reset();
-    session.set_stop_strings(vec![stop.clone()]).unwrap();
+    session.set_stop_strings(StopStrings::new(vec![stop.clone()]).unwrap());
     let mut streamed = String::new();
     let cut = block_on(session.answer(&turns, 12, |piece: &str| {
         streamed.push_str(piece);
@@ -627,7 +628,7 @@ fn check_stop_strings(make: fn() -> Generator) -> (String, Vec<u32>) {
     assert_eq!(streamed, expected_text, "nothing past the stop string was streamed");
     assert_eq!(cut.finish, Finish::Stop);
 
-    session.set_stop_strings(Vec::new()).unwrap();
+    session.set_stop_strings(StopStrings::default());
     let next = vec![Turn::user(THREE[0]), Turn::model(cut.text.clone()), Turn::user(THREE[1])];
     let whole = session.conversation_ids(&next).unwrap();
     let reply = block_on(session.answer(&next, 8, |_: &str| true)).unwrap();

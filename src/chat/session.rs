@@ -6,7 +6,7 @@ use std::cell::{Cell, RefCell};
 
 use super::sampler::{Sampler, SamplingParams};
 use super::saved::{BackendKind, StateParts};
-use super::stop::StopText;
+use super::stop::{StopStrings, StopText};
 use super::template::{first_user_turn, next_user_turn, Role, Turn, CHAT_STOPS};
 use super::tokenizer::{GemmaTokenizer, TextStream, BOS};
 use crate::gpu::engine::{Engine, Snapshot};
@@ -646,7 +646,7 @@ pub struct ChatSession {
     /// [`SAVED_TURNS`] for `answer`'s branches, the one before the last message for `send`.
     saved: Vec<(Vec<u32>, Checkpoint)>,
     /// Strings that end a reply where they appear (OpenAI's `stop`), cut from its text.
-    stop_strings: Vec<String>,
+    stop_strings: StopStrings,
 }
 
 impl ChatSession {
@@ -657,15 +657,13 @@ impl ChatSession {
             regenerable: None,
             history: Some(Vec::new()),
             saved: Vec::new(),
-            stop_strings: Vec::new(),
+            stop_strings: StopStrings::default(),
         }
     }
 
     /// The stop strings of the replies to come (none: only the model's own end of turn).
-    pub fn set_stop_strings(&mut self, stops: Vec<String>) -> Result<()> {
-        StopText::new(stops.clone())?;
+    pub fn set_stop_strings(&mut self, stops: StopStrings) {
         self.stop_strings = stops;
-        Ok(())
     }
 
     pub fn generator(&mut self) -> &mut Generator {
@@ -705,7 +703,7 @@ impl ChatSession {
             stops.extend(CHAT_STOPS);
         }
         let listener = RefCell::new(listener);
-        let stop = RefCell::new(StopText::new(self.stop_strings.clone())?);
+        let stop = RefCell::new(StopText::new(&self.stop_strings));
         let aborted = Cell::new(false);
         let cut = CutAtStopText { listener: &listener, stop: &stop, aborted: &aborted };
         let generated = self.generator.generate_text(&self.tokenizer, prompt, max_tokens, &stops, cut).await;

@@ -9,6 +9,25 @@ use crate::{Error, Result};
 pub const MAX_STOP_STRINGS: usize = 16;
 pub const MAX_STOP_BYTES: usize = 256;
 
+/// A request's stop strings, checked once when they are made: at most [`MAX_STOP_STRINGS`],
+/// each non-empty and at most [`MAX_STOP_BYTES`] long.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StopStrings(Vec<String>);
+
+impl StopStrings {
+    pub fn new(stops: Vec<String>) -> Result<Self> {
+        if stops.len() > MAX_STOP_STRINGS {
+            return Err(Error::Input(format!("stop: {} strings, at most {MAX_STOP_STRINGS}", stops.len())));
+        }
+        if let Some(index) = stops.iter().position(|s| s.is_empty() || s.len() > MAX_STOP_BYTES) {
+            return Err(Error::Input(format!(
+                "stop[{index}] must be a non-empty string of at most {MAX_STOP_BYTES} bytes"
+            )));
+        }
+        Ok(StopStrings(stops))
+    }
+}
+
 /// The reply's text as it streams, cut at the first stop string.
 #[derive(Debug, Default)]
 pub struct StopText {
@@ -21,16 +40,8 @@ pub struct StopText {
 }
 
 impl StopText {
-    pub fn new(stops: Vec<String>) -> Result<Self> {
-        if stops.len() > MAX_STOP_STRINGS {
-            return Err(Error::Input(format!("stop: {} strings, at most {MAX_STOP_STRINGS}", stops.len())));
-        }
-        if let Some(index) = stops.iter().position(|s| s.is_empty() || s.len() > MAX_STOP_BYTES) {
-            return Err(Error::Input(format!(
-                "stop[{index}] must be a non-empty string of at most {MAX_STOP_BYTES} bytes"
-            )));
-        }
-        Ok(StopText { stops, ..Default::default() })
+    pub fn new(stops: &StopStrings) -> Self {
+        StopText { stops: stops.0.clone(), ..Default::default() }
     }
 
     /// Takes the next piece of the reply; returns the text that can be handed out now (empty
@@ -92,7 +103,7 @@ mod tests {
     use super::*;
 
     fn run(stops: &[&str], pieces: &[&str]) -> (Vec<String>, String, bool) {
-        let mut filter = StopText::new(stops.iter().map(|s| s.to_string()).collect()).unwrap();
+        let mut filter = StopText::new(&StopStrings::new(stops.iter().map(|s| s.to_string()).collect()).unwrap());
         let mut out: Vec<String> = pieces.iter().map(|p| filter.push(p)).collect();
         out.push(filter.finish());
         (out, filter.text().to_string(), filter.hit())
@@ -131,9 +142,9 @@ mod tests {
 
     #[test]
     fn bad_stop_lists_are_errors_that_name_the_field() {
-        assert!(StopText::new(vec![String::new()]).unwrap_err().to_string().contains("stop[0]"));
-        assert!(StopText::new(vec!["x".repeat(MAX_STOP_BYTES + 1)]).is_err());
-        assert!(StopText::new(vec!["x".into(); MAX_STOP_STRINGS + 1]).unwrap_err().to_string().contains("stop:"));
+        assert!(StopStrings::new(vec![String::new()]).unwrap_err().to_string().contains("stop[0]"));
+        assert!(StopStrings::new(vec!["x".repeat(MAX_STOP_BYTES + 1)]).is_err());
+        assert!(StopStrings::new(vec!["x".into(); MAX_STOP_STRINGS + 1]).unwrap_err().to_string().contains("stop:"));
         assert_eq!(run(&[], &["a", "b"]).1, "ab");
     }
 }

@@ -17,7 +17,7 @@ use super::js;
 use super::loader::{self, LoadProgress, Stage};
 use crate::chat::saved::SavedConversation;
 use crate::chat::session::{Backend, ChatSession, Generator, Listener, Live, Reply, SavedTurn};
-use crate::chat::stop::{StopText, MAX_STOP_STRINGS};
+use crate::chat::stop::{StopStrings, MAX_STOP_STRINGS};
 use crate::chat::{Role, SamplingParams, Turn as ChatTurn};
 use crate::weights::format::Manifest;
 use crate::Error;
@@ -230,7 +230,7 @@ const REQUEST: Names = Names {
 struct Call {
     params: SamplingParams,
     max_tokens: usize,
-    stop: Vec<String>,
+    stop: StopStrings,
 }
 
 /// Reads a call's settings; what is left out takes its default, whatever earlier calls passed.
@@ -292,9 +292,8 @@ fn call_settings(value: &JsValue, names: &Names) -> Result<Call, JsError> {
         max_tokens = max_tokens.or(newer);
     }
     let max_tokens = max_tokens.map(|m| m as usize).unwrap_or(DEFAULT_MAX_TOKENS);
-    let stop = fields.strings("stop")?;
+    let stop = StopStrings::new(fields.strings("stop")?).map_err(to_js)?;
     params.validate().map_err(to_js)?;
-    StopText::new(stop.clone()).map_err(to_js)?;
     Ok(Call { params, max_tokens, stop })
 }
 
@@ -808,11 +807,8 @@ impl RecurrentGemma {
         turn: impl for<'s> FnOnce(&'s mut ChatSession, usize, CallListener) -> Turn<'s>,
     ) -> Result<JsValue, JsError> {
         let mut loaded = self.take_loaded()?;
-        let settings = loaded
-            .session
-            .set_stop_strings(call.stop)
-            .and_then(|()| loaded.session.generator().set_sampling(call.params));
-        if let Err(e) = settings {
+        loaded.session.set_stop_strings(call.stop);
+        if let Err(e) = loaded.session.generator().set_sampling(call.params) {
             self.put_back(loaded)?;
             return Err(to_js(e));
         }
