@@ -273,7 +273,7 @@ fn StatsPanel() -> impl IntoView {
     let state = expect_context::<AppState>();
     let stats = state.stats;
     // Each figure reads only its own field: the reply's figures change with every piece.
-    let turn = move || stats.with(|s| s.turn);
+    let turn = move || stats.with(|s| s.engine.turn);
     view! {
         <div class="stats">
             <h3>"Figures"</h3>
@@ -291,28 +291,28 @@ fn StatsPanel() -> impl IntoView {
                     {move || format!("{:.1} tok/s", turn().decode_tokens_per_second)}
                 </dd>
                 <dt>"Tokens in the conversation"</dt>
-                <dd class="conversation-tokens">{move || stats.with(|s| s.conversation_tokens)}</dd>
+                <dd class="conversation-tokens">{move || stats.with(|s| s.engine.conversation_tokens)}</dd>
                 <dt>"GPU memory: weights"</dt>
-                <dd class="weight-bytes" data-format=move || stats.with(|s| s.weight_format.clone())>
+                <dd class="weight-bytes" data-format=move || stats.with(|s| s.engine.weight_format.clone())>
                     {move || stats.with(|s| {
-                        let format = if s.weight_format.is_empty() { String::new() } else { format!(", {}", s.weight_format) };
-                        format!("{}{format}", mebibytes(s.weight_bytes))
+                        let format = if s.engine.weight_format.is_empty() { String::new() } else { format!(", {}", s.engine.weight_format) };
+                        format!("{}{format}", mebibytes(s.engine.weight_bytes))
                     })}
                 </dd>
                 <dt>"GPU memory: conversation state"</dt>
-                <dd class="state-bytes" data-bytes=move || stats.with(|s| s.state_bytes.to_string())>
-                    {move || mebibytes(stats.with(|s| s.state_bytes))}
+                <dd class="state-bytes" data-bytes=move || stats.with(|s| s.engine.state_bytes.to_string())>
+                    {move || mebibytes(stats.with(|s| s.engine.state_bytes))}
                     <span class="constant">" — fixed, however long the chat"</span>
                 </dd>
                 <dt>"GPU memory: all buffers"</dt>
-                <dd class="gpu-bytes" data-bytes=move || stats.with(|s| s.gpu_bytes.to_string())>
-                    {move || mebibytes(stats.with(|s| s.gpu_bytes))}
+                <dd class="gpu-bytes" data-bytes=move || stats.with(|s| s.engine.gpu_bytes.to_string())>
+                    {move || mebibytes(stats.with(|s| s.engine.gpu_bytes))}
                 </dd>
                 <dt>"Engine's wasm heap"</dt>
-                <dd class="wasm-bytes">{move || megabytes(stats.with(|s| s.wasm_bytes))}</dd>
+                <dd class="wasm-bytes">{move || megabytes(stats.with(|s| s.engine.wasm_bytes))}</dd>
                 <dt>"Load"</dt>
                 <dd class="load-figures" data-peak-wasm=move || stats.with(|s| s.load_peak_wasm_bytes.to_string())>
-                    {move || stats.with(|s| format!("{:.1} s, wasm heap peak {}", s.load_seconds, megabytes(s.load_peak_wasm_bytes)))}
+                    {move || stats.with(|s| format!("{:.1} s, wasm heap peak {}", s.engine.load_seconds, megabytes(s.load_peak_wasm_bytes)))}
                 </dd>
             </dl>
             <p class="explain">

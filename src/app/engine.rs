@@ -134,6 +134,7 @@ pub struct EngineStats {
     pub turn: TurnFigures,
     pub conversation_tokens: u64,
     pub weight_bytes: u64,
+    /// How the loaded model's matrices are stored (`int8`, `int4`, `f32`).
     pub weight_format: String,
     pub state_bytes: u64,
     pub gpu_bytes: u64,

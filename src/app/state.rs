@@ -8,7 +8,7 @@ use leptos::prelude::*;
 use leptos::task::spawn_local;
 use serde::{Deserialize, Serialize};
 
-use super::engine::{LoadSource, Reply, Sampling, TurnFigures, WorkerEngine};
+use super::engine::{EngineStats, LoadSource, Reply, Sampling, TurnFigures, WorkerEngine};
 use super::store;
 use crate::web::download::{self, Source};
 use crate::web::js;
@@ -122,20 +122,11 @@ impl Settings {
     }
 }
 
-/// Figures for the stats panel.
+/// Figures for the stats panel: the engine's, whose `turn` is the reply streaming now (updated
+/// with every piece) or the last one, and the load's wasm heap peak.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Stats {
-    /// The reply streaming now (updated with every piece) or the last one.
-    pub turn: TurnFigures,
-    pub conversation_tokens: u64,
-    pub weight_bytes: u64,
-    /// How the loaded model's matrices are stored (`int8`, `int4`, `f32`).
-    pub weight_format: String,
-    pub state_bytes: u64,
-    pub gpu_bytes: u64,
-    /// The engine's wasm heap (in its worker).
-    pub wasm_bytes: u64,
-    pub load_seconds: f64,
+    pub engine: EngineStats,
     pub load_peak_wasm_bytes: u64,
 }
 
@@ -412,19 +403,7 @@ impl AppState {
     pub async fn refresh_stats(self) {
         let Some(engine) = self.engine.get_value() else { return };
         if let Ok(now) = engine.stats().await {
-            self.stats.update(|stats| {
-                *stats = Stats {
-                    turn: now.turn,
-                    conversation_tokens: now.conversation_tokens,
-                    weight_bytes: now.weight_bytes,
-                    weight_format: now.weight_format,
-                    state_bytes: now.state_bytes,
-                    gpu_bytes: now.gpu_bytes,
-                    wasm_bytes: now.wasm_bytes,
-                    load_seconds: now.load_seconds,
-                    load_peak_wasm_bytes: stats.load_peak_wasm_bytes,
-                }
-            });
+            self.stats.update(|stats| stats.engine = now);
         }
     }
 
@@ -469,13 +448,13 @@ impl AppState {
         self.busy.set(true);
         self.chat_error.set(None);
         // The figures start from zero: whatever they show during the reply is the reply's.
-        self.stats.update(|s| s.turn = TurnFigures::default());
+        self.stats.update(|s| s.engine.turn = TurnFigures::default());
         let sampling = self.settings.get_untracked().sampling();
         let stats = self.stats;
         let on_token = move |piece: String, live: Option<TurnFigures>| {
             reply.text.update(|t| t.push_str(&piece));
             if let Some(live) = live {
-                stats.update(|s| s.turn = live);
+                stats.update(|s| s.engine.turn = live);
             }
         };
         spawn_local(async move {
