@@ -265,7 +265,7 @@ fn pick(li: u32) -> u32 {
     if sampling.top_k > 0u && sampling.top_k < vocab {
         var lo = threshold;
         var hi = max_logit;
-        for (var iteration = 0u; iteration < 40u; iteration++) {
+        for (var iteration = 0u; iteration < BISECTION_STEPS; iteration++) {
             if !source.copied && count_above <= f32(CANDIDATES) {
                 source = copy_candidates(li, row, lo);
             }
@@ -287,7 +287,7 @@ fn pick(li: u32) -> u32 {
         let wanted = sampling.top_p * count_and_mass(li, source, threshold, max_logit).y;
         var lo = threshold;
         var hi = max_logit;
-        for (var iteration = 0u; iteration < 40u; iteration++) {
+        for (var iteration = 0u; iteration < BISECTION_STEPS; iteration++) {
             if !source.copied && count_above <= f32(CANDIDATES) {
                 source = copy_candidates(li, row, lo);
             }

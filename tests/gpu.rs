@@ -495,6 +495,59 @@ fn prefill_reads_the_2b_weights_once_per_64_tokens() {
     }
 }
 
+/// The 2B's plan as today's kernels run it, counted from their constants by the op constructors,
+/// against the analysis of `../shared/notes/decode-kernels.md` §2 worked out here from the config:
+/// one 4-column block per weight load and one load in flight, 60 serial trips in down_proj, the
+/// input (and the norm weight) re-read per row (≈ 18.6 GB), attention's combine 3 × 129 serial
+/// loads, and the sampler's one workgroup passing over the vocabulary once greedy and up to 43
+/// times for top-p.
+#[test]
+fn the_2b_plan_counts_what_its_kernels_do() {
+    use rgweb::config::{Config, Preset};
+    use rgweb::gpu::kernels::{key_blocks, matmul_lanes, CHUNK, TILE_K};
+    use rgweb::weights::format::Manifest;
+    let config = Config::preset(Preset::RecurrentGemma2b);
+    let (d, lru, f, v) = (config.hidden_size as u64, config.lru_width() as u64, config.mlp_width() as u64, 256_000);
+    let (heads, hd) = (config.num_attention_heads as u64, config.head_dim() as u64);
+    // Each row reads its whole input and, in front of a norm, the norm weight.
+    let row_reads = |rows: u64, cols: u64, norm: bool| rows * cols * 4 * (1 + norm as u64);
+    let recurrent = row_reads(2 * lru, d, true) + row_reads(2 * lru, lru / heads, false) + row_reads(d, lru, false);
+    let attention = row_reads((heads + 2) * hd, d, true) + row_reads(d, heads * hd, false);
+    let mlp = row_reads(2 * f, d, true) + row_reads(d, f, false);
+    let matrices = 18 * recurrent + 8 * attention + 26 * mlp + row_reads(v, d, true);
+    assert!((18.5e9..18.7e9).contains(&(matrices as f64)), "the note's 18.6 GB: {matrices}");
+    let greedy = SamplingParams::default();
+    let top_p = SamplingParams { temperature: 1.0, top_p: 0.9, ..SamplingParams::default() };
+    for quantization in [Quantization::Int8, Quantization::Int4] {
+        let engine = Engine::new(context(), Manifest::plan(&config, quantization)).unwrap();
+        let decode = engine.plan_cost(1, &greedy);
+        eprintln!("2B {} decode: {decode:?}", quantization.name());
+        assert_eq!(decode.dispatches, engine.dispatches(1));
+        assert_eq!(decode.weight_bytes, engine.weight_bytes_read(1, 1));
+        let block_bytes = if quantization == Quantization::Int8 { 4.0 } else { 2.0 };
+        assert_eq!(decode.weight_load_bytes, block_bytes);
+        assert_eq!(decode.weight_loads_in_flight, 1.0);
+        assert_eq!(matmul_lanes(f as usize), 32);
+        assert_eq!(decode.max_serial_weight_trips, (f / 4).div_ceil(32) as u32);
+        // Beyond the matrices: attention's queries, keys and values (at least the window's keys
+        // and values once per attention layer) and the sampler's pass.
+        let extra = decode.activation_bytes - matrices;
+        let window = 8 * 2 * (config.attention_window_size as u64 + 1) * hd * 4;
+        assert!(extra > window && extra < matrices / 40, "{extra} B besides the matrices' inputs");
+        assert_eq!(decode.single_workgroup_vocab_passes, 1);
+        assert_eq!(decode.attention_serial_trips, 3 * key_blocks(config.attention_window_size));
+        let sampled = engine.plan_cost(1, &top_p);
+        // The maximum, the total mass, 40 bisection steps and the draw.
+        assert_eq!(sampled.single_workgroup_vocab_passes, 1 + 1 + 40 + 1);
+        assert_eq!(sampled.activation_bytes - decode.activation_bytes, 42 * v * 4);
+        let prefill = engine.plan_cost(CHUNK, &greedy);
+        eprintln!("2B {} prefill chunk: {prefill:?}", quantization.name());
+        assert_eq!(prefill.weight_bytes, engine.weight_bytes_read(CHUNK, 1));
+        assert_eq!(prefill.dispatches, engine.dispatches(CHUNK));
+        assert_eq!(prefill.max_serial_weight_trips, f as u32 / TILE_K);
+    }
+}
+
 #[test]
 fn device_errors_become_errors_not_panics() {
     let ctx = context();
@@ -551,6 +604,28 @@ fn rg_bench_reports_speed_and_sizes() {
     assert_eq!(engine.state_bytes(), expected_state_bytes(&config));
     assert_eq!(report["dispatches_per_token"], engine.dispatches(1));
     assert_eq!(report["sampling"]["temperature"], 0.0, "greedy unless asked");
+    // The plan's counts, under the key names other tools read.
+    let out = ok(&["bench", s(&tiny().int8), "--plan-only", "--json"]);
+    let plans: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let keys = [
+        "activation_bytes",
+        "attention_serial_trips",
+        "dispatches",
+        "max_serial_weight_trips",
+        "single_workgroup_vocab_passes",
+        "weight_bytes",
+        "weight_load_bytes",
+        "weight_loads_in_flight",
+    ];
+    for plan in ["decode_plan", "decode_plan_top_p", "prefill_plan"] {
+        let fields: Vec<&str> = plans[plan].as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(fields, keys, "{plan}");
+    }
+    assert_eq!(plans["decode_plan"], serde_json::to_value(engine.plan_cost(1, &SamplingParams::default())).unwrap());
+    assert_eq!(plans["decode_plan"]["weight_bytes"], engine.weight_bytes_read(1, 1));
+    assert_eq!(plans["prefill_plan"]["dispatches"], engine.dispatches(rgweb::gpu::kernels::CHUNK));
+    assert!(plans["decode_plan_top_p"]["single_workgroup_vocab_passes"].as_u64() > Some(1));
+    assert_eq!(report["plan"], plans, "the full report carries the same counts");
     let sampled =
         ["bench", s(&tiny().int8), "--prompt-tokens", "8", "--gen-tokens", "4", "--json", "--temperature", "0.8"];
     let out = ok(&[&sampled[..], &["--top-k", "40", "--top-p", "0.9"]].concat());

@@ -111,6 +111,10 @@ enum Command {
         /// Also time each kernel of a decode step and of a prefill chunk, dispatch by dispatch.
         #[arg(long)]
         profile: bool,
+        /// Build the engine and print what its plan costs a GPU, counted from its kernels'
+        /// constants, for a greedy decode step, a top-p step and a prefill chunk; run nothing.
+        #[arg(long)]
+        plan_only: bool,
         /// How decode picks tokens (greedy unless a temperature is given).
         #[command(flatten)]
         sampling: SamplingArgs,
@@ -292,8 +296,17 @@ fn run(cli: Cli) -> Result<()> {
                 std::fs::write(&path, source).with_context(|| format!("writing {}", path.display()))?;
             }
         }
-        Command::Bench { model_dir, prompt_tokens, gen_tokens, json, profile, sampling } => {
+        Command::Bench { model_dir, prompt_tokens, gen_tokens, json, profile, plan_only, sampling } => {
             let mut engine = load_engine(gpu_context()?, &model_dir)?;
+            if plan_only {
+                let report = plan_report(&engine);
+                if json {
+                    println!("{report}");
+                } else {
+                    print_plans(&report);
+                }
+                return Ok(());
+            }
             let params = sampling.params()?;
             engine.set_sampling(&params)?;
             if profile {
@@ -570,6 +583,7 @@ fn bench(
         "gpu_memory_bytes": engine.memory_bytes(),
         "dispatches_per_token": engine.dispatches(1),
         "dispatches_per_prefill_chunk": engine.dispatches(CHUNK),
+        "plan": plan_report(&engine),
         "prefill_chunk_tokens": CHUNK,
     });
     if json {
@@ -615,6 +629,38 @@ fn bench(
         engine.dispatches(CHUNK)
     );
     Ok(())
+}
+
+/// The engine's plan counted for a greedy decode step (`decode_plan`), a top-p step at
+/// temperature 1 and top-p 0.9 (`decode_plan_top_p`) and a prefill chunk of [`CHUNK`] tokens
+/// (`prefill_plan`), under key names other tools read.
+fn plan_report(engine: &Engine) -> serde_json::Value {
+    let greedy = SamplingParams::default();
+    let top_p = SamplingParams { temperature: 1.0, top_p: 0.9, ..SamplingParams::default() };
+    serde_json::json!({
+        "quantization": engine.quantization().name(),
+        "decode_plan": engine.plan_cost(1, &greedy),
+        "decode_plan_top_p": engine.plan_cost(1, &top_p),
+        "prefill_plan": engine.plan_cost(CHUNK, &greedy),
+        "prefill_chunk_tokens": CHUNK,
+    })
+}
+
+fn print_plans(report: &serde_json::Value) {
+    println!("weights {}", report["quantization"].as_str().unwrap_or_default());
+    for (name, what) in [
+        ("decode_plan", "decode step, greedy"),
+        ("decode_plan_top_p", "decode step, top-p 0.9"),
+        ("prefill_plan", "prefill chunk"),
+    ] {
+        let plan = &report[name];
+        println!("{what}:");
+        if let Some(fields) = plan.as_object() {
+            for (key, value) in fields {
+                println!("  {key:<30} {value}");
+            }
+        }
+    }
 }
 
 /// NumPy .npy v1.0, little-endian float32, C order.

@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 
 use bytemuck::Zeroable;
 
+use super::cost::PlanCost;
 use super::forward::{self, Activations, Io, LayerState, Path, Plan};
 use super::kernels::*;
 use super::matrix::MatrixFormat;
@@ -223,6 +224,13 @@ impl Engine {
     pub fn dispatches(&self, n: usize) -> usize {
         let plan = self.plan_for(n as u32);
         plan.body.len() + plan.head.len() + plan.finish.len()
+    }
+
+    /// What one submission of `n` tokens (at most [`CHUNK`]) with logits for the last costs a
+    /// GPU, counted from its ops' kernels, the sampler drawing with `sampling`.
+    pub fn plan_cost(&self, n: usize, sampling: &SamplingParams) -> PlanCost {
+        let n = n.clamp(1, CHUNK) as u32;
+        self.plan_for(n).cost(n, 1, sampling, self.config.vocab_size)
     }
 
     /// The command list for a chunk of `n` tokens.

@@ -7,11 +7,13 @@
 //! chunk of up to [`CHUNK`] tokens: tiled matrix kernels that read each weight once per tile of
 //! tokens, the recurrences as scans per channel, attention tiled over queries and keys).
 
+use super::cost::{Dispatch, PlanCost};
 use super::kernels::{key_blocks, ring_slots, CHUNK, LOGIT_ROWS, TOKEN_TILE};
 use super::matrix::GpuMatrix;
 use super::ops::{AttentionBuffers, AttentionShape, KeyValueRing, Norm, Op, Ops, Output, RecurrentIn, RgLru};
 use super::weights::GpuWeights;
 use super::GpuContext;
+use crate::chat::SamplingParams;
 use crate::config::Config;
 use crate::weights::names;
 
@@ -122,6 +124,21 @@ impl Plan {
         let body: u64 = self.body.iter().chain(&self.finish).map(|op| op.weight_bytes_read(n)).sum();
         let head = if head > 0 { self.head.iter().map(|op| op.weight_bytes_read(head)).sum() } else { 0 };
         body + head
+    }
+}
+
+impl Plan {
+    /// What one submission of `n` tokens, of which `head` get logits, costs a GPU (see
+    /// [`PlanCost`]), the sampler drawing with `sampling` from `vocab` logits.
+    pub fn cost(&self, n: u32, head: u32, sampling: &SamplingParams, vocab: usize) -> PlanCost {
+        let head_ops = if head > 0 { &self.head[..] } else { &[] };
+        let body = self.body.iter().chain(&self.finish).map(|op| (op, n));
+        let dispatches = body.chain(head_ops.iter().map(|op| (op, head))).map(|(op, tokens)| Dispatch {
+            cost: op.cost(),
+            workgroups: op.workgroups(n, head),
+            tokens,
+        });
+        PlanCost::of(dispatches, sampling, vocab)
     }
 }
 

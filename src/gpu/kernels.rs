@@ -11,6 +11,7 @@ use std::collections::HashMap;
 
 use bytemuck::{Pod, Zeroable};
 
+use super::cost::BISECTION_STEPS;
 use super::matrix::MatrixFormat;
 
 /// Tokens per prefill submission: the largest chunk the prefill path's buffers hold.
@@ -86,6 +87,7 @@ fn constants_wgsl() -> String {
         ("GENERATED_RING", GENERATED_RING),
         ("NO_TOKEN", NO_TOKEN),
         ("MAX_STOPS", MAX_STOPS),
+        ("BISECTION_STEPS", BISECTION_STEPS),
     ];
     constants.iter().map(|(name, value)| format!("const {name}: u32 = {value}u;\n")).collect()
 }

@@ -50,6 +50,11 @@ impl MatrixFormat {
         4
     }
 
+    /// Bytes of one block's values: what one weight load of the row kernels brings.
+    pub fn block_bytes(self) -> u32 {
+        self.value_bytes(1, self.block_columns()) as u32
+    }
+
     /// What a row's length must be a multiple of: a block, or an int4 group.
     pub fn column_multiple(self) -> usize {
         match self {

@@ -13,6 +13,7 @@
 //!   [`crate::model::Model::forward`].
 //! - [`engine`]: buffers, submission and the public API.
 
+pub mod cost;
 pub mod engine;
 pub mod forward;
 pub mod kernels;

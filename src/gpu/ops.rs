@@ -3,6 +3,7 @@
 //! here and in the shader, nowhere else) and says how many workgroups a chunk needs. The command
 //! list ([`super::forward`]) and the kernel tests both build their dispatches through these.
 
+use super::cost::{Bytes, Cost, VocabPasses};
 use super::kernels::*;
 use super::matrix::{GpuMatrix, MatrixFormat};
 use super::GpuContext;
@@ -42,23 +43,12 @@ impl Groups {
     }
 }
 
-/// How much of the weights a dispatch reads.
-#[derive(Clone, Copy, Debug)]
-enum Reads {
-    Nothing,
-    /// These bytes (`.0`) once per tile of `.1` tokens that share one read of them: [`TOKEN_TILE`]
-    /// in the row kernels, [`TILE_TOKENS`] in the tiled one.
-    PerTile(u64, u32),
-    /// These bytes once per token (the embedding lookup: one row).
-    PerToken(u64),
-}
-
 /// One dispatch, ready to record.
 pub struct Op {
     pipeline: PipelineKey,
     bind_group: wgpu::BindGroup,
     groups: Groups,
-    reads: Reads,
+    cost: Cost,
 }
 
 impl Op {
@@ -69,11 +59,18 @@ impl Op {
 
     /// Bytes of weights this dispatch reads over `n` tokens.
     pub fn weight_bytes_read(&self, n: u32) -> u64 {
-        match self.reads {
-            Reads::Nothing => 0,
-            Reads::PerTile(bytes, tokens) => bytes * n.div_ceil(tokens) as u64,
-            Reads::PerToken(bytes) => bytes * n as u64,
-        }
+        self.cost.weights.over(n)
+    }
+
+    /// What the dispatch costs a GPU, from its kernel's constants.
+    pub fn cost(&self) -> &Cost {
+        &self.cost
+    }
+
+    /// Workgroups it runs for a chunk of `n` tokens of which `head` get logits.
+    pub fn workgroups(&self, n: u32, head: u32) -> u32 {
+        let (x, y) = self.groups.size(n, head);
+        x * y
     }
 }
 
@@ -149,6 +146,11 @@ pub struct AttentionShape {
 }
 
 impl AttentionShape {
+    /// Bytes of one token's queries, key and value.
+    fn qkv_bytes(&self) -> u64 {
+        (self.heads as u64 + 2) * self.head_dim as u64 * 4
+    }
+
     /// The RoPE kernels' parameters (`rope_kv.wgsl`, `rope_chunk.wgsl`).
     fn rope_params(&self, rotary_half: usize) -> RopeParams {
         RopeParams {
@@ -214,7 +216,7 @@ impl Ops<'_> {
             layout: &pipeline.pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
-        Op { pipeline, bind_group, groups, reads: Reads::Nothing }
+        Op { pipeline, bind_group, groups, cost: Cost::default() }
     }
 
     /// `x[t] = table[token_t] · embedding_scale` (`embed.wgsl`): one op per row piece.
@@ -235,7 +237,14 @@ impl Ops<'_> {
                 );
                 // Only the piece holding the token reads its row: count the row once.
                 let row = if part.row_start == 0 { table.row_bytes() } else { 0 };
-                Op { reads: Reads::PerToken(row), ..op }
+                // One block of the row per thread.
+                let cost = Cost {
+                    weight_load_bytes: table.format.block_bytes(),
+                    weight_loads_in_flight: 1,
+                    serial_weight_trips: 1,
+                    ..Cost::elementwise(SMALL_THREADS, Bytes::default())
+                };
+                Op { cost: Cost { weights: Bytes::per_token(row), ..cost }, ..op }
             })
             .collect()
     }
@@ -298,7 +307,13 @@ impl Ops<'_> {
                 let (kernel, groups, tokens_per_read) = dispatch(&m, head);
                 let op = self.op(kernel, Some(w), &params, &buffers, groups);
                 let norm_bytes = if m.has_norm == 1 { norm.size() } else { 0 };
-                Op { reads: Reads::PerTile(w.row_bytes() * part.rows as u64 + norm_bytes, tokens_per_read), ..op }
+                let weights = Bytes::per_tile(w.row_bytes() * part.rows as u64 + norm_bytes, tokens_per_read);
+                let cost = match kernel {
+                    Kernel::MatmulShort => Cost::short_rows(&m, w.format, weights),
+                    Kernel::MatmulTiled => Cost::tiled(&m, w.format, weights),
+                    _ => Cost::rows(&m, w.format, weights),
+                };
+                Op { cost, ..op }
             })
             .collect()
     }
@@ -308,7 +323,8 @@ impl Ops<'_> {
         let m = gate_up.pair_rows().with_norm(norm.eps);
         let buffers = [gate_up.values(), &gate_up.affine, norm.weight, x, hidden];
         let op = self.op(Kernel::Geglu, Some(gate_up), &PairParams { m }, &buffers, Groups::TokenTiles(m.row_groups()));
-        Op { reads: Reads::PerTile(gate_up.bytes() + norm.weight.size(), TOKEN_TILE), ..op }
+        let weights = Bytes::per_tile(gate_up.bytes() + norm.weight.size(), TOKEN_TILE);
+        Op { cost: Cost::rows(&m, gate_up.format, weights), ..op }
     }
 
     /// `branches = [GELU(linear_y(x̂)), Conv1D(linear_x(x̂))]` (`recurrent_in.wgsl`).
@@ -318,7 +334,10 @@ impl Ops<'_> {
         let w = r.linear_y_x;
         let buffers = [w.values(), &w.affine, r.norm.weight, r.x, r.step, r.conv, r.history, r.branches];
         let op = self.op(Kernel::RecurrentIn, Some(w), &params, &buffers, Groups::Fixed(m.row_groups(), 1));
-        Op { reads: Reads::PerTile(w.bytes() + r.norm.weight.size() + r.conv.size(), TOKEN_TILE), ..op }
+        let weights = Bytes::per_tile(w.bytes() + r.norm.weight.size() + r.conv.size(), TOKEN_TILE);
+        // Its tiles run in one workgroup, each with a second barrier before the conv.
+        let cost = Cost { tiles_in_sequence: true, barriers: 2, ..Cost::rows(&m, w.format, weights) };
+        Op { cost, ..op }
     }
 
     /// `out = RG-LRU(conv, gates(conv)) ⊙ GELU(y)` over `branches = [GELU(y), conv]`
@@ -329,7 +348,10 @@ impl Ops<'_> {
         let buffers = [r.gates.values(), &r.gates.affine, self.unused, r.branches, r.step, r.log_a_scale, r.h, r.out];
         let op =
             self.op(Kernel::RgLruGates, Some(r.gates), &PairParams { m }, &buffers, Groups::Fixed(m.row_groups(), 1));
-        Op { reads: Reads::PerTile(r.gates.bytes() + r.log_a_scale.size(), TOKEN_TILE), ..op }
+        let weights = Bytes::per_tile(r.gates.bytes() + r.log_a_scale.size(), TOKEN_TILE);
+        // Its tiles run in one workgroup, each with a second barrier before the recurrence.
+        let cost = Cost { tiles_in_sequence: true, barriers: 2, ..Cost::rows(&m, r.gates.format, weights) };
+        Op { cost, ..op }
     }
 
     /// `y ⟵ W · x̂ + b` for the chunk's tokens (or, soft-capped, the head tokens), x̂ = RMSNorm(x)
@@ -369,7 +391,8 @@ impl Ops<'_> {
         let buffers = [gate_up.values(), &gate_up.affine, norm.weight, x, hidden];
         let groups = Groups::Tiles { x: m.tile_groups(), tokens: TILE_TOKENS, head: false };
         let op = self.op(Kernel::MatmulTiled, Some(gate_up), &params, &buffers, groups);
-        Op { reads: Reads::PerTile(gate_up.bytes() + norm.weight.size(), TILE_TOKENS), ..op }
+        let weights = Bytes::per_tile(gate_up.bytes() + norm.weight.size(), TILE_TOKENS);
+        Op { cost: Cost::tiled(&m, gate_up.format, weights), ..op }
     }
 
     /// The RG-LRU's gate logits, before σ: `out[t] = [input_gate(c[t]), recurrent_gate(c[t])]`,
@@ -393,7 +416,7 @@ impl Ops<'_> {
         let buffers = [gates.values(), &gates.affine, self.unused, branches, out];
         let groups = Groups::Tiles { x: m.tile_groups(), tokens: TILE_TOKENS, head: false };
         let op = self.op(Kernel::MatmulTiled, Some(gates), &params, &buffers, groups);
-        Op { reads: Reads::PerTile(gates.bytes(), TILE_TOKENS), ..op }
+        Op { cost: Cost::tiled(&m, gates.format, Bytes::per_tile(gates.bytes(), TILE_TOKENS)), ..op }
     }
 
     /// RoPE on the chunk's queries and key, then the key and value into the ring (`rope_kv.wgsl`).
@@ -408,7 +431,8 @@ impl Ops<'_> {
     ) -> Op {
         let params = shape.rope_params(rotary_half);
         let buffers = [step, inv_freq, qkv, ring.keys, ring.values];
-        self.op(Kernel::RopeKv, None, &params, &buffers, Groups::TokenMajor(shape.heads as u32 + 1))
+        let op = self.op(Kernel::RopeKv, None, &params, &buffers, Groups::TokenMajor(shape.heads as u32 + 1));
+        Op { cost: Cost::elementwise(SMALL_THREADS, Bytes::per_token(shape.qkv_bytes())), ..op }
     }
 
     /// Local multi-query attention of the chunk's queries over the window's keys, in key blocks
@@ -433,10 +457,26 @@ impl Ops<'_> {
         };
         let buffers = [step, a.qkv, ring.keys, ring.values, a.partial_a, a.partial_ml];
         let attention = self.op(Kernel::Attention, None, &params, &buffers, Groups::PerToken(blocks));
+        // Per block: each (head, key) thread reads its query and the key one float at a time
+        // (head_dim serial loads), then the values' KEY_BLOCK loads per dimension.
+        let (block_count, head_count, dims) = (blocks as u64, shape.heads as u64, shape.head_dim as u64);
+        let keys = KEY_BLOCK as u64;
+        let scores = head_count * keys * dims * 4 * 2;
+        let cost = Cost {
+            barriers: 2,
+            attention_serial_trips: head_dim + KEY_BLOCK,
+            ..Cost::elementwise(THREADS, Bytes::per_token(block_count * (scores + keys * dims * 4)))
+        };
+        let attention = Op { cost, ..attention };
         let params = AttentionCombineParams { heads, head_dim, blocks, _pad: 0 };
         let buffers = [a.partial_a, a.partial_ml, a.out];
         let combine = self.op(Kernel::AttentionCombine, None, &params, &buffers, Groups::PerToken(heads));
-        [attention, combine]
+        // Per head: two passes over the blocks' (max, sum), then per dimension a third over the
+        // blocks' partial sums, each re-reading its block's (max, sum).
+        let combine_bytes = head_count * (2 * block_count * 8 + dims * block_count * (4 + 8));
+        let cost =
+            Cost { attention_serial_trips: 3 * blocks, ..Cost::elementwise(THREADS, Bytes::per_token(combine_bytes)) };
+        [attention, Op { cost, ..combine }]
     }
 
     /// Prefill: RoPE in place on the chunk's queries and key in `qkv` (`rope_chunk.wgsl`),
@@ -454,7 +494,8 @@ impl Ops<'_> {
         // No ring: rope_chunk ignores `slots`.
         let params = shape.rope_params(rotary_half);
         let buffers = [step, inv_freq, qkv];
-        self.op(Kernel::RopeChunk, None, &params, &buffers, Groups::TokenMajor(shape.heads as u32 + 1))
+        let op = self.op(Kernel::RopeChunk, None, &params, &buffers, Groups::TokenMajor(shape.heads as u32 + 1));
+        Op { cost: Cost::elementwise(SMALL_THREADS, Bytes::per_token(shape.qkv_bytes())), ..op }
     }
 
     /// Prefill: local multi-query attention of the chunk's queries (after [`Self::rope_chunk`])
@@ -489,7 +530,18 @@ impl Ops<'_> {
         };
         let buffers = [step, qkv, ring.keys, ring.values, out];
         let groups = Groups::Tiles { x: 1, tokens, head: false };
-        self.op(Kernel::AttentionChunk, None, &params, &buffers, groups)
+        let op = self.op(Kernel::AttentionChunk, None, &params, &buffers, groups);
+        // A workgroup stages every key and value of its tokens' windows, KEY_TILE keys at a time,
+        // a slice of LANES vectors per barrier.
+        let slices = (shape.head_dim as u32).div_ceil(4 * (THREADS / QUERY_ROWS));
+        let key_tiles = (shape.window as u32 + tokens).div_ceil(KEY_TILE);
+        let window_bytes = (shape.window as u64 + tokens as u64) * shape.head_dim as u64 * 4 * 2;
+        let cost = Cost {
+            barriers: key_tiles * (4 * slices + 1),
+            attention_serial_trips: key_tiles * 2 * slices,
+            ..Cost::elementwise(THREADS, Bytes { per_token: shape.qkv_bytes(), per_tile: window_bytes, tile: tokens })
+        };
+        Op { cost, ..op }
     }
 
     /// Prefill: the rotated keys and the values of the chunk's last `min(n, slots)` tokens from
@@ -504,7 +556,8 @@ impl Ops<'_> {
             _pad: 0,
         };
         let buffers = [step, qkv, ring.keys, ring.values];
-        self.op(Kernel::RingStore, None, &params, &buffers, Groups::TokenMajor(1))
+        let op = self.op(Kernel::RingStore, None, &params, &buffers, Groups::TokenMajor(1));
+        Op { cost: Cost::elementwise(SMALL_THREADS, Bytes::per_token(2 * shape.head_dim as u64 * 4)), ..op }
     }
 
     /// Prefill: the raw projections `branches[t] = [y[t], x[t]]` (`[n, 2·lru]`) in place into
@@ -526,7 +579,9 @@ impl Ops<'_> {
         );
         let params = ConvScanParams { lru: lru as u32, width: conv_width as u32, _pad: [0; 2] };
         let buffers = [step, conv, history, branches];
-        self.op(Kernel::ConvScan, None, &params, &buffers, Groups::Fixed((lru as u32).div_ceil(CONV_CHANNELS), 1))
+        let op =
+            self.op(Kernel::ConvScan, None, &params, &buffers, Groups::Fixed((lru as u32).div_ceil(CONV_CHANNELS), 1));
+        Op { cost: Cost::elementwise(THREADS, Bytes::per_token(2 * lru as u64 * 4)), ..op }
     }
 
     /// Prefill: the RG-LRU over the chunk from the gate logits `gates[t] = [gx, ga]` and
@@ -546,7 +601,9 @@ impl Ops<'_> {
     ) -> Op {
         let params = RgLruScanParams { lru: lru as u32, _pad: [0; 3] };
         let buffers = [step, gates, branches, log_a_scale, h, out];
-        self.op(Kernel::RgLruScan, None, &params, &buffers, Groups::Fixed((lru as u32).div_ceil(SMALL_THREADS), 1))
+        let groups = Groups::Fixed((lru as u32).div_ceil(SMALL_THREADS), 1);
+        let op = self.op(Kernel::RgLruScan, None, &params, &buffers, groups);
+        Op { cost: Cost::elementwise(SMALL_THREADS, Bytes::per_token(4 * lru as u64 * 4)), ..op }
     }
 
     /// The next token from the last row of logits, into `tokens[0]` and the ring of generated
@@ -566,6 +623,8 @@ impl Ops<'_> {
         bias: &wgpu::Buffer,
     ) -> Op {
         let buffers = [sampling, self.chunk, step, logits, tokens, generated, counts, bias];
-        self.bound(Kernel::Sample, None, &buffers, Groups::Fixed(1, 1))
+        let op = self.bound(Kernel::Sample, None, &buffers, Groups::Fixed(1, 1));
+        // What its passes read depends on the sampling settings: `PlanCost` counts them.
+        Op { cost: Cost { vocab_passes: VocabPasses::Sampler, ..Cost::elementwise(THREADS, Bytes::default()) }, ..op }
     }
 }
