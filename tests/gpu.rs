@@ -548,6 +548,29 @@ fn the_2b_plan_counts_what_its_kernels_do() {
     }
 }
 
+/// The profile times every dispatch of a chunk once, on the GPU where it has timestamps (lavapipe
+/// has), and accounts for the bytes the plan reads.
+#[test]
+fn the_profile_times_every_dispatch_of_a_chunk() {
+    let mut engine = load_engine(context(), &tiny().int8).unwrap();
+    for n in [1, 40] {
+        engine.reset();
+        let profile = engine.profile(&tokens(n, 256_000)).unwrap();
+        assert_eq!(profile.timestamps, engine.context().device.features().contains(wgpu::Features::TIMESTAMP_QUERY));
+        let dispatches: usize = profile.kernels.iter().map(|k| k.dispatches).sum();
+        assert_eq!(dispatches, engine.dispatches(n));
+        let weight_bytes: u64 = profile.kernels.iter().map(|k| k.weight_bytes).sum();
+        assert_eq!(weight_bytes, engine.weight_bytes_read(n, 1));
+        assert!(profile.kernels.iter().all(|k| k.seconds > 0.0), "{:?}", profile.kernels);
+        let names: Vec<&str> = profile.kernels.iter().map(|k| k.kernel).collect();
+        assert!(names.contains(&"sample") && names.contains(&"embed"), "{names:?}");
+    }
+    // It garbles the state; a reset makes the engine answer as a new one.
+    engine.reset();
+    let mut fresh = load_engine(context(), &tiny().int8).unwrap();
+    assert_eq!(block_on(engine.logits(&[2, 17])).unwrap(), block_on(fresh.logits(&[2, 17])).unwrap());
+}
+
 #[test]
 fn device_errors_become_errors_not_panics() {
     let ctx = context();
@@ -570,6 +593,35 @@ fn rg_logits_on_the_gpu_match_the_cpu() {
     let (gpu, cpu) = (read("gpu"), read("cpu"));
     assert_eq!(gpu.len(), 21 * 256_000);
     assert!(max_diff(&gpu, &cpu) <= TOLERANCE, "max |Δ| {}", max_diff(&gpu, &cpu));
+}
+
+/// Modules made without naga's loop-bounding counter (`RG_SHADER_CHECKS=trusted`) compute the
+/// same logits, bit for bit, in both formats and across the window (prefill and decode kernels);
+/// a value other than checked or trusted is one clear error.
+#[test]
+fn trusted_shader_modules_give_the_same_logits() {
+    let logits = |model: &Path, checks: &str| {
+        let out = tempfile::NamedTempFile::new().unwrap();
+        let tokens: Vec<String> = tokens(40, 256_000).iter().map(u32::to_string).collect();
+        let args = ["logits", s(model), "--tokens", &tokens.join(","), "--backend", "gpu", "--out", s(out.path())];
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_rg"))
+            .args(args)
+            .env("RG_SHADER_CHECKS", checks)
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{checks}: {}", String::from_utf8_lossy(&run.stderr));
+        std::fs::read(out.path()).unwrap()
+    };
+    for model in [&tiny().int8, &tiny().int4] {
+        assert_eq!(logits(model, "trusted"), logits(model, "checked"));
+    }
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_rg"))
+        .args(["logits", s(&tiny().int8), "--tokens", "2", "--backend", "gpu", "--out", "/dev/null"])
+        .env("RG_SHADER_CHECKS", "fast")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success() && stderr.contains("RG_SHADER_CHECKS is checked or trusted"), "{stderr}");
 }
 
 #[test]

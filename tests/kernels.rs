@@ -106,7 +106,7 @@ impl Gpu {
     fn new() -> Self {
         let ctx = block_on(GpuContext::new())
             .expect("a GPU adapter: install Mesa's lavapipe (apt-get install mesa-vulkan-drivers) to run on the CPU");
-        let kernels = Kernels::new(&ctx.device, &MatrixFormat::ALL);
+        let kernels = Kernels::new(&ctx.device, &MatrixFormat::ALL, ShaderChecks::from_env().unwrap());
         let unused = ctx.storage("unused", 16);
         Gpu { ctx, kernels, unused }
     }

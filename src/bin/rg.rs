@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use rgweb::chat::session::{ChatSession, Generator};
 use rgweb::chat::{GemmaTokenizer, SamplingParams, BOS};
 use rgweb::config::{Config, Preset};
-use rgweb::gpu::engine::{load_engine, Engine, STEPS_IN_FLIGHT};
+use rgweb::gpu::engine::{load_engine, Engine, PROFILE_REPEATS, STEPS_IN_FLIGHT};
 use rgweb::gpu::kernels::{CHUNK, GENERATED_RING};
 use rgweb::gpu::GpuContext;
 use rgweb::model::perplexity::Perplexity;
@@ -461,26 +461,39 @@ fn generate(
     }
 }
 
-/// Prints where a decode step's and a prefill chunk's time goes, kernel by kernel (each dispatch
-/// alone, so fixed costs per dispatch show).
+/// Prints where a decode step's and a prefill chunk's time goes, kernel by kernel, with the
+/// bytes each reads and the rate that makes: timed on the GPU where it has timestamps, else
+/// each dispatch alone from the host (so fixed costs per dispatch show).
 fn profile_kernels(engine: &mut Engine) -> Result<()> {
     let vocab = engine.config.vocab_size as u32;
     for (what, n) in [("decode step", 1), ("prefill chunk", CHUNK)] {
         engine.reset();
         let prompt = bench_prompt(n, vocab);
         engine.profile(&prompt)?;
-        let times = engine.profile(&prompt)?;
-        let total: f64 = times.iter().map(|t| t.2).sum();
+        engine.reset();
+        let profile = engine.profile(&prompt)?;
+        let total: f64 = profile.kernels.iter().map(|k| k.seconds).sum();
+        let dispatches: usize = profile.kernels.iter().map(|k| k.dispatches).sum();
+        let timing = if profile.timestamps {
+            format!("GPU timestamps, each op {PROFILE_REPEATS}× back to back")
+        } else {
+            "each dispatch submitted alone and waited for".into()
+        };
+        eprintln!("{what} of {n} tokens: {:.1} µs in {dispatches} dispatches ({timing})", 1e6 * total);
         eprintln!(
-            "{what} of {n} tokens: {:.1} ms in {} dispatches",
-            1e3 * total,
-            times.iter().map(|t| t.1).sum::<usize>()
+            "  {:<18} {:>4}   {:>10} {:>11}   {:>12} {:>12}",
+            "kernel", "n", "µs each", "µs", "weights", "activations"
         );
-        for (kernel, dispatches, seconds) in times {
+        for k in profile.kernels {
+            let rate = |bytes: u64| if k.seconds > 0.0 { bytes as f64 / k.seconds / 1e9 } else { 0.0 };
             eprintln!(
-                "  {kernel:<18} {dispatches:>4} × {:>9.3} ms = {:>9.1} ms",
-                1e3 * seconds / dispatches as f64,
-                1e3 * seconds
+                "  {:<18} {:>4} × {:>10.2} = {:>10.1}   {:>7.2} GB/s {:>7.2} GB/s",
+                k.kernel,
+                k.dispatches,
+                1e6 * k.seconds / k.dispatches as f64,
+                1e6 * k.seconds,
+                rate(k.weight_bytes),
+                rate(k.activation_bytes),
             );
         }
     }

@@ -81,6 +81,27 @@ struct Stream {
     seen: u32,
 }
 
+/// How often [`Engine::profile`] runs each op back to back between two GPU timestamps.
+pub const PROFILE_REPEATS: usize = 16;
+
+/// One kernel's share of a profiled chunk.
+#[derive(Clone, Debug)]
+pub struct KernelTime {
+    pub kernel: &'static str,
+    pub dispatches: usize,
+    /// Seconds per chunk, all its dispatches together.
+    pub seconds: f64,
+    pub weight_bytes: u64,
+    pub activation_bytes: u64,
+}
+
+/// Where a chunk's time goes, and whether the GPU timed it ([`Engine::profile`]).
+#[derive(Clone, Debug)]
+pub struct Profile {
+    pub timestamps: bool,
+    pub kernels: Vec<KernelTime>,
+}
+
 pub struct Engine {
     ctx: GpuContext,
     pub config: Config,
@@ -154,7 +175,7 @@ impl Engine {
         let readback =
             ctx.buffer("readback", readback_bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
         let unused = ctx.storage("unused", 16);
-        let kernels = Kernels::new(&ctx.device, &[format]);
+        let kernels = Kernels::new(&ctx.device, &[format], ShaderChecks::from_env()?);
         let ops = Ops { ctx: &ctx, kernels: &kernels, chunk: &chunk_info, unused: &unused };
         let mut layer_state = state[1..].chunks(2);
         let layers = (0..config.num_hidden_layers)
@@ -265,12 +286,14 @@ impl Engine {
         self.manifest.pieces.iter().map(|p| p.bytes).sum()
     }
 
-    /// Where the time of a chunk of `n` tokens with logits for its last goes: each dispatch of
-    /// its command list submitted alone and waited for, the wall times summed per kernel, as
-    /// `(kernel, dispatches, seconds)` in order of first use. Natively only (a browser cannot
-    /// block on the GPU). Advances the state by the chunk.
+    /// Where the time of a chunk of `n` tokens with logits for its last goes, kernel by kernel in
+    /// order of first use. With GPU timestamps (`TIMESTAMP_QUERY`) each op runs
+    /// [`PROFILE_REPEATS`] times back to back in a pass of its own, timed on the GPU; without,
+    /// each op is submitted alone and waited for, which adds the host's round trip to every
+    /// dispatch. Natively only (a browser cannot block on the GPU). Leaves the state garbled (the
+    /// ops run again on their own outputs): [`Engine::reset`] it after.
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn profile(&mut self, tokens: &[u32]) -> Result<Vec<(&'static str, usize, f64)>> {
+    pub fn profile(&mut self, tokens: &[u32]) -> Result<Profile> {
         if tokens.is_empty() || tokens.len() > CHUNK {
             return Err(Error::Input(format!("profile takes 1 to {CHUNK} tokens")));
         }
@@ -280,29 +303,90 @@ impl Engine {
         self.ctx.queue.write_buffer(&self.tokens, 0, bytemuck::cast_slice(tokens));
         let info = ChunkInfo { n_tokens: n, head_first: n - 1, head_count: 1, _pad: 0 };
         self.ctx.queue.write_buffer(&self.chunk_info, 0, bytemuck::bytes_of(&info));
-        let mut times: Vec<(&'static str, usize, f64)> = Vec::new();
         let plan = self.plan_for(n);
-        for op in plan.body.iter().chain(&plan.head).chain(&plan.finish) {
+        let body = plan.body.iter().chain(&plan.finish).map(|op| (op, n));
+        let ops: Vec<(&ops::Op, u32)> = body.chain(plan.head.iter().map(|op| (op, 1))).collect();
+        let timestamps = self.ctx.device.features().contains(wgpu::Features::TIMESTAMP_QUERY);
+        let seconds = if timestamps { self.time_on_gpu(&ops, n)? } else { self.time_on_host(&ops, n)? };
+        let mut kernels: Vec<KernelTime> = Vec::new();
+        for ((op, tokens), seconds) in ops.iter().zip(seconds) {
+            let weight_bytes = op.weight_bytes_read(*tokens);
+            let activation_bytes = op.cost().activations.over(*tokens);
+            match kernels.iter_mut().find(|k| k.kernel == op.kernel_name()) {
+                Some(k) => {
+                    k.dispatches += 1;
+                    k.seconds += seconds;
+                    k.weight_bytes += weight_bytes;
+                    k.activation_bytes += activation_bytes;
+                }
+                None => kernels.push(KernelTime {
+                    kernel: op.kernel_name(),
+                    dispatches: 1,
+                    seconds,
+                    weight_bytes,
+                    activation_bytes,
+                }),
+            }
+        }
+        self.position += n as usize;
+        self.ctx.check()?;
+        Ok(Profile { timestamps, kernels })
+    }
+
+    /// Seconds per dispatch of each op, from timestamps around [`PROFILE_REPEATS`] of it.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn time_on_gpu(&self, ops: &[(&ops::Op, u32)], n: u32) -> Result<Vec<f64>> {
+        let count = 2 * ops.len() as u32;
+        let queries = self.ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("profile"),
+            ty: wgpu::QueryType::Timestamp,
+            count,
+        });
+        let bytes = 8 * count as u64;
+        let resolved =
+            self.ctx.buffer("timestamps", bytes, wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC);
+        let staging =
+            self.ctx.buffer("timestamps read", bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+        let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+        for (i, (op, _)) in ops.iter().enumerate() {
+            let writes = wgpu::ComputePassTimestampWrites {
+                query_set: &queries,
+                beginning_of_pass_write_index: Some(2 * i as u32),
+                end_of_pass_write_index: Some(2 * i as u32 + 1),
+            };
+            let mut pass = encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: Some(writes) });
+            ops::record(&mut pass, std::iter::repeat_n(*op, PROFILE_REPEATS), n, 1);
+        }
+        encoder.resolve_query_set(&queries, 0..count, &resolved, 0);
+        self.ctx.queue.submit([encoder.finish()]);
+        let read = pollster::block_on(self.ctx.read(&resolved, 0, bytes, &staging));
+        resolved.destroy();
+        staging.destroy();
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&read?);
+        let tick_seconds = self.ctx.queue.get_timestamp_period() as f64 * 1e-9;
+        Ok(ticks
+            .chunks_exact(2)
+            .map(|t| t[1].saturating_sub(t[0]) as f64 * tick_seconds / PROFILE_REPEATS as f64)
+            .collect())
+    }
+
+    /// Seconds of each op submitted alone and waited for, host round trip included.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn time_on_host(&self, ops: &[(&ops::Op, u32)], n: u32) -> Result<Vec<f64>> {
+        let mut seconds = Vec::with_capacity(ops.len());
+        for (op, _) in ops {
             let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
-            ops::record(&mut encoder.begin_compute_pass(&Default::default()), [op], n, 1);
+            ops::record(&mut encoder.begin_compute_pass(&Default::default()), [*op], n, 1);
             let start = web_time::Instant::now();
             self.ctx.queue.submit([encoder.finish()]);
             self.ctx
                 .device
                 .poll(wgpu::PollType::wait_indefinitely())
                 .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
-            let seconds = start.elapsed().as_secs_f64();
-            match times.iter_mut().find(|(name, _, _)| *name == op.kernel_name()) {
-                Some(entry) => {
-                    entry.1 += 1;
-                    entry.2 += seconds;
-                }
-                None => times.push((op.kernel_name(), 1, seconds)),
-            }
+            seconds.push(start.elapsed().as_secs_f64());
         }
-        self.position += n as usize;
-        self.ctx.check()?;
-        Ok(times)
+        Ok(seconds)
     }
 
     /// Tokens processed so far.

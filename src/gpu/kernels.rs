@@ -242,6 +242,32 @@ pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
 /// The row dot products, RMSNorm fused in, shared by the matrix kernels.
 pub const MATRIX_ROWS: &str = include_str!("../../shaders/matrix_rows.wgsl");
 
+/// What the shader compiler adds to every module. wgpu's default (`Checked`) bounds every loop
+/// with a 64-bit counter (naga's `force_loop_bounding`), which keeps drivers from unrolling loops
+/// and overlapping their loads (gfx-rs/wgpu#7698); `Trusted` keeps the bounds checks and drops
+/// the counter. Browsers always check: WebGPU has no trusted modules.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ShaderChecks {
+    #[default]
+    Checked,
+    Trusted,
+}
+
+impl ShaderChecks {
+    /// `RG_SHADER_CHECKS=checked|trusted` natively (so both run on one warm machine); checked
+    /// when unset and in the browser.
+    pub fn from_env() -> crate::Result<Self> {
+        if cfg!(target_arch = "wasm32") {
+            return Ok(ShaderChecks::Checked);
+        }
+        match std::env::var("RG_SHADER_CHECKS").as_deref() {
+            Err(_) | Ok("checked") => Ok(ShaderChecks::Checked),
+            Ok("trusted") => Ok(ShaderChecks::Trusted),
+            Ok(other) => Err(crate::Error::Input(format!("RG_SHADER_CHECKS is checked or trusted, not {other:?}"))),
+        }
+    }
+}
+
 /// Every pipeline, compiled once: the format-neutral kernels once, the matrix kernels once per
 /// weight format asked for.
 pub struct Kernels {
@@ -249,7 +275,7 @@ pub struct Kernels {
 }
 
 impl Kernels {
-    pub fn new(device: &wgpu::Device, formats: &[MatrixFormat]) -> Self {
+    pub fn new(device: &wgpu::Device, formats: &[MatrixFormat], checks: ShaderChecks) -> Self {
         let mut pipelines = HashMap::new();
         for kernel in Kernel::ALL {
             let variants: Vec<Option<MatrixFormat>> =
@@ -257,10 +283,19 @@ impl Kernels {
             for format in variants {
                 let name = kernel.source().0;
                 let source = kernel.module_source(format.unwrap_or(MatrixFormat::Int8));
-                let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(name),
-                    source: wgpu::ShaderSource::Wgsl(source.into()),
-                });
+                let descriptor =
+                    wgpu::ShaderModuleDescriptor { label: Some(name), source: wgpu::ShaderSource::Wgsl(source.into()) };
+                let module = match checks {
+                    ShaderChecks::Checked => device.create_shader_module(descriptor),
+                    // SAFETY: bounds checks stay on, so no access leaves its buffer; only the
+                    // counter that ends a loop that never would is dropped, and every loop of
+                    // these kernels runs to a bound taken from the model's shape (a hostile
+                    // shape can at worst hang the GPU, which the driver resets).
+                    ShaderChecks::Trusted => unsafe {
+                        let checks = wgpu::ShaderRuntimeChecks { force_loop_bounding: false, ..Default::default() };
+                        device.create_shader_module_trusted(descriptor, checks)
+                    },
+                };
                 let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                     label: Some(name),
                     layout: None,

@@ -57,7 +57,12 @@ impl GpuContext {
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("recurrentgemma"),
-                required_features: wgpu::Features::empty(),
+                // Natively, GPU timestamps for `rg bench --profile` where the adapter has them.
+                required_features: if cfg!(target_arch = "wasm32") {
+                    wgpu::Features::empty()
+                } else {
+                    adapter.features() & wgpu::Features::TIMESTAMP_QUERY
+                },
                 required_limits: adapter.limits(),
                 experimental_features: wgpu::ExperimentalFeatures::disabled(),
                 memory_hints: wgpu::MemoryHints::Performance,
