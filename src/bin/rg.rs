@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use rgweb::chat::session::{ChatSession, Generator};
 use rgweb::chat::{GemmaTokenizer, SamplingParams, BOS};
 use rgweb::config::{Config, Preset};
+use rgweb::gpu::cost::DeviceModel;
 use rgweb::gpu::engine::{load_engine, Engine, PROFILE_REPEATS, STEPS_IN_FLIGHT};
 use rgweb::gpu::kernels::{CHUNK, GENERATED_RING};
 use rgweb::gpu::GpuContext;
@@ -115,6 +116,10 @@ enum Command {
         /// constants, for a greedy decode step, a top-p step and a prefill chunk; run nothing.
         #[arg(long)]
         plan_only: bool,
+        /// Also predict the plan's times on this GPU from its counts (`h200`, `h100`, `m2`): the
+        /// analytic model of decode-kernels.md, calibrated on the H200's measured step.
+        #[arg(long = "model", value_parser = parse_device_model)]
+        device_model: Option<DeviceModel>,
         /// How decode picks tokens (greedy unless a temperature is given).
         #[command(flatten)]
         sampling: SamplingArgs,
@@ -296,10 +301,10 @@ fn run(cli: Cli) -> Result<()> {
                 std::fs::write(&path, source).with_context(|| format!("writing {}", path.display()))?;
             }
         }
-        Command::Bench { model_dir, prompt_tokens, gen_tokens, json, profile, plan_only, sampling } => {
+        Command::Bench { model_dir, prompt_tokens, gen_tokens, json, profile, plan_only, device_model, sampling } => {
             let mut engine = load_engine(gpu_context()?, &model_dir)?;
             if plan_only {
-                let report = plan_report(&engine);
+                let report = plan_report(&engine, device_model);
                 if json {
                     println!("{report}");
                 } else {
@@ -312,7 +317,7 @@ fn run(cli: Cli) -> Result<()> {
             if profile {
                 profile_kernels(&mut engine)?;
             }
-            bench(engine, &prompt_tokens, &gen_tokens, &params, json)?;
+            bench(engine, &prompt_tokens, &gen_tokens, &params, json, device_model)?;
         }
         Command::Generate { model, prompt, max_tokens, sampling, chat, print_ids } => {
             let params = sampling.params()?;
@@ -531,6 +536,7 @@ fn bench(
     gen_tokens: &[usize],
     sampling: &SamplingParams,
     json: bool,
+    device: Option<DeviceModel>,
 ) -> Result<()> {
     let vocab = engine.config.vocab_size as u32;
     engine.set_stops(&[])?;
@@ -596,7 +602,7 @@ fn bench(
         "gpu_memory_bytes": engine.memory_bytes(),
         "dispatches_per_token": engine.dispatches(1),
         "dispatches_per_prefill_chunk": engine.dispatches(CHUNK),
-        "plan": plan_report(&engine),
+        "plan": plan_report(&engine, device),
         "prefill_chunk_tokens": CHUNK,
     });
     if json {
@@ -641,26 +647,55 @@ fn bench(
         engine.dispatches(1),
         engine.dispatches(CHUNK)
     );
+    print_plans(&report["plan"]);
     Ok(())
 }
 
 /// The engine's plan counted for a greedy decode step (`decode_plan`), a top-p step at
 /// temperature 1 and top-p 0.9 (`decode_plan_top_p`) and a prefill chunk of [`CHUNK`] tokens
 /// (`prefill_plan`), under key names other tools read.
-fn plan_report(engine: &Engine) -> serde_json::Value {
+fn plan_report(engine: &Engine, device: Option<DeviceModel>) -> serde_json::Value {
     let greedy = SamplingParams::default();
     let top_p = SamplingParams { temperature: 1.0, top_p: 0.9, ..SamplingParams::default() };
-    serde_json::json!({
+    let mut report = serde_json::json!({
         "quantization": engine.quantization().name(),
         "decode_plan": engine.plan_cost(1, &greedy),
         "decode_plan_top_p": engine.plan_cost(1, &top_p),
         "prefill_plan": engine.plan_cost(CHUNK, &greedy),
         "prefill_chunk_tokens": CHUNK,
+    });
+    if let Some(device) = device {
+        // Decode only: no GPU has run today's prefill kernels to calibrate them on.
+        let decode = engine.predict(1, &greedy, &device);
+        report["prediction"] = serde_json::json!({
+            "device": device.name,
+            "decode_ms": 1e3 * decode,
+            "decode_tokens_per_s": 1.0 / decode,
+            "decode_top_p_ms": 1e3 * engine.predict(1, &top_p, &device),
+        });
+    }
+    report
+}
+
+fn parse_device_model(name: &str) -> std::result::Result<DeviceModel, String> {
+    DeviceModel::named(name).ok_or_else(|| {
+        let names: Vec<&str> = DeviceModel::ALL.iter().map(|d| d.name).collect();
+        format!("one of {}", names.join(", "))
     })
 }
 
 fn print_plans(report: &serde_json::Value) {
     println!("weights {}", report["quantization"].as_str().unwrap_or_default());
+    if let Some(p) = report.get("prediction") {
+        let number = |key: &str| p[key].as_f64().unwrap_or_default();
+        println!(
+            "predicted on {} (analytic model): decode {:.2} ms ({:.0} tok/s), a top-p step {:.2} ms",
+            p["device"].as_str().unwrap_or_default(),
+            number("decode_ms"),
+            number("decode_tokens_per_s"),
+            number("decode_top_p_ms"),
+        );
+    }
     for (name, what) in [
         ("decode_plan", "decode step, greedy"),
         ("decode_plan_top_p", "decode step, top-p 0.9"),

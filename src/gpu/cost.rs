@@ -72,6 +72,8 @@ pub struct Cost {
     pub barriers: u32,
     /// Dependent loads per thread of the attention kernels, at a full window.
     pub attention_serial_trips: u32,
+    /// Whether those loads read what the dispatch before just wrote, so hit the cache.
+    pub attention_trips_cached: bool,
     pub vocab_passes: VocabPasses,
 }
 
@@ -172,6 +174,7 @@ pub struct PlanCost {
 }
 
 /// One dispatch of a plan as it runs for a chunk: its cost and its workgroups.
+#[derive(Clone, Copy)]
 pub struct Dispatch<'a> {
     pub cost: &'a Cost,
     pub workgroups: u32,
@@ -209,5 +212,109 @@ impl PlanCost {
             plan.weight_loads_in_flight = in_flight / matrix_bytes;
         }
         plan
+    }
+}
+
+/// A GPU as the analytic model of `../shared/notes/decode-kernels.md` (§3.6, appendix A) sees it:
+/// per dispatch `fixed + max(waves · trips · latency, bytes / bandwidth)`, with the waves of
+/// workgroups the GPU holds at once. The H200's constants reproduce the step measured there
+/// (10.2 ms int8, 10.5 ms int4: BENCHMARKS.md); the others are assumptions from their data
+/// sheets, for ratios more than for absolute figures.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DeviceModel {
+    pub name: &'static str,
+    /// Streaming multiprocessors (Apple: GPU cores).
+    pub cores: u32,
+    /// Workgroups of 256 threads resident per core.
+    pub workgroups_per_core: u32,
+    /// Sustained memory bandwidth, bytes per second.
+    pub bandwidth: f64,
+    /// A loaded DRAM round trip, and an L2 hit, in seconds.
+    pub dram_latency: f64,
+    pub cache_latency: f64,
+    /// Bytes of last-level cache: weights that fit stay there between tokens.
+    pub cache_bytes: u64,
+    /// Seconds per dependent dispatch, and a workgroup's tail (reduction, epilogue).
+    pub dispatch: f64,
+    pub tail: f64,
+}
+
+impl DeviceModel {
+    pub const ALL: [DeviceModel; 3] = [
+        DeviceModel {
+            name: "h200",
+            cores: 132,
+            workgroups_per_core: 6,
+            bandwidth: 4.3e12,
+            dram_latency: 1.2e-6,
+            cache_latency: 0.25e-6,
+            cache_bytes: 50 << 20,
+            dispatch: 2.5e-6,
+            tail: 1e-6,
+        },
+        // The H200's chip with HBM3: the bandwidth our probe measured (gpu-budget.md).
+        DeviceModel {
+            name: "h100",
+            cores: 132,
+            workgroups_per_core: 6,
+            bandwidth: 2.9e12,
+            dram_latency: 1.2e-6,
+            cache_latency: 0.25e-6,
+            cache_bytes: 50 << 20,
+            dispatch: 2.5e-6,
+            tail: 1e-6,
+        },
+        // Apple M2: 10 cores, ≈ 100 GB/s of unified memory, 8 MB of system-level cache.
+        DeviceModel {
+            name: "m2",
+            cores: 10,
+            workgroups_per_core: 4,
+            bandwidth: 90e9,
+            dram_latency: 0.8e-6,
+            cache_latency: 0.3e-6,
+            cache_bytes: 8 << 20,
+            dispatch: 8e-6,
+            tail: 2e-6,
+        },
+    ];
+
+    pub fn named(name: &str) -> Option<DeviceModel> {
+        Self::ALL.into_iter().find(|d| d.name == name)
+    }
+
+    /// Seconds for `dispatches`, one after another.
+    pub fn predict<'a>(
+        &self,
+        dispatches: impl Iterator<Item = Dispatch<'a>> + Clone,
+        sampling: &SamplingParams,
+        vocab: usize,
+    ) -> f64 {
+        let weight_bytes: u64 = dispatches.clone().map(|d| d.cost.weights.over(d.tokens)).sum();
+        let weight_latency = if weight_bytes <= self.cache_bytes { self.cache_latency } else { self.dram_latency };
+        let resident = (self.cores * self.workgroups_per_core) as f64;
+        dispatches
+            .filter(|d| d.workgroups > 0)
+            .map(|d| {
+                let cost = d.cost;
+                let waves = (d.workgroups as f64 / resident).max(1.0);
+                let mut seconds = self.dispatch;
+                if cost.weight_load_bytes > 0 {
+                    let tiles = if cost.tiles_in_sequence { d.tokens.div_ceil(TOKEN_TILE) } else { 1 };
+                    let trips = (cost.serial_weight_trips * tiles) as f64;
+                    // Activations re-read per row hit the caches: only the weights stream from DRAM.
+                    let bytes = cost.weights.over(d.tokens) as f64;
+                    seconds += (waves * trips * weight_latency).max(bytes / self.bandwidth) + self.tail;
+                } else if cost.attention_serial_trips > 0 {
+                    let latency = if cost.attention_trips_cached { self.cache_latency } else { self.dram_latency };
+                    seconds += waves * cost.attention_serial_trips as f64 * latency + self.tail;
+                } else if cost.vocab_passes == VocabPasses::Sampler {
+                    let per_pass = vocab.div_ceil(cost.threads as usize) as f64 * self.cache_latency;
+                    seconds += sampler_passes(sampling, vocab) as f64 * per_pass + 10.0 * self.tail;
+                } else {
+                    seconds += 2.0 * self.tail;
+                }
+                seconds
+            })
+            .sum()
     }
 }

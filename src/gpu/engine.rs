@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 
 use bytemuck::Zeroable;
 
-use super::cost::PlanCost;
+use super::cost::{DeviceModel, PlanCost};
 use super::forward::{self, Activations, Io, LayerState, Path, Plan};
 use super::kernels::*;
 use super::matrix::MatrixFormat;
@@ -252,6 +252,13 @@ impl Engine {
     pub fn plan_cost(&self, n: usize, sampling: &SamplingParams) -> PlanCost {
         let n = n.clamp(1, CHUNK) as u32;
         self.plan_for(n).cost(n, 1, sampling, self.config.vocab_size)
+    }
+
+    /// Seconds one submission of `n` tokens (at most [`CHUNK`]) with logits for the last would
+    /// take on `device`, by its analytic model.
+    pub fn predict(&self, n: usize, sampling: &SamplingParams, device: &DeviceModel) -> f64 {
+        let n = n.clamp(1, CHUNK) as u32;
+        self.plan_for(n).predict(n, 1, sampling, self.config.vocab_size, device)
     }
 
     /// The command list for a chunk of `n` tokens.

@@ -7,7 +7,7 @@
 //! chunk of up to [`CHUNK`] tokens: tiled matrix kernels that read each weight once per tile of
 //! tokens, the recurrences as scans per channel, attention tiled over queries and keys).
 
-use super::cost::{Dispatch, PlanCost};
+use super::cost::{DeviceModel, Dispatch, PlanCost};
 use super::kernels::{key_blocks, ring_slots, CHUNK, LOGIT_ROWS, TOKEN_TILE};
 use super::matrix::GpuMatrix;
 use super::ops::{AttentionBuffers, AttentionShape, KeyValueRing, Norm, Op, Ops, Output, RecurrentIn, RgLru};
@@ -131,14 +131,22 @@ impl Plan {
     /// What one submission of `n` tokens, of which `head` get logits, costs a GPU (see
     /// [`PlanCost`]), the sampler drawing with `sampling` from `vocab` logits.
     pub fn cost(&self, n: u32, head: u32, sampling: &SamplingParams, vocab: usize) -> PlanCost {
+        PlanCost::of(self.dispatches(n, head), sampling, vocab)
+    }
+
+    /// Seconds the submission would take on `device`, by its analytic model.
+    pub fn predict(&self, n: u32, head: u32, sampling: &SamplingParams, vocab: usize, device: &DeviceModel) -> f64 {
+        device.predict(self.dispatches(n, head), sampling, vocab)
+    }
+
+    fn dispatches(&self, n: u32, head: u32) -> impl Iterator<Item = Dispatch<'_>> + Clone {
         let head_ops = if head > 0 { &self.head[..] } else { &[] };
-        let body = self.body.iter().chain(&self.finish).map(|op| (op, n));
-        let dispatches = body.chain(head_ops.iter().map(|op| (op, head))).map(|(op, tokens)| Dispatch {
+        let body = self.body.iter().chain(&self.finish).map(move |op| (op, n));
+        body.chain(head_ops.iter().map(move |op| (op, head))).map(move |(op, tokens)| Dispatch {
             cost: op.cost(),
             workgroups: op.workgroups(n, head),
             tokens,
-        });
-        PlanCost::of(dispatches, sampling, vocab)
+        })
     }
 }
 

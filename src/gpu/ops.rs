@@ -474,8 +474,11 @@ impl Ops<'_> {
         // Per head: two passes over the blocks' (max, sum), then per dimension a third over the
         // blocks' partial sums, each re-reading its block's (max, sum).
         let combine_bytes = head_count * (2 * block_count * 8 + dims * block_count * (4 + 8));
-        let cost =
-            Cost { attention_serial_trips: 3 * blocks, ..Cost::elementwise(THREADS, Bytes::per_token(combine_bytes)) };
+        let cost = Cost {
+            attention_serial_trips: 3 * blocks,
+            attention_trips_cached: true,
+            ..Cost::elementwise(THREADS, Bytes::per_token(combine_bytes))
+        };
         [attention, Op { cost, ..combine }]
     }
 
