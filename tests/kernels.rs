@@ -100,21 +100,33 @@ struct Gpu {
     kernels: Kernels,
     /// The ops' filler for an absent optional input.
     unused: wgpu::Buffer,
+    /// What computes the row kernels' products.
+    core: Core,
 }
 
 impl Gpu {
     fn new() -> Self {
+        Self::with_core(Core::Rows)
+    }
+
+    fn with_core(core: Core) -> Self {
         let ctx = block_on(GpuContext::new())
             .expect("a GPU adapter: install Mesa's lavapipe (apt-get install mesa-vulkan-drivers) to run on the CPU");
         let kernels = Kernels::new(&ctx.device, &MatrixFormat::ALL, ShaderChecks::from_env().unwrap());
         let unused = ctx.storage("unused", 16);
-        Gpu { ctx, kernels, unused }
+        Gpu { ctx, kernels, unused, core }
     }
 
     /// A storage buffer holding `data`.
     fn buffer<T: Pod>(&self, data: &[T]) -> wgpu::Buffer {
+        self.padded_buffer(data, 4)
+    }
+
+    /// A storage buffer holding `data`, its size padded to a multiple of `padding` bytes (16 for
+    /// weights, which the matrix kernels read as 16-byte vectors, as the engine pads them).
+    fn padded_buffer<T: Pod>(&self, data: &[T], padding: u64) -> wgpu::Buffer {
         let bytes: &[u8] = bytemuck::cast_slice(data);
-        let buffer = self.ctx.storage("test data", bytes.len() as u64);
+        let buffer = self.ctx.storage("test data", (bytes.len() as u64).next_multiple_of(padding));
         self.ctx.queue.write_buffer(&buffer, 0, bytes);
         buffer
     }
@@ -124,15 +136,16 @@ impl Gpu {
     }
 
     /// The ops `build` makes over a `Chunk` block holding `chunk`, recorded as the engine records
-    /// them and submitted on their own.
-    fn run(&self, chunk: ChunkInfo, build: impl FnOnce(&Ops) -> Vec<Op>) {
-        self.run_times(chunk, 1, build);
+    /// them and submitted on their own; returns their pipelines.
+    fn run(&self, chunk: ChunkInfo, build: impl FnOnce(&Ops) -> Vec<Op>) -> Vec<PipelineId> {
+        self.run_times(chunk, 1, build)
     }
 
     /// The same, the whole list recorded `times` over, one after another, in one submission.
-    fn run_times(&self, chunk: ChunkInfo, times: usize, build: impl FnOnce(&Ops) -> Vec<Op>) {
+    fn run_times(&self, chunk: ChunkInfo, times: usize, build: impl FnOnce(&Ops) -> Vec<Op>) -> Vec<PipelineId> {
         let chunk_buffer = self.uniform(&chunk);
-        let ops = Ops { ctx: &self.ctx, kernels: &self.kernels, chunk: &chunk_buffer, unused: &self.unused };
+        let ops =
+            Ops { ctx: &self.ctx, kernels: &self.kernels, chunk: &chunk_buffer, unused: &self.unused, core: self.core };
         let list = build(&ops);
         let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
         {
@@ -142,6 +155,7 @@ impl Gpu {
             }
         }
         self.ctx.queue.submit([encoder.finish()]);
+        list.iter().map(Op::pipeline).collect()
     }
 
     /// The whole buffer, as `T`s.
@@ -282,7 +296,7 @@ impl TestMatrix {
             parts: parts
                 .iter()
                 .map(|&(row_start, rows)| MatrixPart {
-                    values: gpu.buffer(&self.values(row_start..row_start + rows)),
+                    values: gpu.padded_buffer(&self.values(row_start..row_start + rows), 16),
                     row_start,
                     rows,
                 })
@@ -371,7 +385,8 @@ impl Matmul {
         Matmul { n_tokens, tiled: true, ..Matmul::plain(format, rows, cols, output, true) }
     }
 
-    fn check(&self, gpu: &Gpu, seed: u64) {
+    /// Runs the case against the header's formula; returns the pipelines that ran.
+    fn check(&self, gpu: &Gpu, seed: u64) -> Vec<PipelineId> {
         assert!(self.head.is_none() || matches!(self.output, Output::SoftCapLogits(_)), "only logits take the head");
         let what = format!("matmul {self:?}");
         let mut rng = Lcg(seed);
@@ -412,14 +427,15 @@ impl Matmul {
         let chunk =
             ChunkInfo { n_tokens: self.n_tokens as u32, head_first: first as u32, head_count: count as u32, _pad: 0 };
         let norm = self.norm.then_some(Norm { weight: &norm_w, eps: EPS });
-        if self.tiled {
+        let pipelines = if self.tiled {
             assert!(w.fits_tiles(), "{what}: fits the tiles");
-            gpu.run(chunk, |ops| ops.matmul_tiled(&w, norm, &x, &y, self.output));
+            gpu.run(chunk, |ops| ops.matmul_tiled(&w, norm, &x, &y, self.output))
         } else {
-            gpu.run(chunk, |ops| ops.matmul(&w, norm, &x, &y, self.output));
-        }
+            gpu.run(chunk, |ops| ops.matmul(&w, norm, &x, &y, self.output))
+        };
         let tolerance = if self.norm { ROUNDED_TOLERANCE } else { TOLERANCE };
         assert_close_within(&what, &gpu.read::<f32>(&y), &want, y_stride, tolerance);
+        pipelines
     }
 }
 
@@ -554,6 +570,66 @@ fn matmul_int4_head_tokens_only() {
     head_tokens_only(Int4);
 }
 
+// ---------------------------------------------------------------- gemv.wgsl (one token)
+
+/// Asserts every pipeline ran on `gemv.wgsl`.
+fn all_gemv(what: &str, pipelines: &[PipelineId]) {
+    assert!(!pipelines.is_empty() && pipelines.iter().all(|p| p.gemv.is_some()), "{what}: {pipelines:?}");
+}
+
+/// The decode step's products (`gemv.wgsl`) on one token, against the header's formula: rows
+/// that leave the last workgroup partial, odd chunk counts (int4: 3, 5 and 11 groups, so one or
+/// a few threads per row), x̂ in several tiles with and without RMSNorm, every epilogue, row
+/// pieces, and the logits' configuration (the head token at an offset).
+fn gemv_matmul(format: MatrixFormat) {
+    let gpu = Gpu::with_core(Core::Gemv);
+    let one = |m: Matmul| Matmul { n_tokens: 1, ..m };
+    let chunk = format.chunk_columns() as usize;
+    // A few chunks per row; an odd number (int8 65: one thread per row, 65 steps; int4 11); and
+    // several tiles (int8: 192 chunks, 32 threads × 3 steps × 2 tiles; int4: 96, 32 × 1 × 3).
+    let (wide, odd): (usize, usize) = if format == Int8 { (192, 1040) } else { (160, 352) };
+    let tiled = 3072;
+    let mut seed = 300;
+    for (rows, cols) in [(37, wide), (301, odd), (37, tiled)] {
+        assert!(cols.is_multiple_of(chunk));
+        let shape = GemvShape::for_cols(cols as u32, format).unwrap();
+        assert_eq!(shape.tiles * shape.steps * shape.tpr * chunk as u32, cols as u32);
+        for output in [Output::Store, Output::Add, Output::SoftCapLogits(CAP)] {
+            for (bias, norm) in [(true, false), (false, true)] {
+                let case = one(Matmul { norm, ..Matmul::plain(format, rows, cols, output, bias) });
+                all_gemv(&format!("{case:?}"), &case.check(&gpu, seed));
+                seed += 1;
+            }
+        }
+    }
+    assert!(GemvShape::for_cols(tiled as u32, format).unwrap().tiles > 1);
+    // A tensor in two pieces, the second at an offset, as the embedding is stored, as the logits:
+    // the final norm, soft-cap, the head token the fourth of six.
+    let logits = Matmul {
+        norm: true,
+        n_tokens: 6,
+        head: Some((3, 1)),
+        parts: vec![(0, 16), (16, 21)],
+        ..Matmul::plain(format, 37, odd, Output::SoftCapLogits(CAP), false)
+    };
+    all_gemv("logits in two pieces", &logits.check(&gpu, seed));
+    // int8 rows the core does not take (not whole 16-column chunks) fall back to the row kernels.
+    if format == Int8 {
+        let odd = one(Matmul::plain(format, 13, 200, Output::Store, true));
+        assert!(odd.check(&gpu, seed + 1).iter().all(|p| p.gemv.is_none()));
+    }
+}
+
+#[test]
+fn gemv_int8_matmul_on_one_token() {
+    gemv_matmul(Int8);
+}
+
+#[test]
+fn gemv_int4_matmul_on_one_token() {
+    gemv_matmul(Int4);
+}
+
 /// Rows of one lane go to `matmul_short.wgsl`: THREADS · SHORT_ROWS rows per workgroup, each
 /// thread taking whole rows. Enough rows for several workgroups, the last one partial (and its
 /// last thread short of its SHORT_ROWS rows), over two token tiles; with RMSNorm and every
@@ -604,8 +680,9 @@ fn matmul_int4_short_rows() {
 
 // ---------------------------------------------------------------- geglu
 
-fn geglu_pairs_gate_and_up_rows(format: MatrixFormat) {
-    let gpu = Gpu::new();
+/// On `Core::Gemv`, one token (the decode step), the rows of whole chunks on `gemv.wgsl`.
+fn geglu_pairs_gate_and_up_rows(format: MatrixFormat, core: Core) {
+    let gpu = Gpu::with_core(core);
     // F = 37 rows per half; one lane per row (128 rows per workgroup) and several (int8: 4 lanes,
     // 32 rows, two workgroups; int4: 8 lanes, 16 rows, three workgroups); 11 tokens span two
     // token tiles.
@@ -613,7 +690,7 @@ fn geglu_pairs_gate_and_up_rows(format: MatrixFormat) {
     let d_wide = if format == Int8 { wide } else { widest };
     for (seed, (f, d)) in [(37usize, narrow), (37, d_wide)].into_iter().enumerate() {
         let mut rng = Lcg(60 + seed as u64);
-        let tokens = 11;
+        let tokens = if core == Core::Gemv { 1 } else { 11 };
         let matrix = TestMatrix::random(&mut rng, format, 2 * f, d, 0.01, true);
         let norm_w = rng.vec(d, -0.5, 0.5);
         let x = rng.vec(BUFFER_TOKENS * d, -2.0, 2.0);
@@ -627,20 +704,26 @@ fn geglu_pairs_gate_and_up_rows(format: MatrixFormat) {
         let gate_up = matrix.upload_whole(&gpu);
         let (norm_w, x) = (gpu.buffer(&norm_w), gpu.buffer(&x));
         let hidden = gpu.buffer(&vec![SENTINEL; BUFFER_TOKENS * f]);
-        gpu.run(chunk(tokens), |ops| vec![ops.geglu(&gate_up, Norm { weight: &norm_w, eps: EPS }, &x, &hidden)]);
-        let what = format!("geglu {format:?} F {f}, D {d}");
+        let pipelines =
+            gpu.run(chunk(tokens), |ops| vec![ops.geglu(&gate_up, Norm { weight: &norm_w, eps: EPS }, &x, &hidden)]);
+        let what = format!("geglu {format:?} F {f}, D {d}, {core:?}");
+        if core == Core::Gemv && d.is_multiple_of(format.chunk_columns() as usize) {
+            all_gemv(&what, &pipelines);
+        }
         assert_close_within(&what, &gpu.read::<f32>(&hidden), &want, f, ROUNDED_TOLERANCE);
     }
 }
 
 #[test]
 fn geglu_int8_pairs_gate_and_up_rows() {
-    geglu_pairs_gate_and_up_rows(Int8);
+    geglu_pairs_gate_and_up_rows(Int8, Core::Rows);
+    geglu_pairs_gate_and_up_rows(Int8, Core::Gemv);
 }
 
 #[test]
 fn geglu_int4_pairs_gate_and_up_rows() {
-    geglu_pairs_gate_and_up_rows(Int4);
+    geglu_pairs_gate_and_up_rows(Int4, Core::Rows);
+    geglu_pairs_gate_and_up_rows(Int4, Core::Gemv);
 }
 
 // ---------------------------------------------------------------- recurrent_in
@@ -661,8 +744,9 @@ fn conv_reference(w: &[f32], b: &[f32], history: &[f32], inputs: &[f32], width: 
     (out, all[all.len() - history.len()..].to_vec())
 }
 
-fn recurrent_in_branches_and_conv(format: MatrixFormat) {
-    let gpu = Gpu::new();
+/// On `Core::Gemv`, one token at a time (the decode step).
+fn recurrent_in_branches_and_conv(format: MatrixFormat, core: Core) {
+    let gpu = Gpu::with_core(core);
     let (width, mut seed) = (4usize, 80);
     // 70 channels: with one lane per row one workgroup of 128 channels, partly idle; with several
     // (int8 D = 192: 4 lanes, three workgroups of 32; int4 D = 352: 8 lanes, five of 16).
@@ -681,14 +765,15 @@ fn recurrent_in_branches_and_conv(format: MatrixFormat) {
         // (position, tokens): 11 tokens (two tiles) continuing a document, 5 starting one (whatever
         // the history holds counts as zero), 2 tokens (fewer than K − 1, so the history keeps an
         // old row).
-        for (position, tokens) in [(6u32, 11usize), (0, 5), (6, 2)] {
+        let runs: &[(u32, usize)] = if core == Core::Gemv { &[(6, 1), (0, 1)] } else { &[(6, 11), (0, 5), (6, 2)] };
+        for &(position, tokens) in runs {
             seed += 1;
             let history = rng.vec((width - 1) * channels, -2.0, 2.0);
             let x = rng.vec(BUFFER_TOKENS * d, -2.0, 2.0);
             let (history_buffer, x_buffer) = (gpu.buffer(&history), gpu.buffer(&x));
             let out = gpu.buffer(&vec![SENTINEL; BUFFER_TOKENS * 2 * channels]);
             let step = gpu.buffer(&[StepState { position, generated: 0, ..StepState::zeroed() }]);
-            gpu.run(chunk(tokens), |ops| {
+            let pipelines = gpu.run(chunk(tokens), |ops| {
                 vec![ops.recurrent_in(RecurrentIn {
                     linear_y_x: &linear_y_x,
                     norm: Norm { weight: &norm_buffer, eps: EPS },
@@ -715,7 +800,10 @@ fn recurrent_in_branches_and_conv(format: MatrixFormat) {
                 want[t * 2 * channels..][..channels].copy_from_slice(&gelu_y[t * channels..][..channels]);
                 want[(2 * t + 1) * channels..][..channels].copy_from_slice(&conv_out[t * channels..][..channels]);
             }
-            let what = format!("recurrent_in {format:?} D {d} at position {position}, {tokens} tokens");
+            let what = format!("recurrent_in {format:?} D {d} at position {position}, {tokens} tokens, {core:?}");
+            if core == Core::Gemv && d.is_multiple_of(format.chunk_columns() as usize) {
+                all_gemv(&what, &pipelines);
+            }
             let (out, history) = (gpu.read::<f32>(&out), gpu.read::<f32>(&history_buffer));
             assert_close_within(&format!("{what}: out"), &out, &want, 2 * channels, ROUNDED_TOLERANCE);
             assert_close_within(&format!("{what}: history"), &history, &want_history, channels, ROUNDED_TOLERANCE);
@@ -725,12 +813,14 @@ fn recurrent_in_branches_and_conv(format: MatrixFormat) {
 
 #[test]
 fn recurrent_in_int8_branches_and_conv_with_history_and_at_document_start() {
-    recurrent_in_branches_and_conv(Int8);
+    recurrent_in_branches_and_conv(Int8, Core::Rows);
+    recurrent_in_branches_and_conv(Int8, Core::Gemv);
 }
 
 #[test]
 fn recurrent_in_int4_branches_and_conv_with_history_and_at_document_start() {
-    recurrent_in_branches_and_conv(Int4);
+    recurrent_in_branches_and_conv(Int4, Core::Rows);
+    recurrent_in_branches_and_conv(Int4, Core::Gemv);
 }
 
 // ---------------------------------------------------------------- rg_lru_gates
@@ -748,13 +838,16 @@ fn cpu_lru(log_a_scale: &[f32], gx: &[f32], ga: &[f32]) -> RgLru {
 
 /// `channels` channels in blocks of `block`: the gates `[input_gate; recurrent_gate]` are
 /// `[2·channels, block]`, row ch reading c[(ch / block)·block ..][..block].
-fn rg_lru_gates_at_document_start_then_continuing(format: MatrixFormat, channels: usize, block: usize) {
-    let gpu = Gpu::new();
-    let tokens = 11usize;
+/// On `Core::Gemv`, one token (the decode step).
+fn rg_lru_gates_at_document_start_then_continuing(format: MatrixFormat, channels: usize, block: usize, core: Core) {
+    let gpu = Gpu::with_core(core);
+    let tokens = if core == Core::Gemv { 1 } else { 11usize };
     let mut rng = Lcg(90);
     // Gate logits within about ±5, where sqrt(1 − a²) is well conditioned in f32 (the RG-LRU's
     // own trap, which the model tests cover at real scale).
-    let matrix = TestMatrix::random(&mut rng, format, 2 * channels, block, 0.01, true);
+    // Smaller weights over wider blocks keep the logits as small.
+    let weight_scale = if block > 64 { 0.002 } else { 0.01 };
+    let matrix = TestMatrix::random(&mut rng, format, 2 * channels, block, weight_scale, true);
     let a_param = rng.vec(channels, -3.0, 3.0);
     let log_a_scale: Vec<f32> = a_param.iter().map(|&a| (-8.0 * softplus(a)) as f32).collect();
     let gates = matrix.upload_whole(&gpu);
@@ -772,7 +865,7 @@ fn rg_lru_gates_at_document_start_then_continuing(format: MatrixFormat, channels
         let out = gpu.buffer(&vec![SENTINEL; BUFFER_TOKENS * channels]);
         let step = gpu.buffer(&[StepState { position, generated: 0, ..StepState::zeroed() }]);
         let branches_buffer = gpu.buffer(&branches);
-        gpu.run(chunk(tokens), |ops| {
+        let pipelines = gpu.run(chunk(tokens), |ops| {
             vec![ops.rg_lru(ops::RgLru {
                 gates: &gates,
                 branches: &branches_buffer,
@@ -804,7 +897,10 @@ fn rg_lru_gates_at_document_start_then_continuing(format: MatrixFormat, channels
                 want[t * channels + ch] = *state * g[ch];
             }
         }
-        let what = format!("rg_lru_gates {format:?} at position {position}");
+        let what = format!("rg_lru_gates {format:?} at position {position}, {core:?}");
+        if core == Core::Gemv {
+            all_gemv(&what, &pipelines);
+        }
         let got_out = gpu.read::<f32>(&out);
         assert_close(&format!("{what}: out"), &got_out, &want, channels);
         assert_close(&format!("{what}: h"), &gpu.read::<f32>(&h), &h_formula, channels);
@@ -826,14 +922,17 @@ fn rg_lru_gates_at_document_start_then_continuing(format: MatrixFormat, channels
 #[test]
 fn rg_lru_gates_int8_at_document_start_then_continuing() {
     // 84 channels in 7 blocks of 12; 11 tokens span two token tiles.
-    rg_lru_gates_at_document_start_then_continuing(Int8, 84, 12);
+    rg_lru_gates_at_document_start_then_continuing(Int8, 84, 12, Core::Rows);
+    // The 2B's blocks of 256 (16 rows per workgroup on gemv.wgsl: 16 blocks share none).
+    rg_lru_gates_at_document_start_then_continuing(Int8, 512, 256, Core::Gemv);
 }
 
 #[test]
 fn rg_lru_gates_int4_at_document_start_then_continuing() {
     // 160 channels in 5 blocks of one group (32 columns: one scale, padded to two, per row): one
     // lane per row, 128 channels per workgroup, the second workgroup partial.
-    rg_lru_gates_at_document_start_then_continuing(Int4, 160, 32);
+    rg_lru_gates_at_document_start_then_continuing(Int4, 160, 32, Core::Rows);
+    rg_lru_gates_at_document_start_then_continuing(Int4, 512, 256, Core::Gemv);
 }
 
 // ---------------------------------------------------------------- embed
@@ -1832,7 +1931,7 @@ fn tiled_ops_read_each_weight_once_per_tile_of_tokens() {
     let norm_w = gpu.buffer(&vec![0.0f32; 64]);
     let (x, y) = (gpu.buffer(&vec![0.0f32; 64 * 150]), gpu.buffer(&vec![0.0f32; 100 * 150]));
     let chunk_buffer = gpu.uniform(&chunk(150));
-    let ops = Ops { ctx: &gpu.ctx, kernels: &gpu.kernels, chunk: &chunk_buffer, unused: &gpu.unused };
+    let ops = Ops { ctx: &gpu.ctx, kernels: &gpu.kernels, chunk: &chunk_buffer, unused: &gpu.unused, core: gpu.core };
     let norm = Norm { weight: &norm_w, eps: EPS };
     let read = |ops: &[Op], n: u32| ops.iter().map(|op| op.weight_bytes_read(n)).sum::<u64>();
     let (tiled, rows) = (

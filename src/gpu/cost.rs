@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 
-use super::kernels::{MatrixRows, SHORT_ROWS, THREADS, TILE_K, TILE_TOKENS, TOKEN_TILE};
+use super::kernels::{GemvShape, MatrixRows, SHORT_ROWS, THREADS, TILE_K, TILE_TOKENS, TOKEN_TILE};
 use super::matrix::MatrixFormat;
 use crate::chat::SamplingParams;
 
@@ -126,6 +126,27 @@ impl Cost {
                 tile: TILE_TOKENS,
             },
             barriers: 3 * steps,
+            ..Cost::default()
+        }
+    }
+
+    /// `gemv.wgsl` over `groups` workgroups: per tile each thread issues its 16-byte loads of
+    /// both its rows at once (2 · steps in flight), one round trip per tile; each workgroup
+    /// reads the input (twice with a norm over several tiles) and the norm weight once.
+    pub fn gemv(m: &MatrixRows, weights: Bytes, shape: GemvShape, groups: u32) -> Cost {
+        let input = groups as u64 * m.cols as u64 * 4;
+        let norm = m.has_norm == 1;
+        let reads = 1 + norm as u64 + (norm && shape.tiles > 1) as u64;
+        // Two per tile and two around the reduction, and a tree for Σx².
+        let norm_barriers = if norm { THREADS.ilog2() + 2 } else { 0 };
+        Cost {
+            threads: THREADS,
+            weights,
+            weight_load_bytes: 16,
+            weight_loads_in_flight: 2 * shape.steps,
+            serial_weight_trips: shape.tiles,
+            activations: Bytes::per_token(reads * input),
+            barriers: 2 * shape.tiles + 2 + norm_barriers,
             ..Cost::default()
         }
     }

@@ -132,6 +132,8 @@ pub struct Engine {
     state: Vec<wgpu::Buffer>,
     state_bytes: u64,
     /// The command lists of a decode step (up to TOKEN_TILE tokens) and of a prefill chunk.
+    /// One token (a decode step) on `gemv.wgsl`, unless `RG_KERNELS=v1`.
+    step_plan: Option<Plan>,
     decode_plan: Plan,
     prefill_plan: Plan,
     position: usize,
@@ -141,7 +143,13 @@ pub struct Engine {
 impl Engine {
     /// Allocates everything for `manifest`'s model; weights arrive afterwards through
     /// [`Engine::weight_sink`].
+    /// Its kernels as `RG_SHADER_CHECKS` and `RG_KERNELS` say natively ([`KernelOptions::from_env`]).
     pub fn new(ctx: GpuContext, manifest: Manifest) -> Result<Self> {
+        Self::with_kernels(ctx, manifest, KernelOptions::from_env()?)
+    }
+
+    /// As [`Engine::new`], with these kernels.
+    pub fn with_kernels(ctx: GpuContext, manifest: Manifest, options: KernelOptions) -> Result<Self> {
         let config = manifest.config.clone();
         let format = check_supported(&ctx, &manifest)?;
         let acts = Activations::new(&ctx, &config)?;
@@ -175,8 +183,8 @@ impl Engine {
         let readback =
             ctx.buffer("readback", readback_bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
         let unused = ctx.storage("unused", 16);
-        let kernels = Kernels::new(&ctx.device, &[format], ShaderChecks::from_env()?);
-        let ops = Ops { ctx: &ctx, kernels: &kernels, chunk: &chunk_info, unused: &unused };
+        let kernels = Kernels::new(&ctx.device, &[format], options.checks);
+        let ops = Ops { ctx: &ctx, kernels: &kernels, chunk: &chunk_info, unused: &unused, core: Core::Rows };
         let mut layer_state = state[1..].chunks(2);
         let layers = (0..config.num_hidden_layers)
             .map(|layer| {
@@ -198,6 +206,13 @@ impl Engine {
         };
         let decode_plan = forward::plan(&ops, &config, &weights, &acts, &io, Path::Decode);
         let prefill_plan = forward::plan(&ops, &config, &weights, &acts, &io, Path::Prefill);
+        let step_plan = match options.generation {
+            KernelGeneration::V1 => None,
+            KernelGeneration::V2 => {
+                let gemv = Ops { core: Core::Gemv, ..ops };
+                Some(forward::plan(&gemv, &config, &weights, &acts, &io, Path::Decode))
+            }
+        };
 
         let mut engine = Engine {
             ctx,
@@ -219,6 +234,7 @@ impl Engine {
             acts,
             state,
             state_bytes,
+            step_plan,
             decode_plan,
             prefill_plan,
             position: 0,
@@ -263,7 +279,9 @@ impl Engine {
 
     /// The command list for a chunk of `n` tokens.
     fn plan_for(&self, n: u32) -> &Plan {
-        if n <= TOKEN_TILE {
+        if let (1, Some(step)) = (n, &self.step_plan) {
+            step
+        } else if n <= TOKEN_TILE {
             &self.decode_plan
         } else {
             &self.prefill_plan
@@ -925,8 +943,14 @@ fn check_supported(ctx: &GpuContext, manifest: &Manifest) -> Result<MatrixFormat
 /// Native convenience: an engine with the web-format model in `dir` loaded.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn load_engine(ctx: GpuContext, dir: &std::path::Path) -> Result<Engine> {
+    load_engine_with(ctx, dir, KernelOptions::from_env()?)
+}
+
+/// As [`load_engine`], with these kernels.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_engine_with(ctx: GpuContext, dir: &std::path::Path, options: KernelOptions) -> Result<Engine> {
     let manifest = crate::weights::load::read_manifest(dir)?;
-    let engine = Engine::new(ctx, manifest.clone())?;
+    let engine = Engine::with_kernels(ctx, manifest.clone(), options)?;
     crate::weights::load::stream_shards(dir, &manifest, &mut engine.weight_sink())?;
     Ok(engine)
 }

@@ -7,6 +7,7 @@
 //! shader, field for field. Which buffer goes to which `@binding` is written once, in the shader
 //! and in its op constructor in [`super::ops`].
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 
 use bytemuck::{Pod, Zeroable};
@@ -66,6 +67,11 @@ pub const MAX_STOPS: u32 = 8;
 /// What `sample.wgsl` writes (`NO_TOKEN`) for a row with no usable logit (all NaN or −∞).
 pub const NO_TOKEN: u32 = u32::MAX;
 
+/// Columns of x̂ `gemv.wgsl` stages per tile in workgroup memory (`GEMV_TILE_COLS`, 10 KB).
+pub const GEMV_TILE_COLS: u32 = 2560;
+/// The most threads of a row team in `gemv.wgsl`.
+pub const MAX_TEAM_THREADS: u32 = 32;
+
 /// The constants above as WGSL, prepended to every shader: the one place they are written.
 fn constants_wgsl() -> String {
     let constants = [
@@ -88,6 +94,7 @@ fn constants_wgsl() -> String {
         ("NO_TOKEN", NO_TOKEN),
         ("MAX_STOPS", MAX_STOPS),
         ("BISECTION_STEPS", BISECTION_STEPS),
+        ("GEMV_TILE_COLS", GEMV_TILE_COLS),
     ];
     constants.iter().map(|(name, value)| format!("const {name}: u32 = {value}u;\n")).collect()
 }
@@ -213,15 +220,31 @@ impl Kernel {
     /// The whole WGSL module for weights in `format`: the constants, the shared prefixes, then
     /// the kernel's own file.
     pub fn module_source(self, format: MatrixFormat) -> String {
+        self.module_source_with(format, Core::Rows)
+    }
+
+    /// As [`Self::module_source`], the row kernels' products computed by `core`.
+    fn module_source_with(self, format: MatrixFormat, core: Core) -> String {
         let needs = self.needs();
         let format_source = if needs == Needs::Nothing { "" } else { format.source() };
-        let rows = if needs == Needs::Rows { MATRIX_ROWS } else { "" };
+        let rows = match (needs, core) {
+            (Needs::Rows, Core::Rows) => MATRIX_ROWS,
+            (Needs::Rows, Core::Gemv) => GEMV,
+            _ => "",
+        };
         format!("{}\n{COMMON}\n{format_source}\n{rows}\n{}", constants_wgsl(), self.source().1)
+    }
+
+    /// Whether the kernel's products come from the shared row core (`matrix_rows.wgsl` or
+    /// `gemv.wgsl`).
+    pub fn has_core(self) -> bool {
+        self.needs() == Needs::Rows
     }
 }
 
 /// Every WGSL module the engine can compile, named `kernel` (format-neutral kernels) or
 /// `kernel.format`, as `(name, source)`: what other WGSL compilers are checked against.
+/// The row kernels' modules on the decode step's core are named `kernel.format.gemv`.
 pub fn all_modules() -> Vec<(String, String)> {
     let mut modules = Vec::new();
     for kernel in Kernel::ALL {
@@ -234,13 +257,109 @@ pub fn all_modules() -> Vec<(String, String)> {
             }
         }
     }
+    for kernel in Kernel::ALL.into_iter().filter(|k| k.has_core()) {
+        for format in MatrixFormat::ALL {
+            let name = format!("{}.{}.gemv", kernel.source().0, format.name());
+            modules.push((name, kernel.module_source_with(format, Core::Gemv)));
+        }
+    }
     modules
+}
+
+/// What computes the row kernels' products: `matrix_rows.wgsl` (any tile of up to
+/// [`TOKEN_TILE`] tokens) or `gemv.wgsl` (one token, for real GPUs: 16-byte weight loads, x̂ in
+/// workgroup memory, trip counts fixed when the pipeline is made).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Core {
+    Rows,
+    Gemv,
+}
+
+/// Which kernels the decode step runs (`RG_KERNELS=v1|v2` natively, while both exist): v1 the
+/// row kernels of any short chunk, v2 the `gemv.wgsl` products for one token.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KernelGeneration {
+    V1,
+    #[default]
+    V2,
+}
+
+impl KernelGeneration {
+    pub fn from_env() -> crate::Result<Self> {
+        if cfg!(target_arch = "wasm32") {
+            return Ok(KernelGeneration::default());
+        }
+        match std::env::var("RG_KERNELS").as_deref() {
+            Err(_) => Ok(KernelGeneration::default()),
+            Ok("v1") => Ok(KernelGeneration::V1),
+            Ok("v2") => Ok(KernelGeneration::V2),
+            Ok(other) => Err(crate::Error::Input(format!("RG_KERNELS is v1 or v2, not {other:?}"))),
+        }
+    }
+}
+
+/// How the engine compiles and picks its kernels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOptions {
+    pub checks: ShaderChecks,
+    pub generation: KernelGeneration,
+}
+
+impl KernelOptions {
+    /// From `RG_SHADER_CHECKS` and `RG_KERNELS` natively; the defaults in the browser.
+    pub fn from_env() -> crate::Result<Self> {
+        Ok(KernelOptions { checks: ShaderChecks::from_env()?, generation: KernelGeneration::from_env()? })
+    }
+}
+
+/// How `gemv.wgsl` is specialised for one matrix (its pipeline constants): `tpr` threads per row
+/// team, `steps` 16-byte chunks per thread per row per tile, `tiles` tiles of x̂;
+/// `cols = tiles · steps · tpr · chunk columns`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GemvShape {
+    pub tpr: u32,
+    pub steps: u32,
+    pub tiles: u32,
+}
+
+impl GemvShape {
+    /// The shape for rows of `cols` columns of `format`, if `gemv.wgsl` takes them: rows of whole
+    /// chunks; as many threads per row as divide the chunks, up to [`MAX_TEAM_THREADS`]; the
+    /// fewest tiles of at most [`GEMV_TILE_COLS`] columns.
+    pub fn for_cols(cols: u32, format: MatrixFormat) -> Option<GemvShape> {
+        let chunk = format.chunk_columns();
+        if cols == 0 || !cols.is_multiple_of(chunk) {
+            return None;
+        }
+        let chunks = cols / chunk;
+        let tpr = (1 << chunks.trailing_zeros()).min(MAX_TEAM_THREADS);
+        let per_thread = chunks / tpr;
+        let most_steps = GEMV_TILE_COLS / (tpr * chunk);
+        let tiles = (1..=per_thread).find(|t| per_thread.is_multiple_of(*t) && per_thread / t <= most_steps)?;
+        Some(GemvShape { tpr, steps: per_thread / tiles, tiles })
+    }
+
+    /// Rows per workgroup: two per team, or one pair per team in a pair kernel.
+    pub fn rows_per_group(&self, halves: u32) -> u32 {
+        let teams = THREADS / self.tpr;
+        if halves == 2 {
+            teams
+        } else {
+            2 * teams
+        }
+    }
+
+    fn constants(&self) -> [(&'static str, f64); 3] {
+        [("TPR", self.tpr as f64), ("STEPS", self.steps as f64), ("TILES", self.tiles as f64)]
+    }
 }
 
 /// Structs, activations and reductions shared by every kernel.
 pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
 /// The row dot products, RMSNorm fused in, shared by the matrix kernels.
 pub const MATRIX_ROWS: &str = include_str!("../../shaders/matrix_rows.wgsl");
+/// The same for one token, for real GPUs.
+pub const GEMV: &str = include_str!("../../shaders/gemv.wgsl");
 
 /// What the shader compiler adds to every module. wgpu's default (`Checked`) bounds every loop
 /// with a 64-bit counter (naga's `force_loop_bounding`), which keeps drivers from unrolling loops
@@ -269,63 +388,106 @@ impl ShaderChecks {
 }
 
 /// Every pipeline, compiled once: the format-neutral kernels once, the matrix kernels once per
-/// weight format asked for.
+/// weight format asked for; the row kernels on `gemv.wgsl` when an op first asks, once per
+/// shape.
 pub struct Kernels {
-    pipelines: HashMap<(Kernel, Option<MatrixFormat>), wgpu::ComputePipeline>,
+    device: wgpu::Device,
+    checks: ShaderChecks,
+    pipelines: HashMap<PipelineId, wgpu::ComputePipeline>,
+    gemv_modules: RefCell<HashMap<(Kernel, MatrixFormat), wgpu::ShaderModule>>,
+    gemv_pipelines: RefCell<HashMap<PipelineId, wgpu::ComputePipeline>>,
 }
 
 impl Kernels {
     pub fn new(device: &wgpu::Device, formats: &[MatrixFormat], checks: ShaderChecks) -> Self {
-        let mut pipelines = HashMap::new();
+        let mut kernels = Kernels {
+            device: device.clone(),
+            checks,
+            pipelines: HashMap::new(),
+            gemv_modules: RefCell::new(HashMap::new()),
+            gemv_pipelines: RefCell::new(HashMap::new()),
+        };
         for kernel in Kernel::ALL {
             let variants: Vec<Option<MatrixFormat>> =
                 if kernel.needs() == Needs::Nothing { vec![None] } else { formats.iter().copied().map(Some).collect() };
             for format in variants {
-                let name = kernel.source().0;
                 let source = kernel.module_source(format.unwrap_or(MatrixFormat::Int8));
-                let descriptor =
-                    wgpu::ShaderModuleDescriptor { label: Some(name), source: wgpu::ShaderSource::Wgsl(source.into()) };
-                let module = match checks {
-                    ShaderChecks::Checked => device.create_shader_module(descriptor),
-                    // SAFETY: bounds checks stay on, so no access leaves its buffer; only the
-                    // counter that ends a loop that never would is dropped, and every loop of
-                    // these kernels runs to a bound taken from the model's shape (a hostile
-                    // shape can at worst hang the GPU, which the driver resets).
-                    ShaderChecks::Trusted => unsafe {
-                        let checks = wgpu::ShaderRuntimeChecks { force_loop_bounding: false, ..Default::default() };
-                        device.create_shader_module_trusted(descriptor, checks)
-                    },
-                };
-                let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(name),
-                    layout: None,
-                    module: &module,
-                    entry_point: Some("main"),
-                    compilation_options: Default::default(),
-                    cache: None,
-                });
-                pipelines.insert((kernel, format), pipeline);
+                let module = kernels.module(kernel.source().0, source);
+                let pipeline = kernels.compile(kernel.source().0, &module, &[]);
+                kernels.pipelines.insert(PipelineId { kernel, format, gemv: None }, pipeline);
             }
         }
-        Kernels { pipelines }
+        kernels
+    }
+
+    fn module(&self, name: &str, source: String) -> wgpu::ShaderModule {
+        let descriptor =
+            wgpu::ShaderModuleDescriptor { label: Some(name), source: wgpu::ShaderSource::Wgsl(source.into()) };
+        match self.checks {
+            ShaderChecks::Checked => self.device.create_shader_module(descriptor),
+            // SAFETY: bounds checks stay on, so no access leaves its buffer; only the counter
+            // that ends a loop that never would is dropped, and every loop of these kernels runs
+            // to a bound taken from the model's shape (a hostile shape can at worst hang the GPU,
+            // which the driver resets).
+            ShaderChecks::Trusted => unsafe {
+                let checks = wgpu::ShaderRuntimeChecks { force_loop_bounding: false, ..Default::default() };
+                self.device.create_shader_module_trusted(descriptor, checks)
+            },
+        }
+    }
+
+    fn compile(&self, name: &str, module: &wgpu::ShaderModule, constants: &[(&str, f64)]) -> wgpu::ComputePipeline {
+        self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(name),
+            layout: None,
+            module,
+            entry_point: Some("main"),
+            compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
+            cache: None,
+        })
     }
 
     /// `kernel`'s pipeline; for a matrix kernel, its variant for weights in `format` (the other
     /// kernels have one, whatever `format` says).
     pub fn pipeline(&self, kernel: Kernel, format: Option<MatrixFormat>) -> PipelineKey {
-        let key = if kernel.needs() == Needs::Nothing { (kernel, None) } else { (kernel, format) };
+        let format = if kernel.needs() == Needs::Nothing { None } else { format };
+        let key = PipelineId { kernel, format, gemv: None };
         match self.pipelines.get(&key) {
             Some(pipeline) => PipelineKey { key, pipeline: pipeline.clone() },
             None => panic!("{} was not compiled for {format:?} weights", kernel.source().0),
         }
     }
+
+    /// A row kernel on `gemv.wgsl`, specialised to `shape`, for weights in `format`.
+    pub fn gemv_pipeline(&self, kernel: Kernel, format: MatrixFormat, shape: GemvShape) -> PipelineKey {
+        assert!(kernel.has_core(), "{} has no row core", kernel.source().0);
+        let key = PipelineId { kernel, format: Some(format), gemv: Some(shape) };
+        let mut pipelines = self.gemv_pipelines.borrow_mut();
+        let pipeline = pipelines.entry(key).or_insert_with(|| {
+            let name = kernel.source().0;
+            let mut modules = self.gemv_modules.borrow_mut();
+            let module = modules
+                .entry((kernel, format))
+                .or_insert_with(|| self.module(name, kernel.module_source_with(format, Core::Gemv)));
+            self.compile(name, module, &shape.constants())
+        });
+        PipelineKey { key, pipeline: pipeline.clone() }
+    }
+}
+
+/// Which kernel variant a pipeline is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PipelineId {
+    pub kernel: Kernel,
+    pub format: Option<MatrixFormat>,
+    pub gemv: Option<GemvShape>,
 }
 
 /// A compiled pipeline and which kernel variant it is (so a command list sets it only when it
 /// changes).
 #[derive(Clone, Debug)]
 pub struct PipelineKey {
-    pub key: (Kernel, Option<MatrixFormat>),
+    pub key: PipelineId,
     pub pipeline: wgpu::ComputePipeline,
 }
 

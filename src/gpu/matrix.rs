@@ -50,6 +50,14 @@ impl MatrixFormat {
         4
     }
 
+    /// Columns of one 16-byte chunk of a row (`CHUNK_COLS`: `gemv.wgsl`'s load).
+    pub fn chunk_columns(self) -> u32 {
+        match self {
+            MatrixFormat::Int8 => 16,
+            MatrixFormat::Int4 => 32,
+        }
+    }
+
     /// Bytes of one block's values: what one weight load of the row kernels brings.
     pub fn block_bytes(self) -> u32 {
         self.value_bytes(1, self.block_columns()) as u32

@@ -54,12 +54,17 @@ pub struct Op {
 impl Op {
     /// The kernel's name (its shader file's).
     pub fn kernel_name(&self) -> &'static str {
-        self.pipeline.key.0.source().0
+        self.pipeline.key.kernel.source().0
     }
 
     /// Bytes of weights this dispatch reads over `n` tokens.
     pub fn weight_bytes_read(&self, n: u32) -> u64 {
         self.cost.weights.over(n)
+    }
+
+    /// Which pipeline it runs.
+    pub fn pipeline(&self) -> PipelineId {
+        self.pipeline.key
     }
 
     /// What the dispatch costs a GPU, from its kernel's constants.
@@ -184,6 +189,8 @@ pub struct Ops<'a> {
     pub chunk: &'a wgpu::Buffer,
     /// Bound where an optional input (the norm weight) is absent.
     pub unused: &'a wgpu::Buffer,
+    /// What computes the row kernels' products: [`Core::Gemv`] for a plan of one token.
+    pub core: Core,
 }
 
 impl Ops<'_> {
@@ -197,15 +204,60 @@ impl Ops<'_> {
         rest: &[&wgpu::Buffer],
         groups: Groups,
     ) -> Op {
-        let params = self.ctx.uniform(kernel.source().0, bytemuck::bytes_of(params));
+        self.op_on(self.kernels.pipeline(kernel, w.map(|w| w.format)), params, rest, groups)
+    }
+
+    /// As [`Self::op`], on `pipeline`.
+    fn op_on<T: bytemuck::Pod>(&self, pipeline: PipelineKey, params: &T, rest: &[&wgpu::Buffer], groups: Groups) -> Op {
+        let params = self.ctx.uniform(pipeline.key.kernel.source().0, bytemuck::bytes_of(params));
         let mut buffers = vec![&params, self.chunk];
         buffers.extend(rest);
-        self.bound(kernel, w.map(|w| w.format), &buffers, groups)
+        self.bound(pipeline, &buffers, groups)
+    }
+
+    /// `gemv.wgsl`'s shape for the rows `m` of a matrix in `format`, in a plan on it and where it
+    /// takes them: the rows of a workgroup must share one block of a block-diagonal matrix.
+    fn gemv_shape(&self, m: &MatrixRows, format: MatrixFormat) -> Option<GemvShape> {
+        if self.core != Core::Gemv {
+            return None;
+        }
+        let shape = GemvShape::for_cols(m.cols, format)?;
+        let rows = shape.rows_per_group(m.halves);
+        let one_block = m.block_rows == u32::MAX
+            || (shape.tiles == 1 && m.block_rows.is_multiple_of(rows) && m.row_offset.is_multiple_of(rows));
+        one_block.then_some(shape)
+    }
+
+    /// A row kernel's op on `gemv.wgsl` when [`Self::gemv_shape`] takes `m` (with its
+    /// workgroups along x), else on the row kernels' core with `v1_groups_x`.
+    #[allow(clippy::too_many_arguments)]
+    fn row_op<T: bytemuck::Pod>(
+        &self,
+        kernel: Kernel,
+        w: &GpuMatrix,
+        m: &MatrixRows,
+        params: &T,
+        rest: &[&wgpu::Buffer],
+        groups: impl Fn(u32) -> Groups,
+        weights: Bytes,
+    ) -> Op {
+        match self.gemv_shape(m, w.format) {
+            Some(shape) => {
+                let groups_x = m.rows.div_ceil(shape.rows_per_group(m.halves));
+                let pipeline = self.kernels.gemv_pipeline(kernel, w.format, shape);
+                let op = self.op_on(pipeline, params, rest, groups(groups_x));
+                Op { cost: Cost::gemv(m, weights, shape, groups_x), ..op }
+            }
+            None => {
+                let op = self.op(kernel, Some(w), params, rest, groups(m.row_groups()));
+                Op { cost: Cost::rows(m, w.format, weights), ..op }
+            }
+        }
     }
 
     /// An op with `@binding(i)` = `buffers[i]`.
-    fn bound(&self, kernel: Kernel, format: Option<MatrixFormat>, buffers: &[&wgpu::Buffer], groups: Groups) -> Op {
-        let pipeline = self.kernels.pipeline(kernel, format);
+    fn bound(&self, pipeline: PipelineKey, buffers: &[&wgpu::Buffer], groups: Groups) -> Op {
+        let kernel = pipeline.key.kernel;
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
             .enumerate()
@@ -237,13 +289,8 @@ impl Ops<'_> {
                 );
                 // Only the piece holding the token reads its row: count the row once.
                 let row = if part.row_start == 0 { table.row_bytes() } else { 0 };
-                // One block of the row per thread.
-                let cost = Cost {
-                    weight_load_bytes: table.format.block_bytes(),
-                    weight_loads_in_flight: 1,
-                    serial_weight_trips: 1,
-                    ..Cost::elementwise(SMALL_THREADS, Bytes::default())
-                };
+                // A lookup of one row, not a matrix product: left out of the load averages.
+                let cost = Cost::elementwise(SMALL_THREADS, Bytes::default());
                 Op { cost: Cost { weights: Bytes::per_token(row), ..cost }, ..op }
             })
             .collect()
@@ -259,19 +306,23 @@ impl Ops<'_> {
         y: &wgpu::Buffer,
         output: Output,
     ) -> Vec<Op> {
-        self.matmul_pieces(w, norm, x, y, output, |m, head| {
-            // Rows of one lane: whole rows per thread, no workgroup memory or barrier
-            // (`matmul_short.wgsl`), so a CPU driver pays its per-workgroup cost far less often.
-            let (kernel, x_groups) =
-                if m.lanes == 1 { (Kernel::MatmulShort, m.short_groups()) } else { (Kernel::Matmul, m.row_groups()) };
-            let groups = if head { Groups::HeadTiles(x_groups) } else { Groups::TokenTiles(x_groups) };
-            (kernel, groups, TOKEN_TILE)
+        self.matmul_pieces(w, norm, x, y, output, |m, head, params, buffers, bytes| {
+            let weights = Bytes::per_tile(bytes, TOKEN_TILE);
+            let tiles = |x| if head { Groups::HeadTiles(x) } else { Groups::TokenTiles(x) };
+            if m.lanes == 1 {
+                // Rows of one lane, in both generations: whole rows per thread, no workgroup
+                // memory or barrier (`matmul_short.wgsl`), so a CPU driver pays its per-workgroup
+                // cost far less often; a real GPU spends little on rows this short.
+                let op = self.op(Kernel::MatmulShort, Some(w), params, buffers, tiles(m.short_groups()));
+                return Op { cost: Cost::short_rows(m, w.format, weights), ..op };
+            }
+            self.row_op(Kernel::Matmul, w, m, params, buffers, tiles, weights)
         })
     }
 
-    /// One op per row piece of `w` computing `y ⟵ W · x̂ + b` with `output`'s epilogue: `dispatch`
-    /// picks, from a piece's rows and whether it takes the head tokens, the kernel, its
-    /// workgroups and how many tokens share one read of the weights.
+    /// One op per row piece of `w` computing `y ⟵ W · x̂ + b` with `output`'s epilogue: `make`
+    /// builds it from the piece's rows, whether it takes the head tokens, its uniform block, its
+    /// buffers after the block and the chunk, and the bytes of weights it reads.
     fn matmul_pieces(
         &self,
         w: &GpuMatrix,
@@ -279,7 +330,7 @@ impl Ops<'_> {
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
         output: Output,
-        dispatch: impl Fn(&MatrixRows, bool) -> (Kernel, Groups, u32),
+        make: impl Fn(&MatrixRows, bool, &MatmulParams, &[&wgpu::Buffer], u64) -> Op,
     ) -> Vec<Op> {
         let (epilogue, cap, head) = match output {
             Output::Store => (Epilogue::Store, 0.0, false),
@@ -304,16 +355,8 @@ impl Ops<'_> {
                 };
                 let norm = norm.map(|n| n.weight).unwrap_or(self.unused);
                 let buffers = [&part.values, &w.affine, norm, x, y];
-                let (kernel, groups, tokens_per_read) = dispatch(&m, head);
-                let op = self.op(kernel, Some(w), &params, &buffers, groups);
                 let norm_bytes = if m.has_norm == 1 { norm.size() } else { 0 };
-                let weights = Bytes::per_tile(w.row_bytes() * part.rows as u64 + norm_bytes, tokens_per_read);
-                let cost = match kernel {
-                    Kernel::MatmulShort => Cost::short_rows(&m, w.format, weights),
-                    Kernel::MatmulTiled => Cost::tiled(&m, w.format, weights),
-                    _ => Cost::rows(&m, w.format, weights),
-                };
-                Op { cost, ..op }
+                make(&m, head, &params, &buffers, w.row_bytes() * part.rows as u64 + norm_bytes)
             })
             .collect()
     }
@@ -322,9 +365,8 @@ impl Ops<'_> {
     pub fn geglu(&self, gate_up: &GpuMatrix, norm: Norm, x: &wgpu::Buffer, hidden: &wgpu::Buffer) -> Op {
         let m = gate_up.pair_rows().with_norm(norm.eps);
         let buffers = [gate_up.values(), &gate_up.affine, norm.weight, x, hidden];
-        let op = self.op(Kernel::Geglu, Some(gate_up), &PairParams { m }, &buffers, Groups::TokenTiles(m.row_groups()));
         let weights = Bytes::per_tile(gate_up.bytes() + norm.weight.size(), TOKEN_TILE);
-        Op { cost: Cost::rows(&m, gate_up.format, weights), ..op }
+        self.row_op(Kernel::Geglu, gate_up, &m, &PairParams { m }, &buffers, Groups::TokenTiles, weights)
     }
 
     /// `branches = [GELU(linear_y(x̂)), Conv1D(linear_x(x̂))]` (`recurrent_in.wgsl`).
@@ -333,11 +375,10 @@ impl Ops<'_> {
         let params = RecurrentInParams { m, width: r.conv_width as u32, _pad: [0; 3] };
         let w = r.linear_y_x;
         let buffers = [w.values(), &w.affine, r.norm.weight, r.x, r.step, r.conv, r.history, r.branches];
-        let op = self.op(Kernel::RecurrentIn, Some(w), &params, &buffers, Groups::Fixed(m.row_groups(), 1));
         let weights = Bytes::per_tile(w.bytes() + r.norm.weight.size() + r.conv.size(), TOKEN_TILE);
-        // Its tiles run in one workgroup, each with a second barrier before the conv.
-        let cost = Cost { tiles_in_sequence: true, barriers: 2, ..Cost::rows(&m, w.format, weights) };
-        Op { cost, ..op }
+        let op = self.row_op(Kernel::RecurrentIn, w, &m, &params, &buffers, |x| Groups::Fixed(x, 1), weights);
+        // Its tiles run in one workgroup, each with a barrier before the conv.
+        Op { cost: Cost { tiles_in_sequence: true, barriers: op.cost.barriers + 1, ..op.cost }, ..op }
     }
 
     /// `out = RG-LRU(conv, gates(conv)) ⊙ GELU(y)` over `branches = [GELU(y), conv]`
@@ -346,12 +387,11 @@ impl Ops<'_> {
         let lru = r.gates.rows / 2;
         let m = r.gates.pair_rows().block_diagonal(r.gates.cols, 2 * lru, lru);
         let buffers = [r.gates.values(), &r.gates.affine, self.unused, r.branches, r.step, r.log_a_scale, r.h, r.out];
-        let op =
-            self.op(Kernel::RgLruGates, Some(r.gates), &PairParams { m }, &buffers, Groups::Fixed(m.row_groups(), 1));
         let weights = Bytes::per_tile(r.gates.bytes() + r.log_a_scale.size(), TOKEN_TILE);
-        // Its tiles run in one workgroup, each with a second barrier before the recurrence.
-        let cost = Cost { tiles_in_sequence: true, barriers: 2, ..Cost::rows(&m, r.gates.format, weights) };
-        Op { cost, ..op }
+        let params = PairParams { m };
+        let op = self.row_op(Kernel::RgLruGates, r.gates, &m, &params, &buffers, |x| Groups::Fixed(x, 1), weights);
+        // Its tiles run in one workgroup, each with a barrier before the recurrence.
+        Op { cost: Cost { tiles_in_sequence: true, barriers: op.cost.barriers + 1, ..op.cost }, ..op }
     }
 
     /// `y ⟵ W · x̂ + b` for the chunk's tokens (or, soft-capped, the head tokens), x̂ = RMSNorm(x)
@@ -367,8 +407,10 @@ impl Ops<'_> {
         output: Output,
     ) -> Vec<Op> {
         assert!(w.fits_tiles(), "matmul_tiled takes rows of whole {TILE_K}-column steps, not {}", w.cols);
-        self.matmul_pieces(w, norm, x, y, output, |m, head| {
-            (Kernel::MatmulTiled, Groups::Tiles { x: m.tile_groups(), tokens: TILE_TOKENS, head }, TILE_TOKENS)
+        self.matmul_pieces(w, norm, x, y, output, |m, head, params, buffers, bytes| {
+            let groups = Groups::Tiles { x: m.tile_groups(), tokens: TILE_TOKENS, head };
+            let op = self.op(Kernel::MatmulTiled, Some(w), params, buffers, groups);
+            Op { cost: Cost::tiled(m, w.format, Bytes::per_tile(bytes, TILE_TOKENS)), ..op }
         })
     }
 
@@ -626,7 +668,7 @@ impl Ops<'_> {
         bias: &wgpu::Buffer,
     ) -> Op {
         let buffers = [sampling, self.chunk, step, logits, tokens, generated, counts, bias];
-        let op = self.bound(Kernel::Sample, None, &buffers, Groups::Fixed(1, 1));
+        let op = self.bound(self.kernels.pipeline(Kernel::Sample, None), &buffers, Groups::Fixed(1, 1));
         // What its passes read depends on the sampling settings: `PlanCost` counts them.
         Op { cost: Cost { vocab_passes: VocabPasses::Sampler, ..Cost::elementwise(THREADS, Bytes::default()) }, ..op }
     }

@@ -23,7 +23,12 @@ impl GpuWeights {
     pub fn new(ctx: &GpuContext, manifest: &Manifest) -> Result<Self> {
         let limits = ctx.device.limits();
         let layout = Layout::new(manifest, limits.max_storage_buffer_binding_size.min(limits.max_buffer_size))?;
-        let buffers = layout.buffers.iter().map(|(name, bytes)| (name.clone(), ctx.storage(name, *bytes))).collect();
+        // Padded to 16 bytes: the matrix kernels read weights as 16-byte vectors.
+        let buffers = layout
+            .buffers
+            .iter()
+            .map(|(name, bytes)| (name.clone(), ctx.storage(name, bytes.next_multiple_of(16))))
+            .collect();
         Ok(GpuWeights { layout, buffers })
     }
 
