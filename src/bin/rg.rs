@@ -540,8 +540,11 @@ fn bench(
 ) -> Result<()> {
     let vocab = engine.config.vocab_size as u32;
     engine.set_stops(&[])?;
-    // Warm-up: pipelines, first-use allocations and clocks, on both the prefill and decode paths.
-    streamed(&mut engine, &bench_prompt(300, vocab), 8)?;
+    // Warm-up: pipelines, first-use allocations and clocks, on the paths measured (at most 300
+    // prompt tokens and 8 steps).
+    let longest = prompt_tokens.iter().copied().max().unwrap_or(1).min(300);
+    let steps = gen_tokens.iter().copied().max().unwrap_or(1).min(8);
+    streamed(&mut engine, &bench_prompt(longest, vocab), steps)?;
 
     let mut prefill = Vec::new();
     for &n in prompt_tokens {
