@@ -62,6 +62,16 @@ fn normalizer(li: u32, x_base: u32) {
     workgroupBarrier();
 }
 
+// Chunk c of the weights buffer's row `weight_row` times x̂ from xs[x4], with the chunk's scale.
+fn chunk_dot(weight_row: u32, c: u32, x4: u32) -> f32 {
+    let w = chunk_weights(weight_row, params.m.cols, c);
+    var sum = 0.0;
+    for (var j = 0u; j < CHUNK_COLS / 4u; j++) {
+        sum += dot(w[j], xs[x4 + j]);
+    }
+    return chunk_scale(params.m.row_offset + weight_row, params.m.cols, c) * sum;
+}
+
 // tile_partials of matrix_rows.wgsl for one token (`count` is 1): the workgroup's row totals
 // into `totals`, for `row_total`. Every thread must call it.
 fn tile_partials(li: u32, group_row: u32, first: u32, count: u32) {
@@ -122,20 +132,10 @@ fn tile_partials(li: u32, group_row: u32, first: u32, count: u32) {
             let c = tile * STEPS * TPR + local_chunk;
             let x4 = local_chunk * (CHUNK_COLS / 4u);
             if live0 {
-                let w = chunk_weights(row0, params.m.cols, c);
-                var dot_w = 0.0;
-                for (var j = 0u; j < CHUNK_COLS / 4u; j++) {
-                    dot_w += dot(w[j], xs[x4 + j]);
-                }
-                acc0 += chunk_scale(params.m.row_offset + row0, params.m.cols, c) * dot_w;
+                acc0 += chunk_dot(row0, c, x4);
             }
             if live1 {
-                let w = chunk_weights(weight_row1, params.m.cols, c);
-                var dot_w = 0.0;
-                for (var j = 0u; j < CHUNK_COLS / 4u; j++) {
-                    dot_w += dot(w[j], xs[x4 + j]);
-                }
-                acc1 += chunk_scale(params.m.row_offset + weight_row1, params.m.cols, c) * dot_w;
+                acc1 += chunk_dot(weight_row1, c, x4);
             }
         }
     }

@@ -315,24 +315,13 @@ impl FunctionLint<'_> {
 
 /// The functions the entry points call, directly or not.
 fn called_functions(module: &Module) -> HashSet<Handle<Function>> {
-    fn calls(block: &Block, out: &mut Vec<Handle<Function>>) {
-        for statement in block.iter() {
-            match statement {
-                Statement::Call { function, .. } => out.push(*function),
-                Statement::Block(inner) => calls(inner, out),
-                Statement::If { accept, reject, .. } => {
-                    calls(accept, out);
-                    calls(reject, out);
-                }
-                Statement::Switch { cases, .. } => cases.iter().for_each(|c| calls(&c.body, out)),
-                Statement::Loop { body, continuing, .. } => {
-                    calls(body, out);
-                    calls(continuing, out);
-                }
-                _ => {}
+    let calls = |block: &Block, out: &mut Vec<Handle<Function>>| {
+        walk(block, &mut |statement| {
+            if let Statement::Call { function, .. } = statement {
+                out.push(*function);
             }
-        }
-    }
+        })
+    };
     let mut pending = Vec::new();
     for entry in &module.entry_points {
         calls(&entry.function.body, &mut pending);
@@ -344,6 +333,26 @@ fn called_functions(module: &Module) -> HashSet<Handle<Function>> {
         }
     }
     called
+}
+
+/// Calls `visit` on every statement of `block`, nested ones included.
+fn walk(block: &Block, visit: &mut impl FnMut(&Statement)) {
+    for statement in block.iter() {
+        visit(statement);
+        match statement {
+            Statement::Block(inner) => walk(inner, visit),
+            Statement::If { accept, reject, .. } => {
+                walk(accept, visit);
+                walk(reject, visit);
+            }
+            Statement::Switch { cases, .. } => cases.iter().for_each(|c| walk(&c.body, visit)),
+            Statement::Loop { body, continuing, .. } => {
+                walk(body, visit);
+                walk(continuing, visit);
+            }
+            _ => {}
+        }
+    }
 }
 
 /// What ends a loop: a leading `if … { break }` (as naga lowers `for` and `while`), or `break if`.
@@ -361,22 +370,11 @@ fn exit_condition(body: &Block, break_if: Option<Handle<Expression>>) -> Option<
 
 /// Every `Store` in `block`, as `(pointer, value)`.
 fn collect_stores(block: &Block, out: &mut Vec<(Handle<Expression>, Handle<Expression>)>) {
-    for statement in block.iter() {
-        match statement {
-            Statement::Store { pointer, value } => out.push((*pointer, *value)),
-            Statement::Block(inner) => collect_stores(inner, out),
-            Statement::If { accept, reject, .. } => {
-                collect_stores(accept, out);
-                collect_stores(reject, out);
-            }
-            Statement::Switch { cases, .. } => cases.iter().for_each(|c| collect_stores(&c.body, out)),
-            Statement::Loop { body, continuing, .. } => {
-                collect_stores(body, out);
-                collect_stores(continuing, out);
-            }
-            _ => {}
+    walk(block, &mut |statement| {
+        if let Statement::Store { pointer, value } = statement {
+            out.push((*pointer, *value));
         }
-    }
+    });
 }
 
 fn parse(source: &str) -> Module {

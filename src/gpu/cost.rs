@@ -260,31 +260,24 @@ pub struct DeviceModel {
     pub tail: f64,
 }
 
+/// An NVIDIA H200: its constants reproduce the step measured there.
+const H200: DeviceModel = DeviceModel {
+    name: "h200",
+    cores: 132,
+    workgroups_per_core: 6,
+    bandwidth: 4.3e12,
+    dram_latency: 1.2e-6,
+    cache_latency: 0.25e-6,
+    cache_bytes: 50 << 20,
+    dispatch: 2.5e-6,
+    tail: 1e-6,
+};
+
 impl DeviceModel {
     pub const ALL: [DeviceModel; 3] = [
-        DeviceModel {
-            name: "h200",
-            cores: 132,
-            workgroups_per_core: 6,
-            bandwidth: 4.3e12,
-            dram_latency: 1.2e-6,
-            cache_latency: 0.25e-6,
-            cache_bytes: 50 << 20,
-            dispatch: 2.5e-6,
-            tail: 1e-6,
-        },
-        // The H200's chip with HBM3: the bandwidth our probe measured (gpu-budget.md).
-        DeviceModel {
-            name: "h100",
-            cores: 132,
-            workgroups_per_core: 6,
-            bandwidth: 2.9e12,
-            dram_latency: 1.2e-6,
-            cache_latency: 0.25e-6,
-            cache_bytes: 50 << 20,
-            dispatch: 2.5e-6,
-            tail: 1e-6,
-        },
+        H200,
+        // The same chip with HBM3: the bandwidth our probe measured (gpu-budget.md).
+        DeviceModel { name: "h100", bandwidth: 2.9e12, ..H200 },
         // Apple M2: 10 cores, ≈ 100 GB/s of unified memory, 8 MB of system-level cache.
         DeviceModel {
             name: "m2",

@@ -285,15 +285,19 @@ pub enum KernelGeneration {
 }
 
 impl KernelGeneration {
+    /// `RG_KERNELS` when the program runs natively; in the browser, `RG_KERNELS` when the wasm was
+    /// built (so two packages can be compared in one browser run).
     pub fn from_env() -> crate::Result<Self> {
-        if cfg!(target_arch = "wasm32") {
-            return Ok(KernelGeneration::default());
-        }
-        match std::env::var("RG_KERNELS").as_deref() {
-            Err(_) => Ok(KernelGeneration::default()),
-            Ok("v1") => Ok(KernelGeneration::V1),
-            Ok("v2") => Ok(KernelGeneration::V2),
-            Ok(other) => Err(crate::Error::Input(format!("RG_KERNELS is v1 or v2, not {other:?}"))),
+        let chosen = if cfg!(target_arch = "wasm32") {
+            option_env!("RG_KERNELS").map(String::from)
+        } else {
+            std::env::var("RG_KERNELS").ok()
+        };
+        match chosen.as_deref() {
+            None => Ok(KernelGeneration::default()),
+            Some("v1") => Ok(KernelGeneration::V1),
+            Some("v2") => Ok(KernelGeneration::V2),
+            Some(other) => Err(crate::Error::Input(format!("RG_KERNELS is v1 or v2, not {other:?}"))),
         }
     }
 }
