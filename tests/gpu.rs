@@ -547,7 +547,11 @@ fn the_2b_plan_counts_what_its_kernels_do() {
         let window = 8 * 2 * (config.attention_window_size as u64 + 1) * hd * 4;
         assert!(extra > window && extra < matrices / 40, "{extra} B besides the matrices' inputs");
         assert_eq!(decode.single_workgroup_vocab_passes, 1);
-        assert_eq!(decode.attention_serial_trips, 3 * key_blocks(config.attention_window_size));
+        // Attention's q·k loop over the head's dimensions, then its block of 16 values; the
+        // combine (once 3 × 129 serial loads) splits the blocks among 16 groups of threads.
+        assert_eq!(decode.attention_serial_trips as u64, hd + 16);
+        let blocks = key_blocks(config.attention_window_size);
+        assert!(2 + blocks.div_ceil(16) <= 16, "the combine's own chain");
         let sampled = engine.plan_cost(1, &top_p);
         // The maximum, the total mass, 40 bisection steps and the draw.
         assert_eq!(sampled.single_workgroup_vocab_passes, 1 + 1 + 40 + 1);

@@ -986,6 +986,10 @@ fn rope_kv_and_attention() {
     // the first token; at position 60 the window wraps around 45 slots.
     check_attention(&gpu, 20, 102, 40, 45);
     check_attention(&gpu, 60, 103, 40, 45);
+    // Window 600: 38 key blocks, more than the combine's 16 groups of threads (2 or 3 each), and
+    // heads of 20 dimensions in two slices of 16, the second partial.
+    assert!(key_blocks(600) > THREADS / COMBINE_DIMS && !20u32.is_multiple_of(COMBINE_DIMS));
+    check_attention(&gpu, 700, 104, 600, 603);
 }
 
 /// `[rows, cols]` → `[cols, rows]`.

@@ -44,6 +44,9 @@ pub const MAX_LANES: u32 = 32;
 /// (`MAX_HEADS`).
 pub const KEY_BLOCK: u32 = 16;
 pub const MAX_HEADS: u32 = 32;
+/// Dimensions per workgroup of `attention_combine.wgsl` (`COMBINE_DIMS`): its other
+/// THREADS / COMBINE_DIMS groups of threads split the key blocks.
+pub const COMBINE_DIMS: u32 = 16;
 /// The widest Conv1D `recurrent_in.wgsl` keeps in registers (`MAX_CONV_WIDTH`).
 pub const MAX_CONV_WIDTH: u32 = 8;
 /// Prefill attention (`attention_chunk.wgsl`): query rows (tokens × heads) per workgroup
@@ -95,6 +98,7 @@ fn constants_wgsl() -> String {
         ("MAX_STOPS", MAX_STOPS),
         ("BISECTION_STEPS", BISECTION_STEPS),
         ("GEMV_TILE_COLS", GEMV_TILE_COLS),
+        ("COMBINE_DIMS", COMBINE_DIMS),
     ];
     constants.iter().map(|(name, value)| format!("const {name}: u32 = {value}u;\n")).collect()
 }

@@ -512,14 +512,17 @@ impl Ops<'_> {
         let attention = Op { cost, ..attention };
         let params = AttentionCombineParams { heads, head_dim, blocks, _pad: 0 };
         let buffers = [a.partial_a, a.partial_ml, a.out];
-        let combine = self.op(Kernel::AttentionCombine, None, &params, &buffers, Groups::PerToken(heads));
-        // Per head: two passes over the blocks' (max, sum), then per dimension a third over the
-        // blocks' partial sums, each re-reading its block's (max, sum).
-        let combine_bytes = head_count * (2 * block_count * 8 + dims * block_count * (4 + 8));
+        let slices = head_dim.div_ceil(COMBINE_DIMS);
+        let combine = self.op(Kernel::AttentionCombine, None, &params, &buffers, Groups::PerToken(heads * slices));
+        // Per workgroup: two passes over the blocks' (max, sum), then each thread its share of
+        // the blocks' partial sums, each with its block's (max, sum).
+        let groups = THREADS / COMBINE_DIMS;
+        let per_group = 2 * block_count * 8 + block_count * COMBINE_DIMS as u64 * (4 + 8);
         let cost = Cost {
-            attention_serial_trips: 3 * blocks,
+            attention_serial_trips: 2 * blocks.div_ceil(THREADS) + blocks.div_ceil(groups),
             attention_trips_cached: true,
-            ..Cost::elementwise(THREADS, Bytes::per_token(combine_bytes))
+            barriers: 2 * (THREADS.ilog2() + 2) + 1,
+            ..Cost::elementwise(THREADS, Bytes::per_token((head_count * slices as u64) * per_group))
         };
         [attention, Op { cost, ..combine }]
     }
