@@ -36,7 +36,9 @@ cargo fmt --check
 rustfmt --check --edition 2021 fuzz/src/*.rs fuzz/fuzz_targets/*.rs fuzz/examples/*.rs
 cargo clippy --all-targets --quiet -- -D warnings
 
-step "the library and the page build for the browser, lint-clean (wasm32-unknown-unknown)"
+step "the package and the page build for the browser, lint-clean (wasm32-unknown-unknown)"
+# As each is built: the package is the library with the engine; the page is built without it.
+cargo clippy --quiet --target wasm32-unknown-unknown --no-default-features --features gpu --lib -- -D warnings
 cargo clippy --quiet --target wasm32-unknown-unknown --no-default-features --features app --lib --bin app -- -D warnings
 
 step "the WGSL kernels compile in Chromium's WebGPU (Tint's stricter rules)"
@@ -47,21 +49,13 @@ cargo test --quiet --all-targets --no-run
 step "tests"
 cargo test --all-targets
 
-step "the chat page end to end in Chromium: its model in the package's worker, conversations kept in IndexedDB"
+step "the chat page and the embeddable package end to end in Chromium (tests/browser/run.mjs, two at a time)"
 bash scripts/demo-model.sh target/debug/rg
 # The site as it is deployed (dist/), built without trunk; it builds the package (pkg/) the page
-# runs its model through when missing or stale, so the package step below finds it up to date.
+# runs its model through, which the package's own tests (its example page, the OpenAI-style API on
+# the page thread and in a worker, its npm tarball installed and run) then use as it is.
 bash scripts/build-site.sh
-(cd tests/browser && node app.mjs)
-(cd tests/browser && node conversations.mjs)
-(cd tests/browser && node csp.mjs)
-(cd tests/browser && node downloads.mjs)
-
-step "the embeddable package on the page thread and in a worker: its example page, the OpenAI-style API, its npm tarball installed and run"
-bash scripts/build-package.sh
-(cd tests/browser && node package.mjs)
-(cd tests/browser && node completions.mjs)
-(cd tests/browser && node pack.mjs)
+(cd tests/browser && node run.mjs)
 
 step "fuzzing: every parser of network bytes for a minute each (fuzz/, its own build in fuzz/target)"
 bash scripts/fuzz.sh 60

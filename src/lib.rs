@@ -9,8 +9,9 @@
 //!
 //! - `gpu` (feature `gpu`, on by default): the WebGPU engine (WGSL kernels in `shaders/`), checked
 //!   against [`model`].
-//! - `web` (wasm32 and feature `gpu`): fetch, cache and load in the browser, and the JavaScript API.
-//! - `app` (feature `app`): the Leptos chat page.
+//! - `web` (wasm32, feature `gpu` or `app`): fetch, cache and load in the browser, and the JavaScript API.
+//! - `app` (feature `app`): the Leptos chat page, which runs its model through the package's
+//!   worker: built without `gpu`, its wasm holds no engine.
 
 #[cfg(all(target_arch = "wasm32", feature = "app"))]
 pub mod app;
@@ -20,7 +21,7 @@ pub mod error;
 #[cfg(feature = "gpu")]
 pub mod gpu;
 pub mod model;
-#[cfg(all(target_arch = "wasm32", feature = "gpu"))]
+#[cfg(all(target_arch = "wasm32", any(feature = "gpu", feature = "app")))]
 pub mod web;
 pub mod weights;
 

@@ -12,9 +12,9 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 
-use crate::web::download::CacheState;
-use crate::web::js::describe;
-use crate::web::loader::{LoadProgress, Stage};
+use crate::chat::figures::{EngineStats, TurnFigures};
+use crate::web::js::{self, describe};
+use crate::web::progress::LoadProgress;
 
 // `raw_module`: the path is kept as written in the page's glue, so it resolves next to the glue
 // (the site's root), where index.html copies the built package.
@@ -76,76 +76,9 @@ fn set(object: &Object, key: &str, value: &JsValue) {
     let _ = Reflect::set(object, &JsValue::from_str(key), value);
 }
 
-/// The package's `LoadProgress` object as the page's (the same fields the loader reports).
+/// The package's `LoadProgress` object: the type the loader reports, read back.
 fn progress_of(value: &JsValue) -> LoadProgress {
-    let stage = match get(value, "stage").as_string().as_deref() {
-        Some("tokenizer") => Stage::Tokenizer,
-        Some("weights") => Stage::Weights,
-        Some("ready") => Stage::Ready,
-        _ => Stage::Manifest,
-    };
-    let cache = match get(value, "cache").as_string().as_deref() {
-        Some("unavailable") => CacheState::Unavailable,
-        Some("quota-exceeded") => CacheState::QuotaExceeded,
-        _ => CacheState::On,
-    };
-    let notes = get(value, "notes");
-    let notes = notes.dyn_ref::<Array>().map(|a| a.iter().filter_map(|n| n.as_string()).collect()).unwrap_or_default();
-    LoadProgress {
-        stage,
-        bytes_done: number(value, "bytesDone") as u64,
-        bytes_total: number(value, "bytesTotal") as u64,
-        bytes_from_cache: number(value, "bytesFromCache") as u64,
-        shards_done: number(value, "shardsDone") as usize,
-        shards_total: number(value, "shardsTotal") as usize,
-        seconds: number(value, "seconds"),
-        cache,
-        notes,
-        peak_wasm_bytes: number(value, "peakWasmBytes") as u64,
-    }
-}
-
-/// Figures of the reply in progress or of the last one.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct TurnFigures {
-    pub prompt_tokens: u64,
-    pub generated_tokens: u64,
-    pub time_to_first_token_seconds: f64,
-    pub prefill_tokens_per_second: f64,
-    pub decode_tokens_per_second: f64,
-}
-
-impl TurnFigures {
-    /// From `stats()` or from the live figures handed to `onToken` (the same names).
-    fn of(value: &JsValue) -> Option<TurnFigures> {
-        value.is_object().then(|| TurnFigures {
-            prompt_tokens: number(value, "promptTokens") as u64,
-            generated_tokens: number(value, "generatedTokens") as u64,
-            time_to_first_token_seconds: number(value, "timeToFirstTokenSeconds"),
-            prefill_tokens_per_second: number(value, "prefillTokensPerSecond"),
-            decode_tokens_per_second: number(value, "decodeTokensPerSecond"),
-        })
-    }
-}
-
-/// `engine.stats()`.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct EngineStats {
-    pub turn: TurnFigures,
-    pub conversation_tokens: u64,
-    pub weight_bytes: u64,
-    /// How the loaded model's matrices are stored (`int8`, `int4`, `f32`).
-    pub weight_format: String,
-    pub state_bytes: u64,
-    pub gpu_bytes: u64,
-    /// The engine's wasm heap, in the worker.
-    pub wasm_bytes: u64,
-    pub load_seconds: f64,
-    pub model_id: Option<String>,
-    /// Whether the engine's GPU device is gone (`stats().deviceLost`).
-    pub device_lost: bool,
-    /// Whether a GPU error makes every call fail (`stats().broken`): a lost device is one.
-    pub broken: bool,
+    js::from_js(value).unwrap_or_default()
 }
 
 /// A finished reply.
@@ -258,21 +191,7 @@ impl WorkerEngine {
     }
 
     pub async fn stats(&self) -> Result<EngineStats, String> {
-        let stats = settle(self.stats_js()).await?;
-        let model_id = get(&stats, "modelId").as_string();
-        Ok(EngineStats {
-            turn: TurnFigures::of(&stats).unwrap_or_default(),
-            conversation_tokens: number(&stats, "conversationTokens") as u64,
-            weight_bytes: number(&stats, "weightBytes") as u64,
-            weight_format: get(&stats, "weightFormat").as_string().unwrap_or_default(),
-            state_bytes: number(&stats, "stateBytes") as u64,
-            gpu_bytes: number(&stats, "gpuBytes") as u64,
-            wasm_bytes: number(&stats, "wasmBytes") as u64,
-            load_seconds: number(&stats, "loadSeconds"),
-            model_id,
-            device_lost: get(&stats, "deviceLost").as_bool() == Some(true),
-            broken: get(&stats, "broken").as_bool() == Some(true),
-        })
+        js::from_js(&settle(self.stats_js()).await?).map_err(|e| format!("stats(): {e}"))
     }
 
     /// The model's identity (its manifest's sha256): `engine.modelId`, else the one `stats()` gives.
@@ -341,7 +260,7 @@ fn token_callback(
     mut on_token: impl FnMut(String, Option<TurnFigures>) + 'static,
 ) -> Closure<dyn FnMut(JsValue, JsValue)> {
     Closure::new(move |piece: JsValue, live: JsValue| {
-        on_token(piece.as_string().unwrap_or_default(), TurnFigures::of(&live));
+        on_token(piece.as_string().unwrap_or_default(), js::from_js(&live).ok());
     })
 }
 

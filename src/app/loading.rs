@@ -6,7 +6,7 @@ use wasm_bindgen::JsCast;
 
 use super::{AppState, ModelChoice};
 use crate::web::download::CacheState;
-use crate::web::loader::{LoadProgress, Stage};
+use crate::web::progress::{LoadProgress, Stage};
 
 pub fn megabytes(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)

@@ -8,11 +8,12 @@ use leptos::prelude::*;
 use leptos::task::spawn_local;
 use serde::{Deserialize, Serialize};
 
-use super::engine::{EngineStats, LoadSource, Reply, Sampling, TurnFigures, WorkerEngine};
+use super::engine::{LoadSource, Reply, Sampling, WorkerEngine};
 use super::store;
+use crate::chat::figures::{EngineStats, TurnFigures};
 use crate::web::download::{self, Source};
 use crate::web::js;
-use crate::web::loader::{self, LoadProgress};
+use crate::web::progress::LoadProgress;
 use crate::weights::format::MAX_MANIFEST_BYTES;
 use crate::Error;
 
@@ -364,7 +365,7 @@ impl AppState {
             )));
         }
         let origin = origin_of(url)?;
-        let (manifest, _) = loader::read_manifest(&download::Fetcher::new(Source::url(url)?).await).await?;
+        let (manifest, _) = download::read_manifest(&download::Fetcher::new(Source::url(url)?).await).await?;
         let tokenizer = manifest.tokenizer.as_ref().map_or(0, |t| t.bytes);
         Ok(Some(PendingDownload { url: url.clone(), origin, bytes: manifest.total_bytes() + tokenizer }))
     }

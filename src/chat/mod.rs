@@ -2,6 +2,7 @@
 //! template with the incremental pieces a multi-turn session feeds, the streaming detokenizer and
 //! the sampler. All of it builds for `wasm32-unknown-unknown` as well as natively.
 
+pub mod figures;
 pub mod markdown;
 pub mod sampler;
 pub mod saved;

@@ -4,6 +4,7 @@
 
 use std::cell::{Cell, RefCell};
 
+use super::figures::TurnFigures;
 use super::sampler::{Sampler, SamplingParams};
 use super::saved::{BackendKind, StateParts};
 use super::stop::{StopStrings, StopText};
@@ -83,19 +84,7 @@ pub trait Listener {
     }
 
     /// The figures of the reply so far, after every token (for a live speed readout).
-    fn live(&mut self, _live: &Live) {}
-}
-
-/// A reply's figures while it streams.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Live {
-    pub prompt_tokens: usize,
-    pub generated_tokens: usize,
-    /// From the start until the first token was known: the prefill.
-    pub time_to_first_token_seconds: f64,
-    pub prefill_tokens_per_second: f64,
-    /// Tokens after the first over the time since the first.
-    pub decode_tokens_per_second: f64,
+    fn live(&mut self, _live: &TurnFigures) {}
 }
 
 impl<F: FnMut(&str) -> bool> Listener for F {
@@ -543,7 +532,7 @@ impl Generator {
         // Asked whether to stop between the pieces it is given: never borrowed twice at once.
         let listener = RefCell::new(listener);
         let start = Instant::now();
-        let mut live = Live { prompt_tokens: prompt.len(), ..Live::default() };
+        let mut live = TurnFigures { prompt_tokens: prompt.len() as u64, ..TurnFigures::default() };
         let ids = self
             .generate(
                 prompt,
@@ -558,7 +547,7 @@ impl Generator {
                         live.prefill_tokens_per_second = rate(prompt.len(), seconds);
                     } else {
                         let decoding = seconds - live.time_to_first_token_seconds;
-                        live.decode_tokens_per_second = rate(live.generated_tokens - 1, decoding);
+                        live.decode_tokens_per_second = rate(live.generated_tokens as usize - 1, decoding);
                     }
                     listener.borrow_mut().live(&live);
                     Ok(match stream.push(tokenizer, id)? {
@@ -1007,7 +996,7 @@ impl<L: Listener> Listener for CutAtStopText<'_, L> {
         stopped
     }
 
-    fn live(&mut self, live: &Live) {
+    fn live(&mut self, live: &TurnFigures) {
         self.listener.borrow_mut().live(live);
     }
 }

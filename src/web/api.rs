@@ -12,11 +12,13 @@ use std::rc::Rc;
 use js_sys::{Function, Object, Reflect};
 use wasm_bindgen::prelude::*;
 
-use super::download::{self, CacheState, Source};
+use super::download::{self, Source};
 use super::js;
-use super::loader::{self, LoadProgress, Stage};
+use super::loader;
+use super::progress::{LoadProgress, ProgressReport};
+use crate::chat::figures::{EngineStats, TurnFigures};
 use crate::chat::saved::SavedConversation;
-use crate::chat::session::{Backend, ChatSession, Generator, Listener, Live, Reply, SavedTurn};
+use crate::chat::session::{Backend, ChatSession, Generator, Listener, Reply, SavedTurn};
 use crate::chat::stop::{StopStrings, MAX_STOP_STRINGS};
 use crate::chat::{Role, SamplingParams, Turn as ChatTurn};
 use crate::weights::format::Manifest;
@@ -41,33 +43,7 @@ fn number(value: impl Into<f64>) -> JsValue {
 
 /// The progress object handed to `onProgress`.
 pub fn progress_object(progress: &LoadProgress) -> JsValue {
-    let stage = match progress.stage {
-        Stage::Manifest => "manifest",
-        Stage::Tokenizer => "tokenizer",
-        Stage::Weights => "weights",
-        Stage::Ready => "ready",
-    };
-    let cache = match progress.cache {
-        CacheState::On => "on",
-        CacheState::Unavailable => "unavailable",
-        CacheState::QuotaExceeded => "quota-exceeded",
-    };
-    let notes = progress.notes.iter().map(|n| JsValue::from_str(n)).collect::<js_sys::Array>();
-    object(&[
-        ("stage", stage.into()),
-        ("bytesDone", number(progress.bytes_done as f64)),
-        ("bytesTotal", number(progress.bytes_total as f64)),
-        ("bytesFromCache", number(progress.bytes_from_cache as f64)),
-        ("fromCache", (progress.bytes_done > 0 && progress.bytes_from_cache == progress.bytes_done).into()),
-        ("shardsDone", number(progress.shards_done as f64)),
-        ("shardsTotal", number(progress.shards_total as f64)),
-        ("seconds", number(progress.seconds)),
-        ("bytesPerSecond", number(progress.bytes_per_second())),
-        ("etaSeconds", progress.eta_seconds().map(JsValue::from_f64).unwrap_or(JsValue::NULL)),
-        ("cache", cache.into()),
-        ("notes", notes.into()),
-        ("peakWasmBytes", number(progress.peak_wasm_bytes as f64)),
-    ])
+    js::to_js(&ProgressReport::from(progress))
 }
 
 /// The largest whole number a JS number holds exactly.
@@ -429,29 +405,18 @@ impl Stamp {
     }
 }
 
-/// A reply's figures so far, as JS sees them.
-fn live_object(live: &Live) -> JsValue {
-    object(&[
-        ("promptTokens", number(live.prompt_tokens as f64)),
-        ("generatedTokens", number(live.generated_tokens as f64)),
-        ("timeToFirstTokenSeconds", number(live.time_to_first_token_seconds)),
-        ("prefillTokensPerSecond", number(live.prefill_tokens_per_second)),
-        ("decodeTokensPerSecond", number(live.decode_tokens_per_second)),
-    ])
-}
-
 /// One call's listener: the text goes to the caller's `onToken(piece, live)`, and the call stops
 /// once its own flag is set (by `abort()` or `dispose()`).
 struct CallListener {
     on_token: Option<Function>,
     stop: Rc<Cell<bool>>,
-    live: Live,
+    live: TurnFigures,
 }
 
 impl Listener for CallListener {
     fn text(&mut self, piece: &str) -> bool {
         if let Some(callback) = &self.on_token {
-            let _ = callback.call2(&JsValue::NULL, &JsValue::from_str(piece), &live_object(&self.live));
+            let _ = callback.call2(&JsValue::NULL, &JsValue::from_str(piece), &js::to_js(&self.live));
         }
         !self.stop.get()
     }
@@ -460,7 +425,7 @@ impl Listener for CallListener {
         self.stop.get()
     }
 
-    fn live(&mut self, live: &Live) {
+    fn live(&mut self, live: &TurnFigures) {
         self.live = *live;
     }
 }
@@ -681,26 +646,28 @@ impl RecurrentGemma {
                 Backend::Gpu { engine, .. } => engine.context().adapter_info.name.clone(),
                 Backend::Cpu { .. } => "cpu".into(),
             };
-            Ok(object(&[
-                ("prefillTokensPerSecond", number(timing.prefill_tokens_per_second())),
-                ("decodeTokensPerSecond", number(timing.decode_tokens_per_second())),
-                ("timeToFirstTokenSeconds", number(timing.time_to_first_token_seconds())),
-                ("promptTokens", number(timing.prefill_tokens as f64)),
-                ("generatedTokens", number(timing.decoded_tokens as f64)),
-                ("conversationTokens", number(generator.position() as f64)),
-                ("weightBytes", number(weight_bytes as f64)),
-                ("weightFormat", loaded.manifest.quantization.name().into()),
-                ("stateBytes", number(generator.state_bytes() as f64)),
-                ("gpuBytes", number(gpu_bytes as f64)),
-                ("wasmBytes", number(js::wasm_memory_bytes() as f64)),
-                ("loadSeconds", number(loaded.load.seconds)),
-                ("bytesFromCache", number(loaded.load.bytes_from_cache as f64)),
-                ("vocabSize", number(loaded.manifest.config.vocab_size as f64)),
-                ("adapter", adapter.into()),
-                ("modelId", hex(&self.stamp.model).into()),
-                ("deviceLost", generator.device_lost().into()),
-                ("broken", generator.broken().into()),
-            ]))
+            Ok(js::to_js(&EngineStats {
+                turn: TurnFigures {
+                    prompt_tokens: timing.prefill_tokens as u64,
+                    generated_tokens: timing.decoded_tokens as u64,
+                    time_to_first_token_seconds: timing.time_to_first_token_seconds(),
+                    prefill_tokens_per_second: timing.prefill_tokens_per_second(),
+                    decode_tokens_per_second: timing.decode_tokens_per_second(),
+                },
+                conversation_tokens: generator.position() as u64,
+                weight_bytes,
+                weight_format: loaded.manifest.quantization.name().into(),
+                state_bytes: generator.state_bytes(),
+                gpu_bytes,
+                wasm_bytes: js::wasm_memory_bytes(),
+                load_seconds: loaded.load.seconds,
+                bytes_from_cache: loaded.load.bytes_from_cache,
+                vocab_size: loaded.manifest.config.vocab_size as u64,
+                adapter,
+                model_id: Some(hex(&self.stamp.model)),
+                device_lost: generator.device_lost(),
+                broken: generator.broken(),
+            }))
         })
     }
 
@@ -813,7 +780,7 @@ impl RecurrentGemma {
             return Err(to_js(e));
         }
         let stop = self.call_stop();
-        let listener = CallListener { on_token, stop: stop.clone(), live: Live::default() };
+        let listener = CallListener { on_token, stop: stop.clone(), live: TurnFigures::default() };
         let reply = turn(&mut loaded.session, call.max_tokens, listener).await;
         let state_bytes = loaded.session.generator_ref().state_bytes();
         self.put_back(loaded)?;

@@ -12,7 +12,7 @@ use wasm_bindgen::JsCast;
 use web_sys::{AbortController, Cache, Request, RequestInit, Response, ResponseInit};
 
 use super::js::{self, ChunkReader};
-use crate::weights::format::MANIFEST_FILE;
+use crate::weights::format::{Manifest, MANIFEST_FILE, MAX_MANIFEST_BYTES};
 use crate::weights::stream::hex;
 use crate::{Error, Result};
 
@@ -114,7 +114,8 @@ impl PickedFolder {
 }
 
 /// Whether verified files are being written to Cache Storage (they are read from it whenever it exists).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum CacheState {
     #[default]
     On,
@@ -570,4 +571,16 @@ pub async fn clear_cache() -> Result<()> {
     let Some(caches) = js::caches() else { return Ok(()) };
     js::await_promise(caches.delete(CACHE_NAME)).await.map_err(|e| Error::Browser(js::describe(&e)))?;
     Ok(())
+}
+
+/// The source's `manifest.json`, read with a size cap and checked, and the sha256 of its bytes.
+pub async fn read_manifest(fetcher: &Fetcher) -> Result<(Manifest, [u8; 32])> {
+    let bytes = fetcher.whole_file(MANIFEST_FILE, MAX_MANIFEST_BYTES).await?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| Error::Weights(format!("{MANIFEST_FILE} is not UTF-8 text")))?;
+    if text.trim_start().starts_with('<') {
+        return Err(Error::Weights(format!(
+            "{MANIFEST_FILE} is an HTML page, not a manifest (is the URL a converted model folder?)"
+        )));
+    }
+    Ok((Manifest::from_json(text)?, Sha256::digest(&bytes).into()))
 }

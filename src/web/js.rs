@@ -25,6 +25,18 @@ fn scope() -> Result<Scope> {
     Err(Error::Browser("not running in a window or a worker".into()))
 }
 
+/// A value as the plain JS object its JSON makes: how one Rust type crosses to JavaScript and,
+/// through a worker's messages, back to the page ([`from_js`]).
+pub fn to_js<T: serde::Serialize>(value: &T) -> JsValue {
+    serde_json::to_string(value).ok().and_then(|json| js_sys::JSON::parse(&json).ok()).unwrap_or(JsValue::NULL)
+}
+
+/// A plain JS object read as `T` through its JSON (fields `T` does not know are ignored).
+pub fn from_js<T: serde::de::DeserializeOwned>(value: &JsValue) -> Result<T> {
+    let json = js_sys::JSON::stringify(value).map_err(|e| Error::Browser(describe(&e)))?;
+    serde_json::from_str(&String::from(json)).map_err(|e| Error::Browser(format!("an object of the wrong shape: {e}")))
+}
+
 /// A JS exception or rejection as one line of text.
 pub fn describe(value: &JsValue) -> String {
     if let Some(error) = value.dyn_ref::<js_sys::Error>() {

@@ -4,15 +4,15 @@
 //! check fails is evicted from the cache. The tokenizer is checked against the manifest's size
 //! and sha256 before it is parsed or cached.
 
-use sha2::{Digest, Sha256};
 use web_time::Instant;
 
-use super::download::{CacheState, ChunkQueue, Fetcher, OpenError, SegmentWriter, Source};
+use super::download::{read_manifest, CacheState, ChunkQueue, Fetcher, OpenError, SegmentWriter, Source};
 use super::js;
+use super::progress::{LoadProgress, Stage};
 use crate::chat::GemmaTokenizer;
 use crate::gpu::engine::Engine;
 use crate::gpu::GpuContext;
-use crate::weights::format::{Manifest, MANIFEST_FILE, MAX_MANIFEST_BYTES, TOKENIZER_FILE};
+use crate::weights::format::{Manifest, MANIFEST_FILE, TOKENIZER_FILE};
 use crate::weights::stream::ShardParser;
 use crate::{Error, Result};
 
@@ -23,49 +23,6 @@ const MAX_ATTEMPTS: u32 = 6;
 const MAX_RESTARTS: u32 = 2;
 /// How often progress is reported while bytes stream in.
 const PROGRESS_INTERVAL_MS: f64 = 100.0;
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Stage {
-    #[default]
-    Manifest,
-    Tokenizer,
-    Weights,
-    Ready,
-}
-
-/// Where a load stands, for a progress bar.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct LoadProgress {
-    pub stage: Stage,
-    /// Weight bytes streamed into the GPU so far, of `bytes_total`.
-    pub bytes_done: u64,
-    pub bytes_total: u64,
-    /// Of `bytes_done`, how many came from Cache Storage rather than the network.
-    pub bytes_from_cache: u64,
-    pub shards_done: usize,
-    pub shards_total: usize,
-    pub seconds: f64,
-    pub cache: CacheState,
-    /// Things worth telling the user (a corrupted cached shard fetched again, a resumed download).
-    pub notes: Vec<String>,
-    /// The largest the wasm heap has been during this load.
-    pub peak_wasm_bytes: u64,
-}
-
-impl LoadProgress {
-    pub fn bytes_per_second(&self) -> f64 {
-        if self.seconds > 0.0 {
-            self.bytes_done as f64 / self.seconds
-        } else {
-            0.0
-        }
-    }
-
-    pub fn eta_seconds(&self) -> Option<f64> {
-        let rate = self.bytes_per_second();
-        (rate > 0.0).then(|| self.bytes_total.saturating_sub(self.bytes_done) as f64 / rate)
-    }
-}
 
 /// A model ready to run.
 pub struct LoadedModel {
@@ -183,18 +140,6 @@ async fn load_onto(ctx: GpuContext, source: Source, on_progress: &mut dyn FnMut(
     reporter.stage(Stage::Ready);
     let progress = reporter.progress.clone();
     Ok(LoadedModel { engine, tokenizer, manifest, identity, progress })
-}
-
-/// The source's `manifest.json`, read with a size cap and checked, and the sha256 of its bytes.
-pub async fn read_manifest(fetcher: &Fetcher) -> Result<(Manifest, [u8; 32])> {
-    let bytes = fetcher.whole_file(MANIFEST_FILE, MAX_MANIFEST_BYTES).await?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| Error::Weights(format!("{MANIFEST_FILE} is not UTF-8 text")))?;
-    if text.trim_start().starts_with('<') {
-        return Err(Error::Weights(format!(
-            "{MANIFEST_FILE} is an HTML page, not a manifest (is the URL a converted model folder?)"
-        )));
-    }
-    Ok((Manifest::from_json(text)?, Sha256::digest(&bytes).into()))
 }
 
 /// Stops cache writes when what is not cached yet will not fit in the storage quota. This

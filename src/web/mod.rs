@@ -4,10 +4,17 @@
 //!
 //! - [`js`]: typed access to `fetch`, Cache Storage, storage estimates and timers, in a page or a worker.
 //! - [`download`]: model sources (URL or picked folder), streamed bodies teed into the cache, HTTP Range resume.
-//! - [`loader`]: manifest → tokenizer → every shard through the parser into GPU buffers, with progress.
-//! - [`api`]: the `RecurrentGemma` class that web pages import (wasm-bindgen).
+//! - [`progress`]: where a load stands, as the loader reports it and the page reads it.
+//! - `loader` (feature `gpu`): manifest → tokenizer → every shard through the parser into GPU buffers.
+//! - `api` (feature `gpu`): the `RecurrentGemma` class that web pages import (wasm-bindgen).
+//!
+//! The chat page (feature `app`) builds this module without the engine: it runs its model through
+//! the package's worker, and needs only the model files' sources, the cache and the progress type.
 
+#[cfg(feature = "gpu")]
 pub mod api;
 pub mod download;
 pub mod js;
+#[cfg(feature = "gpu")]
 pub mod loader;
+pub mod progress;

@@ -1,7 +1,4 @@
-// What the browser tests share: Debian's Chromium with WebGPU on SwiftShader (no GPU needed), and
-// the CPU reference's greedy reply to compare the browser's with.
-import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+// How the browser tests start Debian's Chromium with WebGPU on SwiftShader (no GPU needed).
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -24,16 +21,4 @@ export function launchContext(options = {}) {
 /** A browser without a persistent profile. */
 export function launchBrowser() {
     return chromium.launch({ executablePath, headless: true, args: ARGS });
-}
-
-/** The ids and text `rg generate --backend cpu` produces for `prompt` as a first chat turn, greedy
- * (`extra`: more of its flags, e.g. penalties). */
-export function cpuReference(modelDir, prompt, maxTokens, extra = []) {
-    const rg = process.env.RG ?? path.join(root, 'target/debug/rg');
-    const run = spawnSync(rg, ['generate', modelDir, '--chat', '--prompt', prompt, '--max-tokens', String(maxTokens),
-        '--backend', 'cpu', '--print-ids', ...extra], { encoding: 'utf8' });
-    assert.equal(run.status, 0, run.stderr);
-    // --print-ids writes `ids: 1,2,3` to stderr as its last line.
-    const ids = run.stderr.trim().split('\n').at(-1).replace(/^ids:/, '').split(',').map(Number);
-    return { ids, text: run.stdout.replace(/\n$/, '') };
 }

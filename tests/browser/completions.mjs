@@ -4,25 +4,19 @@
 // stop strings, penalties and logit_bias, abort, bad requests, and states kept as bytes
 // (`snapshot().toBytes()` / `restore(bytes)`), including bytes of another model and damaged ones.
 //
-// Usage: node completions.mjs   (after scripts/build-package.sh, scripts/demo-model.sh, cargo build --bin rg)
+// Usage: node run.mjs completions   (after scripts/build-package.sh, scripts/demo-model.sh, cargo build --bin rg)
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { cpuReference, launchContext, root } from './chromium.mjs';
-import { startServer } from './server.mjs';
+import { cpuReference, MODES, root } from './harness.mjs';
 
 const modelDir = path.join(root, 'www/models/demo');
 const PROMPT = 'Read me Psalms 23:1-3.';
 const MAX_TOKENS = 16;
 const TIMEOUT = 600_000;
 
-function log(message) {
-    console.log(`[completions e2e] ${message}`);
-}
-
-async function exercise(context, server, reference, worker) {
-    const mode = worker ? 'worker' : 'page thread';
+async function exercise(t, context, server, reference, { worker, name: mode }) {
     const page = await context.newPage();
     const errors = [];
     page.on('pageerror', (e) => errors.push(String(e)));
@@ -290,7 +284,7 @@ async function exercise(context, server, reference, worker) {
     for (const key of ['prefill_tokens_per_s', 'decode_tokens_per_s', 'time_to_first_token_s', 'e2e_latency_s', 'state_bytes']) {
         assert.ok(usage.extra[key] > 0, `${mode}: usage.extra.${key} = ${usage.extra[key]}`);
     }
-    log(`${mode}: non-streamed reply equals the CPU reference; usage ${JSON.stringify(usage)}`);
+    t.log(`${mode}: non-streamed reply equals the CPU reference; usage ${JSON.stringify(usage)}`);
 
     // Streamed: a role chunk, content chunks, a finish chunk, then usage with no choices.
     const chunks = out.chunks;
@@ -302,7 +296,7 @@ async function exercise(context, server, reference, worker) {
     assert.deepEqual(chunks.at(-1).choices, []);
     assert.equal(chunks.at(-1).usage.completion_tokens, usage.completion_tokens);
     assert.ok(chunks.slice(1, -2).every((c) => c.choices[0].finish_reason === null && c.choices[0].delta.content));
-    log(`${mode}: streamed ${chunks.length} chunks`);
+    t.log(`${mode}: streamed ${chunks.length} chunks`);
 
     // Prefix reuse.
     assert.equal(out.grown.choices[0].message.content, out.fresh.choices[0].message.content, `${mode}: reuse = fresh prefill`);
@@ -315,7 +309,7 @@ async function exercise(context, server, reference, worker) {
         `${mode}: seeded, reuse = fresh prefill`);
     assert.ok(out.seededGrown.usage.extra.prefilled_tokens < out.seededGrown.usage.prompt_tokens / 2);
     assert.ok(out.system.usage.prompt_tokens > usage.prompt_tokens + 2, `${mode}: the system message is in the prompt`);
-    log(`${mode}: prefix reuse prefilled ${out.grown.usage.extra.prefilled_tokens} of ${out.grown.usage.prompt_tokens} tokens`);
+    t.log(`${mode}: prefix reuse prefilled ${out.grown.usage.extra.prefilled_tokens} of ${out.grown.usage.prompt_tokens} tokens`);
 
     // Stop strings.
     const cut = reference.text.slice(0, reference.text.indexOf(out.stopAt));
@@ -323,7 +317,7 @@ async function exercise(context, server, reference, worker) {
     assert.equal(out.stopped.choices[0].finish_reason, 'stop');
     assert.equal(out.afterStop.choices[0].message.content, out.afterStopFresh.choices[0].message.content,
         `${mode}: after a stop string the next turn equals a fresh prefill of the visible conversation`);
-    log(`${mode}: stop ${JSON.stringify(out.stopAt)} cut the reply to ${JSON.stringify(cut)}`);
+    t.log(`${mode}: stop ${JSON.stringify(out.stopAt)} cut the reply to ${JSON.stringify(cut)}`);
 
     // Penalties and logit_bias: as the CPU reference with the same settings.
     assert.equal(out.penalized.choices[0].message.content, reference.penalized.text, `${mode}: frequency/presence penalties`);
@@ -332,7 +326,7 @@ async function exercise(context, server, reference, worker) {
     assert.equal(out.firstId, reference.ids[0]);
     assert.notEqual(out.bannedIds[0], out.firstId, `${mode}: a banned token is never drawn`);
     assert.deepEqual(out.bannedIds, reference.banned.ids, `${mode}: logitBias as the CPU reference`);
-    log(`${mode}: penalties and logit_bias equal the CPU reference`);
+    t.log(`${mode}: penalties and logit_bias equal the CPU reference`);
 
     assert.equal(out.abortedFinish, 'abort', `${mode}: interruptGenerate() → finish_reason 'abort'`);
     assert.ok(out.abortedPieces < 100);
@@ -341,7 +335,7 @@ async function exercise(context, server, reference, worker) {
         const [, , , full, ...later] = out.liveBuffers;
         assert.ok(later.every((n) => n === full), `live GPU buffers after turns 1-8: ${out.liveBuffers}`);
         assert.ok(out.withSnapshot > out.afterFree && out.afterFree === full, `a freed snapshot: ${out.withSnapshot} → ${out.afterFree}`);
-        log(`${mode}: live GPU buffers after turns 1-8: ${out.liveBuffers.join(', ')}; a snapshot freed ${out.withSnapshot - out.afterFree}`);
+        t.log(`${mode}: live GPU buffers after turns 1-8: ${out.liveBuffers.join(', ')}; a snapshot freed ${out.withSnapshot - out.afterFree}`);
     }
     assert.equal(out.signalFinish, 'abort', `${mode}: request.signal aborts the reply`);
     assert.ok(out.signalPieces < 2000, `${mode}: the aborted reply ended early`);
@@ -359,7 +353,7 @@ async function exercise(context, server, reference, worker) {
         assert.ok(message !== 'no error' && message.includes(field), `${mode}: a bad ${field} → ${message}`);
     }
     assert.match(out.badStream, /messages/);
-    log(`${mode}: ${Object.keys(out.bad).length} bad requests refused, each naming its field`);
+    t.log(`${mode}: ${Object.keys(out.bad).length} bad requests refused, each naming its field`);
 
     assert.equal(out.bytesKind, '[object Uint8Array]');
     assert.ok(out.restoredEqual, `${mode}: a state restored from bytes continues exactly`);
@@ -379,33 +373,21 @@ async function exercise(context, server, reference, worker) {
     // that learns a new manifest field still admits the states an older build saved.
     const manifestSha256 = crypto.createHash('sha256').update(fs.readFileSync(path.join(modelDir, 'manifest.json'))).digest('hex');
     assert.equal(out.modelId, manifestSha256, `${mode}: modelId is the sha256 of manifest.json as served`);
-    log(`${mode}: a ${out.bytesLength}-byte state restored exactly (prefilled ${out.restoredPrefill.join(' of ')}); damaged, `
+    t.log(`${mode}: a ${out.bytesLength}-byte state restored exactly (prefilled ${out.restoredPrefill.join(' of ')}); damaged, `
         + 'cut, other-version and other-model bytes refused');
     assert.deepEqual(errors, [], `${mode}: no uncaught errors`);
     await page.close();
 }
 
-async function main() {
-    for (const file of ['pkg/index.js', 'pkg/rgweb_bg.wasm', 'www/models/demo/manifest.json']) {
-        assert.ok(fs.existsSync(path.join(root, file)), `${file} is missing: build the package and the demo model first`);
-    }
-    const reference = cpuReference(modelDir, PROMPT, MAX_TOKENS);
-    reference.penalized = cpuReference(modelDir, PROMPT, MAX_TOKENS, ['--frequency-penalty', '1.5', '--presence-penalty', '0.5']);
-    reference.repetition = cpuReference(modelDir, PROMPT, MAX_TOKENS, ['--repetition-penalty', '1.5']);
-    reference.banned = cpuReference(modelDir, PROMPT, 4, ['--logit-bias', `${reference.ids[0]}=-100`]);
-    const server = await startServer({ '/pkg/': path.join(root, 'pkg'), '/embed/': path.join(root, 'www/embed'), '/models/': path.join(root, 'www/models') });
-    const context = await launchContext();
-    try {
-        await exercise(context, server, reference, false);
-        await exercise(context, server, reference, true);
-    } finally {
-        await context.close();
-        await server.close();
-    }
-    log('all passed');
-}
-
-main().catch((e) => {
-    console.error(e);
-    process.exit(1);
-});
+export default MODES.map((mode) => ({
+    name: `completions (${mode.name})`,
+    needs: ['rg', 'demo', 'package'],
+    async run(t) {
+        const reference = await cpuReference(modelDir, PROMPT, MAX_TOKENS);
+        reference.penalized = await cpuReference(modelDir, PROMPT, MAX_TOKENS, ['--frequency-penalty', '1.5', '--presence-penalty', '0.5']);
+        reference.repetition = await cpuReference(modelDir, PROMPT, MAX_TOKENS, ['--repetition-penalty', '1.5']);
+        reference.banned = await cpuReference(modelDir, PROMPT, 4, ['--logit-bias', `${reference.ids[0]}=-100`]);
+        const server = await t.serve({ '/pkg/': path.join(root, 'pkg'), '/embed/': path.join(root, 'www/embed'), '/models/': path.join(root, 'www/models') });
+        await exercise(t, await t.browser(), server, reference, mode);
+    },
+}));

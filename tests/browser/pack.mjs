@@ -5,15 +5,13 @@
 // greedy reply `rg generate --backend cpu` gives, on the page's thread and with `{ worker: true }`
 // (the worker entry found inside node_modules).
 //
-// Usage: node pack.mjs   (after scripts/build-package.sh, scripts/demo-model.sh, cargo build --bin rg)
+// Usage: node run.mjs pack   (after scripts/build-package.sh, scripts/demo-model.sh, cargo build --bin rg)
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { cpuReference, launchContext, root } from './chromium.mjs';
-import { startServer } from './server.mjs';
+import { cpuReference, MODES, root } from './harness.mjs';
 
 const pkgDir = path.join(root, 'pkg');
 const modelDir = path.join(root, 'www/models/demo');
@@ -24,10 +22,6 @@ const FILES = ['README.md', 'index.d.ts', 'index.js', 'package.json', 'rgweb.d.t
 const PROMPT = 'Write a haiku about recurrent networks.';
 const MAX_TOKENS = 8;
 const TIMEOUT = 300_000;
-
-function log(message) {
-    console.log(`[pack] ${message}`);
-}
 
 // npm with no update check, no audit, no funding notes; its cache in a temp folder of its own.
 const npmEnv = { ...process.env, npm_config_update_notifier: 'false', npm_config_audit: 'false', npm_config_fund: 'false' };
@@ -60,7 +54,7 @@ function customSections(file) {
 }
 
 /** `npm pack` of pkg/ into `dir`: the tarball's path, after checking what it holds. */
-function pack(dir) {
+function pack(t, dir) {
     const [info] = JSON.parse(npm(['pack', '--json', '--pack-destination', dir], pkgDir));
     const files = info.files.map((f) => f.path).sort();
     assert.deepEqual(files, FILES, `the tarball holds exactly the package's files (it holds ${files.join(', ')})`);
@@ -70,13 +64,13 @@ function pack(dir) {
     assert.equal(manifest.version, cargoVersion, 'the package has the crate\'s version');
     assert.ok(!customSections(path.join(pkgDir, 'rgweb_bg.wasm')).includes('name'),
         'rgweb_bg.wasm went through wasm-opt (no name section left)');
-    log(`npm pack: ${info.filename}, ${info.files.length} files, ${info.size} B packed, ${info.unpackedSize} B unpacked`);
+    t.log(`npm pack: ${info.filename}, ${info.files.length} files, ${info.size} B packed, ${info.unpackedSize} B unpacked`);
     return path.join(dir, info.filename);
 }
 
 /** An empty project with the tarball installed; checks that Node resolves the package's exports. */
-function install(tarball) {
-    const app = fs.mkdtempSync(path.join(os.tmpdir(), 'rg-pack-app-'));
+function install(t, tarball) {
+    const app = t.tempDir('rg-pack-app-');
     fs.writeFileSync(path.join(app, 'package.json'), JSON.stringify({ name: 'pack-test', private: true, type: 'module' }));
     npm(['install', '--offline', '--no-save', tarball], app);
     const installed = path.join(app, 'node_modules', NAME);
@@ -100,7 +94,7 @@ function install(tarball) {
     const manifest = JSON.parse(fs.readFileSync(path.join(installed, 'package.json'), 'utf8'));
     assert.equal(manifest.exports['.'].types, './index.d.ts');
     assert.ok(fs.existsSync(path.join(installed, manifest.types)), 'the types file is in the package');
-    log(`installed in ${app}; Node resolves ${NAME} -> index.js, ${NAME}/worker.js, ${NAME}/package.json `
+    t.log(`installed in ${app}; Node resolves ${NAME} -> index.js, ${NAME}/worker.js, ${NAME}/package.json `
         + `(${resolved.version}); ${NAME}/rgweb.js is not exported`);
 
     // A plain page: the import map names what Node resolved, as a page without a bundler would.
@@ -117,8 +111,7 @@ function install(tarball) {
     return app;
 }
 
-async function generate(context, server, expected, worker) {
-    const mode = worker ? 'worker' : 'page thread';
+async function generate(t, context, server, expected, { worker, name: mode }) {
     const page = await context.newPage();
     const errors = [];
     page.on('pageerror', (e) => errors.push(String(e)));
@@ -139,39 +132,25 @@ async function generate(context, server, expected, worker) {
     assert.equal(reply.text, expected.text, `${mode}: the streamed text equals rg's`);
     assert.deepEqual(errors, [], `${mode}: no errors on the page`);
     await page.close();
-    log(`${mode}: the installed package's reply equals the CPU reference (${reply.ids.length} tokens, ${reply.format})`);
+    t.log(`${mode}: the installed package's reply equals the CPU reference (${reply.ids.length} tokens, ${reply.format})`);
 }
 
-async function main() {
-    for (const file of ['pkg/package.json', 'pkg/rgweb_bg.wasm', 'www/models/demo/manifest.json']) {
-        assert.ok(fs.existsSync(path.join(root, file)), `${file} is missing: build the package and the demo model first`);
-    }
-    const work = fs.mkdtempSync(path.join(os.tmpdir(), 'rg-pack-'));
-    const app = install(pack(work));
-    const expected = cpuReference(modelDir, PROMPT, MAX_TOKENS);
-    assert.equal(expected.ids.length, MAX_TOKENS);
-    const server = await startServer({ '/': app, '/models/': path.join(root, 'www/models') });
-    const context = await launchContext();
-    try {
-        await generate(context, server, expected, false);
-        await generate(context, server, expected, true);
-    } finally {
-        await context.close();
-        await server.close();
-    }
-    // Everything the page ran came from the installed package; the worker too.
-    const served = new Set(server.requests.filter((r) => r.status === 200).map((r) => r.path));
-    for (const file of ['index.js', 'rgweb.js', 'rgweb_bg.wasm', 'worker.js']) {
-        assert.ok(served.has(`/node_modules/${NAME}/${file}`), `the page loaded ${file} from node_modules`);
-    }
-    assert.deepEqual(server.requests.filter((r) => r.status !== 200 && r.status !== 206).map((r) => `${r.path} ${r.status}`), [],
-        'no request failed');
-    fs.rmSync(work, { recursive: true, force: true });
-    fs.rmSync(app, { recursive: true, force: true });
-    log('all passed');
-}
-
-main().catch((e) => {
-    console.error(e);
-    process.exit(1);
-});
+export default [{
+    name: 'pack',
+    needs: ['rg', 'demo', 'package'],
+    async run(t) {
+        const app = install(t, pack(t, t.tempDir('rg-pack-')));
+        const expected = await cpuReference(modelDir, PROMPT, MAX_TOKENS);
+        assert.equal(expected.ids.length, MAX_TOKENS);
+        const server = await t.serve({ '/': app, '/models/': path.join(root, 'www/models') });
+        const context = await t.browser();
+        for (const mode of MODES) await generate(t, context, server, expected, mode);
+        // Everything the page ran came from the installed package; the worker too.
+        const served = new Set(server.requests.filter((r) => r.status === 200).map((r) => r.path));
+        for (const file of ['index.js', 'rgweb.js', 'rgweb_bg.wasm', 'worker.js']) {
+            assert.ok(served.has(`/node_modules/${NAME}/${file}`), `the page loaded ${file} from node_modules`);
+        }
+        assert.deepEqual(server.requests.filter((r) => r.status !== 200 && r.status !== 206).map((r) => `${r.path} ${r.status}`), [],
+            'no request failed');
+    },
+}];

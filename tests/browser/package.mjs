@@ -4,30 +4,23 @@
 // then the API's edges: bad options, aborted signals, an abort mid-prompt, busy calls, snapshots of
 // other engines and models, dispose during a reply, a worker that dies.
 //
-// Usage: node package.mjs   (after scripts/build-package.sh, scripts/demo-model.sh, cargo build --bin rg)
+// Usage: node run.mjs package   (after scripts/build-package.sh, scripts/demo-model.sh, cargo build --bin rg)
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { cpuReference, launchContext, root } from './chromium.mjs';
-import { startServer } from './server.mjs';
+import { cpuReference, MODES, root } from './harness.mjs';
 
 const modelDir = path.join(root, 'www/models/demo');
 const PROMPT = 'Write a haiku about recurrent networks.';
 const MAX_TOKENS = 20;
 const TIMEOUT = 300_000;
 
-function log(message) {
-    console.log(`[package e2e] ${message}`);
-}
-
 async function setValue(page, id, value) {
     await page.locator(`#${id}`).fill(String(value));
 }
 
-async function exercise(context, server, expected, worker) {
-    const mode = worker ? 'worker' : 'page thread';
+async function exercise(t, context, server, expected, { worker, name: mode }) {
     const page = await context.newPage();
     const errors = [];
     page.on('pageerror', (e) => errors.push(String(e)));
@@ -49,7 +42,7 @@ async function exercise(context, server, expected, worker) {
     const ids = (await page.locator('#output').getAttribute('data-token-ids')).split(',').map(Number);
     assert.deepEqual(ids, expected.ids, `${mode}: streamed reply's ids equal the CPU reference`);
     assert.equal(await page.locator('#output').textContent(), expected.text, `${mode}: streamed text equals rg's`);
-    log(`${mode}: reply equals the CPU reference (${ids.length} tokens)`);
+    t.log(`${mode}: reply equals the CPU reference (${ids.length} tokens)`);
 
     await setValue(page, 'max-tokens', 2000);
     await page.locator('#send').click();
@@ -59,7 +52,7 @@ async function exercise(context, server, expected, worker) {
     assert.equal(await page.locator('#output').getAttribute('data-stopped'), 'true');
     const stopped = (await page.locator('#output').getAttribute('data-token-ids')).split(',').length;
     assert.ok(stopped < 2000, `${mode}: aborted after ${stopped} tokens`);
-    log(`${mode}: abort stopped the reply after ${stopped} tokens`);
+    t.log(`${mode}: abort stopped the reply after ${stopped} tokens`);
 
     // Snapshot and restore, reset: sampled with a seed at T > 0 (the GPU's draw depends on the
     // seed and the tokens generated so far, both part of the state), so the same message gives the
@@ -99,9 +92,9 @@ async function exercise(context, server, expected, worker) {
     assert.ok(states.firstToken > 0, `${mode}: stats give the time to the first token`);
     const format = JSON.parse(fs.readFileSync(path.join(modelDir, 'manifest.json'), 'utf8')).quantization;
     assert.equal(states.weightFormat, format, `${mode}: stats name the weight format`);
-    log(`${mode}: snapshot/restore and reset ok`);
+    t.log(`${mode}: snapshot/restore and reset ok`);
 
-    await checkEdges(page, mode, worker);
+    await checkEdges(t, page, mode, worker);
 
     const gpuBytes = Number(await page.locator('#stats').getAttribute('data-gpu-bytes'));
     assert.ok(gpuBytes > 0);
@@ -112,13 +105,13 @@ async function exercise(context, server, expected, worker) {
         for (let i = 0; i < 50 && page.workers().length > 0; i++) await new Promise((r) => setTimeout(r, 100));
         assert.equal(page.workers().length, 0, 'dispose ended the worker');
     }
-    log(`${mode}: dispose freed ${gpuBytes} B of GPU memory`);
+    t.log(`${mode}: dispose freed ${gpuBytes} B of GPU memory`);
     assert.deepEqual(errors, [], `${mode}: no uncaught errors`);
     await page.close();
 }
 
 /** The API's edges, on the page's engine and on others loaded for the purpose. */
-async function checkEdges(page, mode, worker) {
+async function checkEdges(t, page, mode, worker) {
     const edges = await page.evaluate(async (worker) => {
         const { Engine, WorkerEngine } = await import('/pkg/index.js');
         const settle = (promise, ms = 60_000) => Promise.race([
@@ -250,7 +243,7 @@ async function checkEdges(page, mode, worker) {
             'a dying worker rejects the reply');
         assert.match(edges.afterCrash, /worker failed/, 'and every later call');
     }
-    log(`${mode}: bad options, aborted signals, abort mid-prompt, busy calls, foreign snapshots, dispose mid-reply`
+    t.log(`${mode}: bad options, aborted signals, abort mid-prompt, busy calls, foreign snapshots, dispose mid-reply`
         + `${worker ? ', a dying worker' : ''} ok`);
 }
 
@@ -258,8 +251,8 @@ async function checkEdges(page, mode, worker) {
  * A copy of the demo model with one quantized weight changed (and its shard's sha256 updated):
  * another model of the same shape.
  */
-function otherModel() {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rg-other-model-'));
+function otherModel(t) {
+    const dir = t.tempDir('rg-other-model-');
     for (const file of fs.readdirSync(modelDir)) fs.copyFileSync(path.join(modelDir, file), path.join(dir, file));
     const manifest = JSON.parse(fs.readFileSync(path.join(dir, 'manifest.json'), 'utf8'));
     const piece = manifest.pieces.find((p) => p.role === 'values' && /^(i8|u32)$/i.test(p.dtype));
@@ -272,28 +265,16 @@ function otherModel() {
     return dir;
 }
 
-async function main() {
-    for (const file of ['pkg/index.js', 'pkg/rgweb_bg.wasm', 'www/models/demo/manifest.json']) {
-        assert.ok(fs.existsSync(path.join(root, file)), `${file} is missing: build the package and the demo model first`);
-    }
-    const expected = cpuReference(modelDir, PROMPT, MAX_TOKENS);
-    assert.equal(expected.ids.length, MAX_TOKENS);
-    const server = await startServer({
-        '/pkg/': path.join(root, 'pkg'), '/embed/': path.join(root, 'www/embed'), '/models/': path.join(root, 'www/models'),
-        '/other-model/': otherModel(),
-    });
-    const context = await launchContext();
-    try {
-        await exercise(context, server, expected, false);
-        await exercise(context, server, expected, true);
-    } finally {
-        await context.close();
-        await server.close();
-    }
-    log('all passed');
-}
-
-main().catch((e) => {
-    console.error(e);
-    process.exit(1);
-});
+export default MODES.map((mode) => ({
+    name: `package (${mode.name})`,
+    needs: ['rg', 'demo', 'package'],
+    async run(t) {
+        const expected = await cpuReference(modelDir, PROMPT, MAX_TOKENS);
+        assert.equal(expected.ids.length, MAX_TOKENS);
+        const server = await t.serve({
+            '/pkg/': path.join(root, 'pkg'), '/embed/': path.join(root, 'www/embed'), '/models/': path.join(root, 'www/models'),
+            '/other-model/': otherModel(t),
+        });
+        await exercise(t, await t.browser(), server, expected, mode);
+    },
+}));
