@@ -9,8 +9,10 @@
 //   epilogue 0: y[t][r] = v            1: y[t][r] += v   (residual add)
 //            2: y[t][r] = cap · tanh(v / cap)            (logit soft-cap)
 //
-// w, its block scales and row scales come from the format's file as in matrix_rows.wgsl; each
-// thread sums Σx² from the very x vectors it reads for the row. A workgroup holds THREADS ·
+// w, its group scales and row scales come from the format's file as in matrix_rows.wgsl: a row
+// of whole chunks (CHUNK_COLS columns, one 16-byte load and one scale each) is read a chunk at a
+// time, any other row a 4-column block at a time. Each thread sums Σx² from the very x vectors
+// it reads for the row. A workgroup holds THREADS ·
 // SHORT_ROWS rows: thread i takes rows i, i + THREADS, i + 2·THREADS, … of them, so at each step
 // neighbouring threads read neighbouring rows. Each weight is read once per tile of up to
 // TOKEN_TILE tokens (group.y); token_source 1 takes only the tokens whose logits are wanted.
@@ -59,26 +61,25 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
         let x_base = (params.m.x_offset + (affine_row / params.m.block_rows) * params.m.cols) / 4u;
         var acc = array<f32, TOKEN_TILE>();
         var sq = array<f32, TOKEN_TILE>();
-        for (var b = 0u; b < blocks; b++) {
-            var weights = block_weights(row, affine_row, params.m.cols, b);
-            let scale = block_scale(affine_row, params.m.cols, b);
-            let column = x_base + b * BLOCK;
-            if has_norm {
-                for (var j = 0u; j < BLOCK; j++) {
-                    weights[j] *= vec4<f32>(1.0) + norm_w[b * BLOCK + j];
-                }
+        let tokens = Tokens(tile_first, tile_tokens, x_stride, has_norm);
+        // Rows of whole chunks (each row then starts on a 16-byte boundary) read a chunk per 16-byte
+        // load with one scale for CHUNK_COLS columns; other rows go a block at a time below.
+        let chunks = select(0u, params.m.cols / CHUNK_COLS, params.m.cols % CHUNK_COLS == 0u);
+        for (var c = 0u; c < chunks; c++) {
+            let weights = chunk_weights(row, params.m.cols, c);
+            var dots = array<f32, TOKEN_TILE>();
+            for (var j = 0u; j < CHUNK_COLS / 4u; j++) {
+                add_vector(weights[j], c * CHUNK_COLS / 4u + j, x_base, tokens, &dots, &sq);
             }
-            for (var t = 0u; t < tile_tokens; t++) {
-                var block_dot = 0.0;
-                for (var j = 0u; j < BLOCK; j++) {
-                    let xs = x[(tile_first + t) * x_stride + column + j];
-                    block_dot += dot(weights[j], xs);
-                    if has_norm {
-                        sq[t] += dot(xs, xs);
-                    }
-                }
-                acc[t] += scale * block_dot;
+            add_scaled(chunk_scale(affine_row, params.m.cols, c), dots, tile_tokens, &acc);
+        }
+        for (var b = chunks * CHUNK_COLS / (4u * BLOCK); b < blocks; b++) {
+            let weights = block_weights(row, affine_row, params.m.cols, b);
+            var dots = array<f32, TOKEN_TILE>();
+            for (var j = 0u; j < BLOCK; j++) {
+                add_vector(weights[j], b * BLOCK + j, x_base, tokens, &dots, &sq);
             }
+            add_scaled(block_scale(affine_row, params.m.cols, b), dots, tile_tokens, &acc);
         }
 
         let scale = row_scale(affine_row);
@@ -99,5 +100,43 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) group: 
                 default: { y[out] = value; }
             }
         }
+    }
+}
+
+// The tile's tokens as add_vector reads them.
+struct Tokens {
+    first: u32,
+    count: u32,
+    x_stride: u32,
+    has_norm: bool,
+}
+
+// dots[t] += w·(1 + norm_w[v]) · x[t][x_base + v] for four columns (vector v of the row), and
+// sq[t] += x[t][x_base + v]² when the row is normalised.
+fn add_vector(
+    w: vec4<f32>,
+    v: u32,
+    x_base: u32,
+    tokens: Tokens,
+    dots: ptr<function, array<f32, TOKEN_TILE>>,
+    sq: ptr<function, array<f32, TOKEN_TILE>>,
+) {
+    var weights = w;
+    if tokens.has_norm {
+        weights *= vec4<f32>(1.0) + norm_w[v];
+    }
+    for (var t = 0u; t < tokens.count; t++) {
+        let xs = x[(tokens.first + t) * tokens.x_stride + x_base + v];
+        (*dots)[t] += dot(weights, xs);
+        if tokens.has_norm {
+            (*sq)[t] += dot(xs, xs);
+        }
+    }
+}
+
+// acc[t] += scale · dots[t]: a chunk's or block's dot products under its one scale.
+fn add_scaled(scale: f32, dots: array<f32, TOKEN_TILE>, count: u32, acc: ptr<function, array<f32, TOKEN_TILE>>) {
+    for (var t = 0u; t < count; t++) {
+        (*acc)[t] += scale * dots[t];
     }
 }

@@ -587,8 +587,11 @@ fn the_2b_plan_counts_what_its_kernels_do() {
     }
 }
 
-/// The tiny preset's step on the H200's model is the 0.86 ms it measured there (BENCHMARKS.md):
-/// its weights stay in the cache, and the one-workgroup sampler is a third of it.
+/// The tiny preset's step on the H200's model: measured there at 0.86 ms (BENCHMARKS.md), when
+/// `matmul_short.wgsl` read its 256,000-row head 4 columns per trip; its weights stay in the cache,
+/// and the one-workgroup sampler is a third of it. The head now reads a 16-byte chunk per trip,
+/// for which the model predicts ≈ 0.6 ms (not measured on a GPU yet): within a factor of 2 of
+/// the measurement, and no slower than it plus 40 %.
 #[test]
 fn the_analytic_model_reproduces_the_tiny_step_on_the_h200() {
     use rgweb::config::{Config, Preset};
@@ -597,7 +600,7 @@ fn the_analytic_model_reproduces_the_tiny_step_on_the_h200() {
     for quantization in [Quantization::Int8, Quantization::Int4] {
         let engine = Engine::new(context(), Manifest::plan(&Config::preset(Preset::Tiny), quantization)).unwrap();
         let predicted = engine.predict(1, &SamplingParams::default(), &DeviceModel::named("h200").unwrap());
-        assert!((0.6e-3..1.2e-3).contains(&predicted), "{predicted} s");
+        assert!((0.43e-3..1.2e-3).contains(&predicted), "{predicted} s");
     }
 }
 

@@ -633,11 +633,12 @@ fn gemv_int4_matmul_on_one_token() {
 /// Rows of one lane go to `matmul_short.wgsl`: THREADS · SHORT_ROWS rows per workgroup, each
 /// thread taking whole rows. Enough rows for several workgroups, the last one partial (and its
 /// last thread short of its SHORT_ROWS rows), over two token tiles; with RMSNorm and every
-/// epilogue; the logits' configuration in two row pieces, the second at an odd offset.
+/// epilogue; the logits' configuration in two row pieces, the second at an odd offset. Rows of
+/// whole 16-byte chunks (int4 always; int8 at 112 columns) are read a chunk at a time, others
+/// (int8 at 20 columns) a 4-column block at a time.
 fn short_rows(format: MatrixFormat) {
     let gpu = Gpu::new();
     let narrow = widths(format)[0];
-    assert_eq!(matmul_lanes(narrow), 1);
     let per_group = (THREADS * SHORT_ROWS) as usize;
     let rows = 2 * per_group + THREADS as usize + 37;
     // With RMSNorm the soft-cap's weights are smaller (values up to about the cap, not far past
@@ -645,13 +646,21 @@ fn short_rows(format: MatrixFormat) {
     // order than the reference's stays within ROUNDED_TOLERANCE.
     let normed_logits_scale = 0.03;
     let mut seed = 60;
-    for output in [Output::Store, Output::Add, Output::SoftCapLogits(CAP)] {
-        for norm in [false, true] {
-            let plain = Matmul::plain(format, rows, narrow, output, true);
-            let scale =
-                if norm && matches!(output, Output::SoftCapLogits(_)) { normed_logits_scale } else { plain.scale };
-            Matmul { norm, scale, ..plain }.check(&gpu, seed);
-            seed += 1;
+    // int8: 20 columns (blocks) and 112 (7 chunks); int4: 96 (3 chunks).
+    let cols = match format {
+        Int8 => vec![narrow, 112],
+        Int4 => vec![narrow],
+    };
+    for &cols in &cols {
+        assert_eq!(matmul_lanes(cols), 1);
+        for output in [Output::Store, Output::Add, Output::SoftCapLogits(CAP)] {
+            for norm in [false, true] {
+                let plain = Matmul::plain(format, rows, cols, output, true);
+                let scale =
+                    if norm && matches!(output, Output::SoftCapLogits(_)) { normed_logits_scale } else { plain.scale };
+                Matmul { norm, scale, ..plain }.check(&gpu, seed);
+                seed += 1;
+            }
         }
     }
     let logits = Matmul {

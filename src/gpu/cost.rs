@@ -102,10 +102,17 @@ impl Cost {
         }
     }
 
-    /// `matmul_short.wgsl`: one thread per row, [`SHORT_ROWS`] rows one after another, no barrier.
+    /// `matmul_short.wgsl`: one thread per row, [`SHORT_ROWS`] rows one after another, no barrier;
+    /// rows of whole 16-byte chunks load a chunk per trip, other rows a 4-column block.
     pub fn short_rows(m: &MatrixRows, format: MatrixFormat, weights: Bytes) -> Cost {
-        let blocks = m.cols / format.block_columns() as u32;
-        Cost { serial_weight_trips: SHORT_ROWS * blocks, barriers: 0, ..Cost::rows(m, format, weights) }
+        let rows = Cost::rows(m, format, weights);
+        let chunk = format.chunk_columns();
+        if m.cols.is_multiple_of(chunk) {
+            Cost { weight_load_bytes: 16, serial_weight_trips: SHORT_ROWS * (m.cols / chunk), barriers: 0, ..rows }
+        } else {
+            let blocks = m.cols / format.block_columns() as u32;
+            Cost { serial_weight_trips: SHORT_ROWS * blocks, barriers: 0, ..rows }
+        }
     }
 
     /// `matmul_tiled.wgsl`: per step of [`TILE_K`] columns each thread stages one 4-column block
