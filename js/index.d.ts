@@ -269,3 +269,27 @@ export declare function createEngine(
     source: ModelSource,
     options?: LoadOptions & { worker?: boolean; workerUrl?: string | URL },
 ): Promise<RecurrentGemmaEngine>;
+
+/** A model with files in this origin's Cache Storage. */
+export interface CachedModel {
+    /** Its base URL, ending in `/`. */
+    source: string;
+    /** Bytes its cached files take (every version and partial download kept). */
+    bytes: number;
+    /** Bytes its files take in all, from its cached manifest; null without one. */
+    totalBytes: number | null;
+    /** Whether every file its manifest names is cached whole. */
+    complete: boolean;
+}
+
+/** Whether the model at `source` is cached whole: a load then fetches only its manifest. */
+export declare function hasModelInCache(source: string): Promise<boolean>;
+/** Deletes every cached byte of the model at `source`. */
+export declare function deleteModelAllInfoInCache(source: string): Promise<void>;
+/** Every model with files in the cache. */
+export declare function listCachedModels(): Promise<CachedModel[]>;
+/** Downloads and checks the model at `source` into the cache without a GPU or an engine. */
+export declare function prefetchModel(
+    source: string,
+    options?: { onProgress?: (progress: LoadProgress) => void },
+): Promise<CachedModel>;

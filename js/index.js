@@ -452,3 +452,34 @@ export class WorkerEngine extends EngineApi {
 export function createEngine(baseUrl, { worker = false, ...options } = {}) {
     return worker ? WorkerEngine.load(baseUrl, options) : Engine.load(baseUrl, options);
 }
+
+// Model management, with WebLLM's names. They read and write this origin's Cache Storage on
+// this thread: no GPU and no engine are needed, and a worker's engine sees the same cache.
+
+/** Whether the model at `source` (its base URL) is cached whole: a load then fetches only its manifest. */
+export async function hasModelInCache(source) {
+    await initOnce();
+    return RecurrentGemma.hasModelInCache(String(source));
+}
+
+/** Deletes every cached byte of the model at `source`: all its files' versions and partial downloads. */
+export async function deleteModelAllInfoInCache(source) {
+    await initOnce();
+    return RecurrentGemma.deleteModelAllInfoInCache(String(source));
+}
+
+/** Every model with files in the cache: `[{ source, bytes, totalBytes, complete }]`. */
+export async function listCachedModels() {
+    await initOnce();
+    return RecurrentGemma.listCachedModels();
+}
+
+/**
+ * Downloads the model at `source` into the cache and checks every file, without a GPU: a later
+ * load reads its weights from the cache. Resumes an interrupted download; resolves to the
+ * model's `listCachedModels()` entry.
+ */
+export async function prefetchModel(source, { onProgress } = {}) {
+    await initOnce();
+    return RecurrentGemma.prefetchModel(String(source), onProgress);
+}

@@ -146,13 +146,6 @@ export async function renameConversation(id, title) {
     announce(id, 'renamed');
 }
 
-/** Asks the browser to keep this site's storage when space runs low (it may say no); resolves with
- * whether it will: true, false, or null where the browser cannot be asked. */
-export async function persistStorage() {
-    if (!navigator.storage?.persist) return null;
-    return (await navigator.storage.persisted()) || navigator.storage.persist();
-}
-
 /** Deletes a conversation and its state (the space is freed when IndexedDB compacts). */
 export async function deleteConversation(id) {
     await transaction(['conversations', 'states'], 'readwrite', (conversations, states) => {

@@ -21,6 +21,7 @@ pub fn ChatView() -> impl IntoView {
                     <LoadSummary />
                 </div>
                 <MessageList />
+                {move || state.recovery_note.get().map(|n| view! { <p class="recovery-note">{n}</p> })}
                 {move || state.restore_note.get().map(|n| view! { <p class="restore-note">{n}</p> })}
                 {move || state.chat_error.get().map(|e| view! { <p class="chat-error">{e}</p> })}
                 {move || state.store_error.get().map(|e| view! { <p class="store-error">{e}</p> })}
@@ -104,7 +105,7 @@ fn MessageView(message: Message) -> impl IntoView {
 #[component]
 fn Composer() -> impl IntoView {
     let state = expect_context::<AppState>();
-    let draft = RwSignal::new(String::new());
+    let draft = state.draft;
     let send = move || {
         let text = draft.get_untracked();
         if !text.trim().is_empty() && !state.busy.get_untracked() {

@@ -90,9 +90,7 @@ impl AppState {
                          it."
                     )
                 }));
-                if self.storage_persisted.get_untracked().is_none() {
-                    self.storage_persisted.set(Some(store::persist().await));
-                }
+                self.ask_to_persist().await;
                 self.conversations.update(|list| {
                     list.retain(|c| c.id != conversation.id);
                     list.insert(0, conversation);

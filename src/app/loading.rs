@@ -4,8 +4,10 @@
 use leptos::prelude::*;
 use wasm_bindgen::JsCast;
 
-use super::{AppState, ModelChoice};
+use super::{AppState, ModelChoice, Prefetch};
+use crate::web::download;
 use crate::web::download::CacheState;
+use crate::web::models::CachedModel;
 use crate::web::progress::{LoadProgress, Stage};
 
 pub fn megabytes(bytes: u64) -> String {
@@ -64,6 +66,7 @@ pub fn ModelPicker() -> impl IntoView {
                             {model.name.clone()}
                         </button>
                         <span class="note">{model.note.clone()}</span>
+                        <OfflineButton url=model.url.clone() />
                     </li>
                 </For>
             </ul>
@@ -81,12 +84,40 @@ pub fn ModelPicker() -> impl IntoView {
                     />
                 </label>
                 <button type="submit">"Load"</button>
+                <button type="button" class="prefetch-url" on:click=move |_| {
+                    let url = url.get_untracked().trim().to_string();
+                    if !url.is_empty() {
+                        state.prefetch(url);
+                    }
+                }>"Download for offline"</button>
             </form>
             <label class="folder">
                 "Or a converted model on this computer: "
                 <input type="file" multiple=true node_ref=folder_input on:change=on_folder />
             </label>
         </section>
+    }
+}
+
+/// "Download for offline" for a listed model, or that it is available offline.
+#[component]
+fn OfflineButton(url: String) -> impl IntoView {
+    let state = expect_context::<AppState>();
+    let base = download::base_url(&url).unwrap_or_default();
+    let cached =
+        move || state.cached_models.with(|models| models.iter().flatten().any(|m| m.source == base && m.complete));
+    view! {
+        {move || if cached() {
+            view! { <span class="offline">"Available offline"</span> }.into_any()
+        } else {
+            let url = url.clone();
+            view! {
+                <button class="prefetch-model" data-url=url.clone() on:click=move |_| state.prefetch(url.clone())>
+                    "Download for offline"
+                </button>
+            }
+            .into_any()
+        }}
     }
 }
 
@@ -170,25 +201,88 @@ pub fn DeviceLost(why: String) -> impl IntoView {
             <h2>"The GPU was lost"</h2>
             <p class="why">{why}</p>
             <p>"This happens after a driver reset, sleep, or when another tab takes the GPU. "
-               "The weights are cached, so reloading is quick."</p>
+               "The page reloaded the model once already and lost the GPU again before a reply, so it "
+               "waits for you: the weights are cached, so reloading is quick."</p>
             <button class="retry" on:click=move |_| state.reload()>"Reload the model"</button>
         </section>
     }
 }
 
-/// The space downloaded models take in this browser, and a control to free it.
+/// The models kept in this browser: the space they take, each with its size and Delete, a
+/// download for offline use in progress, and whether the browser promised to keep them.
 #[component]
-pub fn CacheControl() -> impl IntoView {
+pub fn ModelsPanel() -> impl IntoView {
     let state = expect_context::<AppState>();
+    let total = move || state.cached_models.get().map(|models| models.iter().map(|m| m.bytes).sum::<u64>());
     view! {
         <div class="cache-control">
             <span class="cached-bytes">
-                {move || match state.cached_bytes.get() {
+                {move || match total() {
                     Some(bytes) => format!("Downloaded models: {}", megabytes(bytes)),
                     None => "Downloaded models: –".to_string(),
                 }}
             </span>
             <button class="clear-cache" on:click=move |_| state.clear_cache()>"Clear downloaded models"</button>
+            <details class="models-panel">
+                <summary>"Models"</summary>
+                <ul class="cached-models">
+                    <For
+                        each=move || state.cached_models.get().unwrap_or_default()
+                        key=|m| (m.source.clone(), m.bytes, m.complete)
+                        let:model
+                    >
+                        <CachedModelItem model=model />
+                    </For>
+                </ul>
+                {move || state.cached_models.get().is_some_and(|m| m.is_empty()).then(|| view! {
+                    <p class="no-models">"No model is kept in this browser yet."</p>
+                })}
+                {move || state.prefetch.get().map(|p| view! { <PrefetchLine prefetch=p /> })}
+                {move || state.storage_persisted.get().map(|answer| {
+                    let (class, text) = match answer {
+                        Some(true) => ("storage-persisted", "The browser keeps them until you delete them."),
+                        Some(false) => ("storage-best-effort", "The browser may clear them when space runs low."),
+                        None => ("storage-best-effort", "This browser cannot be asked to keep them."),
+                    };
+                    view! { <p class=format!("storage-note {class}")>{text}</p> }
+                })}
+            </details>
         </div>
     }
+}
+
+#[component]
+fn CachedModelItem(model: CachedModel) -> impl IntoView {
+    let state = expect_context::<AppState>();
+    let size = match (model.complete, model.total_bytes) {
+        (true, _) => megabytes(model.bytes),
+        (false, Some(total)) => format!("{} of {} (partial)", megabytes(model.bytes), megabytes(total)),
+        (false, None) => format!("{} (partial)", megabytes(model.bytes)),
+    };
+    let source = model.source.clone();
+    view! {
+        <li class="cached-model" data-source=model.source.clone() data-complete=model.complete.to_string()>
+            <span class="source">{model.source.clone()}</span>
+            " "
+            <span class="size" data-bytes=model.bytes.to_string()>{size}</span>
+            " "
+            <button class="delete-model" on:click=move |_| state.delete_model(source.clone())>"Delete"</button>
+        </li>
+    }
+}
+
+#[component]
+fn PrefetchLine(prefetch: Prefetch) -> impl IntoView {
+    let progress = &prefetch.progress;
+    let text = match &prefetch.failed {
+        Some(why) => format!("Could not download {}: {why}", prefetch.url),
+        None => format!(
+            "Downloading {} for offline use: {} / {}",
+            prefetch.url,
+            megabytes(progress.bytes_done),
+            megabytes(progress.bytes_total)
+        ),
+    };
+    let class = if prefetch.failed.is_some() { "prefetch failed" } else { "prefetch" };
+    view! { <p class=class>{text}</p> }
 }

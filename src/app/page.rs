@@ -19,14 +19,14 @@ pub fn App() -> impl IntoView {
     spawn_local(async move {
         state.known_models.set(fetch_known_models().await);
     });
-    state.refresh_cached_bytes();
+    state.refresh_cached_models();
     state.refresh_conversations();
     store::listen(move |id, change| state.changed_in_another_tab(id, change));
 
     view! {
         <header class="top">
             <h1>"RecurrentGemma" <span class="sub">" in your browser · WebGPU"</span></h1>
-            <loading::CacheControl />
+            <loading::ModelsPanel />
         </header>
         <main>
             {move || match state.phase.get() {

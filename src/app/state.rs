@@ -13,6 +13,7 @@ use super::store;
 use crate::chat::figures::{EngineStats, TurnFigures};
 use crate::web::download::{self, Source};
 use crate::web::js;
+use crate::web::models::{self, CachedModel};
 use crate::web::progress::LoadProgress;
 use crate::weights::format::MAX_MANIFEST_BYTES;
 use crate::Error;
@@ -40,6 +41,15 @@ pub struct KnownModel {
     pub url: String,
     #[serde(default)]
     pub note: String,
+}
+
+/// A model being downloaded for offline use.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prefetch {
+    pub url: String,
+    pub progress: LoadProgress,
+    /// Why it stopped, if it failed.
+    pub failed: Option<String>,
 }
 
 /// A link's download from another site, waiting for the visitor's yes.
@@ -161,7 +171,10 @@ pub struct AppState {
     pub settings: RwSignal<Settings>,
     pub stats: RwSignal<Stats>,
     pub chat_error: RwSignal<Option<String>>,
-    pub cached_bytes: RwSignal<Option<u64>>,
+    /// The models in this browser's cache (`None` until read, or where it cannot be).
+    pub cached_models: RwSignal<Option<Vec<CachedModel>>>,
+    /// A model being downloaded for later: its address and how far it has come.
+    pub prefetch: RwSignal<Option<Prefetch>>,
     /// How the last load went (cache use, notes), shown beside the chat.
     pub last_load: RwSignal<Option<LoadProgress>>,
     /// Model addresses the visitor agreed to download, so a reload does not ask again.
@@ -185,6 +198,22 @@ pub struct AppState {
     pub storage_persisted: RwSignal<Option<Option<bool>>>,
     /// What the model remembers of the open conversation, when not all of it (a refused state).
     pub restore_note: RwSignal<Option<String>>,
+    /// The message being written: a message the engine could not answer is put back here.
+    pub draft: RwSignal<String>,
+    /// A lost GPU being recovered from: the model reloads, then this is done with.
+    pub recovery: StoredValue<Option<Recovery>>,
+    /// The page recovered from a lost GPU and no reply has succeeded since: a device lost again
+    /// now is shown, not recovered from in a loop.
+    pub recovered_without_reply: StoredValue<bool>,
+    /// What the page says after recovering from a lost GPU.
+    pub recovery_note: RwSignal<Option<String>>,
+}
+
+/// Recovering from a lost GPU device: why, and the conversation to reopen once the model is back.
+#[derive(Clone, Debug)]
+pub struct Recovery {
+    pub why: String,
+    pub reopen: Option<String>,
 }
 
 impl AppState {
@@ -205,7 +234,8 @@ impl AppState {
             settings: RwSignal::new(Settings::default()),
             stats: RwSignal::new(Stats::default()),
             chat_error: RwSignal::new(None),
-            cached_bytes: RwSignal::new(None),
+            cached_models: RwSignal::new(None),
+            prefetch: RwSignal::new(None),
             last_load: RwSignal::new(None),
             approved_urls: StoredValue::new(Vec::new()),
             conversations: RwSignal::new(Vec::new()),
@@ -216,6 +246,10 @@ impl AppState {
             store_error: RwSignal::new(None),
             storage_persisted: RwSignal::new(None),
             restore_note: RwSignal::new(None),
+            draft: RwSignal::new(String::new()),
+            recovery: StoredValue::new(None),
+            recovered_without_reply: StoredValue::new(false),
+            recovery_note: RwSignal::new(None),
         }
     }
 
@@ -242,6 +276,7 @@ impl AppState {
         self.current.set(None);
         self.chat_error.set(None);
         self.restore_note.set(None);
+        self.recovery_note.set(None);
         self.busy.set(false);
         self.can_regenerate.set(false);
         let (label, note) = match &choice {
@@ -329,10 +364,37 @@ impl AppState {
             self.stats.set(Stats { load_peak_wasm_bytes: progress.peak_wasm_bytes, ..Stats::default() });
             self.engine.set_value(Some(engine));
             self.refresh_stats().await;
+            let recovery = self.recovery.try_update_value(Option::take).flatten();
+            if let Some(recovery) = recovery {
+                self.recovered(recovery, &progress);
+            }
             self.last_load.set(Some(progress));
             self.phase.set(Phase::Ready);
-            self.refresh_cached_bytes();
+            self.refresh_cached_models();
+            self.ask_to_persist().await;
         });
+    }
+
+    /// The model is back after a lost GPU: reopen the conversation that was open (from its last
+    /// save) and say what happened in one line.
+    fn recovered(self, recovery: Recovery, load: &LoadProgress) {
+        let weights = if load.bytes_from_cache == load.bytes_done {
+            "reloaded from this browser's cache".to_string()
+        } else {
+            format!(
+                "reloaded ({} downloaded again)",
+                super::loading::megabytes(load.bytes_done - load.bytes_from_cache)
+            )
+        };
+        let conversation = match recovery.reopen {
+            Some(id) => {
+                self.open(id);
+                ", and the conversation restored from its last save"
+            }
+            None => "",
+        };
+        let why = recovery.why.split_whitespace().collect::<Vec<_>>().join(" ");
+        self.recovery_note.set(Some(format!("The GPU was lost ({why}): the model was {weights}{conversation}.")));
     }
 
     /// `None` when `choice` loads without asking (see [`ModelChoice::Link`]): a model under the
@@ -385,9 +447,9 @@ impl AppState {
         }
     }
 
-    pub fn refresh_cached_bytes(self) {
+    pub fn refresh_cached_models(self) {
         spawn_local(async move {
-            self.cached_bytes.set(download::cached_bytes().await.ok());
+            self.cached_models.set(models::list_cached_models().await.ok());
         });
     }
 
@@ -396,8 +458,55 @@ impl AppState {
             if let Err(e) = download::clear_cache().await {
                 self.chat_error.set(Some(e.to_string()));
             }
-            self.cached_bytes.set(download::cached_bytes().await.ok());
+            self.cached_models.set(models::list_cached_models().await.ok());
         });
+    }
+
+    /// Deletes every cached byte of the model at `source`.
+    pub fn delete_model(self, source: String) {
+        spawn_local(async move {
+            if let Err(e) = models::delete_model(&source).await {
+                self.chat_error.set(Some(e.to_string()));
+            }
+            self.cached_models.set(models::list_cached_models().await.ok());
+        });
+    }
+
+    /// Downloads the model at `url` into the cache, checked, without loading it.
+    pub fn prefetch(self, url: String) {
+        if self.prefetch.with_untracked(|p| p.as_ref().is_some_and(|p| p.failed.is_none())) {
+            return;
+        }
+        let start = Prefetch { url: url.clone(), progress: LoadProgress::default(), failed: None };
+        self.prefetch.set(Some(start));
+        spawn_local(async move {
+            let mut report = |progress: &LoadProgress| {
+                self.prefetch.update(|p| {
+                    if let Some(p) = p {
+                        p.progress = progress.clone();
+                    }
+                });
+            };
+            match models::prefetch_model(&url, &mut report).await {
+                Ok(_) => {
+                    self.prefetch.set(None);
+                    self.ask_to_persist().await;
+                }
+                Err(e) => self.prefetch.update(|p| {
+                    if let Some(p) = p {
+                        p.failed = Some(e.to_string());
+                    }
+                }),
+            }
+            self.cached_models.set(models::list_cached_models().await.ok());
+        });
+    }
+
+    /// Asks the browser once to keep this site's storage: a model or a conversation is now kept.
+    pub async fn ask_to_persist(self) {
+        if self.storage_persisted.get_untracked().is_none() {
+            self.storage_persisted.set(Some(js::persist_storage().await));
+        }
     }
 
     /// The engine's figures now, keeping the load's.
@@ -458,6 +567,10 @@ impl AppState {
                 stats.update(|s| s.engine.turn = live);
             }
         };
+        let unanswered = match &turn {
+            Turn::Message(text) => Some(text.clone()),
+            Turn::Regenerate(_) => None,
+        };
         spawn_local(async move {
             let (result, replaced) = match turn {
                 Turn::Message(text) => (engine.chat(&text, &sampling, on_token).await, None),
@@ -465,6 +578,7 @@ impl AppState {
             };
             match result {
                 Ok(done) => {
+                    self.recovered_without_reply.set_value(false);
                     self.finish(reply, done);
                     self.refresh_stats().await;
                     // Saved before the next call can change the state (one engine call at a time).
@@ -477,7 +591,7 @@ impl AppState {
                             m.push(old);
                         });
                     }
-                    self.fail(e, engine).await
+                    self.fail(e, engine, unanswered).await
                 }
             }
             self.busy.set(false);
@@ -492,7 +606,8 @@ impl AppState {
         reply.prompt_tokens.set(Some(done.prompt_tokens));
     }
 
-    async fn fail(self, error: String, engine: WorkerEngine) {
+    /// A call failed; `unanswered` is the message it was answering, if any.
+    async fn fail(self, error: String, engine: WorkerEngine, unanswered: Option<String>) {
         // The device-lost report may come just after the failed submission.
         js::sleep_ms(100).await;
         // The engine says whether its device is gone, or a GPU error it keeps failing with: either
@@ -501,7 +616,16 @@ impl AppState {
         if stats.is_some_and(|s| s.device_lost || s.broken) {
             self.engine.set_value(None);
             engine.dispose().await;
-            self.phase.set(Phase::DeviceLost(error));
+            if let Some(text) = unanswered.filter(|_| self.draft.with_untracked(|d| d.trim().is_empty())) {
+                self.draft.set(text);
+            }
+            if self.recovered_without_reply.get_value() {
+                self.phase.set(Phase::DeviceLost(error));
+            } else {
+                self.recovered_without_reply.set_value(true);
+                self.recovery.set_value(Some(Recovery { why: error, reopen: self.current.get_untracked() }));
+                self.reload();
+            }
         } else if error.contains("worker failed") {
             // The engine is gone with its worker: what is left is loading the model again.
             self.engine.set_value(None);

@@ -17,8 +17,6 @@ extern "C" {
     fn save_js(json: &str, model_id: &str, bytes: Option<Uint8Array>) -> Promise;
     #[wasm_bindgen(js_name = renameConversation)]
     fn rename_js(id: &str, title: &str) -> Promise;
-    #[wasm_bindgen(js_name = persistStorage)]
-    fn persist_js() -> Promise;
     #[wasm_bindgen(js_name = openConversation)]
     fn open_js(id: &str) -> Promise;
     #[wasm_bindgen(js_name = listenForChanges)]
@@ -115,12 +113,6 @@ pub async fn save(conversation: &Conversation, model_id: &str, state: Option<Uin
 /// Renames a conversation: only its title is written, whatever else another tab saved meanwhile.
 pub async fn rename(id: &str, title: &str) -> Result<(), String> {
     settle(rename_js(id, title)).await.map(drop)
-}
-
-/// Asks the browser to keep the saved conversations when space runs low: `Some(true)` if it will,
-/// `Some(false)` if it may still clear them, `None` where it cannot be asked.
-pub async fn persist() -> Option<bool> {
-    JsFuture::from(persist_js()).await.ok()?.as_bool()
 }
 
 /// A conversation as stored now and the state saved with it, read together (None: another tab

@@ -132,7 +132,7 @@ impl Layout {
         let cols_of = |tensor: &String| columns.get(tensor).copied().unwrap_or(0);
         let cols = cols_of(first);
         if let Some(other) = stack.iter().find(|t| cols_of(t) != cols) {
-            return Err(Error::Gpu(format!("{other}: {} columns, but {first} has {cols}", cols_of(other))));
+            return Err(Error::Weights(format!("{other}: {} columns, but {first} has {cols}", cols_of(other))));
         }
         let format = self.format;
         let scale_row_bytes = format.scale_row_bytes(cols);
@@ -180,10 +180,7 @@ impl Layout {
                 })
                 .collect()
         } else {
-            return Err(Error::Gpu(format!(
-                "{}: {bytes} bytes stacked in one binding, above the device's {binding_limit}-byte limit",
-                stack.join(" + ")
-            )));
+            return Err(Error::Gpu(format!("{bytes} bytes in one binding for {}", stack.join(" + "))));
         };
         self.stacks.insert(first.clone(), Stack { parts, affine, rows, cols, has_bias });
         Ok(())
@@ -249,8 +246,32 @@ mod tests {
     }
 
     #[test]
-    fn a_stack_above_the_binding_limit_is_a_clear_error() {
-        let error = Layout::new(&plan_2b(), 16 << 20).unwrap_err().to_string();
-        assert!(error.contains("gate_proj.weight + ") && error.contains("above the device's 16777216-byte"), "{error}");
+    fn a_model_above_the_binding_limit_is_refused_in_one_line() {
+        use crate::gpu::weights::GpuWeights;
+        let manifest = plan_2b();
+        let limits = |binding: u64| wgpu::Limits {
+            max_storage_buffer_binding_size: binding,
+            max_buffer_size: 1 << 40,
+            ..wgpu::Limits::default()
+        };
+        let allows = |binding: u64| {
+            format!(
+                "this GPU allows {binding} bytes per buffer binding (maxStorageBufferBindingSize {binding}, \
+                 maxBufferSize 1099511627776)"
+            )
+        };
+        // A stack of matrices is one binding.
+        let error = GpuWeights::layout(&manifest, &limits(16 << 20)).unwrap_err().to_string();
+        assert!(error.starts_with("gpu: this model needs ") && error.contains("gate_proj.weight + "), "{error}");
+        assert!(error.ends_with(&allows(16 << 20)), "{error}");
+        // One matrix is split at its pieces, no further.
+        let table = "model.embed_tokens.weight";
+        let piece =
+            manifest.pieces.iter().filter(|p| p.tensor == table && p.role == Role::Values).map(|p| p.bytes).max();
+        let piece = piece.unwrap();
+        let error = GpuWeights::layout(&manifest, &limits(piece - 1)).unwrap_err().to_string();
+        assert!(error.starts_with(&format!("gpu: this model needs a {piece}-byte buffer binding ({table}")), "{error}");
+        assert!(error.ends_with(&allows(piece - 1)), "{error}");
+        assert!(GpuWeights::layout(&manifest, &limits(piece)).is_ok());
     }
 }

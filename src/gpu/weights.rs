@@ -10,7 +10,7 @@ use super::GpuContext;
 use crate::model::layers::softplus;
 use crate::weights::format::{Manifest, Piece};
 use crate::weights::stream::PieceSink;
-use crate::Result;
+use crate::{Error, Result};
 
 pub struct GpuWeights {
     layout: Layout,
@@ -21,8 +21,7 @@ pub struct GpuWeights {
 impl GpuWeights {
     /// Allocates (zeroed) every weight buffer of `manifest`'s model.
     pub fn new(ctx: &GpuContext, manifest: &Manifest) -> Result<Self> {
-        let limits = ctx.device.limits();
-        let layout = Layout::new(manifest, limits.max_storage_buffer_binding_size.min(limits.max_buffer_size))?;
+        let layout = Self::layout(manifest, &ctx.device.limits())?;
         // Padded to 16 bytes: the matrix kernels read weights as 16-byte vectors.
         let buffers = layout
             .buffers
@@ -30,6 +29,26 @@ impl GpuWeights {
             .map(|(name, bytes)| (name.clone(), ctx.storage(name, bytes.next_multiple_of(16))))
             .collect();
         Ok(GpuWeights { layout, buffers })
+    }
+
+    /// Where `manifest`'s weights go under `limits`, or one line saying what the model needs that
+    /// the device does not allow: known from the manifest alone, before a byte of weights is fetched.
+    pub fn layout(manifest: &Manifest, limits: &wgpu::Limits) -> Result<Layout> {
+        let allowed = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        let allows = format!(
+            "this GPU allows {allowed} bytes per buffer binding (maxStorageBufferBindingSize {}, maxBufferSize {})",
+            limits.max_storage_buffer_binding_size, limits.max_buffer_size
+        );
+        let layout = Layout::new(manifest, allowed).map_err(|e| match e {
+            Error::Gpu(needs) => Error::Gpu(format!("this model needs {needs}; {allows}")),
+            other => other,
+        })?;
+        match layout.buffers.iter().filter(|(_, bytes)| *bytes > allowed).max_by_key(|(_, bytes)| *bytes) {
+            Some((name, bytes)) => {
+                Err(Error::Gpu(format!("this model needs a {bytes}-byte buffer binding ({name}); {allows}")))
+            }
+            None => Ok(layout),
+        }
     }
 
     /// The matrix, or the stack of matrices, whose first tensor is `tensor`.

@@ -15,6 +15,7 @@ use wasm_bindgen::prelude::*;
 use super::download::{self, Source};
 use super::js;
 use super::loader;
+use super::models;
 use super::progress::{LoadProgress, ProgressReport};
 use crate::chat::figures::{EngineStats, TurnFigures};
 use crate::chat::saved::SavedConversation;
@@ -698,6 +699,36 @@ impl RecurrentGemma {
     #[wasm_bindgen(js_name = clearCache)]
     pub async fn clear_cache() -> Result<(), JsError> {
         download::clear_cache().await.map_err(to_js)
+    }
+
+    /// Whether the model at `source` is cached whole (only its manifest would be fetched).
+    #[wasm_bindgen(js_name = hasModelInCache)]
+    pub async fn has_model_in_cache(source: String) -> Result<bool, JsError> {
+        models::has_model_in_cache(&source).await.map_err(to_js)
+    }
+
+    /// Deletes every cached byte of the model at `source`.
+    #[wasm_bindgen(js_name = deleteModelAllInfoInCache)]
+    pub async fn delete_model_all_info_in_cache(source: String) -> Result<(), JsError> {
+        models::delete_model(&source).await.map_err(to_js)
+    }
+
+    /// `[{source, bytes, totalBytes, complete}]`: every model with entries in the cache.
+    #[wasm_bindgen(js_name = listCachedModels)]
+    pub async fn list_cached_models() -> Result<JsValue, JsError> {
+        Ok(js::to_js(&models::list_cached_models().await.map_err(to_js)?))
+    }
+
+    /// Downloads the model at `source` into the cache, checked, without a GPU; resolves to its
+    /// `listCachedModels()` entry.
+    #[wasm_bindgen(js_name = prefetchModel)]
+    pub async fn prefetch_model(source: String, on_progress: Option<Function>) -> Result<JsValue, JsError> {
+        let mut report = |progress: &LoadProgress| {
+            if let Some(callback) = &on_progress {
+                let _ = callback.call1(&JsValue::NULL, &progress_object(progress));
+            }
+        };
+        Ok(js::to_js(&models::prefetch_model(&source, &mut report).await.map_err(to_js)?))
     }
 }
 

@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use js_sys::{Array, Uint8Array};
 use sha2::{Digest, Sha256};
 use wasm_bindgen::JsCast;
-use web_sys::{AbortController, Cache, Request, RequestInit, Response, ResponseInit};
+use web_sys::{
+    AbortController, Cache, ReferrerPolicy, Request, RequestCredentials, RequestInit, Response, ResponseInit,
+};
 
 use super::js::{self, ChunkReader};
 use crate::weights::format::{Manifest, MANIFEST_FILE, MAX_MANIFEST_BYTES};
@@ -40,11 +42,7 @@ pub enum Source {
 impl Source {
     /// `base` may be relative to the page; a missing trailing `/` is added.
     pub fn url(base: &str) -> Result<Self> {
-        let mut base = js::absolute_url(base)?;
-        if !base.ends_with('/') {
-            base.push('/');
-        }
-        Ok(Source::Url(base))
+        Ok(Source::Url(base_url(base)?))
     }
 
     pub fn folder(files: &web_sys::FileList) -> Self {
@@ -66,6 +64,16 @@ impl Source {
             Source::Folder(folder) => folder.model_dir().map(|_| ()),
         }
     }
+}
+
+/// A model's base URL as its files' addresses start: absolute (`base` may be relative to the
+/// page), ending in `/`.
+pub fn base_url(base: &str) -> Result<String> {
+    let mut base = js::absolute_url(base)?;
+    if !base.ends_with('/') {
+        base.push('/');
+    }
+    Ok(base)
 }
 
 /// A file's path within the picked folder (`demo/manifest.json`); its bare name when the browser
@@ -223,6 +231,12 @@ impl Fetcher {
         format!("{url}{separator}rg-version={version}")
     }
 
+    /// The key of the cached `manifest.json`: its URL, one copy per model, replaced by each load
+    /// (the manifest names the versions of the other files).
+    pub fn manifest_key(&self) -> String {
+        self.url(MANIFEST_FILE)
+    }
+
     /// The key of the cached segment of a file version that starts at byte `from`.
     pub fn segment_key(&self, file: &str, version: &str, from: u64) -> String {
         let key = self.cache_key(file, version);
@@ -290,6 +304,10 @@ impl Fetcher {
         let abort = AbortController::new().map_err(browser)?;
         let init = RequestInit::new();
         init.set_signal(Some(&abort.signal()));
+        // Model hosts need neither: Hugging Face answers some referers with a 404 without CORS
+        // headers, and a cookie sent along would only identify the visitor.
+        init.set_referrer_policy(ReferrerPolicy::NoReferrer);
+        init.set_credentials(RequestCredentials::Omit);
         let request = Request::new_with_str_and_init(&url, &init)
             .map_err(|e| OpenError::Fatal(Error::Network(format!("{url}: {}", js::describe(&e)))))?;
         if offset > 0 {
@@ -551,19 +569,39 @@ async fn open_cache() -> Option<Cache> {
     opened.dyn_into().ok()
 }
 
-/// Bytes held by the model cache: the sum of the sizes its entries were stored with (reading
-/// the bodies to measure them would pull gigabytes off disk).
-pub async fn cached_bytes() -> Result<u64> {
-    let Some(cache) = open_cache().await else { return Ok(0) };
+/// Every entry of the model cache: its URL and the size it was stored with (reading the bodies
+/// to measure them would pull gigabytes off disk).
+pub async fn cache_entries() -> Result<Vec<(String, u64)>> {
+    let Some(cache) = open_cache().await else { return Ok(Vec::new()) };
     let keys = js::await_promise(cache.keys()).await.map_err(|e| Error::Browser(js::describe(&e)))?;
-    let mut total = 0u64;
+    let mut entries = Vec::new();
     for request in Array::from(&keys).iter() {
         let request: Request = request.unchecked_into();
         let Ok(found) = js::await_promise(cache.match_with_request(&request)).await else { continue };
         let Ok(response) = found.dyn_into::<Response>() else { continue };
-        total += stored_size(&response).unwrap_or(0);
+        entries.push((request.url(), stored_size(&response).unwrap_or(0)));
     }
-    Ok(total)
+    Ok(entries)
+}
+
+/// Bytes held by the model cache.
+pub async fn cached_bytes() -> Result<u64> {
+    Ok(cache_entries().await?.iter().map(|(_, bytes)| bytes).sum())
+}
+
+/// Deletes the cache entries whose URL `doomed` picks.
+pub async fn delete_entries(doomed: impl Fn(&str) -> bool) -> Result<()> {
+    let Some(cache) = open_cache().await else { return Ok(()) };
+    let keys = js::await_promise(cache.keys()).await.map_err(|e| Error::Browser(js::describe(&e)))?;
+    for request in Array::from(&keys).iter() {
+        let request: Request = request.unchecked_into();
+        if doomed(&request.url()) {
+            js::await_promise(cache.delete_with_request(&request))
+                .await
+                .map_err(|e| Error::Browser(js::describe(&e)))?;
+        }
+    }
+    Ok(())
 }
 
 /// Deletes every cached model file.
@@ -575,12 +613,16 @@ pub async fn clear_cache() -> Result<()> {
 
 /// The source's `manifest.json`, read with a size cap and checked, and the sha256 of its bytes.
 pub async fn read_manifest(fetcher: &Fetcher) -> Result<(Manifest, [u8; 32])> {
-    let bytes = fetcher.whole_file(MANIFEST_FILE, MAX_MANIFEST_BYTES).await?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| Error::Weights(format!("{MANIFEST_FILE} is not UTF-8 text")))?;
+    parse_manifest(&fetcher.whole_file(MANIFEST_FILE, MAX_MANIFEST_BYTES).await?)
+}
+
+/// A `manifest.json`'s bytes checked and parsed, and their sha256.
+pub fn parse_manifest(bytes: &[u8]) -> Result<(Manifest, [u8; 32])> {
+    let text = std::str::from_utf8(bytes).map_err(|_| Error::Weights(format!("{MANIFEST_FILE} is not UTF-8 text")))?;
     if text.trim_start().starts_with('<') {
         return Err(Error::Weights(format!(
             "{MANIFEST_FILE} is an HTML page, not a manifest (is the URL a converted model folder?)"
         )));
     }
-    Ok((Manifest::from_json(text)?, Sha256::digest(&bytes).into()))
+    Ok((Manifest::from_json(text)?, Sha256::digest(bytes).into()))
 }

@@ -90,6 +90,18 @@ pub async fn storage_estimate() -> Option<(f64, f64)> {
     Some((number("usage")?, number("quota")?))
 }
 
+/// Asks the browser to keep this origin's storage (models, conversations) when space runs low:
+/// `Some(true)` if it will, `Some(false)` if it may still clear it, `None` where it cannot be
+/// asked (a worker, a browser without `navigator.storage.persist`).
+pub async fn persist_storage() -> Option<bool> {
+    let Scope::Window(window) = scope().ok()? else { return None };
+    let storage = window.navigator().storage();
+    if await_promise(storage.persisted().ok()?).await.ok()?.as_bool() == Some(true) {
+        return Some(true);
+    }
+    await_promise(storage.persist().ok()?).await.ok()?.as_bool()
+}
+
 /// Whether this page is shown inside another page's frame (where what it shows can be overlaid
 /// and a click on it disguised).
 pub fn in_frame() -> bool {

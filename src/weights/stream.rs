@@ -17,6 +17,15 @@ pub trait PieceSink {
     fn piece_bytes(&mut self, piece: &Piece, offset: u64, bytes: &[u8]) -> Result<()>;
 }
 
+/// A sink that keeps nothing: a shard only checked (and cached, in the browser) for later.
+pub struct Discard;
+
+impl PieceSink for Discard {
+    fn piece_bytes(&mut self, _: &Piece, _: u64, _: &[u8]) -> Result<()> {
+        Ok(())
+    }
+}
+
 pub struct ShardParser<'m> {
     manifest: &'m Manifest,
     shard: usize,
@@ -197,14 +206,6 @@ mod tests {
     use super::*;
     use crate::config::{Config, Preset};
     use crate::weights::format::{shard_header, Quantization, Role};
-
-    struct Discard;
-
-    impl PieceSink for Discard {
-        fn piece_bytes(&mut self, _: &Piece, _: u64, _: &[u8]) -> Result<()> {
-            Ok(())
-        }
-    }
 
     /// A small int4 model's manifest and its first shard: f32 values 0.5, f16 scales 1.0, and
     /// `edit` applied before the shard is hashed.

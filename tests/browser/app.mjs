@@ -322,9 +322,36 @@ async function chatPage(t) {
     await cdp.send('Storage.overrideQuotaForOrigin', { origin: server.url });
     t.log('quota exceeded: loaded without caching');
 
-    // 9. The GPU device is lost: the page says so and reloads the model in one click.
+    // 9. The GPU device is lost mid-reply: the page reloads the model from the cache by itself
+    // (no shard request, no page reload) and reopens the conversation from its last save, with
+    // the unanswered message back in the composer. Lost again soon after, it waits for a click.
+    await page.reload();
+    await waitReady(page);
+    await setNumber(page, 'temperature', 0);
+    await setNumber(page, 'max-tokens', MAX_TOKENS);
+    assert.deepEqual((await chat(page, PROMPT)).ids, expected, 'the reply before the loss');
+    const saved = await page.locator('.message').allInnerTexts();
+    await page.evaluate(() => { window.__samePage = true; });
+    mark = server.requests.length;
+    await setNumber(page, 'max-tokens', 2000);
+    await page.locator('textarea.prompt').fill('Tell me more.');
+    await page.locator('textarea.prompt').press('Enter');
+    await page.waitForFunction(() => (document.querySelectorAll('.message.model')[1]?.textContent.length ?? 0) > 10,
+        null, { timeout: LOAD_TIMEOUT, polling: 100 });
     await (await engineWorker(page)).evaluate(() => self.__devices.at(-1).destroy());
-    await page.locator('textarea.prompt').fill(PROMPT);
+    await page.waitForSelector('.recovery-note', { timeout: LOAD_TIMEOUT });
+    await page.waitForFunction(() => !document.querySelector('button.stop') && document.querySelectorAll('.message').length === 2,
+        null, { timeout: LOAD_TIMEOUT, polling: 250 });
+    const note = await page.locator('.recovery-note').innerText();
+    assert.match(note, /^The GPU was lost \(.*\): the model was reloaded from this browser's cache, and the conversation restored from its last save\.$/);
+    assert.equal(shardRequests(server, mark).length, 0, 'no shard fetched to recover');
+    assert.equal(await page.evaluate(() => window.__samePage), true, 'recovered without reloading the page');
+    assert.deepEqual(await page.locator('.message').allInnerTexts(), saved, 'the conversation is back as saved');
+    assert.equal(await page.locator('.restore-note').count(), 0, 'its saved state was restored, not re-read');
+    assert.equal(await page.locator('textarea.prompt').inputValue(), 'Tell me more.', 'the unanswered message is back');
+    t.log(`device lost mid-reply: ${note}`);
+
+    await (await engineWorker(page)).evaluate(() => self.__devices.at(-1).destroy());
     await page.locator('textarea.prompt').press('Enter');
     await page.waitForSelector('.device-lost', { timeout: 60_000 });
     await page.locator('.device-lost button.retry').click();
@@ -332,7 +359,7 @@ async function chatPage(t) {
     await setNumber(page, 'temperature', 0);
     await setNumber(page, 'max-tokens', MAX_TOKENS);
     assert.deepEqual((await chat(page, PROMPT)).ids, expected, 'the reloaded engine works');
-    t.log('device lost: reloaded in one click');
+    t.log('device lost again at once: the page waited for a click, then reloaded');
 }
 
 /** 10. No WebGPU: a page that says why, not a blank screen. */

@@ -9,7 +9,7 @@
 import { missingNeeds, TestContext } from './harness.mjs';
 
 // In the order they start: the longest first, so that the two lanes end close together.
-const FILES = ['completions', 'app', 'conversations', 'package', 'downloads', 'csp', 'pack'];
+const FILES = ['completions', 'app', 'conversations', 'package', 'downloads', 'models', 'csp', 'pack'];
 
 function parseArgs(argv) {
     let jobs = Number(process.env.RG_BROWSER_JOBS ?? 2);

@@ -31,7 +31,7 @@ export async function startServer(roots) {
     const server = http.createServer((req, res) => {
         const url = new URL(req.url, 'http://127.0.0.1');
         const range = req.headers.range ?? null;
-        const entry = { path: url.pathname, range, status: 0 };
+        const entry = { path: url.pathname, range, status: 0, referer: req.headers.referer ?? null, cookie: req.headers.cookie ?? null };
         requests.push(entry);
         const send = (status, headers) => { entry.status = status; res.writeHead(status, headers); };
         const cors = { 'Access-Control-Allow-Origin': '*', 'Cache-Control': 'no-store' };
