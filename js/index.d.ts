@@ -27,6 +27,9 @@ export type ModelSource = string | URL | FileList;
 
 export interface LoadOptions {
     onProgress?: (progress: LoadProgress) => void;
+    /** Called once if the GPU device is lost (a driver reset, sleep, another tab taking the GPU),
+     * even between calls: then `reload()`. Not called by `dispose()`. */
+    onDeviceLost?: (reason: string) => void;
 }
 
 /**
@@ -239,6 +242,10 @@ export interface RecurrentGemmaEngine {
     /** WebLLM's name for `abort()`: the reply in progress ends with finish_reason 'abort'. */
     interruptGenerate(): void;
     reset(): Promise<void>;
+    /** Loads the model again on a new GPU device after a lost one (`onDeviceLost`), from the
+     * cache: nothing is downloaded again. The state starts empty: `restore()` saved bytes, or
+     * `prefillMessages()`; snapshot objects taken before are gone. */
+    reload(options?: { onProgress?: (progress: LoadProgress) => void }): Promise<void>;
     snapshot(): Promise<Snapshot>;
     /** A snapshot this engine took, or a state's bytes (`toBytes()`, after a reload too): one of
      * another engine, another model, another format version or damaged bytes is rejected, and the

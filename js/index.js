@@ -264,24 +264,49 @@ class EngineApi {
     streamGenerate(prompt, options = {}) { return streamOf(this, (o) => this.generate(prompt, o), options); }
 }
 
+/** The model at `source` (a base URL or a `FileList`) on this thread's GPU device. */
+function openModel(source, onProgress) {
+    return isFileList(source)
+        ? RecurrentGemma.loadFiles(source, onProgress ?? null)
+        : RecurrentGemma.load(String(source), onProgress ?? null);
+}
+
 /** The model on the calling thread. */
 export class Engine extends EngineApi {
     #model;
+    #source;
+    #onDeviceLost;
 
-    constructor(model) {
+    constructor(model, source, onDeviceLost) {
         super();
+        this.#source = source;
+        this.#onDeviceLost = onDeviceLost;
+        this.#attach(model);
+    }
+
+    #attach(model) {
         this.#model = model;
+        if (this.#onDeviceLost) model.onDeviceLost((reason) => this.#onDeviceLost(reason));
     }
 
     /** Loads the model at `source`: a base URL (manifest.json, tokenizer.json, shards under it),
-     * or a picked folder's `FileList`. */
-    static async load(source, { onProgress } = {}) {
+     * or a picked folder's `FileList`. `onDeviceLost(reason)` is called if the GPU device is lost. */
+    static async load(source, { onProgress, onDeviceLost } = {}) {
         await initOnce();
-        const engine = isFileList(source)
-            ? new Engine(await RecurrentGemma.loadFiles(source, onProgress ?? null))
-            : new Engine(await RecurrentGemma.load(String(source), onProgress ?? null));
+        if (onDeviceLost != null && typeof onDeviceLost !== 'function') throw new TypeError('options.onDeviceLost must be a function');
+        const engine = new Engine(await openModel(source, onProgress), source, onDeviceLost);
         engine.model = modelName(source);
         return engine;
+    }
+
+    /**
+     * Loads the model again on a new GPU device (after `onDeviceLost`): its files come from the
+     * cache, so nothing is downloaded again. The conversation state starts empty: `restore()` a
+     * state kept as bytes, or `prefillMessages()`. Snapshot objects taken before are gone.
+     */
+    async reload({ onProgress } = {}) {
+        this.#model.dispose();
+        this.#attach(await openModel(this.#source, onProgress));
     }
 
     invoke(method, args, onToken) {
@@ -341,10 +366,14 @@ export class WorkerEngine extends EngineApi {
     /** Why no call can be made any more (disposed, or the worker failed); null while usable. */
     #closed = null;
 
-    constructor(worker) {
+    constructor(worker, onDeviceLost) {
         super();
         this.#worker = worker;
         worker.onmessage = ({ data }) => {
+            if ('deviceLost' in data) {
+                onDeviceLost?.(data.deviceLost);
+                return;
+            }
             const call = this.#pending.get(data.id);
             if (!call) return;
             if ('progress' in data) call.onProgress?.(data.progress);
@@ -372,9 +401,10 @@ export class WorkerEngine extends EngineApi {
 
     /** Starts a worker (`worker.js` beside this module unless `workerUrl` is given) and loads
      * the model there, from a base URL or a picked folder's `FileList`. */
-    static async load(source, { onProgress, workerUrl } = {}) {
+    static async load(source, { onProgress, onDeviceLost, workerUrl } = {}) {
+        if (onDeviceLost != null && typeof onDeviceLost !== 'function') throw new TypeError('options.onDeviceLost must be a function');
         const worker = new Worker(workerUrl ?? new URL('./worker.js', import.meta.url), { type: 'module' });
-        const engine = new WorkerEngine(worker);
+        const engine = new WorkerEngine(worker, onDeviceLost);
         const where = isFileList(source) ? source : new URL(String(source), globalThis.location?.href).href;
         try {
             engine.modelId = await engine.call('load', [where], { onProgress });
@@ -406,6 +436,9 @@ export class WorkerEngine extends EngineApi {
     }
 
     reset() { return this.call('reset'); }
+
+    /** `Engine.reload` in the worker: the model again on a new GPU device, from the cache. */
+    reload({ onProgress } = {}) { return this.call('reload', [], { onProgress }); }
 
     async snapshot() {
         const id = await this.call('snapshot');

@@ -1,6 +1,6 @@
 // The engine's dedicated worker: runs `Engine` and answers `WorkerEngine`'s messages
 // ({ id, method, args } in; { id, progress } / { id, token } while working; { id, result } or
-// { id, error } at the end).
+// { id, error } at the end; { deviceLost: reason } whenever the GPU device is lost).
 import { Engine } from './index.js';
 
 let engine = null;
@@ -23,8 +23,17 @@ const streamer = (id) => (token, live) => postMessage({ id, token, live });
 
 const methods = {
     async load(id, source) {
-        engine = await Engine.load(source, { onProgress: (progress) => postMessage({ id, progress }) });
+        engine = await Engine.load(source, {
+            onProgress: (progress) => postMessage({ id, progress }),
+            onDeviceLost: (reason) => postMessage({ deviceLost: reason }),
+        });
         return engine.modelId;
+    },
+    async reload(id) {
+        // Snapshots lived on the lost device.
+        for (const snapshot of snapshots.values()) snapshot.free();
+        snapshots.clear();
+        await needEngine().reload({ onProgress: (progress) => postMessage({ id, progress }) });
     },
     chat: (id, message, options) => needEngine().chat(message, { ...options, onToken: streamer(id) }),
     generate: (id, prompt, options) => needEngine().generate(prompt, { ...options, onToken: streamer(id) }),

@@ -37,9 +37,9 @@ rustfmt --check --edition 2021 fuzz/src/*.rs fuzz/fuzz_targets/*.rs fuzz/example
 cargo clippy --all-targets --quiet -- -D warnings
 
 step "the package and the page build for the browser, lint-clean (wasm32-unknown-unknown)"
-# As each is built: the package is the library with the engine; the page is built without it.
-cargo clippy --quiet --target wasm32-unknown-unknown --no-default-features --features gpu --lib -- -D warnings
-cargo clippy --quiet --target wasm32-unknown-unknown --no-default-features --features app --lib --bin app -- -D warnings
+# One pass over both: the package is the library with the engine, the page its binary. The page
+# as deployed (without the engine) is compiled by build-site.sh below.
+cargo clippy --quiet --target wasm32-unknown-unknown --no-default-features --features gpu,app --lib --bin app -- -D warnings
 
 step "the WGSL kernels compile in Chromium's WebGPU (Tint's stricter rules)"
 # Built as the tests build it (their dev-dependencies turn on wgpu's counters): compiled once.

@@ -311,6 +311,8 @@ fn StatsPanel() -> impl IntoView {
                 </dd>
                 <dt>"Engine's wasm heap"</dt>
                 <dd class="wasm-bytes">{move || megabytes(stats.with(|s| s.engine.wasm_bytes))}</dd>
+                <dt>"GPU"</dt>
+                <dd class="adapter">{move || state.adapter.get().unwrap_or_default()}</dd>
                 <dt>"Load"</dt>
                 <dd class="load-figures" data-peak-wasm=move || stats.with(|s| s.load_peak_wasm_bytes.to_string())>
                     {move || stats.with(|s| format!("{:.1} s, wasm heap peak {}", s.engine.load_seconds, megabytes(s.load_peak_wasm_bytes)))}

@@ -123,29 +123,57 @@ pub enum LoadSource<'a> {
 
 /// Whether this browser gives WebGPU a usable adapter, asked on this thread before a worker
 /// starts: a machine without one gets the page that says why, not a failed download. `Err` says why not.
-pub async fn check_adapter() -> Result<(), String> {
+pub async fn check_adapter() -> Result<String, String> {
     let gpu = get(&get(&js_sys::global(), "navigator"), "gpu");
     if gpu.is_undefined() || gpu.is_null() {
         return Err("This browser does not offer WebGPU (navigator.gpu is missing).".into());
     }
     let request =
         get(&gpu, "requestAdapter").dyn_into::<Function>().map_err(|_| "navigator.gpu.requestAdapter is missing")?;
-    let adapter = settle(request.call0(&gpu).map(Promise::from)).await?;
+    // The adapter the engine will get: it asks for the high-performance one too.
+    let options = Object::new();
+    set(&options, "powerPreference", &JsValue::from_str("high-performance"));
+    let adapter = settle(request.call1(&gpu, &options).map(Promise::from)).await?;
     if adapter.is_null() || adapter.is_undefined() {
         return Err("WebGPU is present but gave no usable GPU adapter. Check that hardware acceleration is on \
                     (chrome://settings/system) and your GPU is not blocklisted (chrome://gpu)."
             .into());
     }
-    Ok(())
+    Ok(adapter_description(&get(&adapter, "info")))
+}
+
+/// `GPUAdapterInfo` in a few words: vendor, architecture, device or description, and whether it
+/// is a software fallback. WebGPU does not say whether a GPU is integrated or discrete.
+fn adapter_description(info: &JsValue) -> String {
+    let field = |key: &str| get(info, key).as_string().filter(|value| !value.is_empty());
+    let mut words: Vec<String> = ["vendor", "architecture", "device"].iter().filter_map(|key| field(key)).collect();
+    if words.is_empty() {
+        words.extend(field("description"));
+    }
+    if get(info, "isFallbackAdapter").as_bool() == Some(true) {
+        words.push("(software fallback)".into());
+    }
+    if words.is_empty() {
+        "not named by the browser".into()
+    } else {
+        words.join(" ")
+    }
 }
 
 impl WorkerEngine {
-    /// Starts the worker and loads the model there, handing each progress report to `on_progress`.
-    pub async fn load(source: LoadSource<'_>, on_progress: impl FnMut(LoadProgress) + 'static) -> Result<Self, String> {
+    /// Starts the worker and loads the model there, handing each progress report to `on_progress`;
+    /// `on_device_lost(reason)` is called if its GPU device is lost, even between calls.
+    pub async fn load(
+        source: LoadSource<'_>,
+        on_progress: impl FnMut(LoadProgress) + 'static,
+        on_device_lost: impl FnOnce(String) + 'static,
+    ) -> Result<Self, String> {
         let mut on_progress = on_progress;
         let callback = Closure::<dyn FnMut(JsValue)>::new(move |p: JsValue| on_progress(progress_of(&p)));
         let options = Object::new();
         set(&options, "onProgress", callback.as_ref());
+        // Called at most once, then freed; a model that is never lost keeps this small closure.
+        set(&options, "onDeviceLost", &Closure::once_into_js(on_device_lost));
         let source: JsValue = match source {
             LoadSource::Url(url) => JsValue::from_str(url),
             LoadSource::Folder(files) => files.into(),

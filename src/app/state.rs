@@ -198,6 +198,8 @@ pub struct AppState {
     pub storage_persisted: RwSignal<Option<Option<bool>>>,
     /// What the model remembers of the open conversation, when not all of it (a refused state).
     pub restore_note: RwSignal<Option<String>>,
+    /// The GPU the browser offers (`adapter.info`), once asked.
+    pub adapter: RwSignal<Option<String>>,
     /// The message being written: a message the engine could not answer is put back here.
     pub draft: RwSignal<String>,
     /// A lost GPU being recovered from: the model reloads, then this is done with.
@@ -246,6 +248,7 @@ impl AppState {
             store_error: RwSignal::new(None),
             storage_persisted: RwSignal::new(None),
             restore_note: RwSignal::new(None),
+            adapter: RwSignal::new(None),
             draft: RwSignal::new(String::new()),
             recovery: StoredValue::new(None),
             recovered_without_reply: StoredValue::new(false),
@@ -316,9 +319,12 @@ impl AppState {
                 self.phase.set(Phase::Failed(e));
                 return;
             }
-            if let Err(why) = super::engine::check_adapter().await {
-                self.phase.set(Phase::NoWebGpu(why));
-                return;
+            match super::engine::check_adapter().await {
+                Ok(adapter) => self.adapter.set(Some(adapter)),
+                Err(why) => {
+                    self.phase.set(Phase::NoWebGpu(why));
+                    return;
+                }
             }
             // Another model chosen meanwhile: this load has nothing left to do.
             if self.load_serial.get_value() != serial {
@@ -345,7 +351,8 @@ impl AppState {
                 (_, Some(url)) => LoadSource::Url(url),
                 (_, None) => return,
             };
-            let loaded = WorkerEngine::load(source, report).await;
+            let lost = move |why: String| self.lost_while_idle(serial, why);
+            let loaded = WorkerEngine::load(source, report, lost).await;
             if self.load_serial.get_value() != serial {
                 if let Ok(engine) = loaded {
                     engine.dispose().await;
@@ -606,6 +613,31 @@ impl AppState {
         reply.prompt_tokens.set(Some(done.prompt_tokens));
     }
 
+    /// The engine's GPU device is gone (its engine already let go of): load the model again and
+    /// reopen the open conversation, unless that was just done and no reply came since.
+    fn recover(self, why: String) {
+        if self.recovered_without_reply.get_value() {
+            self.phase.set(Phase::DeviceLost(why));
+        } else {
+            self.recovered_without_reply.set_value(true);
+            self.recovery.set_value(Some(Recovery { why, reopen: self.current.get_untracked() }));
+            self.reload();
+        }
+    }
+
+    /// The engine of load `serial` reported its device lost. A call in progress fails and
+    /// [`AppState::fail`] recovers; between calls, this does.
+    fn lost_while_idle(self, serial: u64, why: String) {
+        if self.load_serial.get_value() != serial || self.busy.get_untracked() {
+            return;
+        }
+        let Some(engine) = self.engine.try_update_value(Option::take).flatten() else { return };
+        spawn_local(async move {
+            engine.dispose().await;
+            self.recover(why);
+        });
+    }
+
     /// A call failed; `unanswered` is the message it was answering, if any.
     async fn fail(self, error: String, engine: WorkerEngine, unanswered: Option<String>) {
         // The device-lost report may come just after the failed submission.
@@ -614,18 +646,12 @@ impl AppState {
         // way only loading the model again helps.
         let stats = engine.stats().await.ok();
         if stats.is_some_and(|s| s.device_lost || s.broken) {
-            self.engine.set_value(None);
-            engine.dispose().await;
             if let Some(text) = unanswered.filter(|_| self.draft.with_untracked(|d| d.trim().is_empty())) {
                 self.draft.set(text);
             }
-            if self.recovered_without_reply.get_value() {
-                self.phase.set(Phase::DeviceLost(error));
-            } else {
-                self.recovered_without_reply.set_value(true);
-                self.recovery.set_value(Some(Recovery { why: error, reopen: self.current.get_untracked() }));
-                self.reload();
-            }
+            self.engine.set_value(None);
+            engine.dispose().await;
+            self.recover(error);
         } else if error.contains("worker failed") {
             // The engine is gone with its worker: what is left is loading the model again.
             self.engine.set_value(None);

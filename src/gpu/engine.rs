@@ -469,6 +469,7 @@ impl Engine {
     /// Frees all of the engine's GPU memory now, rather than whenever the buffers are dropped
     /// (in a browser, when the garbage collector gets to them).
     pub fn destroy(self) {
+        self.ctx.forget_lost_listener();
         self.ctx.device.destroy();
     }
 

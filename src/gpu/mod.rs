@@ -29,6 +29,21 @@ use std::sync::{Arc, Mutex};
 
 use crate::{Error, Result};
 
+/// Numbers the contexts, so that a lost device's listener is found by its context.
+#[cfg(target_arch = "wasm32")]
+static NEXT_CONTEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+#[cfg(target_arch = "wasm32")]
+type LostListener = Rc<dyn Fn(&str)>;
+
+#[cfg(target_arch = "wasm32")]
+thread_local! {
+    /// What to tell when a context's device is lost, by context. wgpu's device-lost callback must
+    /// be `Send`, which a JS function is not: the callback reaches the listener through this
+    /// (wasm runs the engine on one thread).
+    static LOST_LISTENERS: std::cell::RefCell<std::collections::HashMap<u64, LostListener>> = Default::default();
+}
+
 /// A device and queue plus a running count of the bytes of every buffer created through it.
 /// Device errors and device loss are recorded, not panicked on: [`GpuContext::check`] turns the
 /// first one into an [`Error`] for whoever uses the device next.
@@ -40,6 +55,8 @@ pub struct GpuContext {
     allocated: Rc<Cell<u64>>,
     failure: Arc<Mutex<Option<String>>>,
     lost: Arc<AtomicBool>,
+    #[cfg(target_arch = "wasm32")]
+    id: u64,
 }
 
 impl GpuContext {
@@ -87,11 +104,45 @@ impl GpuContext {
         let on_lost = record(&failure);
         let lost = Arc::new(AtomicBool::new(false));
         let lost_flag = lost.clone();
+        #[cfg(target_arch = "wasm32")]
+        let id = NEXT_CONTEXT.fetch_add(1, Ordering::Relaxed);
         device.set_device_lost_callback(move |reason, message| {
             lost_flag.store(true, Ordering::Relaxed);
-            on_lost(format!("device lost ({reason:?}): {message}"))
+            let message = format!("device lost ({reason:?}): {message}");
+            #[cfg(target_arch = "wasm32")]
+            if let Some(listener) = LOST_LISTENERS.with_borrow_mut(|listeners| listeners.remove(&id)) {
+                listener(&message);
+            }
+            on_lost(message)
         });
-        GpuContext { device, queue, adapter_info, allocated: Rc::new(Cell::new(0)), failure, lost }
+        GpuContext {
+            device,
+            queue,
+            adapter_info,
+            allocated: Rc::new(Cell::new(0)),
+            failure,
+            lost,
+            #[cfg(target_arch = "wasm32")]
+            id,
+        }
+    }
+
+    /// Calls `listener` once when the device is lost (at once if it is already), until
+    /// [`GpuContext::forget_lost_listener`]: a page learns of the loss while idle, not only at its
+    /// next call.
+    #[cfg(target_arch = "wasm32")]
+    pub fn on_lost(&self, listener: impl Fn(&str) + 'static) {
+        if self.is_lost() {
+            listener(&self.check().err().map(|e| e.to_string()).unwrap_or_default());
+            return;
+        }
+        LOST_LISTENERS.with_borrow_mut(|listeners| listeners.insert(self.id, Rc::new(listener)));
+    }
+
+    /// Drops the device-lost listener: before a device is destroyed on purpose.
+    pub fn forget_lost_listener(&self) {
+        #[cfg(target_arch = "wasm32")]
+        LOST_LISTENERS.with_borrow_mut(|listeners| listeners.remove(&self.id));
     }
 
     /// The first device error or loss since the device was made, if any.

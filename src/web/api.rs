@@ -689,6 +689,21 @@ impl RecurrentGemma {
         self.gpu_bytes.get() as f64
     }
 
+    /// Calls `callback(reason)` once if the GPU device is lost (a driver reset, sleep, another tab
+    /// taking the GPU), even between calls; not when the model is disposed. The model can then
+    /// only be loaded again (`engine.reload()` in `index.js`).
+    #[wasm_bindgen(js_name = onDeviceLost)]
+    pub fn on_device_lost(&self, callback: Function) -> Result<(), JsError> {
+        let slot = self.loaded.borrow();
+        let loaded = slot.as_ref().ok_or_else(|| JsError::new("this model was disposed"))?;
+        if let Backend::Gpu { engine, .. } = loaded.session.generator_ref().backend() {
+            engine.context().on_lost(move |reason| {
+                let _ = callback.call1(&JsValue::NULL, &JsValue::from_str(reason));
+            });
+        }
+        Ok(())
+    }
+
     /// Bytes of model files kept in this origin's Cache Storage.
     #[wasm_bindgen(js_name = cachedBytes)]
     pub async fn cached_bytes() -> Result<f64, JsError> {

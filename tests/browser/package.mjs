@@ -10,6 +10,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { cpuReference, MODES, root } from './harness.mjs';
+import { engineWorker, hookedPackage } from './worker-hooks.mjs';
 
 const modelDir = path.join(root, 'www/models/demo');
 const PROMPT = 'Write a haiku about recurrent networks.';
@@ -265,7 +266,54 @@ function otherModel(t) {
     return dir;
 }
 
-export default MODES.map((mode) => ({
+/**
+ * The GPU device is lost while the engine is idle: `onDeviceLost` is called at once (not at the
+ * next call), `reload()` brings the model back from the cache (no shard or tokenizer request) and
+ * it replies as the CPU reference; `dispose()` afterwards is not reported as a loss.
+ */
+async function lostDevice(t, { worker, name: mode }) {
+    const expected = await cpuReference(modelDir, PROMPT, MAX_TOKENS);
+    const server = await t.serve({
+        '/pkg/': worker ? hookedPackage(root) : path.join(root, 'pkg'), '/embed/': path.join(root, 'www/embed'),
+        '/models/': path.join(root, 'www/models'),
+    });
+    const page = await (await t.browser()).newPage();
+    await page.addInitScript(() => {
+        window.__devices = [];
+        const requestDevice = GPUAdapter.prototype.requestDevice;
+        GPUAdapter.prototype.requestDevice = async function (...args) {
+            const device = await requestDevice.apply(this, args);
+            window.__devices.push(device);
+            return device;
+        };
+    });
+    await page.goto(`${server.url}/embed/`);
+    await page.evaluate(async (worker) => {
+        const rg = await import('/pkg/index.js');
+        window.__lost = [];
+        window.__engine = await rg.createEngine('../models/demo/', { worker, onDeviceLost: (reason) => window.__lost.push(reason) });
+        await window.__engine.chat('Hi.', { temperature: 0, maxTokens: 2 });
+    }, worker);
+    const mark = server.requests.length;
+    if (worker) await (await engineWorker(page)).evaluate(() => self.__devices.at(-1).destroy());
+    else await page.evaluate(() => window.__devices.at(-1).destroy());
+    await page.waitForFunction(() => window.__lost.length > 0, null, { timeout: 30_000 });
+    const after = await page.evaluate(async ([prompt, maxTokens]) => {
+        await window.__engine.reload();
+        const reply = await window.__engine.chat(prompt, { temperature: 0, maxTokens });
+        await window.__engine.dispose();
+        await new Promise((resolve) => setTimeout(resolve, 500));
+        return { ids: reply.tokenIds, lost: window.__lost };
+    }, [PROMPT, MAX_TOKENS]);
+    assert.equal(after.lost.length, 1, `${mode}: one loss reported, and dispose() is not one: ${after.lost}`);
+    assert.match(after.lost[0], /device lost/);
+    assert.deepEqual(after.ids, expected.ids, `${mode}: the reloaded model replies as the CPU reference`);
+    const fetched = server.requests.slice(mark).map((r) => r.path).filter((p) => p.startsWith('/models/'));
+    assert.deepEqual(fetched, ['/models/demo/manifest.json'], `${mode}: reload() fetched no weights`);
+    t.log(`${mode}: onDeviceLost("${after.lost[0]}"), reload() from the cache, the same reply`);
+}
+
+export default MODES.flatMap((mode) => [{
     name: `package (${mode.name})`,
     needs: ['rg', 'demo', 'package'],
     async run(t) {
@@ -277,4 +325,8 @@ export default MODES.map((mode) => ({
         });
         await exercise(t, await t.browser(), server, expected, mode);
     },
-}));
+}, {
+    name: `package: lost device (${mode.name})`,
+    needs: ['rg', 'demo', 'package'],
+    run: (t) => lostDevice(t, mode),
+}]);
