@@ -330,14 +330,7 @@ pub fn ConversationList() -> impl IntoView {
                     <ConversationItem conversation=conversation />
                 </For>
             </ul>
-            {move || state.storage_persisted.get().map(|answer| {
-                let (class, text) = match answer {
-                    Some(true) => ("storage-persisted", "Kept by the browser until you delete them."),
-                    Some(false) => ("storage-best-effort", "The browser may clear these when space runs low."),
-                    None => ("storage-best-effort", "This browser cannot be asked to keep these."),
-                };
-                view! { <p class=format!("storage-note {class}")>{text}</p> }
-            })}
+            <super::loading::StorageNote />
         </nav>
     }
 }

@@ -238,16 +238,26 @@ pub fn ModelsPanel() -> impl IntoView {
                     <p class="no-models">"No model is kept in this browser yet."</p>
                 })}
                 {move || state.prefetch.get().map(|p| view! { <PrefetchLine prefetch=p /> })}
-                {move || state.storage_persisted.get().map(|answer| {
-                    let (class, text) = match answer {
-                        Some(true) => ("storage-persisted", "The browser keeps them until you delete them."),
-                        Some(false) => ("storage-best-effort", "The browser may clear them when space runs low."),
-                        None => ("storage-best-effort", "This browser cannot be asked to keep them."),
-                    };
-                    view! { <p class=format!("storage-note {class}")>{text}</p> }
-                })}
+                <StorageNote />
             </details>
         </div>
+    }
+}
+
+/// The browser's answer to `navigator.storage.persist()` (asked once a model or a conversation is
+/// kept), under the models and under the conversations.
+#[component]
+pub fn StorageNote() -> impl IntoView {
+    let state = expect_context::<AppState>();
+    move || {
+        state.storage_persisted.get().map(|answer| {
+            let (class, text) = match answer {
+                Some(true) => ("storage-persisted", "Kept by the browser until you delete them."),
+                Some(false) => ("storage-best-effort", "The browser may clear these when space runs low."),
+                None => ("storage-best-effort", "This browser cannot be asked to keep these."),
+            };
+            view! { <p class=format!("storage-note {class}")>{text}</p> }
+        })
     }
 }
 

@@ -10,7 +10,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { cpuReference, MODES, root } from './harness.mjs';
-import { engineWorker, hookedPackage } from './worker-hooks.mjs';
+import { collectDevices, engineWorker, hookedPackage } from './worker-hooks.mjs';
 
 const modelDir = path.join(root, 'www/models/demo');
 const PROMPT = 'Write a haiku about recurrent networks.';
@@ -278,15 +278,7 @@ async function lostDevice(t, { worker, name: mode }) {
         '/models/': path.join(root, 'www/models'),
     });
     const page = await (await t.browser()).newPage();
-    await page.addInitScript(() => {
-        window.__devices = [];
-        const requestDevice = GPUAdapter.prototype.requestDevice;
-        GPUAdapter.prototype.requestDevice = async function (...args) {
-            const device = await requestDevice.apply(this, args);
-            window.__devices.push(device);
-            return device;
-        };
-    });
+    await page.addInitScript(collectDevices);
     await page.goto(`${server.url}/embed/`);
     await page.evaluate(async (worker) => {
         const rg = await import('/pkg/index.js');

@@ -12,16 +12,21 @@ import path from 'node:path';
 
 export const FAIL_SHARD_PUTS = 'rg-test-fail-shard-puts';
 
+/** Keeps every GPUDevice made in this global scope in `__devices` (a page's init script, or the worker's hooks). */
+export function collectDevices() {
+    globalThis.__devices = [];
+    const requestDevice = GPUAdapter.prototype.requestDevice;
+    GPUAdapter.prototype.requestDevice = async function (...args) {
+        const device = await requestDevice.apply(this, args);
+        globalThis.__devices.push(device);
+        return device;
+    };
+}
+
 const HOOKS = `// Test hooks (tests/browser/worker-hooks.mjs), run before the package's worker.
 (() => {
     if (self.GPUAdapter) {
-        self.__devices = [];
-        const requestDevice = GPUAdapter.prototype.requestDevice;
-        GPUAdapter.prototype.requestDevice = async function (...args) {
-            const device = await requestDevice.apply(this, args);
-            self.__devices.push(device);
-            return device;
-        };
+        (${collectDevices})();
         const channel = new BroadcastChannel('rg-test-gpu');
         const buffers = new Map();
         let created = 0;
