@@ -111,6 +111,34 @@ fn gpu_int4_matches_cpu_int4_over_six_windows() {
     check_logits("window_long", 48, Quantization::Int4);
 }
 
+/// The browser hands the loader chunks of any size (a few bytes of a network packet, a whole
+/// 8 MiB cached segment): weights streamed in odd-sized chunks, so words and pieces split at every
+/// offset, give the GPU exactly the logits of a load in 1 MiB reads.
+#[test]
+fn weights_streamed_in_odd_chunks_load_exactly() {
+    for quantization in [Quantization::Int8, Quantization::Int4] {
+        let (mut engine, _model, dir) = pair("lru_wide", quantization);
+        let manifest = rgweb::weights::load::read_manifest(dir.path()).unwrap();
+        let mut odd = Engine::new(context(), manifest.clone()).unwrap();
+        let sizes = [1usize, 3, 5, 4099, 2, 65_537, 7];
+        for (index, shard) in manifest.shards.iter().enumerate() {
+            let bytes = std::fs::read(dir.path().join(&shard.file)).unwrap();
+            let mut parser = rgweb::weights::stream::ShardParser::new(&manifest, index);
+            let mut sink = odd.weight_sink();
+            let (mut at, mut turn) = (0, 0);
+            while at < bytes.len() {
+                let end = (at + sizes[turn % sizes.len()]).min(bytes.len());
+                parser.push(&bytes[at..end], &mut sink).unwrap();
+                (at, turn) = (end, turn + 1);
+            }
+            parser.finish().unwrap();
+        }
+        let ids = tokens(20, engine.config.vocab_size);
+        let expected = block_on(engine.logits(&ids)).unwrap();
+        assert_eq!(block_on(odd.logits(&ids)).unwrap(), expected, "{}", quantization.name());
+    }
+}
+
 /// Widths of 96 and 288 columns: odd int4 group counts (3 and 9), so every row's scales are padded.
 #[test]
 fn gpu_int4_matches_cpu_int4_with_odd_group_counts() {

@@ -97,9 +97,9 @@ impl PieceSink for WeightSink<'_> {
     fn piece_bytes(&mut self, piece: &Piece, offset: u64, data: &[u8]) -> Result<()> {
         let (buffer, base) = &self.weights.layout.placement[&piece.name];
         let (buffer, base) = (&self.weights.buffers[buffer], *base);
-        let (start, held) = self.pending.entry(piece.name.clone()).or_insert((offset, Vec::new()));
-        held.extend_from_slice(data);
         if piece.tensor.ends_with("rg_lru.recurrent_param") {
+            let (start, held) = self.pending.entry(piece.name.clone()).or_insert((offset, Vec::new()));
+            held.extend_from_slice(data);
             if *start + held.len() as u64 == piece.bytes {
                 let a_param: Vec<f32> = bytemuck::pod_collect_to_vec(held);
                 let log_a_scale: Vec<f32> = a_param.iter().map(|&a| (-8.0 * softplus(a)) as f32).collect();
@@ -108,11 +108,26 @@ impl PieceSink for WeightSink<'_> {
             }
             return Ok(());
         }
-        let aligned = held.len() / 4 * 4;
+        // The bytes go straight from the chunk to the queue; only a split word's bytes are copied.
+        let mut data = data;
+        let mut at = offset;
+        if let Some((start, held)) = self.pending.get_mut(&piece.name) {
+            let take = (4 - held.len()).min(data.len());
+            held.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            at += take as u64;
+            if held.len() < 4 {
+                return Ok(());
+            }
+            self.queue.write_buffer(buffer, base + *start, held);
+            self.pending.remove(&piece.name);
+        }
+        let aligned = data.len() / 4 * 4;
         if aligned > 0 {
-            self.queue.write_buffer(buffer, base + *start, &held[..aligned]);
-            *start += aligned as u64;
-            held.drain(..aligned);
+            self.queue.write_buffer(buffer, base + at, &data[..aligned]);
+        }
+        if aligned < data.len() {
+            self.pending.insert(piece.name.clone(), (at + aligned as u64, data[aligned..].to_vec()));
         }
         Ok(())
     }

@@ -24,6 +24,11 @@ pub const CACHE_NAME: &str = "recurrentgemma-models-v1";
 /// Header on each cached entry giving its body's exact size.
 const SIZE_HEADER: &str = "x-rg-bytes";
 
+/// Header on each cached shard segment giving its body's sha256 (lower-case hex), taken as it was
+/// stored: a reload checks each segment against it with the browser's native SHA-256 instead of
+/// hashing the whole shard in wasm.
+const DIGEST_HEADER: &str = "x-rg-sha256";
+
 /// A shard's cached copy is written in segments of about this size, each put as soon as it is
 /// complete: a closed tab loses at most this much of a download.
 pub const SEGMENT_BYTES: usize = 8 << 20;
@@ -258,18 +263,38 @@ impl Fetcher {
         Some(ChunkReader::new(self.cached_response(key).await?.body()?))
     }
 
-    /// How many bytes of a file version the cache holds from byte 0 on, going by the sizes its
-    /// segments were stored with (the bodies are not read).
-    pub async fn cached_prefix_bytes(&self, file: &str, version: &str, size: u64) -> u64 {
+    /// The cached segments of a file version from byte 0 on, as far as they follow each other
+    /// going by the sizes they were stored with (the bodies are not read).
+    pub async fn cached_segments(&self, file: &str, version: &str, size: u64) -> Vec<CachedSegment> {
+        let mut segments: Vec<CachedSegment> = Vec::new();
         let mut end = 0;
         while end < size {
             let Some(response) = self.cached_response(&self.segment_key(file, version, end)).await else { break };
-            match stored_size(&response) {
-                Some(bytes) if bytes > 0 => end += bytes,
-                _ => break,
-            }
+            let Some(bytes) = stored_size(&response).filter(|&bytes| bytes > 0 && bytes <= size - end) else { break };
+            let sha256 = header(&response, DIGEST_HEADER).and_then(|digest| parse_hex_digest(&digest));
+            segments.push(CachedSegment { start: end, bytes, sha256, response });
+            end += bytes;
         }
-        end.min(size)
+        segments
+    }
+
+    /// How many bytes of a file version the cache holds from byte 0 on.
+    pub async fn cached_prefix_bytes(&self, file: &str, version: &str, size: u64) -> u64 {
+        self.cached_segments(file, version, size).await.iter().map(|segment| segment.bytes).sum()
+    }
+
+    /// The whole of a shard from the cache as segments that can each be checked against its own
+    /// digest with the browser's SHA-256, or `None` (then the shard is hashed in wasm as it
+    /// streams). A shard's last segment is only stored once the whole shard passed its sha256
+    /// ([`SegmentWriter`]), so segments that reach its end with their digests intact are the
+    /// verified shard.
+    pub async fn proven_segments(&self, file: &str, version: &str, size: u64) -> Option<Vec<CachedSegment>> {
+        if !js::has_native_sha256() {
+            return None;
+        }
+        let segments = self.cached_segments(file, version, size).await;
+        let whole = segments.iter().map(|segment| segment.bytes).sum::<u64>() == size;
+        (whole && segments.iter().all(|segment| segment.sha256.is_some())).then_some(segments)
     }
 
     /// Deletes every cached copy of `file`: all its versions and segments.
@@ -285,11 +310,12 @@ impl Fetcher {
         }
     }
 
-    /// Stores `chunks` (`Uint8Array`s, `bytes` in all) under `key`. A full quota stops all further
-    /// writes for this load; any other failure only loses this entry.
-    pub async fn put(&mut self, key: &str, chunks: &Array, bytes: u64) {
+    /// Stores `chunks` (`Uint8Array`s, `bytes` in all, with their sha256 where known) under
+    /// `key`. A full quota stops all further writes for this load; any other failure only loses
+    /// this entry.
+    pub async fn put(&mut self, key: &str, chunks: &Array, bytes: u64, sha256: Option<[u8; 32]>) {
         let Some(cache) = self.writable_cache() else { return };
-        let Ok(response) = blob_response(chunks, bytes) else { return };
+        let Ok(response) = blob_response(chunks, bytes, sha256) else { return };
         if let Err(e) = js::await_promise(cache.put_with_str(key, &response)).await {
             if js::exception_name(&e).as_deref() == Some("QuotaExceededError") {
                 self.stop_writing(CacheState::QuotaExceeded);
@@ -425,10 +451,15 @@ impl Fetcher {
 }
 
 /// Collects the bytes a shard download delivers (after the parser accepted them) and puts them
-/// in the cache a segment at a time, each under the key of the offset it starts at.
+/// in the cache a segment at a time, each under the key of the offset it starts at and with its
+/// sha256. The segment that ends the shard waits for the caller's last [`SegmentWriter::flush`],
+/// made once the whole shard has passed its sha256: a cached copy that reaches the shard's end is
+/// a verified one ([`Fetcher::proven_segments`]).
 pub struct SegmentWriter {
     file: String,
     version: String,
+    /// The file's size.
+    size: u64,
     /// Where the segment being collected starts in the file.
     start: u64,
     chunks: Array,
@@ -436,8 +467,15 @@ pub struct SegmentWriter {
 }
 
 impl SegmentWriter {
-    pub fn new(file: &str, version: &str, start: u64) -> Self {
-        SegmentWriter { file: file.to_string(), version: version.to_string(), start, chunks: Array::new(), bytes: 0 }
+    pub fn new(file: &str, version: &str, size: u64, start: u64) -> Self {
+        SegmentWriter {
+            file: file.to_string(),
+            version: version.to_string(),
+            size,
+            start,
+            chunks: Array::new(),
+            bytes: 0,
+        }
     }
 
     pub async fn push(&mut self, fetcher: &mut Fetcher, chunk: &[u8]) {
@@ -446,7 +484,7 @@ impl SegmentWriter {
         }
         self.chunks.push(&Uint8Array::from(chunk));
         self.bytes += chunk.len();
-        if self.bytes >= SEGMENT_BYTES {
+        if self.bytes >= SEGMENT_BYTES && self.start + (self.bytes as u64) < self.size {
             self.flush(fetcher).await;
         }
     }
@@ -457,7 +495,19 @@ impl SegmentWriter {
             return;
         }
         let key = fetcher.segment_key(&self.file, &self.version, self.start);
-        fetcher.put(&key, &self.chunks, self.bytes as u64).await;
+        // One buffer for the digest, which is also what is stored.
+        let segment = Uint8Array::new_with_length(self.bytes as u32);
+        let mut at = 0;
+        for chunk in self.chunks.iter() {
+            let chunk: Uint8Array = chunk.unchecked_into();
+            segment.set(&chunk, at);
+            at += chunk.length();
+        }
+        let sha256 = match js::start_sha256(&segment) {
+            Some(digest) => digest.await,
+            None => None,
+        };
+        fetcher.put(&key, &Array::of1(&segment), self.bytes as u64, sha256).await;
         self.start += self.bytes as u64;
         self.chunks = Array::new();
         self.bytes = 0;
@@ -547,17 +597,52 @@ fn content_range_start(response: &Response) -> Option<u64> {
     header(response, "Content-Range")?.strip_prefix("bytes ")?.split('-').next()?.trim().parse().ok()
 }
 
+/// A cached segment of a file: where it starts, its size and sha256 as stored, and its entry.
+pub struct CachedSegment {
+    pub start: u64,
+    pub bytes: u64,
+    pub sha256: Option<[u8; 32]>,
+    pub response: Response,
+}
+
+impl CachedSegment {
+    /// Starts reading the whole body (at once: a caller can start the next one before it awaits
+    /// this one) and returns what awaits it.
+    pub fn read(&self) -> impl std::future::Future<Output = std::result::Result<Uint8Array, String>> {
+        let body = self.response.array_buffer();
+        async move {
+            let body = js::await_promise(body.map_err(|e| js::describe(&e))?).await.map_err(|e| js::describe(&e))?;
+            Ok(Uint8Array::new(&body))
+        }
+    }
+}
+
+fn parse_hex_digest(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut digest = [0u8; 32];
+    for (byte, pair) in digest.iter_mut().zip(text.as_bytes().chunks(2)) {
+        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(digest)
+}
+
 /// The size an entry was stored with.
 fn stored_size(response: &Response) -> Option<u64> {
     header(response, SIZE_HEADER)?.parse().ok()
 }
 
-/// A cache entry holding `chunks`, tagged with its size so it can be counted without reading it.
-fn blob_response(chunks: &Array, bytes: u64) -> Result<Response> {
+/// A cache entry holding `chunks`, tagged with its size so it can be counted without reading it,
+/// and with its sha256 where known.
+fn blob_response(chunks: &Array, bytes: u64, sha256: Option<[u8; 32]>) -> Result<Response> {
     let browser = |e: wasm_bindgen::JsValue| Error::Browser(js::describe(&e));
     let blob = web_sys::Blob::new_with_u8_array_sequence(chunks).map_err(browser)?;
     let headers = web_sys::Headers::new().map_err(browser)?;
     headers.set(SIZE_HEADER, &bytes.to_string()).map_err(browser)?;
+    if let Some(sha256) = sha256 {
+        headers.set(DIGEST_HEADER, &hex(&sha256)).map_err(browser)?;
+    }
     let init = ResponseInit::new();
     init.set_status(200);
     init.set_headers(&headers);

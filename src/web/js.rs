@@ -102,6 +102,32 @@ pub async fn persist_storage() -> Option<bool> {
     await_promise(storage.persist().ok()?).await.ok()?.as_bool()
 }
 
+/// WebCrypto's digests, where the browser offers them (secure contexts: https and localhost).
+fn subtle_crypto() -> Option<web_sys::SubtleCrypto> {
+    let crypto = match scope().ok()? {
+        Scope::Window(window) => window.crypto().ok()?,
+        Scope::Worker(worker) => worker.crypto().ok()?,
+    };
+    let subtle = Reflect::get(&crypto, &"subtle".into()).ok()?;
+    subtle.dyn_into().ok()
+}
+
+/// Whether [`start_sha256`] can run here.
+pub fn has_native_sha256() -> bool {
+    subtle_crypto().is_some()
+}
+
+/// Starts the browser's own SHA-256 of `bytes` (`crypto.subtle.digest`: native code, off this
+/// thread, so wasm goes on working while it runs) and returns what awaits its digest; `None`
+/// where WebCrypto is not offered. A digest that fails comes back as `None` too.
+pub fn start_sha256(bytes: &Uint8Array) -> Option<impl std::future::Future<Output = Option<[u8; 32]>>> {
+    let promise = subtle_crypto()?.digest_with_str_and_buffer_source("SHA-256", bytes).ok()?;
+    Some(async move {
+        let digest = await_promise(promise).await.ok()?;
+        Uint8Array::new(&digest).to_vec().try_into().ok()
+    })
+}
+
 /// Whether this page is shown inside another page's frame (where what it shows can be overlaid
 /// and a click on it disguised).
 pub fn in_frame() -> bool {

@@ -8,7 +8,9 @@
 
 use web_time::Instant;
 
-use super::download::{parse_manifest, CacheState, ChunkQueue, Fetcher, OpenError, SegmentWriter, Source};
+use super::download::{
+    parse_manifest, CacheState, CachedSegment, ChunkQueue, Fetcher, OpenError, SegmentWriter, Source,
+};
 use super::js;
 use super::progress::{LoadProgress, Stage};
 use crate::weights::format::{Manifest, MANIFEST_FILE, MAX_MANIFEST_BYTES, TOKENIZER_FILE};
@@ -53,7 +55,7 @@ impl<'a> ModelFiles<'a> {
         budget_cache(&mut fetcher, &manifest).await;
         let chunks = js_sys::Array::of1(&js_sys::Uint8Array::from(&bytes[..]));
         let key = fetcher.manifest_key();
-        fetcher.put(&key, &chunks, bytes.len() as u64).await;
+        fetcher.put(&key, &chunks, bytes.len() as u64, None).await;
         reporter.progress.cache = fetcher.cache_state.clone();
         Ok(ModelFiles { fetcher, manifest, identity, reporter })
     }
@@ -95,7 +97,7 @@ impl<'a> ModelFiles<'a> {
                 fetcher.evict(TOKENIZER_FILE).await;
                 let json = fetcher.small_file(TOKENIZER_FILE, digest.bytes).await?;
                 verify(&json)?;
-                fetcher.put(&key, &json.to_js(), json.bytes()).await;
+                fetcher.put(&key, &json.to_js(), json.bytes(), None).await;
                 json
             }
         };
@@ -229,6 +231,57 @@ async fn load_shard<S: PieceSink>(
     }
 }
 
+/// A pass over a shard whose cached segments reach its end, each with its digest: every segment
+/// is read whole (the next one already on its way), handed to the sink in one piece, and checked
+/// with the browser's SHA-256 while the parser works through it. No sha256 runs in wasm.
+async fn proven_pass<S: PieceSink>(
+    manifest: &Manifest,
+    index: usize,
+    segments: &[CachedSegment],
+    mut sink: S,
+    reporter: &mut Reporter<'_>,
+) -> Result<Pass> {
+    let mut parser = ShardParser::proven(manifest, index);
+    let mut counted = Counted::default();
+    let mut bytes = Vec::new();
+    let damaged = |reason: String| format!("the cached copy was damaged ({reason})");
+    let mut next = segments.first().map(CachedSegment::read);
+    for (at, segment) in segments.iter().enumerate() {
+        let Some(body) = next.take() else { break };
+        let body = body.await;
+        next = segments.get(at + 1).map(CachedSegment::read);
+        let body = match body {
+            Ok(body) => body,
+            Err(reason) => return start_over(reporter, counted, damaged(reason)),
+        };
+        if u64::from(body.length()) != segment.bytes {
+            let (start, held, bytes) = (segment.start, body.length(), segment.bytes);
+            let reason = format!("the segment at byte {start} holds {held} of its {bytes} bytes");
+            return start_over(reporter, counted, damaged(reason));
+        }
+        let digest = js::start_sha256(&body);
+        bytes.resize(body.length() as usize, 0);
+        body.copy_to(&mut bytes);
+        if let Err(e) = parser.push(&bytes, &mut sink) {
+            return start_over(reporter, counted, damaged(e.to_string()));
+        }
+        reporter.bytes(bytes.len(), true);
+        counted.from_cache += segment.bytes;
+        let matches = match digest {
+            Some(digest) => digest.await.is_some_and(|digest| Some(digest) == segment.sha256),
+            None => false,
+        };
+        if !matches {
+            let reason = format!("the segment at byte {} fails its sha256", segment.start);
+            return start_over(reporter, counted, damaged(reason));
+        }
+    }
+    match parser.finish() {
+        Ok(()) => Ok(Pass::Done),
+        Err(e) => start_over(reporter, counted, damaged(e.to_string())),
+    }
+}
+
 /// Ends a pass that has to start over, taking back the bytes it counted.
 fn start_over(reporter: &mut Reporter<'_>, counted: Counted, reason: String) -> Result<Pass> {
     reporter.take_back(counted);
@@ -245,6 +298,9 @@ async fn shard_pass<S: PieceSink>(
     reporter: &mut Reporter<'_>,
 ) -> Result<Pass> {
     let info = &manifest.shards[index];
+    if let Some(segments) = fetcher.proven_segments(&info.file, &info.sha256, info.bytes).await {
+        return proven_pass(manifest, index, &segments, make_sink(), reporter).await;
+    }
     let mut parser = ShardParser::new(manifest, index);
     // One sink for the whole pass: it holds the partial words of pieces between chunks.
     let mut sink = make_sink();
@@ -282,7 +338,7 @@ async fn shard_pass<S: PieceSink>(
         reporter.note(format!("{}: resuming after the {cached} bytes kept from an earlier download", info.file));
     }
 
-    let mut writer = SegmentWriter::new(&info.file, &info.sha256, cached);
+    let mut writer = SegmentWriter::new(&info.file, &info.sha256, info.bytes, cached);
     // Whether the bytes came from more than one response: then a shard that fails its check may
     // be right on a fresh start, where one whole response that fails it is the host's error.
     let mut pieced = cached > 0;

@@ -269,25 +269,45 @@ async function chatPage(t) {
     assert.ok(Number(await page.locator('.load-summary').getAttribute('data-from-cache')) > 0);
     t.log('reload loaded from the cache');
 
-    // 6. A corrupted cached shard is detected (sha256) and fetched again.
-    await page.evaluate(async (name) => {
+    // 6. A corrupted cached shard is detected and fetched again: a reload checks each cached
+    // segment against the digest it was stored with (headers kept here, the body damaged).
+    const editCache = (edit) => page.evaluate(async ([name, edit]) => {
         const cache = await caches.open('recurrentgemma-models-v1');
+        const digests = [];
         for (const request of await cache.keys()) {
             if (!request.url.includes(name)) continue;
-            const bytes = new Uint8Array(await (await cache.match(request)).arrayBuffer());
-            bytes[bytes.length - 100] ^= 0xff;
-            await cache.put(request, new Response(bytes));
+            const response = await cache.match(request);
+            const headers = new Headers(response.headers);
+            digests.push(headers.get('x-rg-sha256'));
+            const bytes = new Uint8Array(await response.arrayBuffer());
+            if (edit === 'damage') bytes[bytes.length - 100] ^= 0xff;
+            if (edit === 'forget digests') headers.delete('x-rg-sha256');
+            await cache.put(request, new Response(bytes, { headers }));
         }
-    }, 'model-00000.safetensors');
+        return digests;
+    }, ['model-00000.safetensors', edit]);
+    const digests = await editCache('damage');
+    assert.ok(digests.length >= 2 && digests.every((d) => /^[0-9a-f]{64}$/.test(d)), `segment digests: ${digests}`);
     mark = server.requests.length;
     await page.reload();
     await waitReady(page);
     assert.equal(shardRequests(server, mark).length, 1, 'the damaged shard was fetched again');
-    assert.match(await page.locator('.load-notes').innerText(), /damaged/);
+    assert.match(await page.locator('.load-notes').innerText(), /damaged \(the segment at byte \d+ fails its sha256\)/);
     await setNumber(page, 'temperature', 0);
     await setNumber(page, 'max-tokens', MAX_TOKENS);
     assert.deepEqual((await chat(page, PROMPT)).ids, expected, 'the re-fetched weights are right');
-    t.log('damaged cache entry re-fetched');
+    t.log(`damaged cache entry caught by its segment's digest and re-fetched (${digests.length} segments)`);
+
+    // A cache written before segments had digests is read as it is, hashed whole in wasm.
+    await editCache('forget digests');
+    mark = server.requests.length;
+    await page.reload();
+    await waitReady(page);
+    assert.equal(shardRequests(server, mark).length, 0, 'segments without digests are still read from the cache');
+    await setNumber(page, 'temperature', 0);
+    await setNumber(page, 'max-tokens', MAX_TOKENS);
+    assert.deepEqual((await chat(page, PROMPT)).ids, expected, 'weights read from segments without digests');
+    t.log('segments without digests loaded from the cache');
 
     assert.deepEqual(errors, [], 'no errors in the console');
 
