@@ -79,55 +79,90 @@ impl GpuWeights {
 
     /// Where the loader sends each piece's bytes as they arrive.
     pub fn sink<'w>(&'w self, queue: &'w wgpu::Queue) -> WeightSink<'w> {
-        WeightSink { weights: self, queue, pending: HashMap::new() }
+        WeightSink { weights: self, queue, run: None, a_params: HashMap::new() }
     }
 }
 
+/// Bytes gathered for one `writeBuffer`: each call costs about the same whatever its size (in a
+/// browser, a message to the GPU process), and a network stream arrives in chunks of a few KiB.
+const WRITE_BATCH_BYTES: usize = 1 << 20;
+
 /// Writes each piece's bytes into its place in a GPU buffer (see [`Layout`]) as they arrive.
-/// `queue.write_buffer` needs 4-byte multiples, so up to 3 bytes per piece wait for the next
-/// chunk. The RG-LRU `a_param` is turned into `−8·softplus(a_param)` (in f64, as the CPU
-/// reference) on its way in.
+/// Bytes that follow each other in one buffer are gathered into writes of about
+/// [`WRITE_BATCH_BYTES`]; a chunk at least that large goes straight from the input. What is
+/// gathered is written when the next bytes go elsewhere and when the sink is dropped (the end of
+/// a pass over a shard). `writeBuffer` takes whole words: pieces are whole words, so only a word
+/// that a chunk boundary split waits, for the rest of its piece. The RG-LRU `a_param` is turned
+/// into `−8·softplus(a_param)` (in f64, as the CPU reference) on its way in.
 pub struct WeightSink<'w> {
     weights: &'w GpuWeights,
     queue: &'w wgpu::Queue,
-    pending: HashMap<String, (u64, Vec<u8>)>,
+    run: Option<Run<'w>>,
+    /// `a_param` pieces gathered whole: piece name → (bytes so far).
+    a_params: HashMap<String, Vec<u8>>,
+}
+
+/// Bytes that go to `buffer` from byte `at` on.
+struct Run<'w> {
+    buffer: &'w str,
+    at: u64,
+    bytes: Vec<u8>,
+}
+
+impl WeightSink<'_> {
+    /// Writes the run's whole words and keeps the split word's bytes that follow them.
+    fn write_run(&mut self) {
+        let Some(run) = &mut self.run else { return };
+        let words = run.bytes.len() / 4 * 4;
+        if words > 0 {
+            self.queue.write_buffer(&self.weights.buffers[run.buffer], run.at, &run.bytes[..words]);
+            run.bytes.drain(..words);
+            run.at += words as u64;
+        }
+    }
+}
+
+impl Drop for WeightSink<'_> {
+    fn drop(&mut self) {
+        self.write_run();
+    }
 }
 
 impl PieceSink for WeightSink<'_> {
     fn piece_bytes(&mut self, piece: &Piece, offset: u64, data: &[u8]) -> Result<()> {
-        let (buffer, base) = &self.weights.layout.placement[&piece.name];
-        let (buffer, base) = (&self.weights.buffers[buffer], *base);
+        let weights = self.weights;
+        let (buffer, base) = &weights.layout.placement[&piece.name];
+        let at = base + offset;
         if piece.tensor.ends_with("rg_lru.recurrent_param") {
-            let (start, held) = self.pending.entry(piece.name.clone()).or_insert((offset, Vec::new()));
+            let held = self.a_params.entry(piece.name.clone()).or_default();
             held.extend_from_slice(data);
-            if *start + held.len() as u64 == piece.bytes {
+            if offset + data.len() as u64 == piece.bytes {
                 let a_param: Vec<f32> = bytemuck::pod_collect_to_vec(held);
                 let log_a_scale: Vec<f32> = a_param.iter().map(|&a| (-8.0 * softplus(a)) as f32).collect();
-                self.queue.write_buffer(buffer, base, bytemuck::cast_slice(&log_a_scale));
-                self.pending.remove(&piece.name);
+                self.queue.write_buffer(&weights.buffers[buffer], *base, bytemuck::cast_slice(&log_a_scale));
+                self.a_params.remove(&piece.name);
             }
             return Ok(());
         }
-        // The bytes go straight from the chunk to the queue; only a split word's bytes are copied.
-        let mut data = data;
-        let mut at = offset;
-        if let Some((start, held)) = self.pending.get_mut(&piece.name) {
-            let take = (4 - held.len()).min(data.len());
-            held.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            at += take as u64;
-            if held.len() < 4 {
-                return Ok(());
+        let continues =
+            self.run.as_ref().is_some_and(|run| run.buffer == buffer && run.at + run.bytes.len() as u64 == at);
+        if !continues {
+            self.write_run();
+            let mut bytes = self.run.take().map(|run| run.bytes).unwrap_or_default();
+            bytes.clear();
+            self.run = Some(Run { buffer, at, bytes });
+        }
+        let run = self.run.as_mut().expect("a run was just started");
+        if run.bytes.is_empty() && data.len() >= WRITE_BATCH_BYTES {
+            let words = data.len() / 4 * 4;
+            self.queue.write_buffer(&weights.buffers[buffer], at, &data[..words]);
+            run.at = at + words as u64;
+            run.bytes.extend_from_slice(&data[words..]);
+        } else {
+            run.bytes.extend_from_slice(data);
+            if run.bytes.len() >= WRITE_BATCH_BYTES {
+                self.write_run();
             }
-            self.queue.write_buffer(buffer, base + *start, held);
-            self.pending.remove(&piece.name);
-        }
-        let aligned = data.len() / 4 * 4;
-        if aligned > 0 {
-            self.queue.write_buffer(buffer, base + at, &data[..aligned]);
-        }
-        if aligned < data.len() {
-            self.pending.insert(piece.name.clone(), (at + aligned as u64, data[aligned..].to_vec()));
         }
         Ok(())
     }

@@ -3,7 +3,8 @@
 // tokens, and the time to read the cached shards alone (what a reload cannot beat). Not a test: a
 // measurement for BENCHMARKS.md.
 //
-// Usage: node load-model.mjs MODEL_DIR [TOKENS]   (after scripts/build-package.sh)
+// Usage: node load-model.mjs MODEL_DIR [TOKENS]   (after scripts/build-package.sh; RG_PKG=DIR
+// measures another build of the package, such as an earlier commit's, in the same way)
 import fs from 'node:fs';
 import path from 'node:path';
 import { launchContext, root } from './chromium.mjs';
@@ -14,7 +15,8 @@ if (!modelDir || !fs.existsSync(path.join(modelDir, 'manifest.json'))) {
     console.error('usage: node load-model.mjs MODEL_DIR [TOKENS]');
     process.exit(2);
 }
-const server = await startServer({ '/pkg/': path.join(root, 'pkg'), '/model/': path.resolve(modelDir) });
+const pkg = path.resolve(process.env.RG_PKG ?? path.join(root, 'pkg'));
+const server = await startServer({ '/pkg/': pkg, '/model/': path.resolve(modelDir) });
 const context = await launchContext();
 try {
     const page = context.pages()[0] ?? await context.newPage();
@@ -49,6 +51,12 @@ try {
             for (let chunk; !(chunk = await reader.read()).done;) readBytes += chunk.value.length;
         }
         const read = { seconds: (performance.now() - readStart) / 1000, bytes: readBytes };
+        // The same bytes read whole, an entry at a time (how a reload reads them).
+        const wholeStart = performance.now();
+        for (const request of await cache.keys()) {
+            if (request.url.includes('.safetensors')) await (await cache.match(request)).arrayBuffer();
+        }
+        read.wholeSeconds = (performance.now() - wholeStart) / 1000;
         const before = await engine.stats();
         let reply = null;
         if (maxTokens > 0) reply = await engine.chat('Tell me a long story.', { temperature: 0, maxTokens });
@@ -64,8 +72,8 @@ try {
             + `stages began at ${Object.entries(load.marks).map(([stage, s]) => `${stage} ${s.toFixed(1)} s`).join(', ')}`);
     }
     const { read, before, after } = result;
-    console.log(`reading the cached shards alone: ${read.seconds.toFixed(1)} s for ${mib(read.bytes)} MiB; `
-        + `the reload took ${(result.loads[1].seconds / read.seconds).toFixed(2)}× that`);
+    console.log(`${pkg}: reading the cached shards alone: ${read.seconds.toFixed(1)} s for ${mib(read.bytes)} MiB `
+        + `(${read.wholeSeconds.toFixed(1)} s read whole); the reload took ${(result.loads[1].seconds / read.seconds).toFixed(2)}× that`);
     console.log(`GPU ${mib(before.gpuBytes)} MiB, state ${mib(before.stateBytes)} MiB at ${before.conversationTokens} tokens; `
         + `GPU ${mib(after.gpuBytes)} MiB, state ${mib(after.stateBytes)} MiB at ${after.conversationTokens} tokens; `
         + `prefill ${after.prefillTokensPerSecond.toFixed(1)} tok/s, decode ${after.decodeTokensPerSecond.toFixed(2)} tok/s`);
