@@ -299,15 +299,12 @@ impl Fetcher {
 
     /// Deletes every cached copy of `file`: all its versions and segments.
     pub async fn evict(&self, file: &str) {
-        let Some(cache) = &self.cache else { return };
-        let Ok(keys) = js::await_promise(cache.keys()).await else { return };
-        let prefix = self.cache_key(file, "");
-        for request in Array::from(&keys).iter() {
-            let request: Request = request.unchecked_into();
-            if request.url().starts_with(&prefix) {
-                let _ = js::await_promise(cache.delete_with_request(&request)).await;
-            }
+        if self.cache.is_none() {
+            return;
         }
+        let prefix = self.cache_key(file, "");
+        // A failed delete leaves an entry that fails its check again next time.
+        let _ = delete_entries(|url| url.starts_with(&prefix)).await;
     }
 
     /// Stores `chunks` (`Uint8Array`s, `bytes` in all, with their sha256 where known) under

@@ -55,7 +55,17 @@ pub async fn list_cached_models() -> Result<Vec<CachedModel>> {
 /// The model at `source` as the cache holds it, if it holds any of it.
 pub async fn cached_model(source: &str) -> Result<Option<CachedModel>> {
     let base = download::base_url(source)?;
-    Ok(list_cached_models().await?.into_iter().find(|model| model.source == base))
+    let sizes: Vec<u64> = download::cache_entries()
+        .await?
+        .into_iter()
+        .filter(|(url, _)| base_of(url) == base)
+        .map(|(_, size)| size)
+        .collect();
+    if sizes.is_empty() {
+        return Ok(None);
+    }
+    let (total_bytes, complete) = completeness(&base).await;
+    Ok(Some(CachedModel { source: base, bytes: sizes.iter().sum(), total_bytes, complete }))
 }
 
 /// Whether the model at `source` is cached whole. Reads only the cache.
