@@ -264,12 +264,35 @@ impl Fetcher {
     }
 
     /// The cached segments of a file version from byte 0 on, as far as they follow each other
-    /// going by the sizes they were stored with (the bodies are not read).
+    /// going by the sizes they were stored with (the bodies are not read). The entries are looked
+    /// up all at once: one by one, the round trips alone take seconds for a 2B model.
     pub async fn cached_segments(&self, file: &str, version: &str, size: u64) -> Vec<CachedSegment> {
+        let Some(cache) = &self.cache else { return Vec::new() };
+        let Ok(keys) = js::await_promise(cache.keys()).await else { return Vec::new() };
+        let first = self.segment_key(file, version, 0);
+        let later = format!("{first}&rg-from=");
+        let mut starts = HashMap::new();
+        let lookups = Array::new();
+        for request in Array::from(&keys).iter() {
+            let request: Request = request.unchecked_into();
+            let url = request.url();
+            let start =
+                if url == first { Some(0) } else { url.strip_prefix(&later).and_then(|from| from.parse().ok()) };
+            if let Some(start) = start {
+                starts.insert(lookups.length(), start);
+                lookups.push(&cache.match_with_request(&request));
+            }
+        }
+        let Ok(found) = js::await_promise(js_sys::Promise::all(&lookups)).await else { return Vec::new() };
+        let mut by_start = HashMap::new();
+        for (index, response) in Array::from(&found).iter().enumerate() {
+            if let (Some(&start), Ok(response)) = (starts.get(&(index as u32)), response.dyn_into::<Response>()) {
+                by_start.insert(start, response);
+            }
+        }
         let mut segments: Vec<CachedSegment> = Vec::new();
         let mut end = 0;
-        while end < size {
-            let Some(response) = self.cached_response(&self.segment_key(file, version, end)).await else { break };
+        while let Some(response) = by_start.remove(&end) {
             let Some(bytes) = stored_size(&response).filter(|&bytes| bytes > 0 && bytes <= size - end) else { break };
             let sha256 = header(&response, DIGEST_HEADER).and_then(|digest| parse_hex_digest(&digest));
             segments.push(CachedSegment { start: end, bytes, sha256, response });
@@ -603,12 +626,17 @@ pub struct CachedSegment {
 }
 
 impl CachedSegment {
-    /// Starts reading the whole body (at once: a caller can start the next one before it awaits
-    /// this one) and returns what awaits it.
+    /// Starts reading the whole body (at once: a caller keeps several reads in flight, which
+    /// Cache Storage serves faster than one after another) and returns what awaits it. Read as a
+    /// `Blob`, then its bytes: faster in Chromium than the response's `arrayBuffer()`.
     pub fn read(&self) -> impl std::future::Future<Output = std::result::Result<Uint8Array, String>> {
-        let body = self.response.array_buffer();
+        let blob = self.response.blob();
         async move {
-            let body = js::await_promise(body.map_err(|e| js::describe(&e))?).await.map_err(|e| js::describe(&e))?;
+            let blob: web_sys::Blob = js::await_promise(blob.map_err(|e| js::describe(&e))?)
+                .await
+                .map_err(|e| js::describe(&e))?
+                .unchecked_into();
+            let body = js::await_promise(blob.array_buffer()).await.map_err(|e| js::describe(&e))?;
             Ok(Uint8Array::new(&body))
         }
     }
