@@ -6,6 +6,8 @@
 //                              l_i = l_i / repetition_penalty if l_i > 0, else l_i · repetition_penalty
 //                              l_i = l_i − (frequency_penalty · c_i + presence_penalty)
 //                            (sampling.adjust = 0: l_i = logit_i, and neither buffer is read)
+//   constrained (masked = 1): l_i = −∞ unless bit i % 32 of mask[i / 32] is set (the tokens a
+//                            grammar allows next, written by the host before the step)
 //   greedy (temperature 0):  argmax_i l_i, lowest index on ties
 //   otherwise:               p_i ∝ exp((l_i − max l) / T) over { i : l_i ≥ τ }, drawn by inverting
 //                            the cumulative sum in vocabulary order at u = hash(seed, n), n the
@@ -43,6 +45,7 @@ struct Sampling {
     presence_penalty: f32,
     repetition_penalty: f32,
     first_draw: u32,
+    masked: u32,
     stops: array<vec4<u32>, MAX_STOPS / 4u>,
 }
 
@@ -54,6 +57,7 @@ struct Sampling {
 @group(0) @binding(5) var<storage, read_write> generated: array<u32>; // ring of sampled ids
 @group(0) @binding(6) var<storage, read_write> counts: array<u32>;    // [vocab] draws in this reply
 @group(0) @binding(7) var<storage, read> bias: array<f32>;            // [vocab] logit_bias, dense
+@group(0) @binding(8) var<storage, read> mask: array<u32>;            // [vocab / 32] allowed ids
 
 const NEG_BIG: f32 = -3.0e38;
 const BIG: f32 = 3.0e38;
@@ -70,6 +74,9 @@ fn logit(row: u32, i: u32) -> f32 {
     var v = logits[row + i];
     if sampling.adjust != 0u {
         v = adjusted(v, i);
+    }
+    if sampling.masked != 0u && (mask[i / 32u] & (1u << (i % 32u))) == 0u {
+        return NEG_BIG;
     }
     return select(NEG_BIG, clamp(v, NEG_BIG, BIG), v == v);
 }

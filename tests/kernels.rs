@@ -16,7 +16,9 @@ use half::f16;
 use pollster::block_on;
 use rgweb::gpu::kernels::*;
 use rgweb::gpu::matrix::{GpuMatrix, MatrixFormat, MatrixFormat::Int4, MatrixFormat::Int8, MatrixPart};
-use rgweb::gpu::ops::{self, AttentionBuffers, AttentionShape, KeyValueRing, Norm, Op, Ops, Output, RecurrentIn};
+use rgweb::gpu::ops::{
+    self, AttentionBuffers, AttentionShape, KeyValueRing, Norm, Op, Ops, Output, RecurrentIn, SamplerBuffers,
+};
 use rgweb::gpu::GpuContext;
 use rgweb::model::layers::{
     apply_rope, gelu_tanh, rms_norm, sigmoid, soft_cap, softplus, BlockDiagonal, Matrix, MatrixValues,
@@ -1535,14 +1537,32 @@ fn run_sample(gpu: &Gpu, mode: u32, logits: &[f32], vocab: usize) -> (StepState,
 }
 
 fn run_sample_with(gpu: &Gpu, sampling: SampleParams, logits: &[f32]) -> (StepState, Vec<u32>, Vec<u32>) {
+    run_sample_masked(gpu, sampling, logits, &vec![0; (sampling.vocab as usize).div_ceil(32)])
+}
+
+fn run_sample_masked(
+    gpu: &Gpu,
+    sampling: SampleParams,
+    logits: &[f32],
+    mask: &[u32],
+) -> (StepState, Vec<u32>, Vec<u32>) {
     let chunk = ChunkInfo { n_tokens: 7, head_first: 5, head_count: 2, _pad: 0 };
     let step = gpu.buffer(&[StepState { position: 4, generated: 1030, ..StepState::zeroed() }]);
     let tokens = gpu.buffer(&[GENERATED_SENTINEL; CHUNK]);
     let generated = gpu.buffer(&vec![GENERATED_SENTINEL; GENERATED_RING as usize]);
     let counts = gpu.buffer(&vec![0u32; sampling.vocab as usize]);
     let bias = gpu.buffer(&vec![0f32; sampling.vocab as usize]);
+    let mask = gpu.buffer(mask);
     let (sampling, logits) = (gpu.uniform(&sampling), gpu.buffer(logits));
-    gpu.run(chunk, |ops| vec![ops.sample(&sampling, &step, &logits, &tokens, &generated, &counts, &bias)]);
+    let sampler = SamplerBuffers {
+        sampling: &sampling,
+        tokens: &tokens,
+        generated: &generated,
+        counts: &counts,
+        bias: &bias,
+        mask: &mask,
+    };
+    gpu.run(chunk, |ops| vec![ops.sample(&step, &logits, &sampler)]);
     let step: Vec<StepState> = gpu.read(&step);
     (step[0], gpu.read(&tokens), gpu.read(&generated))
 }
@@ -1594,6 +1614,49 @@ fn sample_reports_a_row_without_a_usable_logit() {
         assert_eq!(tokens[0], NO_TOKEN, "T {temperature}, top-k {top_k}, top-p {top_p}: no token to pick");
         assert_eq!(generated[1030 % GENERATED_RING as usize], NO_TOKEN, "the host reads NO_TOKEN as an error");
     }
+}
+
+/// Under a mask only the ids whose bit is set can be drawn: greedy takes the best of them, a draw
+/// at temperature 1 never leaves them, and a mask allowing none gives NO_TOKEN, as on the CPU
+/// (`Sampler::sample_allowed`).
+#[test]
+fn sample_draws_only_what_the_mask_allows() {
+    let gpu = Gpu::new();
+    let vocab: usize = 1000;
+    let logits: Vec<f32> = (0..vocab).map(|i| ((i * 37 % 101) as f32) / 10.0).collect();
+    let allowed_ids = [3u32, 64, 65, 500, 999];
+    let mut mask = vec![0u32; vocab.div_ceil(32)];
+    for id in allowed_ids {
+        mask[id as usize / 32] |= 1 << (id % 32);
+    }
+    let best_allowed =
+        *allowed_ids.iter().max_by(|a, b| logits[**a as usize].total_cmp(&logits[**b as usize])).unwrap();
+    let row = [vec![0.0; vocab], logits.clone()].concat();
+    for (temperature, top_k, top_p) in [(0.0, 0, 1.0), (1.0, 0, 1.0), (0.8, 2, 0.9), (5.0, 0, 1.0)] {
+        for seed in 0..8 {
+            let sampling = SampleParams {
+                temperature,
+                top_k,
+                top_p,
+                seed,
+                mode: 1,
+                vocab: vocab as u32,
+                masked: 1,
+                ..SampleParams::zeroed()
+            };
+            let (_, tokens, _) = run_sample_masked(&gpu, sampling, &row, &mask);
+            assert!(allowed_ids.contains(&tokens[0]), "T {temperature}: drew {} outside the mask", tokens[0]);
+            if temperature == 0.0 {
+                assert_eq!(tokens[0], best_allowed);
+            }
+            let unmasked = run_sample_masked(&gpu, SampleParams { masked: 0, ..sampling }, &row, &mask).1[0];
+            if temperature == 0.0 {
+                assert!(!allowed_ids.contains(&unmasked), "the test's best logit must lie outside the mask");
+            }
+        }
+    }
+    let none = SampleParams { mode: 1, vocab: vocab as u32, masked: 1, ..SampleParams::zeroed() };
+    assert_eq!(run_sample_masked(&gpu, none, &row, &vec![0; mask.len()]).1[0], NO_TOKEN);
 }
 
 /// `pcg` in sample.wgsl.
@@ -1675,9 +1738,16 @@ fn sample_draws_follow_the_header_formula() {
         let generated = gpu.buffer(&vec![GENERATED_SENTINEL; GENERATED_RING as usize]);
         let (counts, bias) = (gpu.buffer(&vec![0u32; vocab]), gpu.buffer(&vec![0f32; vocab]));
         let (sampling, logits_buffer) = (gpu.uniform(&params), gpu.buffer(&logits));
-        gpu.run_times(chunk, draws, |ops| {
-            vec![ops.sample(&sampling, &step, &logits_buffer, &tokens, &generated, &counts, &bias)]
-        });
+        let mask = gpu.buffer(&vec![0u32; vocab.div_ceil(32)]);
+        let sampler = SamplerBuffers {
+            sampling: &sampling,
+            tokens: &tokens,
+            generated: &generated,
+            counts: &counts,
+            bias: &bias,
+            mask: &mask,
+        };
+        gpu.run_times(chunk, draws, |ops| vec![ops.sample(&step, &logits_buffer, &sampler)]);
         let picks = gpu.read::<u32>(&generated);
 
         let what = format!("T {temperature}, top-k {top_k}, top-p {top_p}");

@@ -202,13 +202,23 @@ impl Sampler {
     /// they mean the model's output is broken, and the caller should say so; so is a `logit_bias`
     /// id beyond the logits.
     pub fn sample(&mut self, logits: &[f32]) -> Result<u32> {
-        let id = if self.needs_adjusting() {
+        self.sample_allowed(logits, None)
+    }
+
+    /// [`Sampler::sample`] among the ids `allowed` only (bit `i % 32` of word `i / 32`; a
+    /// constrained reply's mask, [`crate::chat::Constraint::allowed`]): the others count as −∞,
+    /// after the bias and penalties.
+    pub fn sample_allowed(&mut self, logits: &[f32], allowed: Option<&[u32]>) -> Result<u32> {
+        let id = if self.needs_adjusting() || allowed.is_some() {
             self.params.validate_ids(logits.len())?;
             // Taken out of `self` while `draw` borrows it, then put back: no allocation per token.
             let mut adjusted = std::mem::take(&mut self.adjusted);
             adjusted.clear();
             adjusted.extend_from_slice(logits);
             self.adjust(&mut adjusted);
+            if let Some(allowed) = allowed {
+                super::structured::apply_mask(&mut adjusted, allowed);
+            }
             let id = self.draw(&adjusted);
             self.adjusted = adjusted;
             id?

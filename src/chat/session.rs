@@ -8,6 +8,7 @@ use super::figures::TurnFigures;
 use super::sampler::{Sampler, SamplingParams};
 use super::saved::{BackendKind, StateParts};
 use super::stop::{StopStrings, StopText};
+use super::structured::{Constraint, OutputFormat, Vocabulary};
 use super::template::{first_user_turn, next_user_turn, Role, Turn, CHAT_STOPS};
 use super::tokenizer::{GemmaTokenizer, TextStream, BOS};
 use crate::gpu::engine::{Engine, Snapshot};
@@ -141,6 +142,8 @@ fn check_max_tokens(max_tokens: usize) -> Result<()> {
 pub struct Generator {
     backend: Backend,
     timing: Timing,
+    /// What the next [`Generator::generate`] is held to ([`Generator::constrain_next_reply`]).
+    constraint: Option<Constraint>,
 }
 
 impl Generator {
@@ -149,6 +152,7 @@ impl Generator {
         Ok(Generator {
             backend: Backend::Cpu { model: Box::new(model), state, sampler: Box::new(Sampler::new(params)?) },
             timing: Timing::default(),
+            constraint: None,
         })
     }
 
@@ -158,7 +162,11 @@ impl Generator {
             engine.destroy();
             return Err(e);
         }
-        Ok(Generator { backend: Backend::Gpu { engine: Box::new(engine) }, timing: Timing::default() })
+        Ok(Generator {
+            backend: Backend::Gpu { engine: Box::new(engine) },
+            timing: Timing::default(),
+            constraint: None,
+        })
     }
 
     pub fn backend(&self) -> &Backend {
@@ -238,6 +246,20 @@ impl Generator {
             Backend::Gpu { engine } => engine.set_sampling(&params)?,
         }
         Ok(())
+    }
+
+    /// Holds the next [`Generator::generate`] (only that one) to `constraint`: each token is drawn
+    /// among those it allows. On the GPU its steps then run one at a time, each waiting for the
+    /// host's mask.
+    pub fn constrain_next_reply(&mut self, constraint: Constraint) {
+        self.constraint = Some(constraint);
+    }
+
+    /// The GPU's draws are free again (a constrained generation ended, however it ended).
+    fn unconstrain(&mut self) {
+        if let Backend::Gpu { engine } = &mut self.backend {
+            engine.unconstrain();
+        }
     }
 
     /// A new reply starts: the counts of tokens drawn in it, which the repetition penalties
@@ -420,6 +442,7 @@ impl Generator {
         stopped: impl Fn() -> bool,
         mut on_token: impl FnMut(u32) -> Result<bool>,
     ) -> Result<Vec<u32>> {
+        let mut constraint = self.constraint.take();
         check_max_tokens(max_tokens)?;
         self.check_prompt(prompt)?;
         let mut generated = Vec::new();
@@ -429,7 +452,13 @@ impl Generator {
         let Some(last_piece) = self.feed_unless_stopped(prompt, &stopped).await? else {
             return Ok(generated);
         };
-        let mut next = self.begin(last_piece, max_tokens, stops).await?;
+        let mut next = match self.begin(last_piece, max_tokens, stops, constraint.as_mut()).await {
+            Ok(next) => next,
+            Err(e) => {
+                self.unconstrain();
+                return Err(e);
+            }
+        };
         self.timing.prefill_tokens = prompt.len();
         self.timing.prefill_seconds = start.elapsed().as_secs_f64();
         let start = Instant::now();
@@ -453,7 +482,13 @@ impl Generator {
             if !wanted || generated.len() == max_tokens {
                 break;
             }
-            match self.draw_after(next).await {
+            if let Some(constraint) = constraint.as_mut() {
+                if let Err(e) = constraint.commit(next) {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            match self.draw_after(next, stops, constraint.as_mut()).await {
                 Ok(token) => next = token,
                 Err(e) => {
                     failure = Some(e);
@@ -462,6 +497,7 @@ impl Generator {
             }
         }
         let rest = self.end(generated.last().copied(), stopped_by_token).await;
+        self.unconstrain();
         if let Some(e) = failure {
             return Err(e);
         }
@@ -476,25 +512,46 @@ impl Generator {
 
     /// Prefills the prompt's last piece and draws the first token; on the GPU, also queues the
     /// generation's decode steps, which halt on `stops`.
-    async fn begin(&mut self, last_piece: &[u32], max_tokens: usize, stops: &[u32]) -> Result<u32> {
+    async fn begin(
+        &mut self,
+        last_piece: &[u32],
+        max_tokens: usize,
+        stops: &[u32],
+        constraint: Option<&mut Constraint>,
+    ) -> Result<u32> {
+        let allowed = match constraint {
+            Some(constraint) => Some(constraint.allowed(stops)?),
+            None => None,
+        };
         match &mut self.backend {
             Backend::Cpu { model, state, sampler } => {
                 let logits = model.forward(last_piece, state)?;
-                sampler.sample(&logits[logits.len() - model.config.vocab_size..])
+                sampler.sample_allowed(&logits[logits.len() - model.config.vocab_size..], allowed)
             }
             Backend::Gpu { engine } => {
                 engine.set_stops(stops)?;
+                if let Some(allowed) = allowed {
+                    engine.allow(allowed)?;
+                }
                 engine.start(last_piece, max_tokens)?;
                 engine.next_token().await?.ok_or_else(|| Error::Gpu("the prefill drew no token".into()))
             }
         }
     }
 
-    /// The token drawn after feeding `token`, the last one drawn.
-    async fn draw_after(&mut self, token: u32) -> Result<u32> {
+    /// The token drawn after feeding `token`, the last one drawn (among those `constraint`
+    /// allows next, if any).
+    async fn draw_after(&mut self, token: u32, stops: &[u32], constraint: Option<&mut Constraint>) -> Result<u32> {
+        let allowed = match constraint {
+            Some(constraint) => Some(constraint.allowed(stops)?),
+            None => None,
+        };
         match &mut self.backend {
-            Backend::Cpu { model, state, sampler } => sampler.sample(&model.step(token, state)?),
+            Backend::Cpu { model, state, sampler } => sampler.sample_allowed(&model.step(token, state)?, allowed),
             Backend::Gpu { engine } => {
+                if let Some(allowed) = allowed {
+                    engine.allow(allowed)?;
+                }
                 engine.next_token().await?.ok_or_else(|| Error::Gpu("the generation ended early".into()))
             }
         }
@@ -636,6 +693,10 @@ pub struct ChatSession {
     saved: Vec<(Vec<u32>, Checkpoint)>,
     /// Strings that end a reply where they appear (OpenAI's `stop`), cut from its text.
     stop_strings: StopStrings,
+    /// The vocabulary as the grammar engine reads it: built for the first constrained reply.
+    vocabulary: Option<Vocabulary>,
+    /// What the replies to come are held to, compiled and not yet advanced; None: free text.
+    output: Option<Constraint>,
 }
 
 impl ChatSession {
@@ -647,12 +708,30 @@ impl ChatSession {
             history: Some(Vec::new()),
             saved: Vec::new(),
             stop_strings: StopStrings::default(),
+            vocabulary: None,
+            output: None,
         }
     }
 
     /// The stop strings of the replies to come (none: only the model's own end of turn).
     pub fn set_stop_strings(&mut self, stops: StopStrings) {
         self.stop_strings = stops;
+    }
+
+    /// What the replies to come must be: free text, JSON (against a schema) or a grammar's
+    /// language. The schema or grammar is compiled here, so one that does not compile is an
+    /// error naming `field`, and the output is then as it was.
+    pub fn set_output(&mut self, format: &OutputFormat, field: &str) -> Result<()> {
+        if format.is_text() {
+            self.output = None;
+            return Ok(());
+        }
+        let vocabulary = match &mut self.vocabulary {
+            Some(vocabulary) => vocabulary,
+            empty => empty.insert(Vocabulary::new(&self.tokenizer, self.generator.vocab_size())?),
+        };
+        self.output = vocabulary.constraint(format, field)?;
+        Ok(())
     }
 
     pub fn generator(&mut self) -> &mut Generator {
@@ -695,6 +774,9 @@ impl ChatSession {
         let stop = RefCell::new(StopText::new(&self.stop_strings));
         let aborted = Cell::new(false);
         let cut = CutAtStopText { listener: &listener, stop: &stop, aborted: &aborted };
+        if let Some(output) = &self.output {
+            self.generator.constrain_next_reply(output.fresh());
+        }
         let generated = self.generator.generate_text(&self.tokenizer, prompt, max_tokens, &stops, cut).await;
         let ids = match generated {
             Ok((ids, _)) => ids,

@@ -106,6 +106,25 @@ impl GemmaTokenizer {
         self.inner.token_to_id(piece)
     }
 
+    /// Every piece's bytes as its decoded text spells them, by id: `▁` as a space, `<0xHH>` as its
+    /// byte; a special piece (`<end_of_turn>`) as 0xFF then its markup, so that no text a grammar
+    /// describes is ever read as one (the convention of llguidance's token trie).
+    pub fn piece_bytes(&self) -> Vec<Vec<u8>> {
+        let special = self.inner.get_added_tokens_decoder();
+        (0..self.vocab_size() as u32)
+            .map(|id| {
+                let piece = self.inner.id_to_token(id).unwrap_or_default();
+                if special.get(&id).is_some_and(|token| token.special) {
+                    [&[0xFF], piece.as_bytes()].concat()
+                } else if let Ok(Some(byte)) = self.fallback_byte(id) {
+                    vec![byte]
+                } else {
+                    piece.replace('\u{2581}', " ").into_bytes()
+                }
+            })
+            .collect()
+    }
+
     /// The byte a byte-fallback piece `<0xHH>` stands for; `None` for every other piece. Same test
     /// as the `ByteFallback` decoder, so the stream and [`Self::decode`] agree on what a byte is.
     fn fallback_byte(&self, id: u32) -> Result<Option<u8>> {

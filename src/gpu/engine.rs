@@ -12,7 +12,7 @@ use super::cost::{DeviceModel, PlanCost};
 use super::forward::{self, Activations, Io, LayerState, Path, Plan};
 use super::kernels::*;
 use super::matrix::MatrixFormat;
-use super::ops::{self, KeyValueRing, Ops};
+use super::ops::{self, KeyValueRing, Ops, SamplerBuffers};
 use super::weights::{GpuWeights, WeightSink};
 use super::GpuContext;
 use crate::chat::SamplingParams;
@@ -79,6 +79,8 @@ struct Stream {
     /// The GPU's count of sampled tokens as of the last readback: a step that did not raise it
     /// ran halted (behind a stop) and changed nothing.
     seen: u32,
+    /// In a constrained generation: the mask of the next step is written, so it may be queued.
+    step_allowed: bool,
 }
 
 /// How often [`Engine::profile`] runs each op back to back between two GPU timestamps.
@@ -120,6 +122,12 @@ pub struct Engine {
     first_draw: u32,
     /// `[vocab]` f32: `logit_bias` as a dense row, written when it changes.
     bias: wgpu::Buffer,
+    /// `[vocab / 32]` u32: the ids a constrained reply may draw next, one bit each
+    /// ([`Engine::allow`]).
+    mask: wgpu::Buffer,
+    /// A constrained reply is streaming: each step samples under `mask`, and is queued only once
+    /// the host wrote the mask for it, so one step is in flight, not [`STEPS_IN_FLIGHT`].
+    constrained: bool,
     /// The ids that halt a streamed generation when drawn (end of turn, EOS, the caller's).
     stops: Vec<u32>,
     stream: Stream,
@@ -179,6 +187,7 @@ impl Engine {
         // Zeroed at creation: no draws, no bias.
         let counts = ctx.storage("repetition counts", 4 * config.vocab_size as u64);
         let bias = ctx.storage("logit bias", 4 * config.vocab_size as u64);
+        let mask = ctx.storage("allowed tokens", 4 * config.vocab_size.div_ceil(32) as u64);
         let readback_bytes = 4 * (LOGIT_ROWS * config.vocab_size) as u64;
         let readback =
             ctx.buffer("readback", readback_bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
@@ -195,15 +204,15 @@ impl Engine {
                 }
             })
             .collect();
-        let io = Io {
-            tokens: &tokens,
-            step: &state[0],
-            layers,
+        let sampler = SamplerBuffers {
             sampling: &sampling,
+            tokens: &tokens,
             generated: &generated,
             counts: &counts,
             bias: &bias,
+            mask: &mask,
         };
+        let io = Io { step: &state[0], layers, sampler };
         let decode_plan = forward::plan(&ops, &config, &weights, &acts, &io, Path::Decode);
         let prefill_plan = forward::plan(&ops, &config, &weights, &acts, &io, Path::Prefill);
         let step_plan = match options.generation {
@@ -226,6 +235,8 @@ impl Engine {
             clear_counts: false,
             first_draw: 0,
             bias,
+            mask,
+            constrained: false,
             stops: Vec::new(),
             stream: Stream::default(),
             tokens,
@@ -704,6 +715,7 @@ impl Engine {
             presence_penalty: p.presence_penalty,
             repetition_penalty: p.repetition_penalty,
             first_draw: self.first_draw,
+            masked: (sample && self.constrained) as u32,
             ..SampleParams::zeroed()
         };
         if halt_on_stops {
@@ -771,13 +783,43 @@ impl Engine {
                 self.await_later(submission, staging);
             }
         }
+        // The prefill's draw used the mask written for it.
+        self.stream.step_allowed = false;
         self.queue_steps();
         Ok(())
     }
 
-    /// Queues decode steps until [`STEPS_IN_FLIGHT`] are pending or none may be.
+    /// Holds the next draw to the ids `allowed` (bit `i % 32` of word `i / 32` over the
+    /// vocabulary), and in a streamed generation queues the step that makes it. Until
+    /// [`Engine::unconstrain`], each draw needs its own call, made before the step that draws
+    /// (before [`Engine::start`] for the prefill's draw): one step is in flight, not
+    /// [`STEPS_IN_FLIGHT`].
+    pub fn allow(&mut self, allowed: &[u32]) -> Result<()> {
+        let words = self.config.vocab_size.div_ceil(32);
+        if allowed.len() != words {
+            return Err(Error::Input(format!("a mask of {} words for {words}", allowed.len())));
+        }
+        self.ctx.queue.write_buffer(&self.mask, 0, bytemuck::cast_slice(allowed));
+        self.constrained = true;
+        self.stream.step_allowed = true;
+        self.queue_steps();
+        Ok(())
+    }
+
+    /// Draws are no longer held to a mask, and streamed steps run ahead again.
+    pub fn unconstrain(&mut self) {
+        self.constrained = false;
+        self.stream.step_allowed = false;
+    }
+
+    /// Queues decode steps until [`STEPS_IN_FLIGHT`] are pending or none may be; in a
+    /// constrained generation, the one step whose mask [`Engine::allow`] wrote.
     fn queue_steps(&mut self) {
-        while self.stream.steps_left > 0 && self.stream.pending.len() < STEPS_IN_FLIGHT {
+        let in_flight = if self.constrained { 1 } else { STEPS_IN_FLIGHT };
+        while self.stream.steps_left > 0 && self.stream.pending.len() < in_flight {
+            if self.constrained && !std::mem::take(&mut self.stream.step_allowed) {
+                return;
+            }
             self.stream.steps_left -= 1;
             let staging = self.staging();
             let submission = self.submit_chunk_with(1, Some((0, 1)), true, 1, true, Some(&staging));

@@ -10,7 +10,9 @@
 use super::cost::{DeviceModel, Dispatch, PlanCost};
 use super::kernels::{key_blocks, ring_slots, CHUNK, LOGIT_ROWS, TOKEN_TILE};
 use super::matrix::GpuMatrix;
-use super::ops::{AttentionBuffers, AttentionShape, KeyValueRing, Norm, Op, Ops, Output, RecurrentIn, RgLru};
+use super::ops::{
+    AttentionBuffers, AttentionShape, KeyValueRing, Norm, Op, Ops, Output, RecurrentIn, RgLru, SamplerBuffers,
+};
 use super::weights::GpuWeights;
 use super::GpuContext;
 use crate::chat::SamplingParams;
@@ -95,19 +97,11 @@ pub enum LayerState<'a> {
 
 /// The buffers the command list reads and writes besides weights and activations.
 pub struct Io<'a> {
-    /// `[CHUNK]` input ids; `[0]` receives each sampled token.
-    pub tokens: &'a wgpu::Buffer,
     /// The `Step` block: position and count of sampled tokens, advanced by the sampler.
     pub step: &'a wgpu::Buffer,
     pub layers: Vec<LayerState<'a>>,
-    /// The sampler's settings, rewritten per submission.
-    pub sampling: &'a wgpu::Buffer,
-    /// The ring of sampled ids.
-    pub generated: &'a wgpu::Buffer,
-    /// `[vocab]` u32: how often each id was drawn in this reply (the penalties' counts).
-    pub counts: &'a wgpu::Buffer,
-    /// `[vocab]` f32: the logit bias of each id.
-    pub bias: &'a wgpu::Buffer,
+    /// The input ids (`sampler.tokens`) and what the sampler reads and writes.
+    pub sampler: SamplerBuffers<'a>,
 }
 
 /// One chunk's ops: the body for every token, the head for the tokens that get logits, then the
@@ -184,7 +178,7 @@ pub fn plan(ops: &Ops, config: &Config, w: &GpuWeights, a: &Activations, io: &Io
 
     // x = E[token] · bf16(√D)
     let embedding = w.matrix(names::EMBEDDING);
-    body.extend(ops.embed(&embedding, io.tokens, &a.x, config.embedding_scale()));
+    body.extend(ops.embed(&embedding, io.sampler.tokens, &a.x, config.embedding_scale()));
 
     for (layer, state) in io.layers.iter().enumerate() {
         let n = names::layer(layer);
@@ -277,6 +271,6 @@ pub fn plan(ops: &Ops, config: &Config, w: &GpuWeights, a: &Activations, io: &Io
     let head = ops.matmul(&embedding, Some(norm(names::FINAL_NORM)), &a.x, &a.logits, cap);
 
     // next token ~ sample(logits of the last row); position += tokens
-    let finish = vec![ops.sample(io.sampling, io.step, &a.logits, io.tokens, io.generated, io.counts, io.bias)];
+    let finish = vec![ops.sample(io.step, &a.logits, &io.sampler)];
     Plan { body, head, finish }
 }

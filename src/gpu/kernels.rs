@@ -698,6 +698,10 @@ pub struct SampleParams {
     /// its index in the reply, not on what came before it (so a conversation continued from a
     /// kept state draws as one prefilled afresh does).
     pub first_draw: u32,
+    /// 1: only the ids whose bit is set in `mask` may be drawn (a constrained reply).
+    pub masked: u32,
+    /// WGSL aligns `stops` (an array of vec4) to 16 bytes.
+    pub _pad: [u32; 3],
     pub stops: [u32; MAX_STOPS as usize],
 }
 

@@ -655,24 +655,29 @@ impl Ops<'_> {
     }
 
     /// The next token from the last row of logits, into `tokens[0]` and the ring of generated
-    /// ids, counted in `counts` (`[vocab]` u32, draws in this reply); advances the step
-    /// (`sample.wgsl`). The logits are adjusted by `bias` (`[vocab]` f32) and penalties on
-    /// `counts` when the uniform says so. `sampling` is the uniform the caller rewrites per
-    /// submission.
-    #[allow(clippy::too_many_arguments)]
-    pub fn sample(
-        &self,
-        sampling: &wgpu::Buffer,
-        step: &wgpu::Buffer,
-        logits: &wgpu::Buffer,
-        tokens: &wgpu::Buffer,
-        generated: &wgpu::Buffer,
-        counts: &wgpu::Buffer,
-        bias: &wgpu::Buffer,
-    ) -> Op {
-        let buffers = [sampling, self.chunk, step, logits, tokens, generated, counts, bias];
+    /// ids, counted in `counts`; advances the step (`sample.wgsl`). The logits are adjusted by
+    /// the bias and the penalties, and held to the mask, when the uniform says so.
+    pub fn sample(&self, step: &wgpu::Buffer, logits: &wgpu::Buffer, sampler: &SamplerBuffers) -> Op {
+        let s = sampler;
+        let buffers = [s.sampling, self.chunk, step, logits, s.tokens, s.generated, s.counts, s.bias, s.mask];
         let op = self.bound(self.kernels.pipeline(Kernel::Sample, None), &buffers, Groups::Fixed(1, 1));
         // What its passes read depends on the sampling settings: `PlanCost` counts them.
         Op { cost: Cost { vocab_passes: VocabPasses::Sampler, ..Cost::elementwise(THREADS, Bytes::default()) }, ..op }
     }
+}
+
+/// The sampler's own buffers (`sample.wgsl`).
+pub struct SamplerBuffers<'a> {
+    /// The sampler's settings, rewritten per submission.
+    pub sampling: &'a wgpu::Buffer,
+    /// `[CHUNK]` input ids; `[0]` receives each sampled token.
+    pub tokens: &'a wgpu::Buffer,
+    /// The ring of sampled ids.
+    pub generated: &'a wgpu::Buffer,
+    /// `[vocab]` u32: how often each id was drawn in this reply (the penalties' counts).
+    pub counts: &'a wgpu::Buffer,
+    /// `[vocab]` f32: the logit bias of each id.
+    pub bias: &'a wgpu::Buffer,
+    /// `[vocab / 32]` u32: the ids a constrained reply may draw next, one bit each.
+    pub mask: &'a wgpu::Buffer,
 }

@@ -21,6 +21,7 @@ use crate::chat::figures::{EngineStats, TurnFigures};
 use crate::chat::saved::SavedConversation;
 use crate::chat::session::{Backend, ChatSession, Generator, Listener, Reply, SavedTurn};
 use crate::chat::stop::{StopStrings, MAX_STOP_STRINGS};
+use crate::chat::structured::{OutputFormat, MAX_GRAMMAR_BYTES};
 use crate::chat::{Role, SamplingParams, Turn as ChatTurn};
 use crate::weights::format::Manifest;
 use crate::Error;
@@ -173,6 +174,7 @@ struct Names {
     presence_penalty: &'static str,
     repetition_penalty: &'static str,
     logit_bias: &'static str,
+    response_format: &'static str,
     default_temperature: f32,
     random_seed: bool,
 }
@@ -186,6 +188,7 @@ const OPTIONS: Names = Names {
     presence_penalty: "presencePenalty",
     repetition_penalty: "repetitionPenalty",
     logit_bias: "logitBias",
+    response_format: "responseFormat",
     default_temperature: 0.0,
     random_seed: false,
 };
@@ -199,6 +202,7 @@ const REQUEST: Names = Names {
     presence_penalty: "presence_penalty",
     repetition_penalty: "repetition_penalty",
     logit_bias: "logit_bias",
+    response_format: "response_format",
     default_temperature: 1.0,
     random_seed: true,
 };
@@ -208,6 +212,9 @@ struct Call {
     params: SamplingParams,
     max_tokens: usize,
     stop: StopStrings,
+    output: OutputFormat,
+    /// Where `output` came from, for the errors of its schema or grammar.
+    output_field: String,
 }
 
 /// Reads a call's settings; what is left out takes its default, whatever earlier calls passed.
@@ -271,7 +278,30 @@ fn call_settings(value: &JsValue, names: &Names) -> Result<Call, JsError> {
     let max_tokens = max_tokens.map(|m| m as usize).unwrap_or(DEFAULT_MAX_TOKENS);
     let stop = StopStrings::new(fields.strings("stop")?).map_err(to_js)?;
     params.validate().map_err(to_js)?;
-    Ok(Call { params, max_tokens, stop })
+    let output_field = format!("{}.{}", names.what, names.response_format);
+    let output = match fields.get(names.response_format)? {
+        None => OutputFormat::Text,
+        Some(format) => {
+            OutputFormat::from_response_format(&json_value(&format, &output_field)?, &output_field).map_err(to_js)?
+        }
+    };
+    Ok(Call { params, max_tokens, stop, output, output_field })
+}
+
+/// A caller's object as JSON (through `JSON.stringify`), refused past the size a grammar may have.
+fn json_value(value: &JsValue, field: &str) -> Result<serde_json::Value, JsError> {
+    let text = js_sys::JSON::stringify(value)
+        .ok()
+        .and_then(|text| text.as_string())
+        .ok_or_else(|| JsError::new(&format!("{field} cannot be read as JSON")))?;
+    if text.len() > 2 * MAX_GRAMMAR_BYTES {
+        return Err(JsError::new(&format!(
+            "{field} is {} bytes of JSON: at most {}",
+            text.len(),
+            2 * MAX_GRAMMAR_BYTES
+        )));
+    }
+    serde_json::from_str(&text).map_err(|e| JsError::new(&format!("{field} cannot be read as JSON: {e}")))
 }
 
 /// A reply's longest length when the caller gives none.
@@ -279,8 +309,8 @@ const DEFAULT_MAX_TOKENS: usize = 256;
 
 /// OpenAI request fields this engine does not honour yet: refused, never silently ignored (a caller
 /// asking for JSON or a tool call must not get free text it takes for one).
-const UNSUPPORTED_FIELDS: [&str; 7] =
-    ["response_format", "tools", "tool_choice", "functions", "function_call", "logprobs", "top_logprobs"];
+const UNSUPPORTED_FIELDS: [&str; 6] =
+    ["tools", "tool_choice", "functions", "function_call", "logprobs", "top_logprobs"];
 
 /// OpenAI-style `messages` as Gemma turns. Gemma has no system turn: a system (or OpenAI's newer
 /// `developer`) message, first and at most one, goes in front of the first user message,
@@ -821,7 +851,8 @@ impl RecurrentGemma {
     ) -> Result<JsValue, JsError> {
         let mut loaded = self.take_loaded()?;
         loaded.session.set_stop_strings(call.stop);
-        if let Err(e) = loaded.session.generator().set_sampling(call.params) {
+        let settings = loaded.session.generator().set_sampling(call.params);
+        if let Err(e) = settings.and_then(|()| loaded.session.set_output(&call.output, &call.output_field)) {
             self.put_back(loaded)?;
             return Err(to_js(e));
         }
