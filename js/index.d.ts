@@ -57,6 +57,9 @@ export interface GenerateOptions {
     logitBias?: Record<number | string, number>;
     /** Up to 16 strings that end the reply where they appear; the text stops before them. */
     stop?: string | string[];
+    /** What the reply must be (JSON, JSON against a schema, a grammar's language); free text when
+     * left out. The same shapes as `response_format` of a chat completion. */
+    responseFormat?: ResponseFormat;
     /** Each piece of text as it is generated, with the reply's figures so far. */
     onToken?: (piece: string, live: LiveFigures) => void;
     /**
@@ -128,12 +131,32 @@ export interface ChatCompletionRequest {
     model?: string;
     /** Aborts the request (finish_reason 'abort'), on the page thread and with a worker alike. */
     signal?: AbortSignal;
-    /** Not supported yet: a request with `response_format`, `tools`, `tool_choice` (other than
-     * 'none'), `functions`, `function_call`, `logprobs` (other than false) or `top_logprobs` is
-     * refused with an Error naming the field, never answered as if it were honoured. */
-    response_format?: never;
+    /** What the reply must be; free text when left out. JSON or a grammar's language is
+     * guaranteed token by token (a reply cut by `max_tokens` may still be unfinished). */
+    response_format?: ResponseFormat;
+    /** Not supported yet: a request with `tools`, `tool_choice` (other than 'none'),
+     * `functions`, `function_call`, `logprobs` (other than false) or `top_logprobs` is refused
+     * with an Error naming the field, never answered as if it were honoured. */
     tools?: never;
 }
+
+/**
+ * - `{ type: 'json_object' }`: any JSON object; with `schema` (JSON text, WebLLM's shape), one
+ *   valid against that schema;
+ * - `{ type: 'json_schema', json_schema: { name, schema, strict } }`: OpenAI's shape;
+ * - `{ type: 'grammar', grammar }`: a grammar in llguidance's Lark syntax
+ *   (https://github.com/guidance-ai/llguidance/blob/main/docs/syntax.md).
+ *
+ * JSON is written with one space after `,` and `:` and no other whitespace, unless the schema
+ * says otherwise in llguidance's `x-guidance` key. A schema or grammar that does not compile, or
+ * exceeds the engine's limits (256 KiB of text, llguidance's parser budgets), rejects the
+ * request with an Error naming `response_format`; the engine stays usable.
+ */
+export type ResponseFormat =
+    | { type: 'text' }
+    | { type: 'json_object'; schema?: string }
+    | { type: 'json_schema'; json_schema: { name?: string; schema: object; strict?: boolean } }
+    | { type: 'grammar'; grammar: string };
 
 export interface CompletionUsage {
     /** The whole conversation's tokens, as OpenAI counts them. */
@@ -149,6 +172,10 @@ export interface CompletionUsage {
         prefilled_tokens: number;
         /** The conversation's state: fixed, however long the conversation. */
         state_bytes: number;
+        /** With `response_format`: the median and 99th-percentile time to compute one step's
+         * allowed tokens (0 without). */
+        mask_median_s: number;
+        mask_p99_s: number;
     };
 }
 

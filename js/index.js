@@ -126,6 +126,9 @@ function usageOf(reply, seconds) {
             prefilled_tokens: reply.prefilledTokens,
             /** The conversation's whole state: fixed, however long it gets. */
             state_bytes: reply.stateBytes,
+            /** What a constrained reply's masks cost per token (0 for free text). */
+            mask_median_s: reply.maskSecondsMedian,
+            mask_p99_s: reply.maskSecondsP99,
         },
     };
 }

@@ -9,7 +9,8 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use rgweb::chat::session::{ChatSession, Generator};
-use rgweb::chat::{GemmaTokenizer, SamplingParams, BOS};
+use rgweb::chat::structured::median_and_p99;
+use rgweb::chat::{GemmaTokenizer, OutputFormat, SamplingParams, Vocabulary, BOS};
 use rgweb::config::{Config, Preset};
 use rgweb::gpu::cost::DeviceModel;
 use rgweb::gpu::engine::{load_engine, Engine, PROFILE_REPEATS, STEPS_IN_FLIGHT};
@@ -144,6 +145,12 @@ enum Command {
         /// Also print the generated token ids to stderr, one line.
         #[arg(long)]
         print_ids: bool,
+        #[command(flatten)]
+        output: OutputArgs,
+        /// Print the decode rate to stderr after the reply, and for a constrained one what its
+        /// masks cost.
+        #[arg(long)]
+        timing: bool,
     },
     /// Chat in the terminal: one message per line on stdin; `/reset` starts over, `/regenerate`
     /// answers the last message again. Each turn prefills only its own tokens.
@@ -319,10 +326,12 @@ fn run(cli: Cli) -> Result<()> {
             }
             bench(engine, &prompt_tokens, &gen_tokens, &params, json, device_model)?;
         }
-        Command::Generate { model, prompt, max_tokens, sampling, chat, print_ids } => {
+        Command::Generate { model, prompt, max_tokens, sampling, chat, print_ids, output, timing } => {
             let params = sampling.params()?;
+            let format = output.format()?;
             let (runner, tokenizer) = model.open()?;
-            let ids = generate(runner, tokenizer, params, &prompt, max_tokens, chat)?;
+            let ask = Ask { prompt: &prompt, max_tokens, chat, format, timing };
+            let ids = generate(runner, tokenizer, params, ask)?;
             if print_ids {
                 let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
                 eprintln!("ids: {}", ids.join(","));
@@ -397,6 +406,38 @@ fn generator(runner: Runner, params: SamplingParams) -> Result<Generator> {
     })
 }
 
+/// What a generated reply must be (free text unless one of these is given).
+#[derive(clap::Args)]
+struct OutputArgs {
+    /// Hold the reply to this JSON schema (a file).
+    #[arg(long, conflicts_with_all = ["json", "grammar"])]
+    json_schema: Option<PathBuf>,
+    /// Hold the reply to any JSON object.
+    #[arg(long, conflicts_with = "grammar")]
+    json: bool,
+    /// Hold the reply to this grammar (a file in llguidance's Lark syntax).
+    #[arg(long)]
+    grammar: Option<PathBuf>,
+}
+
+impl OutputArgs {
+    fn format(&self) -> Result<OutputFormat> {
+        let read =
+            |path: &PathBuf| std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()));
+        Ok(if let Some(path) = &self.json_schema {
+            let schema =
+                serde_json::from_str(&read(path)?).with_context(|| format!("{} is not JSON", path.display()))?;
+            OutputFormat::Json { schema: Some(schema) }
+        } else if self.json {
+            OutputFormat::Json { schema: None }
+        } else if let Some(path) = &self.grammar {
+            OutputFormat::Grammar(read(path)?)
+        } else {
+            OutputFormat::Text
+        })
+    }
+}
+
 /// The terminal chat loop. Replies go to stdout; after each, a line of stats goes to stderr,
 /// showing the state's size staying put while the conversation grows.
 fn chat(mut session: ChatSession, max_tokens: usize) -> Result<()> {
@@ -428,17 +469,31 @@ fn chat(mut session: ChatSession, max_tokens: usize) -> Result<()> {
     Ok(())
 }
 
+/// What `rg generate` is asked for.
+struct Ask<'a> {
+    prompt: &'a str,
+    max_tokens: usize,
+    /// One chat turn rather than a raw prompt.
+    chat: bool,
+    format: OutputFormat,
+    /// Print the decode rate (and the masks' cost) after the reply.
+    timing: bool,
+}
+
 /// Generates from a raw prompt, or answers it as one chat turn, streaming text to stdout.
 /// Returns the generated ids.
-fn generate(
-    runner: Runner,
-    tokenizer: GemmaTokenizer,
-    params: SamplingParams,
-    prompt: &str,
-    max_tokens: usize,
-    chat: bool,
-) -> Result<Vec<u32>> {
-    let generator = generator(runner, params)?;
+fn generate(runner: Runner, tokenizer: GemmaTokenizer, params: SamplingParams, ask: Ask) -> Result<Vec<u32>> {
+    let Ask { prompt, max_tokens, chat, format, timing } = ask;
+    let mut generator = generator(runner, params)?;
+    let mut vocabulary_seconds = 0.0;
+    if !format.is_text() {
+        let start = std::time::Instant::now();
+        let vocabulary = Vocabulary::new(&tokenizer, generator.vocab_size())?;
+        vocabulary_seconds = start.elapsed().as_secs_f64();
+        if let Some(constraint) = vocabulary.constraint(&format, "the output format")? {
+            generator.constrain_next_reply(constraint);
+        }
+    }
     let mut stdout = std::io::stdout().lock();
     let mut write_error = None;
     let mut print = |text: &str| match stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()) {
@@ -448,18 +503,29 @@ fn generate(
             false
         }
     };
-    let ids = if chat {
+    let (ids, generator) = if chat {
         let mut session = ChatSession::new(generator, tokenizer);
-        pollster::block_on(session.send(prompt, max_tokens, &mut print))?.ids
+        let ids = pollster::block_on(session.send(prompt, max_tokens, &mut print))?.ids;
+        (ids, session.into_generator())
     } else {
-        let mut generator = generator;
         let mut prompt_ids = vec![BOS];
         prompt_ids.extend(tokenizer.encode(prompt, false)?);
         let stops = [generator.eos_token_id()];
         let generated = generator.generate_text(&tokenizer, &prompt_ids, max_tokens, &stops, &mut print);
-        pollster::block_on(generated)?.0
+        (pollster::block_on(generated)?.0, generator)
     };
     print("\n");
+    if timing {
+        let decode = generator.timing();
+        eprint!("[decoded {} tokens at {:.1} tok/s", decode.decoded_tokens, decode.decode_tokens_per_second());
+        if !format.is_text() {
+            let (median, p99) = median_and_p99(generator.mask_seconds());
+            let masks = generator.mask_seconds().len();
+            let (trie, median, p99) = (vocabulary_seconds * 1e3, median * 1e3, p99 * 1e3);
+            eprint!("; token trie {trie:.0} ms; {masks} masks: median {median:.3} ms, p99 {p99:.3} ms");
+        }
+        eprintln!("]");
+    }
     match write_error {
         Some(e) => Err(e).context("writing to stdout"),
         None => Ok(ids),

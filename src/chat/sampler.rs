@@ -206,8 +206,7 @@ impl Sampler {
     }
 
     /// [`Sampler::sample`] among the ids `allowed` only (bit `i % 32` of word `i / 32`; a
-    /// constrained reply's mask, [`crate::chat::Constraint::allowed`]): the others count as −∞,
-    /// after the bias and penalties.
+    /// constrained reply's mask): the others count as −∞, after the bias and penalties.
     pub fn sample_allowed(&mut self, logits: &[f32], allowed: Option<&[u32]>) -> Result<u32> {
         let id = if self.needs_adjusting() || allowed.is_some() {
             self.params.validate_ids(logits.len())?;
@@ -217,7 +216,7 @@ impl Sampler {
             adjusted.extend_from_slice(logits);
             self.adjust(&mut adjusted);
             if let Some(allowed) = allowed {
-                super::structured::apply_mask(&mut adjusted, allowed);
+                apply_mask(&mut adjusted, allowed);
             }
             let id = self.draw(&adjusted);
             self.adjusted = adjusted;
@@ -306,6 +305,15 @@ impl Sampler {
     }
 }
 
+/// Sets every logit the mask does not allow to −∞.
+fn apply_mask(logits: &mut [f32], allowed: &[u32]) {
+    for (i, logit) in logits.iter_mut().enumerate() {
+        if allowed.get(i / 32).is_none_or(|w| w & (1 << (i % 32)) == 0) {
+            *logit = f32::NEG_INFINITY;
+        }
+    }
+}
+
 fn is_usable(logit: f32) -> bool {
     !logit.is_nan() && logit != f32::NEG_INFINITY
 }
@@ -373,6 +381,28 @@ mod tests {
 
     fn sampler(temperature: f32, top_k: usize, top_p: f32, seed: u64) -> Sampler {
         Sampler::new(SamplingParams { temperature, top_k, top_p, seed, ..Default::default() }).unwrap()
+    }
+
+    /// The same cases as `sample.wgsl`'s (tests/kernels.rs `sample_draws_only_what_the_mask_allows`).
+    #[test]
+    fn a_mask_keeps_every_draw_among_its_ids() {
+        let logits: Vec<f32> = (0..1000).map(|i| ((i * 37 % 101) as f32) / 10.0).collect();
+        let allowed_ids = [3u32, 64, 65, 500, 999];
+        let mut mask = vec![0u32; 1000usize.div_ceil(32)];
+        for id in allowed_ids {
+            mask[id as usize / 32] |= 1 << (id % 32);
+        }
+        let best = *allowed_ids.iter().max_by(|a, b| logits[**a as usize].total_cmp(&logits[**b as usize])).unwrap();
+        assert_eq!(sampler(0.0, 0, 1.0, 0).sample_allowed(&logits, Some(&mask)).unwrap(), best);
+        assert!(!allowed_ids.contains(&sampler(0.0, 0, 1.0, 0).sample(&logits).unwrap()));
+        for (temperature, top_k, top_p) in [(1.0, 0, 1.0), (0.8, 2, 0.9), (5.0, 0, 1.0)] {
+            let mut s = sampler(temperature, top_k, top_p, 7);
+            for _ in 0..50 {
+                assert!(allowed_ids.contains(&s.sample_allowed(&logits, Some(&mask)).unwrap()));
+            }
+        }
+        let error = sampler(1.0, 0, 1.0, 0).sample_allowed(&logits, Some(&vec![0; mask.len()])).unwrap_err();
+        assert!(error.to_string().contains("cannot sample"), "{error}");
     }
 
     fn draws(sampler: &mut Sampler, logits: &[f32], count: usize) -> Vec<u32> {

@@ -144,6 +144,8 @@ pub struct Generator {
     timing: Timing,
     /// What the next [`Generator::generate`] is held to ([`Generator::constrain_next_reply`]).
     constraint: Option<Constraint>,
+    /// How long each mask of the last constrained generation took ([`Constraint::mask_seconds`]).
+    mask_seconds: Vec<f64>,
 }
 
 impl Generator {
@@ -153,6 +155,7 @@ impl Generator {
             backend: Backend::Cpu { model: Box::new(model), state, sampler: Box::new(Sampler::new(params)?) },
             timing: Timing::default(),
             constraint: None,
+            mask_seconds: Vec::new(),
         })
     }
 
@@ -166,6 +169,7 @@ impl Generator {
             backend: Backend::Gpu { engine: Box::new(engine) },
             timing: Timing::default(),
             constraint: None,
+            mask_seconds: Vec::new(),
         })
     }
 
@@ -253,6 +257,11 @@ impl Generator {
     /// host's mask.
     pub fn constrain_next_reply(&mut self, constraint: Constraint) {
         self.constraint = Some(constraint);
+    }
+
+    /// How long each mask of the last generation took (none if it was not constrained).
+    pub fn mask_seconds(&self) -> &[f64] {
+        &self.mask_seconds
     }
 
     /// The GPU's draws are free again (a constrained generation ended, however it ended).
@@ -447,6 +456,7 @@ impl Generator {
         self.check_prompt(prompt)?;
         let mut generated = Vec::new();
         self.timing = Timing::default();
+        self.mask_seconds.clear();
         self.start_reply();
         let start = Instant::now();
         let Some(last_piece) = self.feed_unless_stopped(prompt, &stopped).await? else {
@@ -498,6 +508,7 @@ impl Generator {
         }
         let rest = self.end(generated.last().copied(), stopped_by_token).await;
         self.unconstrain();
+        self.mask_seconds = constraint.map(|c| c.mask_seconds().to_vec()).unwrap_or_default();
         if let Some(e) = failure {
             return Err(e);
         }

@@ -16,6 +16,7 @@ use llguidance::api::{ParserLimits, TopLevelGrammar};
 use llguidance::toktrie::{ApproximateTokEnv, TokEnv, TokRxInfo, TokTrie};
 use llguidance::{Matcher, ParserFactory};
 use serde_json::{json, Value};
+use web_time::Instant;
 
 use super::tokenizer::{GemmaTokenizer, END_OF_TURN, EOS};
 use crate::error::{Error, Result};
@@ -151,7 +152,8 @@ impl Vocabulary {
         };
         let parser = self.factory.create_parser(grammar).map_err(|e| Error::Input(format!("{field}: {e}")))?;
         let matcher = Matcher::new(Ok(parser));
-        Ok(Some(Constraint { matcher, allowed: vec![0; self.logits.div_ceil(32)], logits: self.logits }))
+        let allowed = vec![0; self.logits.div_ceil(32)];
+        Ok(Some(Constraint { matcher, allowed, logits: self.logits, mask_seconds: Vec::new() }))
     }
 }
 
@@ -168,6 +170,8 @@ pub struct Constraint {
     /// Bit `i % 32` of word `i / 32`: token `i` may be drawn next.
     allowed: Vec<u32>,
     logits: usize,
+    /// How long each [`Constraint::allowed`] took: the grammar's cost per token.
+    mask_seconds: Vec<f64>,
 }
 
 impl Constraint {
@@ -175,6 +179,7 @@ impl Constraint {
     /// end, every id of `stops` is allowed too. Never empty: a grammar with nowhere to go is an
     /// error.
     pub fn allowed(&mut self, stops: &[u32]) -> Result<&[u32]> {
+        let start = Instant::now();
         let mask = self.matcher.compute_mask_or_eos().map_err(|e| Error::Input(format!("grammar: {e}")))?;
         let may_end = mask.is_allowed(EOS);
         self.allowed.fill(0);
@@ -189,17 +194,28 @@ impl Constraint {
         if self.allowed.iter().all(|&w| w == 0) {
             return Err(Error::Input("grammar: no token may come next".into()));
         }
+        self.mask_seconds.push(start.elapsed().as_secs_f64());
         Ok(&self.allowed)
     }
 
     /// A copy in the state this one is in, to advance separately (a reply of its own).
     pub fn fresh(&self) -> Constraint {
-        Constraint { matcher: self.matcher.deep_clone(), allowed: self.allowed.clone(), logits: self.logits }
+        Constraint {
+            matcher: self.matcher.deep_clone(),
+            allowed: self.allowed.clone(),
+            logits: self.logits,
+            mask_seconds: Vec::new(),
+        }
     }
 
     /// Whether token `id` is in the last [`Constraint::allowed`] set.
     pub fn allows(&self, id: u32) -> bool {
         (id as usize) < self.logits && self.allowed[id as usize / 32] & (1 << (id % 32)) != 0
+    }
+
+    /// How long each mask took, in order.
+    pub fn mask_seconds(&self) -> &[f64] {
+        &self.mask_seconds
     }
 
     /// Advances the grammar past `id`, a token its last mask allowed that is not a stop.
@@ -208,11 +224,13 @@ impl Constraint {
     }
 }
 
-/// Sets every logit the mask does not allow to −∞.
-pub fn apply_mask(logits: &mut [f32], allowed: &[u32]) {
-    for (i, logit) in logits.iter_mut().enumerate() {
-        if allowed.get(i / 32).is_none_or(|w| w & (1 << (i % 32)) == 0) {
-            *logit = f32::NEG_INFINITY;
-        }
+/// The median and the 99th percentile (nearest rank) of `seconds`; zeros for none.
+pub fn median_and_p99(seconds: &[f64]) -> (f64, f64) {
+    if seconds.is_empty() {
+        return (0.0, 0.0);
     }
+    let mut sorted = seconds.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = |p: f64| sorted[((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1];
+    (rank(0.5), rank(0.99))
 }

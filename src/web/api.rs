@@ -21,7 +21,7 @@ use crate::chat::figures::{EngineStats, TurnFigures};
 use crate::chat::saved::SavedConversation;
 use crate::chat::session::{Backend, ChatSession, Generator, Listener, Reply, SavedTurn};
 use crate::chat::stop::{StopStrings, MAX_STOP_STRINGS};
-use crate::chat::structured::{OutputFormat, MAX_GRAMMAR_BYTES};
+use crate::chat::structured::{median_and_p99, OutputFormat, MAX_GRAMMAR_BYTES};
 use crate::chat::{Role, SamplingParams, Turn as ChatTurn};
 use crate::weights::format::Manifest;
 use crate::Error;
@@ -860,6 +860,7 @@ impl RecurrentGemma {
         let listener = CallListener { on_token, stop: stop.clone(), live: TurnFigures::default() };
         let reply = turn(&mut loaded.session, call.max_tokens, listener).await;
         let state_bytes = loaded.session.generator_ref().state_bytes();
+        let (mask_median, mask_p99) = median_and_p99(loaded.session.generator_ref().mask_seconds());
         self.put_back(loaded)?;
         let reply = reply.map_err(to_js)?;
         let ids = reply.ids.iter().map(|&id| JsValue::from(id)).collect::<js_sys::Array>();
@@ -878,6 +879,8 @@ impl RecurrentGemma {
             ("prefillTokensPerSecond", number(timing.prefill_tokens_per_second())),
             ("decodeTokensPerSecond", number(timing.decode_tokens_per_second())),
             ("stateBytes", number(state_bytes as f64)),
+            ("maskSecondsMedian", number(mask_median)),
+            ("maskSecondsP99", number(mask_p99)),
         ]))
     }
 }
