@@ -10,14 +10,14 @@ pub mod saved;
 #[cfg(feature = "gpu")]
 pub mod session;
 pub mod stop;
-#[cfg(feature = "gpu")]
+#[cfg(feature = "structured")]
 pub mod structured;
 pub mod template;
 pub mod tokenizer;
 mod tokenizer_json;
 
 pub use sampler::{Sampler, SamplingParams};
-#[cfg(feature = "gpu")]
+#[cfg(feature = "structured")]
 pub use structured::{Constraint, OutputFormat, Vocabulary};
 pub use template::{first_user_turn, format_conversation, next_user_turn, Role, Turn, CHAT_STOPS};
 pub use tokenizer::{GemmaTokenizer, TextStream, BOS, END_OF_TURN, EOS, PAD, START_OF_TURN};

@@ -105,7 +105,12 @@ pub struct Vocabulary {
 impl Vocabulary {
     /// The token trie of `tokenizer`'s pieces, for a model with `logits` logits per step.
     pub fn new(tokenizer: &GemmaTokenizer, logits: usize) -> Result<Self> {
-        let mut words = tokenizer.piece_bytes();
+        Self::from_pieces(tokenizer.piece_bytes(), logits)
+    }
+
+    /// The token trie of pieces given as bytes by id ([`GemmaTokenizer::piece_bytes`]' form; id
+    /// [`EOS`] ends the text).
+    pub fn from_pieces(mut words: Vec<Vec<u8>>, logits: usize) -> Result<Self> {
         if words.len() > logits {
             let pieces = words.len();
             return Err(Error::Input(format!("the tokenizer has {pieces} pieces, the model only {logits} logits")));

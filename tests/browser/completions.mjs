@@ -1,7 +1,8 @@
 // Tests the package's OpenAI-style API (`engine.chat.completions.create`) in a real Chromium, on
 // the page's thread and in a worker, against the CPU reference (`rg generate --backend cpu`):
 // non-streaming and streaming replies with usage, prefix reuse across a growing `messages` array,
-// stop strings, penalties and logit_bias, abort, bad requests, and states kept as bytes
+// stop strings, penalties and logit_bias, structured output (response_format), abort, bad
+// requests, and states kept as bytes
 // (`snapshot().toBytes()` / `restore(bytes)`), including bytes of another model and damaged ones.
 //
 // Usage: node run.mjs completions   (after scripts/build-package.sh, scripts/demo-model.sh, cargo build --bin rg)
@@ -15,6 +16,46 @@ const modelDir = path.join(root, 'www/models/demo');
 const PROMPT = 'Read me Psalms 23:1-3.';
 const MAX_TOKENS = 16;
 const TIMEOUT = 600_000;
+// Short replies (about 20 tokens): SwiftShader decodes a constrained reply a step at a time.
+const SCHEMA_PATH = path.join(root, 'tests/data/answer.schema.json');
+const SCHEMA = JSON.parse(fs.readFileSync(SCHEMA_PATH, 'utf8'));
+const SCHEMA_PROMPT = 'Describe a pet as JSON.';
+const SCHEMA_MAX_TOKENS = 60;
+const GRAMMAR = 'start: ("yes" | "no") " because " /[a-z]{1,8}/ "."';
+
+/** What is wrong with `value` against the keywords the schemas in tests/data use (the JSON
+ * Schema specification's meaning, as tests/structured.rs checks it natively). */
+function violations(schema, value, at = '$') {
+    const found = [];
+    if (schema.enum && !schema.enum.some((e) => JSON.stringify(e) === JSON.stringify(value))) found.push(`${at}: not in the enum`);
+    const type = schema.type;
+    if (type === 'object') {
+        if (value === null || typeof value !== 'object' || Array.isArray(value)) return [`${at}: not an object`];
+        for (const key of schema.required ?? []) if (!(key in value)) found.push(`${at}: lacks ${key}`);
+        for (const [key, item] of Object.entries(value)) {
+            if (schema.properties?.[key]) found.push(...violations(schema.properties[key], item, `${at}.${key}`));
+            else if (schema.additionalProperties === false) found.push(`${at}: extra ${key}`);
+        }
+    } else if (type === 'array') {
+        if (!Array.isArray(value)) return [`${at}: not an array`];
+        if (value.length < (schema.minItems ?? 0) || value.length > (schema.maxItems ?? Infinity)) found.push(`${at}: ${value.length} items`);
+        value.forEach((item, i) => found.push(...violations(schema.items, item, `${at}[${i}]`)));
+    } else if (type === 'string') {
+        if (typeof value !== 'string') return [`${at}: not a string`];
+        const length = [...value].length;
+        if (length < (schema.minLength ?? 0) || length > (schema.maxLength ?? Infinity)) found.push(`${at}: ${length} characters`);
+    } else if (type === 'integer') {
+        if (!Number.isInteger(value)) return [`${at}: not an integer`];
+        if (value < (schema.minimum ?? -Infinity) || value > (schema.maximum ?? Infinity)) found.push(`${at}: ${value} out of range`);
+    } else if (type === 'boolean' && typeof value !== 'boolean') found.push(`${at}: not a boolean`);
+    return found;
+}
+
+function assertValidJson(text, what) {
+    let value;
+    assert.doesNotThrow(() => { value = JSON.parse(text); }, `${what}: not JSON: ${text}`);
+    assert.deepEqual(violations(SCHEMA, value), [], `${what}: ${text}`);
+}
 
 async function exercise(t, context, server, reference, { worker, name: mode }) {
     const page = await context.newPage();
@@ -46,7 +87,7 @@ async function exercise(t, context, server, reference, { worker, name: mode }) {
     });
     await page.goto(`${server.url}/embed/`);
     page.setDefaultTimeout(TIMEOUT);
-    const out = await page.evaluate(async ({ worker, PROMPT, MAX_TOKENS }) => {
+    const out = await page.evaluate(async ({ worker, PROMPT, MAX_TOKENS, SCHEMA, SCHEMA_PROMPT, SCHEMA_MAX_TOKENS, GRAMMAR }) => {
         const { createEngine } = await import('/pkg/index.js');
         const engine = await createEngine('/models/demo/', { worker });
         const failure = (promise) => promise.then(() => 'no error', (e) => String(e?.message ?? e));
@@ -196,8 +237,14 @@ async function exercise(t, context, server, reference, { worker, name: mode }) {
             'stream': { messages: [user('a')], stream: 'yes' },
             'max_completion_tokens': { messages: [user('a')], max_tokens: 4, max_completion_tokens: 5 },
             'messages[1] is a system': { messages: [user('a'), { role: 'developer', content: 'b' }] },
+            'response_format.type': { messages: [user('a')], response_format: { type: 'xml' } },
+            'response_format.json_schema': { messages: [user('a')], response_format: { type: 'json_schema' } },
+            'response_format.schema': { messages: [user('a')], response_format: { type: 'json_object', schema: '{' } },
+            // Reads as a format, but does not compile: refused when the call starts.
+            'response_format:': {
+                messages: [user('a')], response_format: { type: 'grammar', grammar: 'start: missing_rule' },
+            },
             // Not built yet: refused, never ignored.
-            'response_format': { messages: [user('a')], response_format: { type: 'json_object' } },
             'tools': { messages: [user('a')], tools: [{ type: 'function', function: { name: 'f' } }] },
             'tool_choice': { messages: [user('a')], tool_choice: 'required' },
             'logprobs': { messages: [user('a')], logprobs: true },
@@ -206,6 +253,32 @@ async function exercise(t, context, server, reference, { worker, name: mode }) {
         r.bad = {};
         for (const [field, request] of Object.entries(bad)) r.bad[field] = await failure(engine.chat.completions.create(request));
         r.badStream = await failure(engine.chat.completions.create({ messages: [], stream: true }));
+
+        // Structured output: JSON against a schema (OpenAI's shape and WebLLM's, streamed and
+        // not) and a grammar's language, at temperature 1; greedy, the CPU reference's reply.
+        await engine.reset();
+        const ask = [user(SCHEMA_PROMPT)];
+        const jsonSchema = { type: 'json_schema', json_schema: { name: 'pet', schema: SCHEMA, strict: true } };
+        r.schemaGreedy = await engine.chat.completions.create({
+            messages: ask, temperature: 0, max_tokens: SCHEMA_MAX_TOKENS, response_format: jsonSchema,
+        });
+        const webllm = { type: 'json_object', schema: JSON.stringify(SCHEMA) };
+        let streamedText = '';
+        let streamedFinish = null;
+        for await (const chunk of await engine.chat.completions.create({
+            messages: ask, temperature: 1, seed: 4, max_tokens: SCHEMA_MAX_TOKENS, response_format: webllm, stream: true,
+        })) {
+            streamedText += chunk.choices[0]?.delta.content ?? '';
+            streamedFinish = chunk.choices[0]?.finish_reason ?? streamedFinish;
+        }
+        r.schemaStreamed = { text: streamedText, finish: streamedFinish };
+        r.grammar = await engine.chat.completions.create({
+            messages: [user('Is it?')], temperature: 1, seed: 5, max_tokens: 40,
+            response_format: { type: 'grammar', grammar: GRAMMAR },
+        });
+        // The same request unconstrained, for the decode rates the log compares.
+        r.unconstrained = await engine.chat.completions.create({ messages: ask, temperature: 1, seed: 1, max_tokens: 16 });
+        r.simple = await engine.chat('Ready?', { responseFormat: { type: 'grammar', grammar: 'start: "ok" | "not yet"' } });
 
         // A state kept as bytes: restored after other work, the conversation continues exactly.
         await engine.reset();
@@ -266,7 +339,7 @@ async function exercise(t, context, server, reference, { worker, name: mode }) {
         r.prefillBad = await failure(engine.prefillMessages([user('a')]));
         await engine.dispose();
         return r;
-    }, { worker, PROMPT, MAX_TOKENS });
+    }, { worker, PROMPT, MAX_TOKENS, SCHEMA, SCHEMA_PROMPT, SCHEMA_MAX_TOKENS, GRAMMAR });
 
     // Not streamed: OpenAI's shape, and the CPU reference's greedy text.
     const first = out.first;
@@ -355,6 +428,28 @@ async function exercise(t, context, server, reference, { worker, name: mode }) {
     assert.match(out.badStream, /messages/);
     t.log(`${mode}: ${Object.keys(out.bad).length} bad requests refused, each naming its field`);
 
+    // Structured output.
+    assert.equal(out.schemaGreedy.choices[0].message.content, reference.schema.text, `${mode}: greedy under a schema = the CPU reference`);
+    const constrained = [out.schemaGreedy];
+    for (const [i, reply] of constrained.entries()) {
+        assertValidJson(reply.choices[0].message.content, `${mode}: reply ${i} under the schema`);
+        assert.equal(reply.choices[0].finish_reason, 'stop', `${mode}: reply ${i} ended by itself`);
+        assert.ok(reply.usage.extra.mask_median_s > 0 && reply.usage.extra.mask_p99_s >= reply.usage.extra.mask_median_s);
+    }
+    assertValidJson(out.schemaStreamed.text, `${mode}: the streamed reply`);
+    assert.equal(out.schemaStreamed.finish, 'stop');
+    const yesNo = out.grammar.choices[0].message.content;
+    assert.match(yesNo, /^(yes|no) because [a-z]{1,8}\.$/, `${mode}: in the grammar's language`);
+    assert.equal(out.unconstrained.usage.extra.mask_median_s, 0);
+    assert.ok(['ok', 'not yet'].includes(out.simple.text) && out.simple.finishReason === 'stop', `${mode}: chat() with responseFormat`);
+    const rate = (replies) => replies.reduce((sum, r) => sum + r.usage.extra.decode_tokens_per_s, 0) / replies.length;
+    const ms = (s) => (s * 1e3).toFixed(3);
+    const medians = constrained.map((r) => r.usage.extra.mask_median_s).sort((a, b) => a - b);
+    const p99s = constrained.map((r) => r.usage.extra.mask_p99_s).sort((a, b) => a - b);
+    t.log(`${mode}: replies under the schema valid (greedy = CPU reference, streamed), the grammar's ${JSON.stringify(yesNo)}; `
+        + `decode ${rate(constrained).toFixed(1)} tok/s constrained (${constrained[0].usage.completion_tokens} tokens) vs ${rate([out.unconstrained]).toFixed(1)} free; `
+        + `mask median ${ms(medians[Math.floor(medians.length / 2)])} ms, p99 up to ${ms(p99s.at(-1))} ms`);
+
     assert.equal(out.bytesKind, '[object Uint8Array]');
     assert.ok(out.restoredEqual, `${mode}: a state restored from bytes continues exactly`);
     assert.ok(out.blobEqual, `${mode}: the same bytes as a Blob restore the same`);
@@ -387,6 +482,7 @@ export default MODES.map((mode) => ({
         reference.penalized = await cpuReference(modelDir, PROMPT, MAX_TOKENS, ['--frequency-penalty', '1.5', '--presence-penalty', '0.5']);
         reference.repetition = await cpuReference(modelDir, PROMPT, MAX_TOKENS, ['--repetition-penalty', '1.5']);
         reference.banned = await cpuReference(modelDir, PROMPT, 4, ['--logit-bias', `${reference.ids[0]}=-100`]);
+        reference.schema = await cpuReference(modelDir, SCHEMA_PROMPT, SCHEMA_MAX_TOKENS, ['--json-schema', SCHEMA_PATH]);
         const server = await t.serve({ '/pkg/': path.join(root, 'pkg'), '/embed/': path.join(root, 'www/embed'), '/models/': path.join(root, 'www/models') });
         await exercise(t, await t.browser(), server, reference, mode);
     },
